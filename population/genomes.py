@@ -1,0 +1,174 @@
+"""The population as a git repository of its own.
+
+Every genome is a commit whose tree holds the mutable files and whose git parents are
+its genetic parents (a crossover child is a merge commit). Commits are written straight
+into the object database through a temporary index, so no checkout is touched; trials
+run in per-device worktrees of the same repository. One process owns ref updates.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import git
+
+_IDENTITY = {
+    "GIT_AUTHOR_NAME": "evoresearch", "GIT_AUTHOR_EMAIL": "evo@localhost",
+    "GIT_COMMITTER_NAME": "evoresearch", "GIT_COMMITTER_EMAIL": "evo@localhost",
+}
+
+
+class GenomeRepo:
+    """A bare git repository holding one search's genomes.
+
+    >>> repo = GenomeRepo.init("runs/demo/population.git")              # doctest: +SKIP
+    >>> seed = repo.commit({"train.py": text}, parents=[], message="seed")  # doctest: +SKIP
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.repo = git.Repo(self.path)
+
+    @classmethod
+    def init(cls, path: str | Path) -> "GenomeRepo":
+        path = Path(path)
+        git.Repo.init(path, bare=True, initial_branch="main").close()
+        repo = cls(path)
+        with repo.repo.config_writer() as cfg:  # worktrees share this; keep run outputs out of `git status`
+            cfg.set_value("core", "excludesFile", str((path / "info" / "exclude").resolve()))
+        (path / "info").mkdir(exist_ok=True)
+        (path / "info" / "exclude").write_text("__pycache__/\n*.pyc\n")
+        return repo
+
+    def close(self) -> None:
+        self.repo.close()
+
+    def _git(self, *args: str, input: str | None = None, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        full_env = {**os.environ, **_IDENTITY, **(env or {})}
+        proc = subprocess.run(["git", f"--git-dir={self.path}", *args], input=input, capture_output=True,
+                              text=True, env=full_env)
+        if check and proc.returncode != 0:
+            raise git.GitCommandError(["git", *args], proc.returncode, proc.stderr)
+        return proc
+
+    # -- writing --------------------------------------------------------------
+
+    def write_tree(self, files: dict[str, str]) -> str:
+        """Store `files` (path -> text) as a tree and return its hash: the genome's content hash."""
+        with tempfile.TemporaryDirectory() as tmp:
+            env = {"GIT_INDEX_FILE": os.path.join(tmp, "index")}
+            lines = []
+            for path, text in sorted(files.items()):
+                blob = self._git("hash-object", "-w", "--stdin", "--path", path, input=text).stdout.strip()
+                lines.append(f"100644 {blob} 0\t{path}\n")
+            self._git("update-index", "--add", "--index-info", input="".join(lines), env=env)
+            return self._git("write-tree", env=env).stdout.strip()
+
+    def commit(self, files: dict[str, str], *, parents: list[str], message: str) -> str:
+        """Write a commit of `files` with the given git parents; return its hash."""
+        tree = self.write_tree(files)
+        args = ["commit-tree", tree]
+        for parent in parents:
+            args += ["-p", parent]
+        return self._git(*args, input=message).stdout.strip()
+
+    def set_branch(self, name: str, commit: str) -> None:
+        self._git("update-ref", f"refs/heads/{name}", commit)
+
+    def has_branch(self, name: str) -> bool:
+        return self._git("show-ref", "--verify", "--quiet", f"refs/heads/{name}", check=False).returncode == 0
+
+    # -- reading --------------------------------------------------------------
+
+    def tree_of(self, commit: str) -> str:
+        return self._git("rev-parse", f"{commit}^{{tree}}").stdout.strip()
+
+    def files(self, commit: str, paths: list[str] | None = None) -> dict[str, str]:
+        """The text of every file (or of `paths`) in the genome at `commit`."""
+        c = self.repo.commit(commit)
+        if paths is None:
+            paths = [item.path for item in c.tree.traverse() if item.type == "blob"]
+        return {p: (c.tree / p).data_stream.read().decode("utf-8") for p in paths}
+
+    def parents(self, commit: str) -> list[str]:
+        return [p.hexsha for p in self.repo.commit(commit).parents]
+
+    def merge_base(self, a: str, b: str) -> str | None:
+        proc = self._git("merge-base", a, b, check=False)
+        return proc.stdout.strip() or None
+
+    def is_ancestor(self, ancestor: str, descendant: str) -> bool:
+        return self._git("merge-base", "--is-ancestor", ancestor, descendant, check=False).returncode == 0
+
+    def diff(self, old: str, new: str, context: int = 3) -> str:
+        """Unified diff between two genomes."""
+        return self._git("diff", f"-U{context}", "--no-color", old, new).stdout
+
+    def log_graph(self, refs: str = "--all", limit: int = 50) -> str:
+        return self._git("log", "--graph", "--oneline", "--decorate", f"-n{limit}", refs).stdout
+
+    # -- worktrees ------------------------------------------------------------
+
+    def checkout(self, worktree: str | Path, commit: str) -> Path:
+        """Check `commit` out into `worktree` (created on first use), discarding what was there."""
+        worktree = Path(worktree).resolve()
+        if not (worktree / ".git").exists():
+            worktree.parent.mkdir(parents=True, exist_ok=True)
+            self._git("worktree", "prune")
+            self._git("worktree", "add", "--force", "--detach", str(worktree), commit)
+        else:
+            wt = ["-C", str(worktree)]
+            subprocess.run(["git", *wt, "checkout", "--force", "--detach", commit], check=True, capture_output=True)
+            subprocess.run(["git", *wt, "clean", "-fdqx"], check=True, capture_output=True)
+        return worktree
+
+
+def genome_hash(files: dict[str, str]) -> str:
+    """The git tree hash of `files`, computed without git: a genome's content identity.
+
+    Equal to what `GenomeRepo.write_tree(files)` returns, so proposers can check whether a
+    genome is already known without touching the repository."""
+    import hashlib
+
+    def obj(kind: bytes, body: bytes) -> bytes:
+        return hashlib.sha1(kind + b" " + str(len(body)).encode() + b"\0" + body).digest()
+
+    def tree(entries: dict) -> bytes:
+        rows = []
+        for name, value in entries.items():
+            if isinstance(value, dict):
+                rows.append((name + "/", b"40000 " + name.encode() + b"\0" + tree(value)))
+            else:
+                rows.append((name, b"100644 " + name.encode() + b"\0" + obj(b"blob", value.encode("utf-8"))))
+        rows.sort(key=lambda r: r[0])  # git orders a subtree as if its name ended in '/'
+        return obj(b"tree", b"".join(r[1] for r in rows))
+
+    nested: dict = {}
+    for path, text in files.items():
+        *dirs, name = path.split("/")
+        node = nested
+        for d in dirs:
+            node = node.setdefault(d, {})
+        node[name] = text
+    return tree(nested).hex()
+
+
+def merge_texts(base: str, ours: str, theirs: str, *, labels: tuple[str, str, str] = ("ours", "base", "theirs")) -> tuple[str, bool]:
+    """Three-way merge of three texts with `git merge-file`: (merged text, had conflicts).
+
+    On conflict the text holds git's conflict markers, labelled with `labels`. Needs no
+    repository, so proposers may call it from worker threads."""
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for name, text in (("ours", ours), ("base", base), ("theirs", theirs)):
+            p = os.path.join(tmp, name)
+            Path(p).write_text(text)
+            paths.append(p)
+        proc = subprocess.run(["git", "merge-file", "-p", "-L", labels[0], "-L", labels[1], "-L", labels[2], *paths],
+                              capture_output=True, text=True)
+        if proc.returncode < 0 or proc.returncode > 127:
+            raise git.GitCommandError(["git", "merge-file"], proc.returncode, proc.stderr)
+        return proc.stdout, proc.returncode > 0

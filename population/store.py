@@ -1,0 +1,230 @@
+"""The trial store: one Optuna study per search, driven with ask/tell.
+
+Each trial's user_attrs hold what the engine knows about it (commit, parents, operator,
+description, status, metrics, proposer, cost); the study's user_attrs hold the search's
+fixed configuration. Any Optuna storage URL works: SQLite (the default), a journal file,
+or PostgreSQL when several hosts share a search. Writes go through one lock because the
+runner's progress thread reports intermediate values while the loop tells results.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+CONFIG_ATTR = "evo_config"
+SPEND_ATTR = "evo_spend_usd"
+# Statuses of a finished trial. ok is the only one with a usable val_bpb of its own.
+OK, DUPLICATE, INTERRUPTED, INVALID = "ok", "duplicate", "interrupted", "invalid_proposal"
+
+
+@dataclass
+class TrialRecord:
+    """A read-only view of one trial, as analysis and strategies see it."""
+
+    number: int
+    state: str                       # Optuna's: COMPLETE, FAIL, PRUNED, RUNNING
+    value: float | None              # val_bpb as told to Optuna (None unless COMPLETE)
+    attrs: dict[str, Any] = field(default_factory=dict)
+    constraints: dict[str, float] = field(default_factory=dict)
+    started: datetime | None = None
+    finished: datetime | None = None
+
+    @property
+    def status(self) -> str:
+        return "running" if self.state == "RUNNING" else self.attrs.get("status", self.state.lower())
+
+    @property
+    def commit(self) -> str:
+        return self.attrs.get("commit", "")
+
+    @property
+    def tree(self) -> str:
+        return self.attrs.get("tree", "")
+
+    @property
+    def parents(self) -> list[int]:
+        return list(self.attrs.get("parents", []))
+
+    @property
+    def operator(self) -> str:
+        return self.attrs.get("operator", "")
+
+    @property
+    def description(self) -> str:
+        return self.attrs.get("description", "")
+
+    @property
+    def rationale(self) -> str:
+        return self.attrs.get("rationale", "")
+
+    @property
+    def proposer(self) -> str:
+        return self.attrs.get("proposer", "")
+
+    @property
+    def seed(self) -> int:
+        return int(self.attrs.get("seed", 0))
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return dict(self.attrs.get("metrics", {}))
+
+    @property
+    def error(self) -> str:
+        return self.attrs.get("error", "")
+
+    @property
+    def cost_usd(self) -> float:
+        return float(self.attrs.get("usage", {}).get("cost_usd", 0.0))
+
+    @property
+    def feasible(self) -> bool:
+        return all(v <= 0 for v in self.constraints.values())
+
+    @property
+    def finished_ok(self) -> bool:
+        """A real evaluation with a finite val_bpb (duplicates reuse one; they are not one)."""
+        return self.status == OK and self.value is not None and math.isfinite(self.value)
+
+    @property
+    def counts(self) -> bool:
+        """Counts towards the search's trial limit: finished, and not cut short by the search itself."""
+        return self.state != "RUNNING" and self.status != INTERRUPTED
+
+
+class TrialStore:
+    """One search's Optuna study.
+
+    >>> store = TrialStore.create("sqlite:///runs/demo/study.db", "demo", {"profile": "tiny"})  # doctest: +SKIP
+    >>> n = store.start({"operator": "seed", "commit": "abc123"})                               # doctest: +SKIP
+    >>> store.finish(n, status="ok", value=1.92, metrics={"val_bpb": 1.92})                     # doctest: +SKIP
+    """
+
+    def __init__(self, study: optuna.Study):
+        self.study = study
+        self._lock = threading.RLock()
+        self._live: dict[int, optuna.Trial] = {}
+        self._reported: dict[int, set[int]] = {}
+
+    @classmethod
+    def create(cls, storage: str, name: str, config: dict, *, pruner: optuna.pruners.BasePruner | None = None) -> "TrialStore":
+        study = optuna.create_study(storage=storage, study_name=name, direction="minimize", pruner=pruner)
+        study.set_user_attr(CONFIG_ATTR, config)
+        study.set_user_attr(SPEND_ATTR, 0.0)
+        return cls(study)
+
+    @classmethod
+    def open(cls, storage: str, name: str, *, pruner: optuna.pruners.BasePruner | None = None) -> "TrialStore":
+        return cls(optuna.load_study(storage=storage, study_name=name, pruner=pruner))
+
+    @property
+    def config(self) -> dict:
+        return dict(self.study.user_attrs.get(CONFIG_ATTR, {}))
+
+    # -- writing --------------------------------------------------------------
+
+    def start(self, attrs: dict[str, Any]) -> int:
+        """Ask Optuna for a new trial, record `attrs` on it, and return its number."""
+        with self._lock:
+            trial = self.study.ask()
+            for key, value in attrs.items():
+                trial.set_user_attr(key, value)
+            self._live[trial.number] = trial
+            return trial.number
+
+    def set_attrs(self, number: int, attrs: dict[str, Any]) -> None:
+        with self._lock:
+            trial = self._live.get(number)
+            if trial is not None:
+                for key, value in attrs.items():
+                    trial.set_user_attr(key, value)
+            else:  # a finished trial: write through the storage
+                trial_id = self._trial_id(number)
+                for key, value in attrs.items():
+                    self.study._storage.set_trial_user_attr(trial_id, key, value)
+
+    def report(self, number: int, step: int, value: float) -> bool:
+        """Record an intermediate loss at `step` (percent of the budget); return whether to prune."""
+        with self._lock:
+            trial = self._live.get(number)
+            if trial is None or not math.isfinite(value):
+                return False
+            steps = self._reported.setdefault(number, set())
+            if step in steps:  # Optuna keeps one value per step
+                return False
+            steps.add(step)
+            trial.report(value, step)
+            return trial.should_prune()
+
+    def finish(self, number: int, *, status: str, value: float | None = None, metrics: dict | None = None,
+               constraints: dict[str, float] | None = None, **attrs: Any) -> None:
+        """Tell Optuna how the trial ended. ok/duplicate with a value -> COMPLETE, pruned -> PRUNED, else FAIL."""
+        with self._lock:
+            trial = self._live.pop(number, None)
+            self._reported.pop(number, None)
+            record = {"status": status, **attrs}
+            if metrics is not None:
+                record["metrics"] = metrics
+            if trial is not None:
+                for key, v in record.items():
+                    trial.set_user_attr(key, v)
+                for key, v in (constraints or {}).items():
+                    trial.set_constraint(key, v)
+            else:
+                self.set_attrs(number, record)
+            if status in (OK, DUPLICATE) and value is not None and math.isfinite(value):
+                self.study.tell(number, value, state=TrialState.COMPLETE)
+            elif status == "pruned":
+                self.study.tell(number, state=TrialState.PRUNED)
+            else:
+                self.study.tell(number, state=TrialState.FAIL)
+
+    def fail_running(self) -> list["TrialRecord"]:
+        """Mark every RUNNING trial as interrupted (FAIL) and return them: for resuming after a dead process.
+
+        Call this only while holding the search's lock: then no live process owns them."""
+        with self._lock:
+            orphans = [t for t in self.trials() if t.state == "RUNNING"]
+            for t in orphans:
+                trial_id = self._trial_id(t.number)
+                self.study._storage.set_trial_user_attr(trial_id, "status", INTERRUPTED)
+                self.study._storage.set_trial_user_attr(trial_id, "error", "the process running it stopped (crash, kill or Ctrl-C)")
+                self.study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+            return orphans
+
+    def add_spend(self, usd: float) -> float:
+        """Add to the search's LLM spend (dropped proposals included); return the new total."""
+        with self._lock:
+            total = self.spend_usd + float(usd)
+            self.study.set_user_attr(SPEND_ATTR, total)
+            return total
+
+    @property
+    def spend_usd(self) -> float:
+        return float(self.study.user_attrs.get(SPEND_ATTR, 0.0))
+
+    # -- reading --------------------------------------------------------------
+
+    def trials(self) -> list[TrialRecord]:
+        with self._lock:
+            frozen = self.study.get_trials(deepcopy=False)
+        return [_record(t) for t in frozen]
+
+    def _trial_id(self, number: int) -> int:
+        return self.study._storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
+
+
+def _record(t: optuna.trial.FrozenTrial) -> TrialRecord:
+    constraints = {k.split(":", 1)[1]: v for k, v in t.system_attrs.items() if k.startswith("constraints:")}
+    return TrialRecord(number=t.number, state=t.state.name, value=t.value if t.state == TrialState.COMPLETE else None,
+                       attrs=dict(t.user_attrs), constraints=constraints,
+                       started=t.datetime_start, finished=t.datetime_complete)
