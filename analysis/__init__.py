@@ -1,0 +1,1 @@
+"""Read-only views of searches: summaries, figures, reports, comparisons."""

@@ -1,0 +1,161 @@
+"""Text views of a search: the status summary, one trial in full, autoresearch's results.tsv."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import Counter
+from pathlib import Path
+
+from population.lineage import Lineage
+from population.store import TrialRecord
+
+TSV_COLUMNS = ("commit", "val_bpb", "memory_gb", "status", "description")
+
+
+def summarize(search) -> dict:
+    """Everything `evo status` shows, as plain data (`--json` prints exactly this)."""
+    trials = search.trials()
+    lineage = Lineage(trials)
+    best = lineage.best
+    counts = Counter(t.status for t in trials)
+    children = [t for t in trials if t.counts and t.operator in ("mutate", "crossover")]
+    kept = sum(1 for t in children if t.attrs.get("kept"))
+    spend = search.store.spend_usd
+    devices = _devices(search)
+    return {
+        "name": search.config.name,
+        "folder": str(search.folder),
+        "repo": str(search.repo.path),
+        "profile": search.config.profile,
+        "budget": search.config.budget,
+        "running": search.is_running(),
+        "best": best.trial if best else None,
+        "best_val_bpb": best.score if best else None,
+        "best_spread": best.spread if best else None,
+        "best_description": best.description if best else None,
+        "finished": sum(1 for t in trials if t.counts),
+        "counts": dict(counts),
+        "keep_rate": kept / len(children) if children else None,
+        "spend_usd": spend,
+        "cost_per_kept_usd": spend / kept if kept and spend else None,
+        "devices": devices,
+        "trials": [_trial_row(t) for t in trials],
+    }
+
+
+def _devices(search) -> list[dict]:
+    path = Path(search.folder) / "devices.json"
+    if not path.exists() or not search.is_running():
+        return []
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    rows = state.get("slots", [])
+    age = time.time() - state.get("updated", time.time())
+    for row in rows:  # seconds since the snapshot was written
+        if row.get("seconds") is not None:
+            row["seconds"] = round(row["seconds"] + age, 1)
+    return rows
+
+
+def _trial_row(t: TrialRecord) -> dict:
+    return {"number": t.number, "commit": t.commit, "parents": t.parents, "operator": t.operator, "status": t.status,
+            "val_bpb": t.value, "description": t.description, "proposer": t.proposer, "kept": bool(t.attrs.get("kept")),
+            "seed": t.seed, "error": t.error, "cost_usd": t.cost_usd,
+            "peak_vram_mb": t.metrics.get("peak_vram_mb"), "duplicate_of": t.attrs.get("duplicate_of")}
+
+
+def _fmt(v, digits=4):
+    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{digits}f}"
+
+
+def render_status(s: dict, recent: int = 12) -> str:
+    lines = [f"search {s['name']} ({'running' if s['running'] else 'stopped'}): profile {s['profile']}, "
+             f"budget {s['budget']:g}s, folder {s['folder']}"]
+    counts = s["counts"]
+    failed = sum(v for k, v in counts.items() if k not in ("ok", "duplicate", "running", "interrupted"))
+    lines.append(f"trials: {s['finished']} finished ({counts.get('ok', 0)} ok, {failed} failed, "
+                 f"{counts.get('duplicate', 0)} duplicate), {counts.get('running', 0)} running"
+                 + (f", {counts['interrupted']} interrupted" if counts.get("interrupted") else ""))
+    if s["best"] is not None:
+        spread = f" ± {s['best_spread']:.4f}" if s["best_spread"] is not None else ""
+        lines.append(f"best: val_bpb {s['best_val_bpb']:.6f}{spread} at trial #{s['best']}: {s['best_description']}")
+    else:
+        lines.append("best: none yet")
+    if s["keep_rate"] is not None:
+        lines.append(f"keep rate: {100 * s['keep_rate']:.0f}% of children improved the best so far")
+    if s["spend_usd"]:
+        per = f", ${s['cost_per_kept_usd']:.2f} per kept improvement" if s["cost_per_kept_usd"] else ""
+        lines.append(f"LLM spend: ${s['spend_usd']:.2f}{per}")
+    for d in s["devices"]:
+        if d.get("trial") is None:
+            lines.append(f"  {d['slot']:8s} idle")
+        else:
+            loss = f", loss {d['loss']:.3f}" if d.get("loss") is not None else ""
+            lines.append(f"  {d['slot']:8s} trial #{d['trial']}: {100 * (d.get('fraction') or 0):.0f}% of budget{loss}, {d['seconds']:.0f}s")
+    lines.append("")
+    lines.append(f"{'#':>4}  {'operator':9s} {'parents':9s} {'status':16s} {'val_bpb':>8}  description")
+    for row in s["trials"][-recent:]:
+        parents = ",".join(str(p) for p in row["parents"]) or "-"
+        mark = "*" if row["kept"] else " "
+        lines.append(f"{row['number']:>4}{mark} {row['operator']:9s} {parents:9s} {row['status']:16s} {_fmt(row['val_bpb']):>8}  "
+                     f"{(row['description'] or row['error'] or '')[:80]}")
+    return "\n".join(lines)
+
+
+def render_trial(search, number: int) -> str:
+    trials = {t.number: t for t in search.trials()}
+    if number not in trials:
+        last = max(trials) if trials else None
+        raise LookupError(f"search {search.config.name!r} has no trial #{number}" + (f" (trials 0..{last})" if last is not None else ""))
+    t = trials[number]
+    lineage = Lineage(list(trials.values()))
+    folder = search.trial_dir(number)
+    lines = [f"trial #{t.number} of {search.config.name}: {t.status}" + (" (kept: improved the best)" if t.attrs.get("kept") else ""),
+             f"operator: {t.operator}" + (f" of {', '.join('#' + str(p) for p in t.parents)}" if t.parents else ""),
+             f"proposer: {t.proposer or '-'}   seed: {t.seed}   commit: {t.commit[:12] or '-'}   branch: {search.branch(number)}"]
+    if t.description:
+        lines.append(f"description: {t.description}")
+    if t.rationale:
+        lines.append(f"rationale: {t.rationale}")
+    ind = lineage.individual(number)
+    if ind and len(ind.values) > 1:
+        lines.append(f"genome score: {ind.score:.6f} ± {ind.spread:.6f} over {len(ind.values)} evaluations (trials {ind.evaluations})")
+    if t.attrs.get("duplicate_of") is not None:
+        lines.append(f"duplicate of trial #{t.attrs['duplicate_of']}: not trained again")
+    if t.error:
+        lines.append(f"error: {t.error}")
+    if t.metrics:
+        lines.append("metrics: " + ", ".join(f"{k} {v:g}" for k, v in t.metrics.items()))
+    usage = t.attrs.get("usage") or {}
+    if usage:
+        lines.append("LLM usage: " + ", ".join(f"{k} {v}" for k, v in usage.items()))
+    diff = folder / "diff.patch"
+    if diff.exists() and diff.read_text().strip():
+        lines += ["", "diff against parent(s):", diff.read_text().rstrip()]
+    log = folder / "run.log"
+    if log.exists():
+        tail = log.read_text(errors="replace").splitlines()[-15:]
+        lines += ["", f"log tail ({log}):"] + tail
+    return "\n".join(lines)
+
+
+def results_tsv(trials: list[TrialRecord]) -> str:
+    """autoresearch's results.tsv: keep = improved the best so far, discard = did not, crash = no result."""
+    rows = ["\t".join(TSV_COLUMNS)]
+    for t in sorted(trials, key=lambda t: t.number):
+        if t.state == "RUNNING" or t.status == "interrupted":
+            continue
+        if t.finished_ok or (t.status == "duplicate" and t.value is not None):
+            status = "keep" if t.attrs.get("kept") or t.operator == "seed" else "discard"
+            val = f"{t.value:.6f}"
+        else:
+            status, val = "crash", "0.000000"
+        memory = t.metrics.get("peak_vram_mb")
+        memory_gb = f"{memory / 1024:.1f}" if memory is not None and math.isfinite(memory) else "0.0"
+        description = (t.description or t.operator).replace("\t", " ").replace("\n", " ")
+        rows.append("\t".join((t.commit[:7] or "-------", val, memory_gb, status, description)))
+    return "\n".join(rows) + "\n"

@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+from evo.proposers._base import Genome, Proposal, ProposalContext, Proposer
+from evo.proposers._hyperparams import FROZEN_PREFIXES, find_hyperparameters, format_value, mutate_value, rewrite
+from population.genomes import merge_texts
+
+
+class OfflineProposer(Proposer):
+    """A mutator that needs no network: it turns the knobs of the hyperparameter block.
+
+    Mutation perturbs one (sometimes two) UPPERCASE constants in a way that respects
+    their kind and rewrites only those values, described as ``MATRIX_LR 0.04 -> 0.05``.
+    Crossover takes each differing constant from one parent or the other, then merges
+    the rest of the two parents' code three-way from their merge base; where that merge
+    conflicts it keeps the first parent's code for that file and says so. It never
+    proposes a genome the search already knows (it redraws), and it is reproducible:
+    all randomness comes from the context's seeded rng.
+
+    Args:
+        two_change_rate: probability that a mutation changes two constants instead of one.
+        attempts: redraws before giving up on finding a genome the search has not seen.
+    """
+
+    name = "offline"
+
+    def __init__(self, *, two_change_rate: float = 0.3, attempts: int = 30):
+        self.two_change_rate = two_change_rate
+        self.attempts = attempts
+
+    # -- mutation ---------------------------------------------------------------
+
+    def _knobs(self, files: dict[str, str], ctx: ProposalContext) -> list[tuple[str, str, object]]:
+        profile = ctx.settings.get("profile")
+        return [(path, p.name, p.value) for path in ctx.mutable if path in files
+                for p in find_hyperparameters(files[path], profile).values()
+                if not p.name.startswith(FROZEN_PREFIXES)]
+
+    def _valid(self, files: dict[str, str], ctx: ProposalContext) -> bool:
+        # The seed's one hard invariant between knobs: whole micro-batches per optimizer step.
+        seq_len = ctx.settings.get("seq_len")
+        for path in ctx.mutable:
+            params = find_hyperparameters(files.get(path, ""), ctx.settings.get("profile"))
+            total, device = params.get("TOTAL_BATCH_SIZE"), params.get("DEVICE_BATCH_SIZE")
+            if seq_len and total and device and isinstance(total.value, int) and isinstance(device.value, int):
+                if total.value % (device.value * seq_len) != 0:
+                    return False
+        return True
+
+    def _mutated(self, files: dict[str, str], ctx: ProposalContext) -> tuple[dict[str, str], list[str]] | None:
+        knobs = self._knobs(files, ctx)
+        if not knobs:
+            return None
+        rng, profile = ctx.rng, ctx.settings.get("profile")
+        count = 2 if rng.random() < self.two_change_rate and len(knobs) > 1 else 1
+        child, notes = dict(files), []
+        for path, name, value in rng.sample(knobs, count):
+            new = mutate_value(name, value, rng)
+            if new is None or new == value:
+                continue
+            old_text = find_hyperparameters(child[path], profile)[name].text
+            child[path] = rewrite(child[path], {name: new}, profile)
+            notes.append(f"{name} {old_text} -> {format_value(new, old_text)}")
+        return (child, notes) if notes else None
+
+    def mutate(self, parent: Genome, ctx: ProposalContext) -> Proposal:
+        if not self._knobs(parent.files, ctx):
+            return Proposal(parent.files, "", ok=False,
+                            error="the offline proposer found no UPPERCASE hyperparameters to change in the mutable files")
+        for _ in range(self.attempts):
+            drawn = self._mutated(parent.files, ctx)
+            if drawn and self._valid(drawn[0], ctx) and not ctx.is_known(drawn[0]):
+                child, notes = drawn
+                return Proposal(child, ", ".join(notes), rationale=f"offline step from #{parent.trial}")
+        return Proposal(parent.files, "", ok=False,
+                        error=f"no unseen hyperparameter change of #{parent.trial} in {self.attempts} draws")
+
+    # -- crossover --------------------------------------------------------------
+
+    def _cross_once(self, a: Genome, b: Genome, base: Genome | None, ctx: ProposalContext) -> tuple[dict[str, str], list[str]]:
+        rng, profile = ctx.rng, ctx.settings.get("profile")
+        child, notes = {}, []
+        for path in ctx.mutable:
+            text_a, text_b = a.files.get(path, ""), b.files.get(path, "")
+            text_base = base.files.get(path, text_a) if base else text_a
+            pa, pb = find_hyperparameters(text_a, profile), find_hyperparameters(text_b, profile)
+            differing = sorted(n for n in pa.keys() & pb.keys() if pa[n].value != pb[n].value)
+            # Agree on every differing constant first, so the code merge never sees them conflict.
+            pick = {n: (pa[n].value if rng.random() < 0.5 else pb[n].value) for n in differing}
+            aligned_a, aligned_b = rewrite(text_a, pick, profile), rewrite(text_b, pick, profile)
+            for n in differing:
+                notes.append(f"{n} {format_value(pick[n], pa[n].text)} from #{a.trial if pick[n] == pa[n].value else b.trial}")
+            merged, conflict = merge_texts(text_base, aligned_a, aligned_b,
+                                           labels=(f"#{a.trial}", "merge base", f"#{b.trial}"))
+            if conflict:
+                merged = aligned_a
+                notes.append(f"code of {path} conflicts, kept #{a.trial}'s")
+            child[path] = merged
+        return child, notes
+
+    def crossover(self, a: Genome, b: Genome, base: Genome | None, ctx: ProposalContext) -> Proposal:
+        for _ in range(self.attempts):
+            child, notes = self._cross_once(a, b, base, ctx)
+            if self._valid(child, ctx) and not ctx.is_known(child):
+                return Proposal(child, f"cross #{a.trial} x #{b.trial}: " + ("; ".join(notes) or "merged code"),
+                                rationale="offline crossover: constants from either parent, other code merged three-way")
+        # Every combination is known: step away from one of them instead.
+        child, notes = self._cross_once(a, b, base, ctx)
+        drawn = self._mutated(child, ctx)
+        if drawn and self._valid(drawn[0], ctx) and not ctx.is_known(drawn[0]):
+            return Proposal(drawn[0], f"cross #{a.trial} x #{b.trial} then " + ", ".join(drawn[1]),
+                            rationale="offline crossover gave a known genome; mutated it")
+        return Proposal(a.files, "", ok=False, error=f"no unseen crossover of #{a.trial} and #{b.trial} in {self.attempts} draws")
