@@ -145,8 +145,12 @@ class SearchLoop:
                 self.stop.set()  # kill whatever still runs; their trials are recorded as interrupted
                 for future in list(self._running):
                     self._finish(future, wait=True)
-                for future in self._pending:
-                    future.cancel()
+                for future in self._pending:  # prepared but never run: their LLM cost still counts
+                    if future.cancel() or future.exception() is not None:
+                        continue
+                    child = future.result()
+                    if child.proposal is not None and child.proposal.usage.get("cost_usd"):
+                        self.search.store.add_spend(float(child.proposal.usage["cost_usd"]))
                 self._pending.clear()
                 self._write_devices()
                 self.proposer.close()
