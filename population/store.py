@@ -163,7 +163,7 @@ class TrialStore:
                 return False
             steps.add(step)
             trial.report(value, step)
-            return trial.should_prune()
+            return bool(trial.should_prune())
 
     def finish(self, number: int, *, status: str, value: float | None = None, metrics: dict | None = None,
                constraints: dict[str, float] | None = None, **attrs: Any) -> None:

@@ -150,7 +150,8 @@ def mutate_value(name: str, value: Any, rng: random.Random) -> Any | None:
         if "MOMENTUM" in upper or "BETA" in upper:
             return _towards_one(value, rng)
         if "RATIO" in upper or "FRAC" in upper:
-            return _round(min(1.0, max(0.0, value + rng.choice((-0.2, -0.1, 0.1, 0.2)))))
+            moves = [_round(min(1.0, max(0.0, value + d))) for d in (-0.2, -0.1, 0.1, 0.2)]
+            return rng.choice([m for m in moves if m != value])
         if value == 0.0:
             return rng.choice((0.01, 0.05, 0.1))
         return _round(value * rng.choice(_RATE_STEPS))

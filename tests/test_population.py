@@ -1,0 +1,149 @@
+"""The data layer: genomes in a real git repository, trials in a real Optuna storage, lineage from records."""
+
+from __future__ import annotations
+
+import subprocess
+
+import optuna
+import pytest
+
+from population import GenomeRepo, Lineage, TrialRecord, TrialStore, genome_hash, merge_texts
+
+
+@pytest.fixture
+def repo(tmp_path):
+    r = GenomeRepo.init(tmp_path / "population.git")
+    yield r
+    r.close()
+
+
+def test_genome_hash_equals_gits_tree_hash_for_flat_and_nested_files(repo):
+    for files in ({"train.py": "x = 1\n"}, {"train.py": "a\n", "model/gpt.py": "b\n", "model/opt.py": "c\n", "z.py": ""}):
+        assert genome_hash(files) == repo.write_tree(files)
+
+
+def test_commits_record_genetic_parents_as_git_parents(repo):
+    seed = repo.commit({"train.py": "LR = 1\n"}, parents=[], message="seed")
+    a = repo.commit({"train.py": "LR = 2\n"}, parents=[seed], message="a")
+    b = repo.commit({"train.py": "LR = 3\n"}, parents=[seed], message="b")
+    child = repo.commit({"train.py": "LR = 4\n"}, parents=[a, b], message="cross")
+    assert repo.parents(child) == [a, b]
+    assert repo.merge_base(a, b) == seed
+    assert repo.is_ancestor(seed, child) and not repo.is_ancestor(a, b)
+    assert repo.files(child) == {"train.py": "LR = 4\n"}
+    repo.set_branch("evo/demo/3", child)
+    assert repo.has_branch("evo/demo/3") and not repo.has_branch("evo/demo/4")
+    assert "-LR = 2" in repo.diff(a, child) and "+LR = 4" in repo.diff(a, child)
+
+
+def test_checkout_into_worktree_replaces_previous_genome_and_leftovers(repo, tmp_path):
+    one = repo.commit({"train.py": "one\n"}, parents=[], message="1")
+    two = repo.commit({"train.py": "two\n"}, parents=[one], message="2")
+    wt = repo.checkout(tmp_path / "wt", one)
+    (wt / "leftover.txt").write_text("junk")
+    (wt / "train.py").write_text("edited")
+    repo.checkout(tmp_path / "wt", two)
+    assert (wt / "train.py").read_text() == "two\n"
+    assert not (wt / "leftover.txt").exists()
+
+
+def test_merge_texts_merges_disjoint_edits_and_marks_conflicts():
+    base = "a = 1\nb = 2\nc = 3\n"
+    merged, conflict = merge_texts(base, "a = 10\nb = 2\nc = 3\n", "a = 1\nb = 2\nc = 30\n")
+    assert not conflict and merged == "a = 10\nb = 2\nc = 30\n"
+    merged, conflict = merge_texts(base, "a = 10\nb = 2\nc = 3\n", "a = 20\nb = 2\nc = 3\n", labels=("#1", "base", "#2"))
+    assert conflict and "<<<<<<< #1" in merged and ">>>>>>> #2" in merged
+
+
+def test_store_round_trips_attrs_states_and_constraints(tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    store = TrialStore.create(url, "demo", {"profile": "tiny"})
+    n0 = store.start({"operator": "seed", "commit": "c0", "parents": []})
+    store.finish(n0, status="ok", value=2.5, metrics={"val_bpb": 2.5}, constraints={"vram_gb": -1.0})
+    n1 = store.start({"operator": "mutate", "commit": "c1", "parents": [n0]})
+    store.finish(n1, status="crash", error="boom")
+    n2 = store.start({"operator": "mutate", "commit": "c2", "parents": [n0]})
+    store.finish(n2, status="ok", value=2.4, constraints={"vram_gb": 0.5})
+    n3 = store.start({"operator": "mutate", "parents": [n0]})
+    reopened = TrialStore.open(url, "demo")
+    assert reopened.config == {"profile": "tiny"}
+    t = {r.number: r for r in reopened.trials()}
+    assert (t[n0].state, t[n0].value, t[n0].feasible, t[n0].metrics) == ("COMPLETE", 2.5, True, {"val_bpb": 2.5})
+    assert (t[n1].state, t[n1].status, t[n1].error, t[n1].value) == ("FAIL", "crash", "boom", None)
+    assert t[n2].feasible is False
+    assert t[n3].status == "running" and not t[n3].counts
+    orphans = reopened.fail_running()
+    assert [o.number for o in orphans] == [n3]
+    t3 = {r.number: r for r in reopened.trials()}[n3]
+    assert (t3.state, t3.status, t3.counts) == ("FAIL", "interrupted", False)
+
+
+def test_store_spend_accumulates(tmp_path):
+    store = TrialStore.create(f"sqlite:///{tmp_path / 's.db'}", "s", {})
+    store.add_spend(0.25)
+    assert store.add_spend(0.5) == pytest.approx(0.75)
+    assert TrialStore.open(f"sqlite:///{tmp_path / 's.db'}", "s").spend_usd == pytest.approx(0.75)
+
+
+def test_store_works_on_a_journal_file_too(tmp_path):
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "journal.log")))
+    store = TrialStore.create(storage, "j", {"profile": "tiny"})
+    n = store.start({"operator": "seed"})
+    store.finish(n, status="ok", value=1.0)
+    assert [r.value for r in TrialStore.open(storage, "j").trials()] == [1.0]
+
+
+def test_store_report_prunes_a_trial_clearly_behind_the_others(tmp_path):
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=10)
+    store = TrialStore.create(f"sqlite:///{tmp_path / 'p.db'}", "p", {}, pruner=pruner)
+    for _ in range(3):
+        n = store.start({})
+        for step in range(0, 60, 10):
+            assert store.report(n, step, 3.0 - step / 100) is False
+        store.finish(n, status="ok", value=2.4)
+    n = store.start({})
+    assert store.report(n, 5, 9.0) is False     # inside the warm-up: never pruned
+    assert store.report(n, 20, 9.0) is True     # far behind the median at 20% of the budget
+    assert store.report(n, 20, 1.0) is False    # one value per step
+    store.finish(n, status="pruned")
+    assert store.trials()[-1].state == "PRUNED"
+
+
+def rec(n, value=None, parents=(), op="mutate", tree=None, status="ok", feasible=True, island=0):
+    state = "COMPLETE" if value is not None and status in ("ok", "duplicate") else ("RUNNING" if status == "running" else "FAIL")
+    return TrialRecord(number=n, state=state, value=value if state == "COMPLETE" else None,
+                       attrs={"operator": op, "parents": list(parents), "tree": tree or f"t{n}", "commit": f"c{n}",
+                              "status": status, "island": island, "description": f"trial {n}"},
+                       constraints={} if feasible else {"vram_gb": 1.0})
+
+
+def test_lineage_ranks_genomes_by_mean_over_reevaluations():
+    trials = [rec(0, 3.0, op="seed"), rec(1, 2.0, [0]), rec(2, 2.2, [0]),
+              rec(3, 2.6, [1], op="reeval", tree="t1"), rec(4, 2.5, [1], op="reeval", tree="t1")]
+    lineage = Lineage(trials)
+    one = lineage.individual(1)
+    assert one.values == [2.0, 2.6, 2.5] and one.score == pytest.approx(7.1 / 3)
+    assert one.spread == pytest.approx(0.3214550253664318)
+    assert [i.trial for i in lineage.ranked()] == [2, 1, 0]   # 2.2 < mean(2.0, 2.6, 2.5) = 2.367
+    assert lineage.best.trial == 2
+    assert lineage.individual(3) is one
+
+
+def test_lineage_excludes_infeasible_failed_and_duplicate_trials_from_ranking():
+    trials = [rec(0, 3.0, op="seed"), rec(1, 1.0, [0], feasible=False), rec(2, None, [0], status="crash"),
+              rec(3, 2.0, [0], status="duplicate", tree="t0"), rec(4, 2.9, [0])]
+    lineage = Lineage(trials)
+    assert [i.trial for i in lineage.ranked()] == [4, 0]
+    assert [i.trial for i in lineage.ranked(feasible_only=False)] == [1, 4, 0]
+    assert lineage.individual(0).values == [3.0]  # a duplicate reuses a result, it is not a new evaluation
+
+
+def test_lineage_ancestry_follows_both_parents_of_a_crossover():
+    trials = [rec(0, 3.0, op="seed"), rec(1, 2.9, [0]), rec(2, 2.8, [0]), rec(3, 2.7, [1]),
+              rec(4, 2.6, [3, 2], op="crossover"), rec(5, 2.5, [4])]
+    lineage = Lineage(trials)
+    assert lineage.ancestors(5) == {4, 3, 2, 1, 0}
+    assert lineage.related(5, 2) and not lineage.related(3, 2)
+    assert lineage.path_to(5) == [0, 1, 3, 4, 5]

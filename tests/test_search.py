@@ -1,0 +1,268 @@
+"""End-to-end searches on the tiny profile: real git, real Optuna storage, real training, the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import run_evo
+from evo import EvolveStrategy, GreedyStrategy, OfflineProposer, Proposal, Proposer, RunOptions, Search, SearchLoop, parse_devices
+from evo.proposers._hyperparams import find_hyperparameters, rewrite
+from evo.strategies import Plan, Strategy
+
+pytestmark = pytest.mark.slow
+BUDGET = "2"
+
+
+def status_json(project: Path, name: str) -> dict:
+    proc = run_evo("status", name, "--json", cwd=project)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def open_search(project: Path, name: str) -> Search:
+    return Search.open(name, root=project / "runs")
+
+
+def assert_git_matches_store(project: Path, name: str) -> None:
+    """Every trial's branch points at its commit, whose git parents are its parents' commits."""
+    search = open_search(project, name)
+    try:
+        trials = {t.number: t for t in search.trials()}
+        for t in trials.values():
+            if not t.commit:
+                continue
+            assert search.repo.has_branch(search.branch(t.number))
+            head = search.repo._git("rev-parse", f"refs/heads/{search.branch(t.number)}").stdout.strip()
+            assert head == t.commit
+            if t.operator in ("mutate", "crossover"):
+                assert search.repo.parents(t.commit) == [trials[p].commit for p in t.parents]
+    finally:
+        search.close()
+
+
+def test_greedy_search_only_ever_breeds_from_the_best_so_far(project):
+    proc = run_evo("run", "g", "--profile", "tiny", "--budget", BUDGET, "--trials", "5", "--strategy", "greedy", cwd=project)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "stopped: reached 5 trials" in proc.stdout
+    summary = status_json(project, "g")
+    trials = summary["trials"]
+    assert [t["number"] for t in trials] == [0, 1, 2, 3, 4]
+    assert trials[0]["operator"] == "seed" and trials[0]["parents"] == []
+    best_so_far, best_trial = None, None
+    for t in trials:
+        if t["operator"] == "mutate":
+            assert t["parents"] == [best_trial], "a greedy child descends from the current best"
+            kept = t["status"] == "ok" and t["val_bpb"] < best_so_far
+            assert t["kept"] == kept
+        if t["status"] == "ok" and (best_so_far is None or t["val_bpb"] < best_so_far):
+            best_so_far, best_trial = t["val_bpb"], t["number"]
+    assert summary["best"] == best_trial and summary["repo"].endswith("population.git")
+    assert_git_matches_store(project, "g")
+
+
+def test_random_search_mutates_only_the_seed_and_exports_results_tsv(project):
+    proc = run_evo("run", "r", "--profile", "tiny", "--budget", BUDGET, "--trials", "4", "--strategy", "random", cwd=project)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    trials = status_json(project, "r")["trials"]
+    assert all(t["parents"] == [0] for t in trials[1:])
+    tsv = run_evo("export", "r", "--tsv", cwd=project).stdout.splitlines()
+    assert tsv[0].split("\t") == ["commit", "val_bpb", "memory_gb", "status", "description"]
+    assert len(tsv) == 5 and all(row.split("\t")[3] in ("keep", "discard", "crash") for row in tsv[1:])
+    assert tsv[1].split("\t")[3] == "keep"  # the seed is the baseline every later row is judged against
+
+
+class CrossTheFirstTwoChildren(Strategy):
+    """Mutates the seed twice, then crosses its two children: a deterministic crossover for the test."""
+
+    name = "cross-first-two"
+
+    def plan(self, lineage, rng):
+        kids = [i.trial for i in lineage.ranked() if i.operator == "mutate"]
+        if len(kids) >= 2:
+            return Plan("crossover", tuple(sorted(kids[:2])))
+        return Plan("mutate", (lineage.seed.number,))
+
+
+def test_crossover_child_is_a_merge_commit_of_both_parents(project):
+    search = Search.create("x", root=project / "runs", project=project, profile="tiny", budget=2)
+    SearchLoop(search, CrossTheFirstTwoChildren(), OfflineProposer(), parse_devices("cpu"), RunOptions(trials=5)).run()
+    trials = search.trials()
+    crosses = [t for t in trials if t.operator == "crossover"]
+    assert crosses, [(t.number, t.operator, t.status) for t in trials]
+    child = crosses[0]
+    a, b = (next(t for t in trials if t.number == n) for n in child.parents)
+    assert search.repo.parents(child.commit) == [a.commit, b.commit]
+    log = search.repo.log_graph()
+    assert "Merge" not in log  # our own merge commits, not git's default messages
+    assert child.description.startswith(f"cross #{a.number} x #{b.number}")
+    search.close()
+    assert_git_matches_store(project, "x")
+
+
+class SameEditEveryTime(Proposer):
+    """Always sets MATRIX_LR to 0.05: after the first child, every proposal is a genome the search knows."""
+
+    name = "same-edit"
+
+    def mutate(self, parent, ctx):
+        files = {"train.py": rewrite(parent.files["train.py"], {"MATRIX_LR": 0.05}, ctx.settings["profile"])}
+        return Proposal(files, "MATRIX_LR -> 0.05")
+
+
+def test_identical_genomes_are_recorded_as_duplicates_and_never_trained_again(project):
+    search = Search.create("d", root=project / "runs", project=project, profile="tiny", budget=2)
+    SearchLoop(search, GreedyStrategy(), SameEditEveryTime(), parse_devices("cpu"), RunOptions(trials=4)).run()
+    trials = search.trials()
+    assert [t.status for t in trials[:2]] == ["ok", "ok"]
+    for t in trials[2:]:
+        assert t.status == "duplicate" and t.attrs["duplicate_of"] == 1 and t.value == trials[1].value
+        assert not (search.trial_dir(t.number) / "run.log").exists()
+        assert t.tree == trials[1].tree
+    search.close()
+
+
+def _wait_for_running_trial(project: Path, name: str, number: int, timeout: float = 180) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if (project / "runs" / name / "search.json").exists():
+            try:
+                search = open_search(project, name)
+                running = {t.number: t for t in search.trials() if t.status == "running"}
+                search.close()
+            except Exception:  # the store may be mid-creation
+                running = {}
+            if number in running and running[number].attrs.get("pid"):
+                return running[number].attrs
+        time.sleep(0.2)
+    raise AssertionError(f"trial {number} never started")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_kill_dash_nine_then_resume_finishes_without_losing_or_duplicating_trials(project):
+    args = [sys.executable, "-m", "evo.cli", "run", "k", "--profile", "tiny", "--budget", "4", "--trials", "4"]
+    proc = subprocess.Popen(args, cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    attrs = _wait_for_running_trial(project, "k", 1)
+    time.sleep(1.0)  # mid-trial
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    orphan_pid = int(attrs["pid"])
+
+    resumed = run_evo("run", "k", "--trials", "4", cwd=project)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "trial #1 was left running" in resumed.stdout
+    assert not _alive(orphan_pid), "the dead engine's training process must not keep the device"
+
+    search = open_search(project, "k")
+    trials = search.trials()
+    numbers = [t.number for t in trials]
+    assert len(numbers) == len(set(numbers))
+    assert not [t for t in trials if t.state == "RUNNING"]
+    assert sum(1 for t in trials if t.counts) == 4
+    interrupted = [t for t in trials if t.status == "interrupted"]
+    assert [t.number for t in interrupted] == [1]
+    rerun = [t for t in trials if t.attrs.get("rerun_of") == 1]
+    assert len(rerun) == 1 and rerun[0].commit == interrupted[0].commit and rerun[0].status == "ok"
+    search.close()
+    assert_git_matches_store(project, "k")
+
+
+def test_ctrl_c_stops_promptly_and_the_next_run_resumes(project):
+    proc = subprocess.Popen([sys.executable, "-m", "evo.cli", "run", "c", "--profile", "tiny", "--budget", "30", "--trials", "3"],
+                            cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    _wait_for_running_trial(project, "c", 0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    assert "stopping" in err
+    search = open_search(project, "c")
+    seed = search.trials()[0]
+    assert seed.status == "interrupted" and seed.state == "FAIL"
+    search.close()
+    resumed = run_evo("run", "c", "--trials", "1", cwd=project)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    trials = status_json(project, "c")["trials"]
+    assert [t["status"] for t in trials] == ["interrupted", "ok"] and trials[1]["operator"] == "seed"
+
+
+def test_reevaluation_ranks_the_best_by_its_mean_over_new_seeds(project):
+    proc = run_evo("run", "re", "--profile", "tiny", "--budget", BUDGET, "--trials", "3", "--reeval", "2",
+                   "--strategy", "greedy", cwd=project)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = status_json(project, "re")
+    trials = summary["trials"]
+    reevals = [t for t in trials if t["operator"] == "reeval"]
+    assert [(t["parents"], t["seed"]) for t in reevals] == [([0], 1), ([0], 2)]
+    values = [trials[0]["val_bpb"]] + [t["val_bpb"] for t in reevals]
+    assert summary["best"] == 0
+    assert summary["best_val_bpb"] == pytest.approx(sum(values) / 3)
+    assert summary["best_spread"] is not None and summary["best_spread"] > 0
+
+
+def test_infeasible_trials_stay_on_record_but_are_never_parents_or_best(project):
+    proc = run_evo("run", "v", "--profile", "tiny", "--budget", BUDGET, "--trials", "3", "--max-vram-gb", "0.001", cwd=project)
+    assert proc.returncode == 1
+    assert "cannot plan a child" in proc.stdout
+    summary = status_json(project, "v")
+    assert summary["best"] is None
+    assert [t["status"] for t in summary["trials"]] == ["ok"]
+    search = open_search(project, "v")
+    assert search.trials()[0].constraints["vram_gb"] > 0
+    search.close()
+
+
+def test_status_show_and_best_tell_the_story(project):
+    proc = run_evo("run", "s", "--profile", "tiny", "--budget", BUDGET, "--trials", "2", cwd=project)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    text = run_evo("status", cwd=project).stdout  # the only search: no name needed
+    assert "search s" in text and "best: val_bpb" in text and "2 finished" in text
+    shown = run_evo("show", "s", "1", cwd=project)
+    assert shown.returncode == 0
+    assert "operator: mutate of #0" in shown.stdout and "diff against parent" in shown.stdout and "val_bpb:" in shown.stdout
+    best = run_evo("best", "s", "--out", "bestdir", cwd=project)
+    assert best.returncode == 0 and (project / "bestdir" / "train.py").exists()
+    assert find_hyperparameters((project / "bestdir" / "train.py").read_text(), "tiny")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["run", "b1", "--trials", "0"], "expected a number >= 1"),
+    (["run", "b2", "--devices", "gpu7", "--profile", "tiny"], "bad device 'gpu7'"),
+    (["run", "b3", "--profile", "huge"], "invalid choice"),
+    (["run", "b4", "--mutable", "prepare.py", "--profile", "tiny"], "prepare.py is the fixed harness"),
+    (["run", "b5", "--proposer", "telepathy", "--profile", "tiny"], "unknown proposer"),
+    (["run", "bad name!", "--profile", "tiny"], "bad search name"),
+    (["status", "nope"], "no search named 'nope'"),
+    (["show", "nope", "x"], "trial number must be a whole number"),
+    (["run", "b6", "--budget", "-3"], "expected a positive number"),
+    (["run", "b7", "--crossover-rate", "2"], "probability in [0, 1]"),
+])
+def test_bad_arguments_exit_2_with_one_clear_line(project, args, message):
+    proc = run_evo(*args, cwd=project)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert not (project / "runs" / args[1] / "study.db").exists() or args[0] == "status"
+
+
+def test_fixed_settings_cannot_change_on_resume_and_unknown_trials_are_reported(project):
+    assert run_evo("init", "f", "--profile", "tiny", "--budget", BUDGET, cwd=project).returncode == 0
+    again = run_evo("init", "f", "--profile", "tiny", cwd=project)
+    assert again.returncode == 2 and "already exists" in again.stderr
+    changed = run_evo("run", "f", "--profile", "cpu", "--trials", "1", cwd=project)
+    assert changed.returncode == 2 and "--profile is fixed at 'tiny'" in changed.stderr
+    missing = run_evo("show", "f", "7", cwd=project)
+    assert missing.returncode == 2 and "has no trial #7" in missing.stderr
