@@ -263,14 +263,15 @@ def cmd_init(args) -> int:
 def cmd_run(args) -> int:
     proposer = make_proposer(args.proposer, args)
     strategy = _strategy(args)
+    slots = parse_devices(args.devices) if args.devices else None  # reject a bad device before creating anything
     if Search.exists(args.name, root=args.root):
         search = Search.open(args.name, root=args.root, pruner=_pruner(args))
         _check_fixed(search, args)
     else:
         Search.create(args.name, **_creation_kwargs(args)).close()
         search = Search.open(args.name, root=args.root, pruner=_pruner(args))
-    cuda = describe_harness(search.harness[0], search.config.profile)["cuda_devices"] if not args.devices else 0
-    slots = parse_devices(args.devices, cuda)
+    if slots is None:
+        slots = parse_devices(None, describe_harness(search.harness[0], search.config.profile)["cuda_devices"])
     options = RunOptions(trials=args.trials, hours=args.hours, reeval=args.reeval, prune=args.prune,
                          max_vram_gb=args.max_vram_gb, max_cost_usd=args.max_cost_usd)
     reporter = Reporter(search, options, len(slots), quiet=args.quiet)
