@@ -435,7 +435,7 @@ def make_dataloader(tokenizer, B, T, split, *, device=None, seed=0, buffer_size=
     buffer_lens = lengths[buffer]
     rows = np.empty((B, row_len), dtype=np.int64)
     pin = device.type == "cuda"
-    host = torch.empty((2, B, T), dtype=torch.long, pin_memory=pin)
+    host = torch.empty((2, B, T), dtype=torch.long)
     while True:
         for r in range(B):
             pos = 0
@@ -455,12 +455,17 @@ def make_dataloader(tokenizer, B, T, split, *, device=None, seed=0, buffer_size=
                 buffer[k], epoch = next(stream)  # refill the slot in place
                 buffer_lens[k] = lengths[buffer[k]]
         batch = torch.from_numpy(rows)
-        host[0].copy_(batch[:, :-1])
-        host[1].copy_(batch[:, 1:])
         if pin:
-            on_device = host.to(device, non_blocking=True)
+            # A fresh pinned buffer per batch: the caching host allocator does not hand it out
+            # again until its asynchronous copy has finished, so packing never races the GPU.
+            staging = torch.empty((2, B, T), dtype=torch.long, pin_memory=True)
+            staging[0].copy_(batch[:, :-1])
+            staging[1].copy_(batch[:, 1:])
+            on_device = staging.to(device, non_blocking=True)
             yield on_device[0], on_device[1], epoch
         else:
+            host[0].copy_(batch[:, :-1])
+            host[1].copy_(batch[:, 1:])
             yield host[0].clone(), host[1].clone(), epoch
 
 # ---------------------------------------------------------------------------
@@ -498,11 +503,12 @@ def evaluate_bpb(model, tokenizer, batch_size, *, device=None):
     rows = eval_rows(vocab_size=tokenizer.vocab_size)
     for start in range(0, rows, batch_size):
         x, y, _ = next(loader)
-        x, y = x[:rows - start], y[:rows - start]  # the last batch may be partial
         with autocast:
-            logits = model(x)
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1), reduction="none")
-        nbytes = token_bytes[y.view(-1)]
+            logits = model(x)  # always a full batch: a compiled model would recompile for a smaller one
+        n = min(batch_size, rows - start)  # the last batch may hold rows past the evaluated set: score only ours
+        logits, y = logits[:n], y[:n]
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none")
+        nbytes = token_bytes[y.reshape(-1)]
         total_nats += (loss * (nbytes > 0)).sum(dtype=torch.float64)
         total_bytes += nbytes.sum()
     return (total_nats / (math.log(2) * total_bytes)).item()
