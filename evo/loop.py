@@ -137,8 +137,14 @@ class SearchLoop:
                     halting = self._halting(reason)
                     if not halting:
                         self._launch_ready()
+                    if not self._running and not halting and not self._pending and not self._ready and not reason:
+                        # A launch may have used up a proposal without running it (a duplicate or an
+                        # invalid proposal): plan again before concluding there is nothing to do.
+                        self._plan_more()
+                        if self._pending or self._ready:
+                            continue
                     if not self._running and (halting or (not self._pending and not self._ready)):
-                        self._stop_reason = reason or self.error or "nothing left to plan"
+                        self._stop_reason = self._limit_reached() or self.error or "nothing left to plan"
                         break
                     self._wait()
             finally:

@@ -266,3 +266,53 @@ def test_fixed_settings_cannot_change_on_resume_and_unknown_trials_are_reported(
     assert changed.returncode == 2 and "--profile is fixed at 'tiny'" in changed.stderr
     missing = run_evo("show", "f", "7", cwd=project)
     assert missing.returncode == 2 and "has no trial #7" in missing.stderr
+
+
+# -- loop semantics on an instant genome (no training: every second here is the engine's) ----------
+
+@pytest.fixture
+def instant_project(project):
+    """The project with train.py replaced by a genome that scores its knobs at once."""
+    (project / "train.py").write_text((Path(__file__).parent / "data" / "instant_genome.py").read_text())
+    return project
+
+
+class InvalidEveryOtherTime(Proposer):
+    """Fails every second proposal, like an LLM whose edits do not apply."""
+
+    name = "flaky"
+
+    def __init__(self):
+        self.calls = 0
+        self.offline = OfflineProposer()
+
+    def mutate(self, parent, ctx):
+        self.calls += 1
+        if self.calls % 2 == 0:
+            return Proposal(parent.files, "", ok=False, error="edit did not apply")
+        return self.offline.mutate(parent, ctx)
+
+
+@pytest.mark.parametrize("strategy", [GreedyStrategy(), EvolveStrategy(crossover_rate=0.0)])
+def test_invalid_proposals_are_recorded_and_the_search_goes_on_to_its_limit(instant_project, strategy):
+    search = Search.create("inv", root=instant_project / "runs", project=instant_project, profile="tiny", budget=1)
+    reason = SearchLoop(search, strategy, InvalidEveryOtherTime(), parse_devices("cpu"), RunOptions(trials=9)).run()
+    trials = search.trials()
+    assert reason == "reached 9 trials" and len(trials) == 9
+    invalid = [t for t in trials if t.status == "invalid_proposal"]
+    assert len(invalid) >= 3 and all(t.error == "edit did not apply" and not t.commit for t in invalid)
+    assert all(json.loads((search.trial_dir(t.number) / "proposal.json").read_text())["ok"] is False for t in invalid)
+    search.close()
+
+
+def test_concurrent_cpu_slots_run_trials_side_by_side(instant_project):
+    (instant_project / "train.py").write_text((instant_project / "train.py").read_text().replace(
+        "def main():", "def main():\n    import time; time.sleep(1.5)"))
+    search = Search.create("par", root=instant_project / "runs", project=instant_project, profile="tiny", budget=1)
+    SearchLoop(search, EvolveStrategy(), OfflineProposer(), parse_devices("cpu:2"), RunOptions(trials=5)).run()
+    trials = [t for t in search.trials() if t.operator != "seed"]
+    overlapping = [(a.number, b.number) for a in trials for b in trials
+                   if a.number < b.number and a.started < b.finished and b.started < a.finished]
+    assert overlapping, "with two CPU slots, children run at the same time"
+    assert {t.attrs.get("pid") for t in trials} and len({t.attrs["pid"] for t in trials}) == len(trials)
+    search.close()

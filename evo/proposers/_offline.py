@@ -104,9 +104,10 @@ class OfflineProposer(Proposer):
                 return Proposal(child, f"cross #{a.trial} x #{b.trial}: " + ("; ".join(notes) or "merged code"),
                                 rationale="offline crossover: constants from either parent, other code merged three-way")
         # Every combination is known: step away from one of them instead.
-        child, notes = self._cross_once(a, b, base, ctx)
-        drawn = self._mutated(child, ctx)
-        if drawn and self._valid(drawn[0], ctx) and not ctx.is_known(drawn[0]):
-            return Proposal(drawn[0], f"cross #{a.trial} x #{b.trial} then " + ", ".join(drawn[1]),
-                            rationale="offline crossover gave a known genome; mutated it")
+        for _ in range(self.attempts):
+            child, _notes = self._cross_once(a, b, base, ctx)
+            drawn = self._mutated(child, ctx)
+            if drawn and self._valid(drawn[0], ctx) and not ctx.is_known(drawn[0]):
+                return Proposal(drawn[0], f"cross #{a.trial} x #{b.trial} then " + ", ".join(drawn[1]),
+                                rationale="every crossover of the two parents is known; mutated one")
         return Proposal(a.files, "", ok=False, error=f"no unseen crossover of #{a.trial} and #{b.trial} in {self.attempts} draws")
