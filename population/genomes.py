@@ -49,7 +49,7 @@ class GenomeRepo:
     def _git(self, *args: str, input: str | None = None, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
         full_env = {**os.environ, **_IDENTITY, **(env or {})}
         proc = subprocess.run(["git", f"--git-dir={self.path}", *args], input=input, capture_output=True,
-                              text=True, env=full_env)
+                              encoding="utf-8", env=full_env)
         if check and proc.returncode != 0:
             raise git.GitCommandError(["git", *args], proc.returncode, proc.stderr)
         return proc
@@ -87,14 +87,16 @@ class GenomeRepo:
         return self._git("rev-parse", f"{commit}^{{tree}}").stdout.strip()
 
     def files(self, commit: str, paths: list[str] | None = None) -> dict[str, str]:
-        """The text of every file (or of `paths`) in the genome at `commit`."""
-        c = self.repo.commit(commit)
+        """The text of every file (or of `paths`) in the genome at `commit`.
+
+        Plain `git` processes, not GitPython's shared object reader: proposal threads
+        read genomes concurrently, and that reader is not thread-safe."""
         if paths is None:
-            paths = [item.path for item in c.tree.traverse() if item.type == "blob"]
-        return {p: (c.tree / p).data_stream.read().decode("utf-8") for p in paths}
+            paths = self._git("ls-tree", "-r", "--name-only", commit).stdout.splitlines()
+        return {p: self._git("cat-file", "blob", f"{commit}:{p}").stdout for p in paths}
 
     def parents(self, commit: str) -> list[str]:
-        return [p.hexsha for p in self.repo.commit(commit).parents]
+        return self._git("rev-list", "--parents", "-n1", commit).stdout.split()[1:]
 
     def merge_base(self, a: str, b: str) -> str | None:
         proc = self._git("merge-base", a, b, check=False)
@@ -165,10 +167,10 @@ def merge_texts(base: str, ours: str, theirs: str, *, labels: tuple[str, str, st
         paths = []
         for name, text in (("ours", ours), ("base", base), ("theirs", theirs)):
             p = os.path.join(tmp, name)
-            Path(p).write_text(text)
+            Path(p).write_text(text, encoding="utf-8")
             paths.append(p)
         proc = subprocess.run(["git", "merge-file", "-p", "-L", labels[0], "-L", labels[1], "-L", labels[2], *paths],
-                              capture_output=True, text=True)
+                              capture_output=True, encoding="utf-8")
         if proc.returncode < 0 or proc.returncode > 127:
             raise git.GitCommandError(["git", "merge-file"], proc.returncode, proc.stderr)
         return proc.stdout, proc.returncode > 0
