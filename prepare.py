@@ -541,8 +541,8 @@ def main(argv=None):
         return
     t0 = time.time()
     root = prepare(source, profile, args.cache_dir, args.num_shards)
-    print(f"ready: profile {profile.name} (vocab {profile.vocab_size}, seq_len {profile.seq_len}, "
-          f"budget {profile.time_budget:g}s) on {source}; files in {root} ({time.time() - t0:.1f}s)")
+    print(f"ready: profile {profile.name} (vocab {profile.vocab_size}, seq_len {profile.seq_len}) on {source}; "
+          f"files in {root} ({time.time() - t0:.1f}s)")
 
 
 if __name__ == "__main__":

@@ -203,16 +203,20 @@ class SearchLoop:
     # -- start-up ---------------------------------------------------------------------
 
     def _prepare_data(self) -> None:
+        """Run the harness's preparation once before any trial (a no-op when the cache has it)."""
         cfg = self.search.config
         env = trial_environment(profile=cfg.profile, budget=cfg.budget, seed=cfg.seed, device="cpu",
                                 data=cfg.data, cache_dir=cfg.cache_dir)
         self.on_event("preparing", {"profile": cfg.profile, "data": cfg.data})
-        proc = subprocess.run([self.python or _python(), str(self.search.harness[0]), "--profile", cfg.profile,
-                               "--source", cfg.data], env=env, capture_output=True, text=True,
-                              cwd=self.search.folder / "harness")
-        if proc.returncode != 0:
-            lines = (proc.stderr or proc.stdout).strip().splitlines() or ["no output"]
-            raise SearchError(f"preparing data failed: {lines[-1]}")
+        proc = subprocess.Popen([self.python or sys.executable, str(self.search.harness[0]), "--profile", cfg.profile,
+                                 "--source", cfg.data], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, cwd=self.search.folder / "harness")
+        lines = []
+        for line in proc.stdout:  # a download can take a while: pass its progress on as it comes
+            lines.append(line.rstrip())
+            self.on_event("preparing", {"line": line.rstrip()})
+        if proc.wait() != 0:
+            raise SearchError(f"preparing data failed: {(lines or ['no output'])[-1]}")
 
     def _recover(self) -> None:
         """Make the store and git agree after a crash, and queue what was left unfinished."""
@@ -496,7 +500,3 @@ def _kill_leftover(pid) -> None:
             os.killpg(int(pid), signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-
-
-def _python() -> str:
-    return sys.executable
