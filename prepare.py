@@ -70,7 +70,7 @@ SHAKESPEARE_VAL_PLAYS = ("julius-caesar", "the-tempest", "twelfth-night")
 # Documents of a folder without a *val* file go to validation when their hash says so (1 in 20).
 FOLDER_VAL_EVERY = 20
 
-CLIMBMIX_URL = "https://huggingface.co/datasets/karpathy/climbmix-400b-shuffle/resolve/main"
+CLIMBMIX_URL = os.environ.get("EVO_CLIMBMIX_URL") or "https://huggingface.co/datasets/karpathy/climbmix-400b-shuffle/resolve/main"
 CLIMBMIX_MAX_SHARD = 6542  # shard_06542.parquet is the pinned validation shard
 
 
@@ -161,11 +161,13 @@ def _folder_documents(folder):
             yield split, text
 
 
-def download_climbmix(data_dir, num_shards, attempts=5):
+def download_climbmix(data_dir, num_shards, attempts=5, backoff=2.0, base_url=None):
     """Download `num_shards` training shards and the pinned validation shard.
 
     Partial downloads resume with an HTTP Range request; each shard is retried with
     exponential backoff and renamed into place only when complete."""
+    import http.client
+    base_url = base_url or CLIMBMIX_URL
     os.makedirs(data_dir, exist_ok=True)
     ids = list(range(min(num_shards, CLIMBMIX_MAX_SHARD))) + [CLIMBMIX_MAX_SHARD]
     for n, index in enumerate(ids, 1):
@@ -177,18 +179,25 @@ def download_climbmix(data_dir, num_shards, attempts=5):
         for attempt in range(1, attempts + 1):
             try:
                 have = os.path.getsize(partial) if os.path.exists(partial) else 0
-                request = urllib.request.Request(f"{CLIMBMIX_URL}/{name}", headers={"Range": f"bytes={have}-"} if have else {})
-                with urllib.request.urlopen(request, timeout=60) as response, open(partial, "ab" if response.status == 206 else "wb") as out:
-                    while chunk := response.read(1 << 20):
-                        out.write(chunk)
+                request = urllib.request.Request(f"{base_url}/{name}", headers={"Range": f"bytes={have}-"} if have else {})
+                with urllib.request.urlopen(request, timeout=60) as response:
+                    # 206: the server resumes where we stopped; 200: it sends the whole file again.
+                    expected = int(response.headers.get("Content-Length", -1))
+                    received = 0
+                    with open(partial, "ab" if response.status == 206 else "wb") as out:
+                        while chunk := response.read(1 << 20):
+                            out.write(chunk)
+                            received += len(chunk)
+                if 0 <= received < expected:  # the connection closed early: keep the part, resume next attempt
+                    raise http.client.IncompleteRead(b"", expected - received)
                 os.replace(partial, path)
                 print(f"  downloaded {name} ({n}/{len(ids)})")
                 break
-            except (urllib.error.URLError, OSError) as e:
+            except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
                 if attempt == attempts:
                     raise SystemExit(f"error: could not download {name} after {attempts} attempts ({e}); check the network or use --source with a local folder")
-                print(f"  attempt {attempt}/{attempts} for {name} failed: {e}; retrying")
-                time.sleep(2**attempt)
+                print(f"  attempt {attempt}/{attempts} for {name} failed: {e!r}; retrying")
+                time.sleep(backoff**attempt)
 
 
 def _climbmix_documents(data_dir):
