@@ -352,6 +352,11 @@ def prepare(source=None, profile=None, cache_dir=None, num_shards=8, verbose=Tru
         docs = {"train": [], "val": []}
         for split, text in iter_documents(source, cache_dir, num_shards):
             docs[split].append(text)
+        if not docs["val"] and len(docs["train"]) > 1:
+            # A small folder can miss the 1-in-FOLDER_VAL_EVERY hash split: hold out its lowest-hash document.
+            held = min(docs["train"], key=lambda t: hashlib.sha1(t.encode("utf-8")).digest())
+            docs["train"].remove(held)
+            docs["val"].append(held)
         if not docs["train"] or not docs["val"]:
             raise SystemExit(f"error: source {source!r} gave {len(docs['train'])} training and {len(docs['val'])} validation documents; both splits need at least one")
         say(f"data: {len(docs['train'])} training and {len(docs['val'])} validation documents from {source} ({time.time() - t0:.1f}s)")

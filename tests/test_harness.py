@@ -185,3 +185,46 @@ def test_prepare_cli_describes_profiles_and_rejects_unknown_ones(tiny_env):
     assert '"seq_len": 2048' in out and '"vocab_size": 8192' in out and '"time_budget": 300' in out
     bad = subprocess.run([sys.executable, "prepare.py", "--profile", "huge"], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+def test_folder_source_uses_val_files_or_a_stable_hash_split(harness, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    plays = [text for _, text in harness._shakespeare_documents()]
+    parquet = tmp_path / "parquet"
+    parquet.mkdir()
+    pq.write_table(pa.table({"text": plays[:150]}), parquet / "shard_00000.parquet")
+    pq.write_table(pa.table({"text": plays[150:160]}), parquet / "shard_val.parquet")
+    splits = [split for split, _ in harness.iter_documents(str(parquet))]
+    assert splits.count("train") == 150 and splits.count("val") == 10
+
+    txt = tmp_path / "txt"
+    txt.mkdir()
+    for i, text in enumerate(plays):
+        (txt / f"doc{i:03d}.txt").write_text(text)
+    first = dict((text, split) for split, text in harness.iter_documents(str(txt)))
+    (txt / "doc000.txt").rename(txt / "zzz-renamed.txt")   # a split must not depend on file names or order
+    second = dict((text, split) for split, text in harness.iter_documents(str(txt)))
+    assert first == second and set(first.values()) == {"train", "val"}
+
+    cache = tmp_path / "cache"
+    root = harness.prepare(str(parquet), harness.PROFILES["tiny"], cache_dir=str(cache), verbose=False)
+    assert harness.is_prepared(str(parquet), 512, str(cache)) and str(cache) in root
+    tok = harness.Tokenizer.load(str(parquet), 512, str(cache))
+    assert tok.decode(tok.encode("Friends, Romans, countrymen")) == "Friends, Romans, countrymen"
+
+    few = tmp_path / "few"
+    few.mkdir()
+    for i, text in enumerate(plays[:3]):
+        (few / f"{i}.txt").write_text(text)
+    harness.prepare(str(few), harness.PROFILES["tiny"], cache_dir=str(cache), verbose=False)   # still gets a val split
+    offsets = np.load(harness._split_paths(str(few), 512, "val", str(cache))[1])
+    assert len(offsets) - 1 >= 1
+
+
+def test_unknown_source_fails_with_a_clear_message(harness, tmp_path):
+    with pytest.raises(SystemExit, match="neither 'shakespeare', 'climbmix' nor a folder"):
+        list(harness.iter_documents(str(tmp_path / "nowhere")))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="no .txt or .parquet files"):
+        list(harness.iter_documents(str(tmp_path / "empty")))
