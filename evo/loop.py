@@ -116,6 +116,7 @@ class SearchLoop:
         self._running: dict[cf.Future, tuple[Slot, int]] = {}
         self._plans = 0
         self._trees: dict[int, str] = {}        # content hash of each running trial
+        self._devices_written = 0.0
         self._stop_reason = ""
         self.error: str | None = None
 
@@ -199,6 +200,8 @@ class SearchLoop:
         for future in done:
             if future in self._running:
                 self._finish(future)
+        if self._running and time.time() - self._devices_written > 2.0:
+            self._write_devices()  # keeps `evo status` showing each trial's progress
 
     # -- start-up ---------------------------------------------------------------------
 
@@ -473,6 +476,7 @@ class SearchLoop:
             {"slot": s.name, "device": s.device, "trial": s.trial, "seconds": round(now - s.started, 1) if s.trial is not None else None,
              "fraction": s.fraction if s.trial is not None else None, "loss": s.loss if s.trial is not None else None}
             for s in self.slots]}
+        self._devices_written = now
         path = self.search.folder / "devices.json"
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(state))
