@@ -125,8 +125,9 @@ class SearchLoop:
     def run(self) -> str:
         """Run until done; return why it stopped. Records survive any exception or signal."""
         search = self.search
-        with search.lock(), cf.ThreadPoolExecutor(max_workers=len(self.slots), thread_name_prefix="trial") as runs, \
-                cf.ThreadPoolExecutor(max_workers=max(1, len(self.slots)), thread_name_prefix="propose") as proposals:
+        with search.lock(), cf.ThreadPoolExecutor(max_workers=len(self.slots), thread_name_prefix="trial") as runs:
+            # Not a `with` block: on a stop we must not wait for an LLM call still in flight.
+            proposals = cf.ThreadPoolExecutor(max_workers=max(1, len(self.slots)), thread_name_prefix="propose")
             self._runs, self._proposals = runs, proposals
             try:
                 self._prepare_data()
@@ -150,17 +151,17 @@ class SearchLoop:
                     self._wait()
             finally:
                 self.stop.set()  # kill whatever still runs; their trials are recorded as interrupted
+                self.proposer.close()  # interrupts a proposal waiting out a backoff
+                proposals.shutdown(wait=False, cancel_futures=True)
                 for future in list(self._running):
-                    self._finish(future, wait=True)
+                    self._finish(future)
                 for future in self._pending:  # prepared but never run: their LLM cost still counts
-                    if future.cancel() or future.exception() is not None:
-                        continue
-                    child = future.result()
-                    if child.proposal is not None and child.proposal.usage.get("cost_usd"):
-                        self.search.store.add_spend(float(child.proposal.usage["cost_usd"]))
+                    if future.done() and not future.cancelled() and future.exception() is None:
+                        child = future.result()
+                        if child.proposal is not None and child.proposal.usage.get("cost_usd"):
+                            self.search.store.add_spend(float(child.proposal.usage["cost_usd"]))
                 self._pending.clear()
                 self._write_devices()
-                self.proposer.close()
         self.on_event("stopped", {"reason": self._stop_reason})
         return self._stop_reason
 
@@ -423,7 +424,7 @@ class SearchLoop:
 
     # -- finishing ---------------------------------------------------------------------
 
-    def _finish(self, future: cf.Future, wait: bool = False) -> None:
+    def _finish(self, future: cf.Future) -> None:
         slot, number = self._running.pop(future)
         try:
             result: TrialResult = future.result()
