@@ -2,5 +2,11 @@
 
 from evo.proposers._base import Genome, Proposal, ProposalContext, Proposer, ProposerError
 from evo.proposers._offline import OfflineProposer
+from evo.proposers._anthropic import AnthropicProposer
+from evo.proposers._command import CommandProposer
+from evo.proposers._mixed import MixedProposer
+from evo.proposers._openai_compat import OpenAICompatibleProposer
+from evo.proposers._pricing import Price, load_prices
 
-__all__ = ["Genome", "Proposal", "ProposalContext", "Proposer", "ProposerError", "OfflineProposer"]
+__all__ = ["Genome", "Proposal", "ProposalContext", "Proposer", "ProposerError", "OfflineProposer",
+           "AnthropicProposer", "CommandProposer", "MixedProposer", "OpenAICompatibleProposer", "Price", "load_prices"]

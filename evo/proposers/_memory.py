@@ -1,0 +1,143 @@
+"""The search's memory, as text a model reads before it proposes.
+
+Derived from the trial records: the parents' ancestry (each step's description and how
+val_bpb moved), a compact table of recent ideas across the whole population with their
+outcomes (improved / worse / crashed with the error's last line / invalid), older ideas
+that failed (so they are not retried blindly), and the current best. Each line reads
+`idea | outcome`, because descriptions often hold "->" themselves.
+"""
+
+from __future__ import annotations
+
+import math
+
+from population.lineage import Lineage
+from population.store import DUPLICATE, INTERRUPTED, INVALID, OK, TrialRecord
+
+# Operators that are not ideas: the seed and re-evaluations of a known genome.
+_NOT_IDEAS = ("seed", "reeval")
+
+
+def _one_line(text: str, width: int = 160) -> str:
+    """The last non-empty line of an error, shortened: usually the exception itself."""
+    lines = [line.strip() for line in str(text or "").splitlines() if line.strip()]
+    line = lines[-1] if lines else ""
+    return line if len(line) <= width else line[: width - 3] + "..."
+
+
+def _bpb(value: float | None) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.4f}"
+
+
+def _parent_score(t: TrialRecord, lineage: Lineage) -> float | None:
+    scores = [s for s in (lineage.score_of(p) for p in t.parents) if s is not None]
+    return min(scores) if scores else None
+
+
+def outcome(t: TrialRecord, lineage: Lineage) -> str:
+    """How one trial went, in a few words: what a researcher would write in a lab notebook."""
+    status = t.status
+    if status == OK and t.value is not None:
+        base = _parent_score(t, lineage)
+        delta = f" ({t.value - base:+.4f} vs parent)" if base is not None else ""
+        if t.attrs.get("kept") or (t.feasible and t.value < lineage.best_before(t.number)):
+            verdict = "improved, new best"
+        elif base is not None and t.value < base:
+            verdict = "better than its parent, not the best"
+        else:
+            verdict = "worse"
+        if not t.feasible:
+            verdict += ", over the memory limit"
+        return f"{verdict}: val_bpb {_bpb(t.value)}{delta}"
+    if status == DUPLICATE:
+        return f"duplicate of #{t.attrs.get('duplicate_of', '?')} (same genome, not re-run)"
+    if status == INVALID:
+        return f"invalid proposal: {_one_line(t.error)}"
+    if status == "running":
+        return "running now"
+    if status == INTERRUPTED:
+        return "interrupted by the search (re-run later)"
+    return f"{status}: {_one_line(t.error) or 'no error message'}"
+
+
+def _failed(t: TrialRecord, lineage: Lineage) -> bool:
+    if t.status in (OK, DUPLICATE):
+        base = _parent_score(t, lineage)
+        return t.status == OK and t.value is not None and base is not None and t.value >= base
+    return t.status not in ("running", INTERRUPTED)
+
+
+def _step(t: TrialRecord) -> str:
+    if t.operator == "crossover" and len(t.parents) == 2:
+        return f"crossover of #{t.parents[0]} and #{t.parents[1]}"
+    return t.operator or "?"
+
+
+def ancestry(number: int, lineage: Lineage) -> list[str]:
+    """One line per step from the seed to trial `number` (first parents), with val_bpb and its change."""
+    lines, previous = [], None
+    for n in lineage.path_to(number):
+        t = lineage.by_number.get(n)
+        if t is None:
+            continue
+        score = lineage.score_of(n)
+        change = f" ({score - previous:+.4f})" if score is not None and previous is not None else ""
+        if t.operator == "seed":
+            what = "seed genome"
+        elif t.operator == "crossover" and t.description.startswith("cross"):
+            what = t.description  # it already names both parents
+        else:
+            what = f"{_step(t)}: {t.description or '(no description)'}"
+        lines.append(f"- #{n} {what} | val_bpb {_bpb(score)}{change}")
+        previous = score if score is not None else previous
+    return lines
+
+
+def search_memory(parents: list[int], lineage: Lineage, *, recent: int = 30, failures: int = 40) -> str:
+    """The memory block of a prompt: ancestry of each parent, recent ideas, older failures, the best.
+
+    parents: the trial numbers of the genome(s) the child starts from.
+    lineage: the search so far (ProposalContext.lineage).
+    recent: how many of the latest ideas to list with their outcomes.
+    failures: how many older failed ideas to name besides those."""
+    parts = []
+    for n in parents:
+        steps = ancestry(n, lineage)
+        if steps:
+            parts.append(f"## How #{n} came about (from the seed)\n\n" + "\n".join(steps))
+
+    ideas = [t for t in lineage.trials if t.operator not in _NOT_IDEAS]
+    shown, older = ideas[-recent:] if recent else [], ideas[:-recent] if recent else ideas
+    if shown:
+        rows = [f"- #{t.number} from {', '.join(f'#{p}' for p in t.parents) or '-'}"
+                f"{f' [{t.proposer}]' if t.proposer else ''}: {t.description or '(no description)'} | {outcome(t, lineage)}"
+                for t in shown]
+        parts.append(f"## Recent ideas across the population ({len(shown)} of {len(ideas)}, oldest first)\n\n"
+                     + "\n".join(rows))
+    else:
+        parts.append("## Ideas so far\n\nNone yet: this is the first child of the search.")
+
+    seen, named = {t.description for t in shown}, []
+    for t in reversed(older):
+        if len(named) >= failures:
+            break
+        if _failed(t, lineage) and t.description and t.description not in seen:
+            seen.add(t.description)
+            named.append(f"- #{t.number}: {t.description} | {outcome(t, lineage)}")
+    if named:
+        parts.append("## Earlier ideas that did not work (do not retry them without saying why they would work now)\n\n"
+                     + "\n".join(reversed(named)))
+
+    best = lineage.best
+    if best is not None:
+        spread = f" ± {best.spread:.4f} over {len(best.values)} seeds" if best.spread is not None else ""
+        seed = lineage.seed
+        seed_score = lineage.score_of(seed.number) if seed is not None else None
+        gain = f", {best.score - seed_score:+.4f} vs the seed" if seed_score is not None and best.trial != seed.number else ""
+        lines = [f"Best so far: #{best.trial}, val_bpb {_bpb(best.score)}{spread}{gain}: {best.description}"]
+        noisy = [i.spread for i in lineage.individuals if i.spread is not None]
+        if noisy:
+            lines.append(f"Noise: the same genome on new seeds varies by about ±{max(noisy):.4f} val_bpb; "
+                         f"smaller differences are not evidence.")
+        parts.append("## Current best\n\n" + "\n".join(lines))
+    return "\n\n".join(parts)

@@ -1,0 +1,46 @@
+"""Several proposers in one search, each chosen with a weight, so their yields can be compared.
+
+Each child's proposer is drawn from the context's seeded rng (the same search draws the
+same sequence again) and recorded on the trial as ``proposer``.
+"""
+
+from __future__ import annotations
+
+from evo.proposers._base import Genome, Proposal, ProposalContext, Proposer
+
+
+class MixedProposer(Proposer):
+    """Delegates each child to one of several proposers, drawn by weight.
+
+    >>> MixedProposer([(OfflineProposer(), 0.8), (AnthropicProposer(), 0.2)])  # doctest: +SKIP
+
+    Args:
+        members: (proposer, weight) pairs; weights are positive and need not sum to 1.
+    """
+
+    def __init__(self, members: list[tuple[Proposer, float]]):
+        if not members or any(w <= 0 for _, w in members):
+            raise ValueError("a mix needs at least one proposer, each with a positive weight")
+        self.members = list(members)
+        self.name = ",".join(f"{p.name}:{w:g}" for p, w in self.members)
+
+    def _pick(self, ctx: ProposalContext) -> Proposer:
+        proposers, weights = zip(*self.members)
+        return ctx.rng.choices(proposers, weights=weights)[0]
+
+    def mutate(self, parent: Genome, ctx: ProposalContext) -> Proposal:
+        member = self._pick(ctx)
+        return self._tagged(member.mutate(parent, ctx), member)
+
+    def crossover(self, a: Genome, b: Genome, base: Genome | None, ctx: ProposalContext) -> Proposal:
+        member = self._pick(ctx)
+        return self._tagged(member.crossover(a, b, base, ctx), member)
+
+    @staticmethod
+    def _tagged(proposal: Proposal, member: Proposer) -> Proposal:
+        proposal.proposer = proposal.proposer or member.name
+        return proposal
+
+    def close(self) -> None:
+        for member, _ in self.members:
+            member.close()

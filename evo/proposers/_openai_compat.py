@@ -1,0 +1,237 @@
+"""A proposer for local models behind an OpenAI-compatible `/v1/chat/completions` endpoint.
+
+vLLM, llama.cpp's server, Ollama and most gateways speak this protocol. The same prompts as
+the Anthropic proposer are sent; the answer comes, in order of preference, as a function
+call (`tools`), as a JSON object (`response_format: json_object`), or as plain text holding
+a JSON object. In `auto` mode a server that refuses tools (or JSON mode) is asked again in
+the next mode, and the proposer stays there for the rest of the search. Only the standard
+library is used (urllib): no extra dependency.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+
+from evo.proposers._base import ProposerError
+from evo.proposers._llm import CallFailed, ChatProposer, Reply
+from evo.proposers._pricing import Price, price_for
+from evo.proposers._prompts import ANSWER_AS_JSON, ANSWER_WITH_TOOL, TOOL_DESCRIPTION, TOOL_NAME, TOOL_SCHEMA, Prompt
+
+KEY_ENV = "OPENAI_API_KEY"
+MODES = ("auto", "tools", "json", "text")
+_NEXT_MODE = {"tools": "json", "json": "text"}
+# Words in an error that say the server does not take this way of answering (then: next mode).
+_UNSUPPORTED = {"tools": ("tool", "function"), "json": ("response_format", "json")}
+_TRANSIENT_STATUS = (429, 502, 503, 504)
+_THINK = re.compile(r"<think>.*?</think>", re.S)
+_FENCED = re.compile(r"```(?:json)?\s*\n(.*?)\n```", re.S)
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(f"{status}: {message}")
+        self.status, self.message = status, message
+
+
+def _chat_url(base_url: str) -> str:
+    base = base_url.rstrip("/")
+    if urllib.parse.urlsplit(base).path in ("", "/"):
+        base += "/v1"  # a bare host: the OpenAI convention puts the API under /v1
+    return base + "/chat/completions"
+
+
+def parse_json_answer(content: str) -> dict | None:
+    """The JSON object in a model's text answer (whole, fenced, or the outermost braces), or None."""
+    text = _THINK.sub("", content or "").strip()
+    candidates = [text] + _FENCED.findall(text)
+    if "{" in text and "}" in text:
+        candidates.append(text[text.index("{"): text.rindex("}") + 1])
+    for candidate in candidates:
+        try:
+            value = json.loads(candidate)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            return value
+    return None
+
+
+class OpenAICompatibleProposer(ChatProposer):
+    """Mutation and crossover written by a model behind an OpenAI-compatible endpoint.
+
+    >>> proposer = OpenAICompatibleProposer(base_url="http://localhost:8000/v1", model="qwen3-coder")  # doctest: +SKIP
+
+    Args:
+        base_url: the API root, e.g. http://localhost:8000/v1 (``--base-url``; /v1 is added to a bare host).
+        model: the model name the server knows (``--model``).
+        api_key: sent as a Bearer token; default $OPENAI_API_KEY, else none (local servers need none).
+        prices: price table; a model not in it costs $0 (``priced: False`` in the usage).
+        timeout: seconds one HTTP call may take (local models can be slow).
+        mode: auto (tools, then JSON mode, then text, as the server allows), or one of tools, json, text.
+        retries: further attempts after a 429/502/503/504 or a refused connection, waiting `backoff`.
+        backoff: seconds to wait before each retry (its length caps the retries).
+        max_tokens: the answer's token limit.
+        repairs: repair turns after edits that do not apply.
+    """
+
+    name = "openai-compatible"
+
+    def __init__(self, *, base_url: str, model: str, api_key: str | None = None, prices: dict[str, Price] | None = None,
+                 timeout: float = 600.0, mode: str = "auto", backoff: tuple[float, ...] = (2.0, 10.0),
+                 max_tokens: int = 16000, repairs: int = 1):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+        key = api_key if api_key is not None else os.environ.get(KEY_ENV, "")
+        super().__init__(model=model, price=price_for(model, prices or {}), repairs=repairs, secrets=(key,))
+        self.url, self.timeout, self.backoff, self.max_tokens = _chat_url(base_url), timeout, tuple(backoff), max_tokens
+        self._key = key
+        self.mode = "tools" if mode == "auto" else mode
+        self._auto = mode == "auto"
+        self._closed = threading.Event()
+
+    @property
+    def answer(self) -> str:
+        return ANSWER_WITH_TOOL if self.mode == "tools" else ANSWER_AS_JSON
+
+    def _conversation(self, prompt: Prompt) -> "_Conversation":
+        return _Conversation(self, prompt)
+
+    def close(self) -> None:
+        self._closed.set()
+
+    def _post(self, payload: dict) -> dict:
+        """POST one chat completion; raises _Refused (a 4xx/5xx reply), ProposerError or CallFailed."""
+        headers = {"content-type": "application/json"}
+        if self._key:
+            headers["authorization"] = f"Bearer {self._key}"
+        data = json.dumps(payload).encode()
+        for attempt in range(len(self.backoff) + 1):
+            last = attempt == len(self.backoff)
+            try:
+                request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    return json.loads(response.read().decode("utf-8"))
+            except urllib.error.HTTPError as e:
+                message = _error_message(e)
+                if e.code in (401, 403):
+                    raise ProposerError(f"{self.url} rejected the key ({KEY_ENV}) ({e.code}): {message}") from None
+                if e.code == 404:
+                    raise ProposerError(f"{self.url} answered 404 ({message}): check --base-url (e.g. "
+                                        f"http://localhost:8000/v1) and --model") from None
+                if e.code not in _TRANSIENT_STATUS:
+                    raise _Refused(e.code, message) from None
+                if last:
+                    raise ProposerError(f"{self.url} kept answering {e.code} ({message}) after "
+                                        f"{attempt + 1} attempts; resume the search later") from None
+            except (TimeoutError, socket.timeout):
+                raise CallFailed(f"no answer from {self.url} within {self.timeout:g}s (raise --proposer-timeout)") from None
+            except urllib.error.URLError as e:
+                if isinstance(e.reason, (TimeoutError, socket.timeout)):
+                    raise CallFailed(f"no answer from {self.url} within {self.timeout:g}s (raise --proposer-timeout)") from None
+                if last:
+                    raise ProposerError(f"cannot reach {self.url}: {e.reason}") from None
+            except ValueError as e:
+                raise CallFailed(f"{self.url} answered with something that is not JSON: {e}") from None
+            if self._closed.wait(self.backoff[attempt]):
+                raise ProposerError(f"the search stopped while {self.url} was failing")
+        raise AssertionError("unreachable")
+
+
+def _error_message(e: urllib.error.HTTPError) -> str:
+    try:
+        text = e.read().decode("utf-8", "replace")
+    except OSError:
+        text = ""
+    try:
+        body = json.loads(text)
+        error = body.get("error", body) if isinstance(body, dict) else body
+        text = error.get("message", text) if isinstance(error, dict) else str(error)
+    except ValueError:
+        pass
+    return " ".join(str(text or e.reason).split())[:300]
+
+
+class _Conversation:
+    """One proposal's exchange with the endpoint, in the proposer's current mode."""
+
+    def __init__(self, proposer: OpenAICompatibleProposer, prompt: Prompt):
+        self.proposer = proposer
+        self.messages: list[dict] = [{"role": "system", "content": prompt.system_text()},
+                                     {"role": "user", "content": prompt.user_text()}]
+        self.last: dict = {}
+
+    def start(self) -> Reply:
+        return self._call()
+
+    def repair(self, message: str) -> Reply:
+        calls = self.last.get("tool_calls") or []
+        self.messages.append({"role": "assistant", "content": self.last.get("content"),
+                              **({"tool_calls": calls} if calls else {})})
+        if calls and calls[0].get("id"):
+            self.messages.append({"role": "tool", "tool_call_id": calls[0]["id"], "content": message})
+            self.messages += [{"role": "tool", "tool_call_id": c["id"], "content": "Ignored: send a single proposal."}
+                              for c in calls[1:] if c.get("id")]
+        else:
+            self.messages.append({"role": "user", "content": f"{message}\n\n{self.proposer.answer}"})
+        return self._call()
+
+    def _payload(self, mode: str) -> dict:
+        messages = [dict(m) for m in self.messages]
+        if mode != "tools":  # the prompt asked for a tool call: ask for JSON instead
+            messages[1]["content"] = messages[1]["content"].replace(ANSWER_WITH_TOOL, ANSWER_AS_JSON)
+        payload = {"model": self.proposer.model, "messages": messages, "max_tokens": self.proposer.max_tokens}
+        if mode == "tools":
+            payload["tools"] = [{"type": "function", "function": {"name": TOOL_NAME, "description": TOOL_DESCRIPTION,
+                                                                  "parameters": TOOL_SCHEMA}}]
+            payload["tool_choice"] = {"type": "function", "function": {"name": TOOL_NAME}}
+        elif mode == "json":
+            payload["response_format"] = {"type": "json_object"}
+        return payload
+
+    def _call(self) -> Reply:
+        p = self.proposer
+        while True:
+            mode = p.mode
+            try:
+                data = p._post(self._payload(mode))
+                break
+            except _Refused as e:
+                if p._auto and mode in _NEXT_MODE and any(w in e.message.lower() for w in _UNSUPPORTED[mode]):
+                    p.mode = _NEXT_MODE[mode]  # this server does not take `mode`: stay with the next one
+                    continue
+                raise CallFailed(f"{p.url} refused the request ({e.status}): {e.message}") from None
+        raw = {"mode": mode, "response": data}
+        usage = data.get("usage") or {}
+        cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+        tokens = {"input_tokens": int(usage.get("prompt_tokens") or 0) - cached, "cache_read_tokens": cached,
+                  "output_tokens": int(usage.get("completion_tokens") or 0)}
+        try:
+            choice = data["choices"][0]
+            message = choice["message"]
+        except (KeyError, IndexError, TypeError):
+            return Reply(None, raw, tokens, "the endpoint's answer held no message")
+        self.last = message
+        if choice.get("finish_reason") == "length":
+            return Reply(None, raw, tokens, f"the answer was cut off at max_tokens ({p.max_tokens}) before the "
+                         f"proposal was complete: send a smaller change, as search/replace edits")
+        calls = [c for c in message.get("tool_calls") or [] if (c.get("function") or {}).get("name") == TOOL_NAME]
+        if calls:
+            arguments = calls[0]["function"].get("arguments")
+            try:
+                fields = arguments if isinstance(arguments, dict) else json.loads(arguments or "")
+            except ValueError as e:
+                return Reply(None, raw, tokens, f"the {TOOL_NAME} arguments are not valid JSON: {e}")
+            return Reply(fields if isinstance(fields, dict) else None, raw, tokens,
+                         "" if isinstance(fields, dict) else f"the {TOOL_NAME} arguments are not a JSON object")
+        # No function call: many local models write the JSON into the text instead.
+        fields = parse_json_answer(message.get("content") or "")
+        if fields is None:
+            return Reply(None, raw, tokens, "the answer held no JSON object with description, rationale and edits")
+        return Reply(fields, raw, tokens)
