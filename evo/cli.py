@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 from evo.loop import RunOptions, SearchLoop, parse_devices
 from evo.search import Search, SearchError, describe_harness
 from evo.strategies import EvolveStrategy, GreedyStrategy, RandomStrategy
+from population.store import IMPORTED_ATTR
 
 EXIT_USAGE = 2
 
@@ -27,44 +29,23 @@ class UsageError(Exception):
 
 # -- argument parsing ------------------------------------------------------------------
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
+def _number(convert, what: str, valid, rule: str):
+    """An argparse type: `convert` the text, then check it with `valid`; errors name the rule broken."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        if not valid(value):
+            raise argparse.ArgumentTypeError(f"expected {rule}, got {text}")
+        return value
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
-
-
-def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a probability, got {text!r}")
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1], got {text}")
-    return value
+_positive_int = _number(int, "a whole number", lambda v: v >= 1, "a number >= 1")
+_non_negative_int = _number(int, "a whole number", lambda v: v >= 0, "a number >= 0")
+_positive_float = _number(float, "a number", lambda v: math.isfinite(v) and v > 0, "a positive number")
+_probability = _number(float, "a probability", lambda v: 0 <= v <= 1, "a probability in [0, 1]")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -74,6 +55,31 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_root(p):
     p.add_argument("--root", default="runs", help="folder holding the searches (default: runs)")
+
+
+def _add_proposer_options(p):
+    g = p.add_argument_group("LLM and agent proposers", "anthropic reads its key from ANTHROPIC_API_KEY (and its "
+                             "address from ANTHROPIC_BASE_URL if set); keys are never written to the search folder "
+                             "nor passed to trials")
+    g.add_argument("--model", help="model of the LLM proposer: anthropic (default claude-sonnet-5-5) or "
+                   "openai-compatible (required there, unless --openai-model is given)")
+    g.add_argument("--base-url", metavar="URL", help="openai-compatible endpoint, e.g. http://localhost:8000/v1 "
+                   "(vLLM, llama.cpp, Ollama); default $OPENAI_BASE_URL; a key, if needed, comes from OPENAI_API_KEY")
+    g.add_argument("--openai-model", metavar="MODEL", help="model of the openai-compatible proposer when --model "
+                   "names the anthropic one (a mix of both)")
+    g.add_argument("--openai-mode", choices=("auto", "tools", "json", "text"), default="auto",
+                   help="how the openai-compatible model answers: auto (default: function calls, falling back to "
+                   "JSON mode, then plain text, as the server allows) or one of them")
+    g.add_argument("--agent-command", metavar="CMD", help="command proposer: a shell command run in a scratch copy "
+                   "of the parent, with the task on stdin and in EVO_TASK.md; what it leaves in the mutable files "
+                   "is the child; it may write a one-line description to the file named by $EVO_DESCRIPTION "
+                   "(e.g. 'claude -p \"$(cat EVO_TASK.md)\" --permission-mode acceptEdits')")
+    g.add_argument("--prices", metavar="FILE", help="JSON price table, USD per million tokens: "
+                   '{"MODEL": {"input": 3, "output": 15, "cache_write": 3.75, "cache_read": 0.3}}; '
+                   "adds to or overrides the built-in one (default: $EVO_PRICES)")
+    g.add_argument("--proposer-timeout", type=_positive_float, metavar="SECONDS",
+                   help="limit of one LLM call (default 600) or of one "
+                   "agent run (default 1800 for command)")
 
 
 def _add_creation(p):
@@ -109,7 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--devices", help="cuda:0,cuda:1 | cpu | cpu:N (default: every visible GPU, else one CPU slot)")
     g.add_argument("--strategy", choices=("evolve", "greedy", "random"), default="evolve",
                    help="evolve (default): tournament + crossover; greedy: autoresearch's hill-climb; random: best-of-N from the seed")
-    g.add_argument("--proposer", default="offline", help="who writes children: offline (default, no network)")
+    g.add_argument("--proposer", default="offline", metavar="SPEC",
+                   help="who writes children: offline (default, no network), anthropic, openai-compatible, command, "
+                   "or a weighted mix such as offline:0.8,anthropic:0.2 (each trial records which one wrote it)")
     g.add_argument("--reeval", type=_non_negative_int, default=0, metavar="K",
                    help="re-evaluate a genome with K new seeds when it becomes the best; rank by the mean (default: 0)")
     g.add_argument("--prune", action="store_true", help="stop children whose loss is clearly behind at the same point of the budget")
@@ -122,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--crossover-rate", type=_probability, default=0.2, help="probability of crossover (default: 0.2)")
     e.add_argument("--islands", type=_positive_int, default=1, help="sub-populations (default: 1)")
     e.add_argument("--migration-rate", type=_probability, default=0.1, help="chance of a parent from the next island (default: 0.1)")
+    _add_proposer_options(p)
     _add_creation(p)
     _add_root(p)
 
@@ -150,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tsv", action="store_true", help="results.tsv format (the default and only format so far)")
     p.add_argument("--out", default="-", help="file to write (default: stdout)")
     _add_root(p)
+
+    from evo import cli_analysis  # report, compare, import (imported here: it imports this module)
+    cli_analysis.add_parsers(sub, add_root=_add_root, add_creation=_add_creation,
+                             add_proposer_options=_add_proposer_options, positive_int=_positive_int,
+                             non_negative_int=_non_negative_int, positive_float=_positive_float)
     return parser
 
 
@@ -175,11 +189,83 @@ def _strategy(args):
                           islands=args.islands, migration_rate=args.migration_rate)
 
 
+PROPOSERS = ("offline", "anthropic", "openai-compatible", "command")
+
+
+def parse_proposer_spec(spec: str) -> list[tuple[str, float]]:
+    """`offline:0.8,anthropic:0.2` -> [("offline", 0.8), ("anthropic", 0.2)]; a bare name weighs 1."""
+    mix, hint = [], f"use {', '.join(PROPOSERS)} or a weighted mix such as offline:0.8,anthropic:0.2"
+    for part in (p.strip() for p in spec.split(",")):
+        name, sep, weight = part.partition(":")
+        name = name.strip()
+        if name not in PROPOSERS:
+            raise UsageError(f"unknown proposer {name!r} in --proposer {spec!r}: {hint}")
+        try:
+            value = float(weight) if sep else 1.0
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value <= 0:
+            raise UsageError(f"bad weight {weight!r} for {name} in --proposer {spec!r}: use a positive number, e.g. {name}:0.2")
+        if name in (n for n, _ in mix):
+            raise UsageError(f"{name} is listed twice in --proposer {spec!r}")
+        mix.append((name, value))
+    return mix
+
+
 def make_proposer(spec: str, args=None):
-    from evo.proposers import OfflineProposer
-    if spec == "offline":
+    """The proposer (or weighted mix) that `--proposer SPEC` and the proposer flags in `args` ask for.
+
+    Raises UsageError with one line for a bad spec, a missing flag or key, or a bad price file."""
+    from evo.proposers import MixedProposer, ProposerError, load_prices
+
+    mix = parse_proposer_spec(spec)
+    try:
+        prices = load_prices(getattr(args, "prices", None))
+    except ValueError as e:
+        raise UsageError(str(e))
+    built = []
+    try:
+        for name, weight in mix:
+            built.append((_one_proposer(name, args, prices, [n for n, _ in mix]), weight))
+    except (ProposerError, UsageError) as e:  # e.g. a missing key: say so before anything is created
+        for proposer, _ in built:
+            proposer.close()
+        raise UsageError(str(e))
+    return built[0][0] if len(built) == 1 else MixedProposer(built)
+
+
+def _one_proposer(name: str, args, prices: dict, names: list[str]):
+    from evo.proposers import AnthropicProposer, CommandProposer, OfflineProposer, OpenAICompatibleProposer
+    from evo.proposers._anthropic import DEFAULT_MODEL
+    from evo.proposers._pricing import price_for
+
+    option = lambda attr: getattr(args, attr, None)
+    timeout = {"timeout": option("proposer_timeout")} if option("proposer_timeout") else {}
+    if name == "offline":
         return OfflineProposer()
-    raise UsageError(f"unknown proposer {spec!r}: use offline")
+    if name == "anthropic":
+        model = option("model") or DEFAULT_MODEL
+        if price_for(model, prices) is None:
+            if option("max_cost_usd"):
+                raise UsageError(f"no price known for model {model!r}, so --max-cost-usd cannot be enforced: "
+                                 f"add it to a --prices file")
+            print(f"warning: no price known for model {model!r}: its calls count as $0 (add it with --prices FILE)",
+                  file=sys.stderr)
+        return AnthropicProposer(model=model, prices=prices, **timeout)
+    if name == "openai-compatible":
+        base_url = option("base_url") or os.environ.get("OPENAI_BASE_URL")
+        if not base_url:
+            raise UsageError("--proposer openai-compatible needs --base-url, e.g. http://localhost:8000/v1")
+        model = option("openai_model") or (option("model") if "anthropic" not in names else None)
+        if not model:
+            raise UsageError("--proposer openai-compatible needs the model the server serves: --model NAME "
+                             "(--openai-model NAME when mixed with anthropic)")
+        return OpenAICompatibleProposer(base_url=base_url, model=model, prices=prices,
+                                        mode=option("openai_mode") or "auto", **timeout)
+    command = option("agent_command")
+    if not command:
+        raise UsageError("--proposer command needs --agent-command \"...\": the agent to run in a copy of the parent")
+    return CommandProposer(command, **timeout)
 
 
 def _creation_kwargs(args) -> dict:
@@ -190,6 +276,9 @@ def _creation_kwargs(args) -> dict:
 
 def _check_fixed(search: Search, args) -> None:
     cfg = search.config
+    if search.store.study.user_attrs.get(IMPORTED_ATTR):
+        raise UsageError(f"search {cfg.name!r} was imported from a results.tsv and has no genomes to run; "
+                         f"report it (evo report) or compare it (evo compare --searches)")
     for flag, given, fixed in (("--profile", args.profile, cfg.profile), ("--budget", args.budget, cfg.budget),
                                ("--mutable", args.mutable, cfg.mutable), ("--data", args.data, cfg.data)):
         if given is not None and given != fixed:
@@ -219,7 +308,12 @@ class Reporter:
         if self.quiet and kind != "stopped":
             return
         if kind == "preparing":
-            print(f"preparing data: {info['data']} for profile {info['profile']}", file=self.out, flush=True)
+            line = f"  {info['line']}" if "line" in info else f"preparing data: {info['data']} for profile {info['profile']}"
+            print(line, file=self.out, flush=True)
+        elif kind == "started":
+            parents = ",".join(f"#{p}" for p in info.get("parents", []))
+            print(f"       #{info['trial']:<4} started on {info['slot']}: {info.get('operator', '')} {parents} "
+                  f"{(info.get('description') or '')[:70]}", file=self.out, flush=True)
         elif kind == "recovered":
             print(f"trial #{info['trial']} was left running by a stopped process: marked interrupted, will re-run",
                   file=self.out, flush=True)
@@ -389,6 +483,16 @@ def cmd_export(args) -> int:
 COMMANDS = {"init": cmd_init, "run": cmd_run, "status": cmd_status, "show": cmd_show, "best": cmd_best, "export": cmd_export}
 
 
+def _analysis_command(name: str):
+    def command(args) -> int:
+        from evo import cli_analysis
+        return cli_analysis.COMMANDS[name](args)
+    return command
+
+
+COMMANDS.update({name: _analysis_command(name) for name in ("report", "compare", "import")})
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -402,4 +506,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Delegate to the imported module so `python -m evo.cli` and the `evo` script share one
+    # set of classes (UsageError raised by evo.cli_analysis is then the one caught here).
+    from evo.cli import main as _main
+    sys.exit(_main())

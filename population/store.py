@@ -22,6 +22,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 CONFIG_ATTR = "evo_config"
 SPEND_ATTR = "evo_spend_usd"
+IMPORTED_ATTR = "evo_imported"  # set by `evo import`: the results.tsv a search was made from (it has no genomes)
 # Statuses of a finished trial. ok is the only one with a usable val_bpb of its own.
 OK, DUPLICATE, INTERRUPTED, INVALID = "ok", "duplicate", "interrupted", "invalid_proposal"
 

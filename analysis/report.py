@@ -1,0 +1,311 @@
+"""The morning-after report of one search: figures and a single self-contained HTML page.
+
+`write_report(search)` writes into `runs/NAME/report/`:
+
+    progress.png   val_bpb of every trial, the best-so-far line, improvements labelled
+    lineage.png    the lineage tree, coloured by val_bpb, the path to the best in red
+    report.html    summary, both figures, an interactive lineage, the best-lineage walk with
+                   diffs, yield by operator and proposer, and a sortable table of trials
+
+The page needs nothing but itself (no network: images are embedded, script inline), so
+it can be mailed or opened from a laptop. Only the report folder is written: the store
+and the population repository are read, never changed.
+
+>>> files = write_report(Search.open("demo"))     # doctest: +SKIP
+>>> files.html                                     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from analysis import _html
+from analysis._html import esc, num
+from analysis.noise import NoiseFloor, noise_floor
+from analysis.progress import (Progress, children, device_seconds, failure_rate, is_failure, keep_rate, plot_progress,
+                               progress)
+from analysis.tree import TreeView, lineage_svg, plot_lineage, tree_view
+from analysis.walk import Step, best_lineage
+from analysis.yields import Yield, gains, yield_by
+from population.lineage import Lineage
+from population.store import IMPORTED_ATTR, TrialRecord
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """Where a report was written."""
+
+    folder: Path
+    html: Path
+    progress: Path
+    lineage: Path
+
+
+@dataclass
+class SearchFacts:
+    """The numbers at the top of a report, computed once from the store."""
+
+    name: str
+    profile: str
+    budget: float
+    data: str
+    created: str
+    strategies: dict[str, int]
+    proposers: dict[str, int]
+    counts: dict[str, int]
+    finished: int
+    best: int | None
+    best_score: float | None
+    best_spread: float | None
+    best_evaluations: int
+    best_description: str
+    seed_score: float | None
+    keep_rate: float | None
+    failure_rate: float | None
+    children: int
+    device_hours: float
+    first_start: dt.datetime | None
+    last_finish: dt.datetime | None
+    spend_usd: float
+    noise: NoiseFloor | None
+    imported: dict | None
+
+    @property
+    def gain(self) -> float | None:
+        """How far the best is below the seed (positive: better)."""
+        if self.best_score is None or self.seed_score is None:
+            return None
+        return self.seed_score - self.best_score
+
+    def headline(self) -> str:
+        """One sentence: where the search got to and at what cost."""
+        if self.best is None:
+            return f"No successful trial yet ({self.finished} finished)."
+        text = f"Best val_bpb {self.best_score:.4f} (trial #{self.best}: {self.best_description or '-'})"
+        if self.gain is not None and self.seed_score:
+            text += f", {self.gain:.4f} ({100 * self.gain / self.seed_score:.2f}%) below the seed's {self.seed_score:.4f}"
+        text += f", after {self.finished} trials and {self.device_hours:.2f} device-hours"
+        if self.keep_rate is not None:
+            kept = round(self.keep_rate * self.children)
+            text += f"; {kept} of {self.children} children improved the best"
+        return text + "."
+
+
+def search_facts(search, trials: list[TrialRecord] | None = None) -> SearchFacts:
+    """The summary numbers of a search.
+
+    Args:
+        search: an open `evo.Search`.
+        trials: its trials, when already read (saves reading the store again).
+    """
+    trials = search.trials() if trials is None else trials
+    lineage = Lineage(trials)
+    best = lineage.best
+    seed = lineage.seed
+    seed_ind = lineage.individual(seed.number) if seed else None
+    counted = [t for t in trials if t.counts]
+    cfg = search.config
+    return SearchFacts(
+        name=cfg.name, profile=cfg.profile, budget=cfg.budget, data=cfg.data, created=cfg.created,
+        strategies=dict(Counter(t.attrs.get("strategy", "") for t in counted if t.attrs.get("strategy"))),
+        proposers=dict(Counter(t.proposer for t in children(trials) if t.proposer)),
+        counts=dict(Counter(t.status for t in trials)), finished=len(counted),
+        best=best.trial if best else None, best_score=best.score if best else None,
+        best_spread=best.spread if best else None, best_evaluations=len(best.values) if best else 0,
+        best_description=best.description if best else "", seed_score=seed_ind.score if seed_ind else None,
+        keep_rate=keep_rate(trials), failure_rate=failure_rate(trials), children=len(children(trials)),
+        device_hours=sum(device_seconds(t) for t in counted) / 3600,
+        first_start=min((t.started for t in trials if t.started), default=None),
+        last_finish=max((t.finished for t in trials if t.finished), default=None),
+        spend_usd=search.store.spend_usd, noise=noise_floor(lineage),
+        imported=search.store.study.user_attrs.get(IMPORTED_ATTR))
+
+
+def write_report(search, *, out: str | Path | None = None, max_nodes: int = 70, interactive_nodes: int = 300,
+                 engine: str = "auto") -> ReportFiles:
+    """Write the figures and the HTML page of a search.
+
+    Args:
+        search: an open `evo.Search` (finished or still running: the report is a snapshot).
+        out: the folder to write into (default: the search folder's `report/`).
+        max_nodes: thin the lineage figure to about this many nodes.
+        interactive_nodes: thin the page's interactive lineage to about this many nodes
+            (it can be zoomed, so it shows more).
+        engine: lineage layout engine: "auto", "tree" or "dot" (see `analysis.tree.tree_view`).
+
+    Returns:
+        The paths written.
+    """
+    folder = Path(out) if out is not None else Path(search.folder) / "report"
+    folder.mkdir(parents=True, exist_ok=True)
+    trials = search.trials()
+    facts = search_facts(search, trials)
+    lineage = Lineage(trials)
+    files = ReportFiles(folder=folder, html=folder / "report.html", progress=folder / "progress.png",
+                        lineage=folder / "lineage.png")
+    best = f" (best {facts.best_score:.4f} at #{facts.best})" if facts.best is not None else ""
+    plot_progress(trials, files.progress, title=f"{facts.name}: val_bpb over {facts.finished} trials{best}",
+                  noise_sd=facts.noise.sd if facts.noise else None)
+    view = tree_view(trials, max_nodes=max_nodes, engine=engine)
+    plot_lineage(trials, files.lineage, title=f"{facts.name}: lineage", view=view)
+    big_view = view if interactive_nodes <= max_nodes else tree_view(trials, max_nodes=interactive_nodes, engine=engine)
+    steps = best_lineage(lineage, diff=search.repo.diff)
+    files.html.write_text(render_html(facts, trials, files=files, steps=steps, view=big_view,
+                                      by_operator=yield_by(trials, key="operator"),
+                                      by_proposer=yield_by(trials, key="proposer"), prog=progress(trials)))
+    return files
+
+
+# -- the page ---------------------------------------------------------------------------------
+
+def render_html(facts: SearchFacts, trials: list[TrialRecord], *, files: ReportFiles, steps: list[Step],
+                view: TreeView, by_operator: list[Yield], by_proposer: list[Yield], prog: Progress) -> str:
+    """The report page as one HTML string.
+
+    Args:
+        facts: from `search_facts`.
+        trials: the search's trials.
+        files: where the figures are (they are embedded into the page).
+        steps: the best-lineage walk (`analysis.walk.best_lineage`).
+        view: the lineage for the interactive view (`analysis.tree.tree_view`).
+        by_operator: yields by operator.
+        by_proposer: yields by proposer.
+        prog: the search's progress (for each trial's order and keep flag).
+    """
+    sections = [f"<h1>Search {esc(facts.name)}</h1>",
+                f'<p class="headline">{esc(facts.headline())}</p>',
+                _summary(facts),
+                "<h2>Progress</h2>",
+                '<p class="muted">Every finished trial in the order its result arrived. The red line is the best '
+                "genome so far (its mean over re-evaluations); circled points made a new best and are labelled "
+                "with their change; crosses on the axis are trials that produced no val_bpb.</p>",
+                _html.image(files.progress, "val_bpb progress"),
+                "<h2>Lineage</h2>",
+                '<p class="muted">Each trial is a node, drawn from its parent (a crossover also from its second '
+                "parent, dashed). Colour is the genome's val_bpb; the red line is the path from the seed to the best."
+                " Grey squares stand for branches folded away (their trial count, failures and best).</p>",
+                _html.image(files.lineage, "lineage tree"),
+                "<h3>Interactive lineage</h3>",
+                '<p class="muted">Scroll to zoom, drag to pan, hover a node for its trial, click it to jump to its row.'
+                + (f" {view.folded} trials are folded into +n nodes." if view.folded else "") + "</p>",
+                f'<div class="lineage-box">{lineage_svg(view)}</div>',
+                "<h2>The best lineage: what worked</h2>",
+                _walk(steps, facts),
+                "<h2>Yield: which operators and proposers pay off</h2>",
+                '<p class="muted">A child improves when its genome\'s val_bpb is below its parent\'s (the better '
+                "parent's for a crossover). Gain = parent − child, positive is better; means are over children with "
+                "a result.</p>",
+                _yields(by_operator, "operator"),
+                _yields(by_proposer, "proposer") if len(by_proposer) > 1 or by_proposer else "",
+                "<h2>All trials</h2>",
+                '<p class="muted">Click a header to sort. Highlighted rows made a new best.</p>',
+                _trials_table(trials, prog)]
+    return _html.page(f"evo report: {facts.name}", "\n".join(s for s in sections if s))
+
+
+def _summary(f: SearchFacts) -> str:
+    rows = [("profile, budget", f"{f.profile}, {f.budget:g} s of training per trial, data {f.data}"),
+            ("strategy", ", ".join(f"{k} ({v} trials)" for k, v in f.strategies.items()) or "-"),
+            ("proposers", ", ".join(f"{k} ({v} children)" for k, v in f.proposers.items()) or "-"),
+            ("trials", f"{f.finished} finished: " + ", ".join(f"{v} {k}" for k, v in sorted(f.counts.items()))),
+            ("best", "-" if f.best is None else
+             f"#{f.best}: val_bpb {f.best_score:.6f}"
+             + (f" ± {f.best_spread:.6f} over {f.best_evaluations} evaluations" if f.best_spread is not None else
+                " (one evaluation)") + f" — {f.best_description}"),
+            ("seed", num(f.seed_score, 6)),
+            ("keep rate", "-" if f.keep_rate is None else f"{100 * f.keep_rate:.0f}% of {f.children} children improved "
+             "the best so far"),
+            ("failure rate", "-" if f.failure_rate is None else f"{100 * f.failure_rate:.0f}% of children produced no "
+             "val_bpb"),
+            ("device time", f"{f.device_hours:.3f} device-hours"),
+            ("wall clock", _span(f.first_start, f.last_finish)),
+            ("LLM spend", f"${f.spend_usd:.2f}" if f.spend_usd else "$0")]
+    if f.noise:
+        rows.append(("noise floor", f.noise.describe()))
+    else:
+        rows.append(("noise floor", "unknown: no genome was evaluated twice (run with --reeval K to measure it)"))
+    facts = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in rows)
+    note = ""
+    if f.imported:
+        note = (f'<p class="note">Imported from {esc(f.imported.get("source", "a results.tsv"))}: '
+                "autoresearch records no genomes, parents or times, so each row's parent is taken to be the last kept "
+                "row before it, no diffs are available, and device time assumes "
+                f"{esc(f.imported.get('seconds_per_trial', f.budget))} s per trial.</p>")
+    return note + f'<dl class="facts">{facts}</dl>'
+
+
+def _span(a: dt.datetime | None, b: dt.datetime | None) -> str:
+    if a is None or b is None:
+        return "-"
+    hours = (b - a).total_seconds() / 3600
+    return f"{a:%Y-%m-%d %H:%M} to {b:%Y-%m-%d %H:%M} ({hours:.2f} h)"
+
+
+def _walk(steps: list[Step], facts: SearchFacts) -> str:
+    if not steps:
+        return '<p class="muted">No successful trial yet.</p>'
+    rows = []
+    for i, s in enumerate(steps):
+        via = " × ".join(f'<a href="#trial-{p}">#{p}</a>' for p in s.parents)
+        delta_cls = "good" if s.delta is not None and s.delta < 0 else ("bad" if s.delta is not None and s.delta > 0 else "")
+        change = esc(s.description or s.operator)
+        if s.diff:
+            lines = sum(1 for line in s.diff.splitlines() if line[:1] in "+-" and line[:3] not in ("+++", "---"))
+            change += f"<details><summary>diff ({lines} lines changed)</summary>{_html.diff_block(s.diff)}</details>"
+        elif i > 0:
+            change += ' <span class="muted">(no diff: genome not in the population repository)</span>'
+        rows.append((str(i), f'<a href="#trial-{s.trial}">#{s.trial}</a>', esc(s.operator) + (f" of {via}" if via else ""),
+                     num(s.score, 6) + (f' <span class="muted">({s.evaluations}×)</span>' if s.evaluations > 1 else ""),
+                     f'<span class="{delta_cls}">{num(s.delta, 6, signed=True)}</span>', change))
+    intro = (f'<p class="muted">{len(steps) - 1} steps from the seed to the best genome, following first parents. '
+             "Δ is the change in val_bpb from the step before (negative is better)"
+             + (f"; with a noise floor of {facts.noise.sd:.4f}, steps smaller than ~{2 * facts.noise.sd:.4f} "
+                "may be luck" if facts.noise else "") + ".</p>")
+    headers = [("step", True), ("trial", False), ("operator", False), ("val_bpb", True), ("Δ", True), ("change", False)]
+    return intro + '<div class="walk">' + _html.table(headers, rows) + "</div>"
+
+
+def _yields(rows: list[Yield], title: str) -> str:
+    if not rows:
+        return f'<p class="muted">No children yet, so no yield by {esc(title)}.</p>'
+    body = [(esc(r.group), str(r.children), str(r.improved), "-" if r.rate is None else f"{100 * r.rate:.0f}%",
+             str(r.failed), num(r.mean_gain, 4, signed=True), num(r.best_gain, 4, signed=True)) for r in rows]
+    headers = [(title, False), ("children", True), ("improved on parent", True), ("yield", True), ("failed", True),
+               ("mean gain", True), ("best gain", True)]
+    return f"<h3>By {esc(title)}</h3>" + _html.table(headers, body)
+
+
+def _trials_table(trials: list[TrialRecord], prog: Progress) -> str:
+    lineage = Lineage(trials)
+    order = {p.trial.number: p for p in prog.points}
+    delta = gains(trials)
+    rows, attrs = [], []
+    for t in sorted(trials, key=lambda t: t.number):
+        point = order.get(t.number)
+        ind = lineage.individual(t.number) if t.finished_ok else None
+        value = t.value if t.value is not None and math.isfinite(t.value) else None
+        parents = ", ".join(f'<a href="#trial-{p}">#{p}</a>' for p in t.parents) or "-"
+        gain = delta.get(t.number)
+        text = t.description or ""
+        if t.error and t.status != "ok":
+            text = (text + " — " if text else "") + t.error
+        kept = bool(point and point.improved)
+        rows.append(((str(t.number), t.number), ((str(point.index), point.index) if point else ("-", "Infinity")),
+                     esc(t.operator), parents, esc(t.proposer or "-"), esc(t.status),
+                     (num(value, 6), value if value is not None else "Infinity"),
+                     (num(ind.score, 6) if ind and len(ind.values) > 1 else "", ind.score if ind else "Infinity"),
+                     (f'<span class="{"good" if gain > 0 else "bad"}">{num(gain, 4, signed=True)}</span>'
+                      if gain is not None else "-", gain if gain is not None else "-Infinity"),
+                     "★" if kept else "",
+                     (f"{device_seconds(t):.0f}", round(device_seconds(t), 1)),
+                     esc(text)))
+        cls = "kept" if kept else ("failed" if is_failure(t) else "")
+        attrs.append(f' id="trial-{t.number}"' + (f' class="{cls}"' if cls else ""))
+    headers = [("#", True), ("order", True), ("operator", False), ("parents", False), ("proposer", False),
+               ("status", False), ("val_bpb", True), ("genome mean", True), ("gain vs parent", True), ("new best", False),
+               ("device s", True), ("description / error", False)]
+    return _html.table(headers, rows, cls="sortable", row_attrs=attrs)

@@ -1,0 +1,267 @@
+"""Run several strategies on the same task at equal compute, over several seeds.
+
+A comparison is a small manifest, `runs/NAME/compare.json`, and one normal search per
+strategy and seed, `runs/NAME-<strategy>-s<k>` (created with seed base_seed + k, the
+same k for every strategy so the pairs share their seed's noise). Every search gets the
+same proposer, profile, budget, trial count and devices, so the only difference between
+them is the strategy. Members run one after another, seed by seed, so a comparison
+stopped early still holds complete pairs; running it again continues: finished
+searches are skipped, an unfinished one resumes like `evo run`.
+
+>>> comparison = Comparison.create(CompareConfig("cmp", strategies=["greedy", "evolve"], seeds=2, trials=12,
+...                                              profile="tiny", budget=3))               # doctest: +SKIP
+>>> comparison.run(make_proposer=OfflineProposer, slots=lambda: parse_devices("cpu"))     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from evo.loop import RunOptions, SearchLoop, Slot
+from evo.proposers import Proposer
+from evo.search import Search, SearchError, _NAME
+from evo.strategies import STRATEGIES, Strategy
+
+MANIFEST = "compare.json"
+
+
+@dataclass
+class CompareConfig:
+    """What a comparison runs. Strategies, proposer, profile, budget and reeval are fixed once
+    created; seeds and trials may grow on a later run (every member then catches up).
+
+    Args:
+        name: the comparison's name; its members are NAME-<strategy>-s<k>.
+        strategies: strategy names from `evo.strategies.STRATEGIES`, e.g. ["greedy", "evolve"].
+        seeds: how many seeds (searches per strategy).
+        trials: finished trials per search, seed included.
+        proposer: the proposer spec every member uses (as `evo run --proposer`).
+        profile: the task profile (None: the harness's default).
+        budget: training seconds per trial (None: the profile's).
+        base_seed: seed of the first replicate; replicate k uses base_seed + k.
+        reeval: re-evaluations of each new best (as `evo run --reeval`).
+        searches: for a comparison of existing searches: "LABEL=NAME[,NAME...]" or "NAME"
+            entries; then nothing is run.
+    """
+
+    name: str
+    strategies: list[str] = field(default_factory=list)
+    seeds: int = 1
+    trials: int = 0
+    proposer: str = "offline"
+    profile: str | None = None
+    budget: float | None = None
+    base_seed: int = 0
+    reeval: int = 0
+    searches: list[str] = field(default_factory=list)
+    created: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+
+
+def member_name(name: str, strategy: str, replicate: int) -> str:
+    """The search name of one strategy and seed in comparison `name`.
+
+    Args:
+        name: the comparison's name.
+        strategy: the strategy's name.
+        replicate: the seed's index (0-based).
+    """
+    return f"{name}-{strategy}-s{replicate}"
+
+
+def parse_search_groups(entries: list[str], *, root: str | Path = "runs") -> dict[str, list[str]]:
+    """Group existing searches: "LABEL=A,B" puts A and B under LABEL; a bare "A" goes under its strategy.
+
+    Args:
+        entries: the entries, as given to `evo compare --searches`.
+        root: the folder holding the searches.
+
+    Raises:
+        SearchError: for a search that does not exist.
+    """
+    from analysis.compare import strategy_of
+
+    groups: dict[str, list[str]] = {}
+    for entry in entries:
+        label, sep, names = entry.partition("=")
+        for name in (n.strip() for n in (names if sep else label).split(",") if n.strip()):
+            if not Search.exists(name, root=root):
+                raise SearchError(f"no search named {name!r} in {Path(root).resolve()}")
+            if not sep:
+                search = Search.open(name, root=root)
+                try:
+                    group = strategy_of(search.trials())
+                finally:
+                    search.close()
+            else:
+                group = label.strip()
+            groups.setdefault(group, []).append(name)
+    return groups
+
+
+class Comparison:
+    """Handle on a comparison folder: its manifest and its member searches.
+
+    Args:
+        folder: the comparison's folder (runs/NAME).
+        config: its configuration.
+        root: the folder holding the searches.
+    """
+
+    def __init__(self, folder: Path, config: CompareConfig, root: Path):
+        self.folder, self.config, self.root = folder, config, root
+        self._stop = threading.Event()
+        self._loop: SearchLoop | None = None
+
+    @classmethod
+    def create(cls, config: CompareConfig, *, root: str | Path = "runs") -> "Comparison":
+        """Write the manifest of a new comparison.
+
+        Args:
+            config: what to compare.
+            root: the folder holding the searches.
+        """
+        if not _NAME.match(config.name):
+            raise SearchError(f"bad comparison name {config.name!r}: use letters, digits, '.', '_' or '-'")
+        root = Path(root).resolve()
+        folder = root / config.name
+        if (folder / "search.json").exists():
+            raise SearchError(f"{config.name!r} is a search, not a comparison; pick another name")
+        unknown = [s for s in config.strategies if s not in STRATEGIES]
+        if unknown:
+            raise SearchError(f"unknown strategies {unknown}: use {', '.join(STRATEGIES)}")
+        if not config.searches and (not config.strategies or config.seeds < 1 or config.trials < 1):
+            raise SearchError("a comparison needs --strategies, --seeds >= 1 and --trials >= 1 (or --searches)")
+        folder.mkdir(parents=True, exist_ok=True)
+        comparison = cls(folder, config, root)
+        comparison.save()
+        return comparison
+
+    @classmethod
+    def open(cls, name: str, *, root: str | Path = "runs") -> "Comparison":
+        """Open an existing comparison.
+
+        Args:
+            name: the comparison's name.
+            root: the folder holding the searches.
+        """
+        root = Path(root).resolve()
+        path = root / name / MANIFEST
+        if not path.exists():
+            raise SearchError(f"no comparison named {name!r} in {root}; start one with --strategies and --trials")
+        return cls(path.parent, CompareConfig(**json.loads(path.read_text())), root)
+
+    @classmethod
+    def exists(cls, name: str, *, root: str | Path = "runs") -> bool:
+        return (Path(root) / name / MANIFEST).exists()
+
+    def save(self) -> None:
+        (self.folder / MANIFEST).write_text(json.dumps(dataclasses.asdict(self.config), indent=2) + "\n")
+
+    # -- members ----------------------------------------------------------------------
+
+    def members(self) -> list[tuple[str, int, str]]:
+        """(strategy, replicate, search name) of every member, in the order they run: seed by seed."""
+        return [(s, k, member_name(self.config.name, s, k)) for k in range(self.config.seeds)
+                for s in self.config.strategies]
+
+    def groups(self) -> dict[str, list[str]]:
+        """Label -> search names, for `analysis.compare.load_runs` (members not created yet are left out)."""
+        if self.config.searches:
+            return parse_search_groups(self.config.searches, root=self.root)
+        groups: dict[str, list[str]] = {}
+        for strategy, _, name in self.members():
+            if Search.exists(name, root=self.root):
+                groups.setdefault(strategy, []).append(name)
+        return groups
+
+    # -- running -----------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask a running comparison to stop: the current search stops like `evo run` on Ctrl-C."""
+        self._stop.set()
+        if self._loop is not None:
+            self._loop.stop.set()
+
+    def run(self, *, make_proposer: Callable[[], Proposer], slots: Callable[[], list[Slot]],
+            creation: dict | None = None, make_strategy: Callable[[str], Strategy] | None = None,
+            on_member: Callable[[str, str, dict], None] | None = None,
+            on_event: Callable[[str, str, dict], None] | None = None, python: str | None = None) -> str:
+        """Run every member until it has `trials` finished trials; return why it stopped.
+
+        Args:
+            make_proposer: a new proposer for each member (a loop closes its proposer).
+            slots: new device slots for each member (e.g. ``lambda: parse_devices("cpu")``).
+            creation: keyword arguments for `Search.create` besides name, root, profile,
+                budget and seed (project, data, storage, cache_dir, mutable).
+            make_strategy: strategy name -> strategy (default: the class with its defaults).
+            on_member: called as (event, search name, info) with event "start", "skip" or "done".
+            on_event: the loop's events, as (search name, kind, info).
+            python: the interpreter that runs trials (default: this one).
+
+        Returns:
+            "done", "interrupted", or the error that stopped a member.
+        """
+        cfg = self.config
+        if cfg.searches:
+            return "done"  # a comparison of existing searches runs nothing
+        on_member = on_member or (lambda event, name, info: None)
+        make_strategy = make_strategy or (lambda name: STRATEGIES[name]())
+        for strategy, replicate, name in self.members():
+            if self._stop.is_set():
+                return "interrupted"
+            search = self._member(name, replicate, creation or {})
+            try:
+                finished = sum(1 for t in search.trials() if t.counts)
+                if finished >= cfg.trials and not any(t.state == "RUNNING" for t in search.trials()):
+                    on_member("skip", name, {"finished": finished})
+                    continue
+                loop = SearchLoop(search, make_strategy(strategy), make_proposer(), slots(),
+                                  RunOptions(trials=cfg.trials, reeval=cfg.reeval),
+                                  on_event=(lambda kind, info, n=name: on_event(n, kind, info)) if on_event else None,
+                                  python=python)
+                self._loop = loop
+                if self._stop.is_set():  # a stop that arrived while the loop was being built
+                    loop.stop.set()
+                on_member("start", name, {"strategy": strategy, "replicate": replicate, "finished": finished})
+                reason = loop.run()
+            finally:
+                self._loop = None
+                search.close()
+            if reason == "interrupted" or self._stop.is_set():
+                return "interrupted"
+            if loop.error:
+                return f"{name}: {loop.error}"
+            on_member("done", name, {"reason": reason})
+        return "done"
+
+    def _member(self, name: str, replicate: int, creation: dict) -> Search:
+        """Open a member search, creating it on first use; its fixed settings must match the comparison's."""
+        cfg = self.config
+        if not Search.exists(name, root=self.root):
+            Search.create(name, root=self.root, profile=cfg.profile, budget=cfg.budget, seed=cfg.base_seed + replicate,
+                          **creation).close()
+        search = Search.open(name, root=self.root)
+        fixed = search.config
+        if cfg.profile is None or cfg.budget is None:
+            # Pin the harness defaults the first member resolved, so later members (maybe
+            # created on another machine) cannot fall back to different ones.
+            cfg.profile, cfg.budget = fixed.profile, fixed.budget
+            self.save()
+        problems = []
+        if cfg.profile is not None and fixed.profile != cfg.profile:
+            problems.append(f"profile {fixed.profile!r} (comparison: {cfg.profile!r})")
+        if cfg.budget is not None and fixed.budget != cfg.budget:
+            problems.append(f"budget {fixed.budget:g} (comparison: {cfg.budget:g})")
+        if fixed.seed != cfg.base_seed + replicate:
+            problems.append(f"seed {fixed.seed} (comparison: {cfg.base_seed + replicate})")
+        if problems:
+            search.close()
+            raise SearchError(f"search {name!r} exists with {', '.join(problems)}: it is not a member of this "
+                              f"comparison; remove it or pick another comparison name")
+        return search
