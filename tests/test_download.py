@@ -60,12 +60,16 @@ def shard_server():
     server.shutdown()
 
 
-def test_download_retries_resumes_and_fetches_the_requested_shards(shard_server, tmp_path):
+@pytest.fixture
+def prepare():
     sys.path.insert(0, str(ROOT))
     try:
-        prepare = importlib.import_module("prepare")
+        return importlib.import_module("prepare")
     finally:
         sys.path.remove(str(ROOT))
+
+
+def test_download_retries_resumes_and_fetches_the_requested_shards(shard_server, prepare, tmp_path):
     prepare.download_climbmix(tmp_path, num_shards=1, backoff=0.01, base_url=shard_server)
     assert sorted(os.listdir(tmp_path)) == ["shard_00000.parquet", "shard_06542.parquet"]   # 1 training + the pinned val shard
     for name in os.listdir(tmp_path):
@@ -78,11 +82,6 @@ def test_download_retries_resumes_and_fetches_the_requested_shards(shard_server,
     assert len(FlakyShards.seen) == before  # complete shards are not fetched again
 
 
-def test_download_gives_up_with_a_clear_error(shard_server, tmp_path):
-    sys.path.insert(0, str(ROOT))
-    try:
-        prepare = importlib.import_module("prepare")
-    finally:
-        sys.path.remove(str(ROOT))
+def test_download_gives_up_with_a_clear_error(shard_server, prepare, tmp_path):
     with pytest.raises(SystemExit, match="could not download shard_00000.parquet after 2 attempts"):
         prepare.download_climbmix(tmp_path, num_shards=1, attempts=2, backoff=0.01, base_url=shard_server + "/missing")

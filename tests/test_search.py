@@ -130,6 +130,13 @@ def test_identical_genomes_are_recorded_as_duplicates_and_never_trained_again(pr
     search.close()
 
 
+@pytest.fixture
+def instant_project(project):
+    """The project with train.py replaced by a genome that scores its knobs at once."""
+    (project / "train.py").write_text((Path(__file__).parent / "data" / "instant_genome.py").read_text())
+    return project
+
+
 def _wait_for_running_trial(project: Path, name: str, number: int, timeout: float = 180) -> dict:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -153,11 +160,13 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_kill_dash_nine_then_resume_finishes_without_losing_or_duplicating_trials(project):
+def test_kill_dash_nine_then_resume_finishes_without_losing_or_duplicating_trials(instant_project):
+    project = instant_project
     args = [sys.executable, "-m", "evo.cli", "run", "k", "--profile", "tiny", "--budget", "4", "--trials", "4"]
-    proc = subprocess.Popen(args, cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    proc = subprocess.Popen(args, cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "EVO_TEST_SLEEP": "1"})
     attrs = _wait_for_running_trial(project, "k", 1)
-    time.sleep(1.0)  # mid-trial
+    time.sleep(0.3)  # mid-trial
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     orphan_pid = int(attrs["pid"])
@@ -181,9 +190,11 @@ def test_kill_dash_nine_then_resume_finishes_without_losing_or_duplicating_trial
     assert_git_matches_store(project, "k")
 
 
-def test_ctrl_c_stops_promptly_and_the_next_run_resumes(project):
+def test_ctrl_c_stops_promptly_and_the_next_run_resumes(instant_project):
+    project = instant_project
     proc = subprocess.Popen([sys.executable, "-m", "evo.cli", "run", "c", "--profile", "tiny", "--budget", "30", "--trials", "3"],
-                            cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+                            cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "EVO_TEST_SLEEP": "600"})
     _wait_for_running_trial(project, "c", 0)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
@@ -269,14 +280,6 @@ def test_fixed_settings_cannot_change_on_resume_and_unknown_trials_are_reported(
 
 
 # -- loop semantics on an instant genome (no training: every second here is the engine's) ----------
-
-@pytest.fixture
-def instant_project(project):
-    """The project with train.py replaced by a genome that scores its knobs at once."""
-    (project / "train.py").write_text((Path(__file__).parent / "data" / "instant_genome.py").read_text())
-    return project
-
-
 class InvalidEveryOtherTime(Proposer):
     """Fails every second proposal, like an LLM whose edits do not apply."""
 

@@ -7,6 +7,8 @@ BATCH = 64               # a power of two
 
 
 def main():
+    import os, time
+    time.sleep(float(os.environ.get("EVO_TEST_SLEEP", "0")))  # lets a test catch a trial while it runs
     score = 1 + (math.log(LR / 0.03)) ** 2 + 0.01 * (DEPTH - 6) ** 2 + (WARMDOWN_RATIO - 0.4) ** 2 + 0.001 * abs(math.log2(BATCH / 128))
     print("---")
     for key, value in [("val_bpb", score), ("training_seconds", 0.0), ("total_seconds", 0.0), ("peak_vram_mb", 1.0),
