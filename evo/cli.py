@@ -398,9 +398,12 @@ def _pruner(args):
     if not getattr(args, "prune", False):
         return None
     import optuna
-    # Compare with the median loss of earlier trials at the same percent of the budget,
-    # once five trials have reported and past the first 30% (early losses say little).
-    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=30, interval_steps=1)
+    # Stop a child only when its loss is worse than three quarters of the finished trials at the
+    # same percent of the budget, and only past half of it: the learning-rate schedule makes
+    # earlier losses poor predictors. Off by default: in bench/prune_payoff.py (tiny, 8 s, 4 min
+    # each) a median rule at 30% pruned 31 of 37 children and this one 21 of 29, and neither
+    # beat the unpruned search by more than the noise (best 2.538 vs 2.548; 2.564 vs 2.545).
+    return optuna.pruners.PercentilePruner(75.0, n_startup_trials=5, n_warmup_steps=50, interval_steps=1)
 
 
 def cmd_status(args) -> int:
