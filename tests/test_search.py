@@ -319,3 +319,20 @@ def test_concurrent_cpu_slots_run_trials_side_by_side(instant_project):
     assert overlapping, "with two CPU slots, children run at the same time"
     assert {t.attrs.get("pid") for t in trials} and len({t.attrs["pid"] for t in trials}) == len(trials)
     search.close()
+
+
+def test_prune_stops_children_clearly_behind_and_never_breeds_from_them(instant_project):
+    proc = run_evo("run", "p", "--profile", "tiny", "--budget", "1", "--trials", "16", "--prune", "--strategy", "greedy",
+                   cwd=instant_project, env={"EVO_TEST_STEP_SLEEP": "0.1"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    search = open_search(instant_project, "p")
+    trials = search.trials()
+    pruned = [t for t in trials if t.status == "pruned"]
+    assert pruned and all(t.state == "PRUNED" and t.value is None for t in pruned)
+    assert all(t.number >= 5 for t in pruned)        # never before five trials have finished
+    for t in pruned:
+        log = (search.trial_dir(t.number) / "run.log").read_text()
+        assert "[evo] stopped: pruned" in log and "val_bpb" not in log
+    parents = {p for t in trials for p in t.parents}
+    assert not parents & {t.number for t in pruned}
+    search.close()
