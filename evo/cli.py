@@ -440,18 +440,14 @@ def cmd_show(args) -> int:
         number = int(number)
     except ValueError:
         raise UsageError(f"trial number must be a whole number, not {number!r}")
-    search = Search.open(name, root=args.root)
-    try:
+    with Search.open(name, root=args.root) as search:
         print(render_trial(search, number))
-    finally:
-        search.close()
     return 0
 
 
 def cmd_best(args) -> int:
     name = _resolve_name(args.name, args.root)
-    search = Search.open(name, root=args.root)
-    try:
+    with Search.open(name, root=args.root) as search:
         best = search.lineage().best
         if best is None:
             raise UsageError(f"search {name!r} has no successful trial yet")
@@ -462,19 +458,14 @@ def cmd_best(args) -> int:
             (out / path).write_text(text)
         spread = f" ± {best.spread:.4f} over {len(best.values)} seeds" if best.spread is not None else ""
         print(f"trial #{best.trial} (val_bpb {best.score:.6f}{spread}; {best.description}) -> {out}")
-    finally:
-        search.close()
     return 0
 
 
 def cmd_export(args) -> int:
     from analysis.summary import results_tsv
     name = _resolve_name(args.name, args.root)
-    search = Search.open(name, root=args.root)
-    try:
+    with Search.open(name, root=args.root) as search:
         text = results_tsv(search.trials())
-    finally:
-        search.close()
     if args.out == "-":
         sys.stdout.write(text)
     else:

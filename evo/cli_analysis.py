@@ -85,8 +85,7 @@ def cmd_report(args) -> int:
     from evo.cli import _resolve_name
 
     name = _resolve_name(args.name, args.root)
-    search = Search.open(name, root=args.root)
-    try:
+    with Search.open(name, root=args.root) as search:
         files = write_report(search, out=args.out, max_nodes=args.max_nodes, engine=args.layout)
         from analysis.report import search_facts
         from analysis.walk import best_lineage, render_walk
@@ -96,8 +95,6 @@ def cmd_report(args) -> int:
             print(f"\nbest lineage ({len(steps) - 1} steps from the seed; diffs in the report):")
             print(render_walk(steps))
             print()
-    finally:
-        search.close()
     print(f"wrote {files.html}\n      {files.progress}\n      {files.lineage}")
     return 0
 
@@ -107,15 +104,12 @@ def cmd_report(args) -> int:
 def cmd_import(args) -> int:
     from evo.importer import import_results_tsv
 
-    search = import_results_tsv(args.file, args.name, root=args.root, budget=args.budget,
-                                seconds_per_trial=args.seconds_per_trial, storage=args.storage)
-    try:
+    with import_results_tsv(args.file, args.name, root=args.root, budget=args.budget,
+                            seconds_per_trial=args.seconds_per_trial, storage=args.storage) as search:
         trials = search.trials()
         best = search.lineage().best
         best_s = f"; best val_bpb {best.score:.6f} (row {best.trial + 1}: {best.description})" if best else ""
         print(f"imported {len(trials)} rows from {args.file} as search {args.name} in {search.folder}{best_s}")
-    finally:
-        search.close()
     return 0
 
 

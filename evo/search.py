@@ -153,6 +153,12 @@ class Search:
     def close(self) -> None:
         self.repo.close()
 
+    def __enter__(self) -> "Search":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     # -- paths ------------------------------------------------------------------
 
     @property
