@@ -102,15 +102,9 @@ class GenomeRepo:
         proc = self._git("merge-base", a, b, check=False)
         return proc.stdout.strip() or None
 
-    def is_ancestor(self, ancestor: str, descendant: str) -> bool:
-        return self._git("merge-base", "--is-ancestor", ancestor, descendant, check=False).returncode == 0
-
     def diff(self, old: str, new: str, context: int = 3) -> str:
         """Unified diff between two genomes."""
         return self._git("diff", f"-U{context}", "--no-color", old, new).stdout
-
-    def log_graph(self, refs: str = "--all", limit: int = 50) -> str:
-        return self._git("log", "--graph", "--oneline", "--decorate", f"-n{limit}", refs).stdout
 
     # -- worktrees ------------------------------------------------------------
 

@@ -101,8 +101,8 @@ def test_crossover_child_is_a_merge_commit_of_both_parents(project):
     child = crosses[0]
     a, b = (next(t for t in trials if t.number == n) for n in child.parents)
     assert search.repo.parents(child.commit) == [a.commit, b.commit]
-    log = search.repo.log_graph()
-    assert "Merge" not in log  # our own merge commits, not git's default messages
+    message = search.repo._git("log", "-1", "--format=%B", child.commit).stdout
+    assert f"Evo-Parents: #{a.number} #{b.number}" in message and "Evo-Operator: crossover" in message
     assert child.description.startswith(f"cross #{a.number} x #{b.number}")
     search.close()
     assert_git_matches_store(project, "x")
