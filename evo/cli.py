@@ -18,7 +18,6 @@ from pathlib import Path
 from evo.loop import RunOptions, SearchLoop, parse_devices
 from evo.search import Search, SearchError, describe_harness
 from evo.strategies import EvolveStrategy, GreedyStrategy, RandomStrategy
-from population.store import IMPORTED_ATTR
 
 EXIT_USAGE = 2
 
@@ -276,7 +275,8 @@ def _creation_kwargs(args) -> dict:
 
 def _check_fixed(search: Search, args) -> None:
     cfg = search.config
-    if search.store.study.user_attrs.get(IMPORTED_ATTR):
+    from evo.importer import is_imported
+    if is_imported(search):
         raise UsageError(f"search {cfg.name!r} was imported from a results.tsv and has no genomes to run; "
                          f"report it (evo report) or compare it (evo compare --searches)")
     for flag, given, fixed in (("--profile", args.profile, cfg.profile), ("--budget", args.budget, cfg.budget),
