@@ -280,7 +280,7 @@ class SearchLoop:
         best = lineage.best
         if k <= 0 or best is None:
             return None
-        busy = sum(1 for s in self.slots if s.trial is not None and self._trial_tree(s.trial) == best.tree)
+        busy = sum(1 for s in self.slots if s.trial is not None and self._trees.get(s.trial) == best.tree)
         busy += sum(1 for c in self._ready if c.operator == "reeval" and c.parents == [best.trial])
         done = len(best.values)
         if done + busy >= 1 + k:
@@ -289,11 +289,8 @@ class SearchLoop:
                      island=best.island, attrs={"description": f"re-evaluate #{best.trial} (seed {done + busy})",
                                                 "proposer": "reeval"})
 
-    def _trial_tree(self, number: int) -> str:
-        return self._trees.get(number, "")
-
     def _propose(self, plan: Plan, lineage: Lineage, rng: random.Random) -> Child:
-        """Worker thread: turn a plan into a child (no git, no store writes here)."""
+        """Worker thread: turn a plan into a child. Reads git; writes neither git nor the store (the loop's own thread owns both)."""
         search = self.search
         parents = [search.genome(n, lineage) for n in plan.parents]
         known = {t.tree for t in lineage.trials if t.tree}

@@ -180,8 +180,11 @@ def run_trial(workdir: str | Path, *, log_path: str | Path, env: dict[str, str],
         reason = None
         while proc.poll() is None:
             now = time.monotonic()
-            if state["complete_at"] is not None and now - state["complete_at"] > EXIT_GRACE:
-                reason = "finished"  # the result is in: free the device now
+            if state["complete_at"] is not None:
+                # The result is in and stands, whatever is asked now: free the device after a
+                # short grace for a clean exit, or at once on a stop or the timeout.
+                if now - state["complete_at"] > EXIT_GRACE or (stop is not None and stop.is_set()) or now - t0 > timeout:
+                    reason = "finished"
             elif state["prune"]:
                 reason = "pruned"
             elif stop is not None and stop.is_set():
@@ -201,12 +204,12 @@ def run_trial(workdir: str | Path, *, log_path: str | Path, env: dict[str, str],
     result = TrialResult("ok", metrics=summary, log_tail="\n".join(tail), returncode=returncode, wall_seconds=wall)
     val = summary.get("val_bpb")
     complete = state["complete_at"] is not None or (val is not None and reason is None)
-    if reason == "pruned":
+    if val is not None and complete and math.isfinite(val):
+        result.status = "ok"
+    elif reason == "pruned":
         result.status, result.error = "pruned", "stopped early by the pruner"
     elif reason == "interrupted":
         result.status, result.error = "interrupted", "stopped by the search (interrupted)"
-    elif val is not None and complete and math.isfinite(val):
-        result.status = "ok"
     elif state["diverged"] or (val is not None and not math.isfinite(val)):
         result.status, result.error = "diverged", _last_line(tail, prefer="FAIL") or "loss became NaN or exploded"
     elif reason == "timeout":

@@ -61,7 +61,21 @@ class SearchConfig:
 
 
 def describe_harness(prepare_py: Path, profile: str | None, python: str = sys.executable) -> dict:
-    """Ask the harness (in a subprocess: the engine never imports torch) for a profile's fixed numbers."""
+    """Ask the harness (in a subprocess: the engine never imports torch) for a profile's fixed numbers.
+
+    The answer depends only on the file's content, the profile and the interpreter, and
+    costs a torch import (~2.5 s): a search's copy of the harness is answered from the
+    project's call rather than asked again."""
+    key = (hashlib.sha256(Path(prepare_py).read_bytes()).hexdigest(), profile, python)
+    if key not in _described:
+        _described[key] = _ask_harness(Path(prepare_py), profile, python)
+    return dict(_described[key])
+
+
+_described: dict[tuple, dict] = {}
+
+
+def _ask_harness(prepare_py: Path, profile: str | None, python: str) -> dict:
     env = {**os.environ}
     if profile:
         env["EVO_PROFILE"] = profile

@@ -154,3 +154,13 @@ def test_harness_files_are_copied_over_whatever_the_genome_has(tmp_path):
     result = run(folder, harness=[harness / "prepare.py"])
     assert result.status == "ok"
     assert "harness fixed" in (folder / "run.log").read_text()
+
+
+def test_a_stop_after_the_summary_keeps_the_result(tmp_path):
+    # Ctrl-C during the few seconds a finished child gets to exit must not throw its result away.
+    import threading
+    stop = threading.Event()
+    timer = threading.Timer(1.0, stop.set)
+    timer.start()
+    result = run(child(tmp_path, SUMMARY + "\ntime.sleep(600)\n"), stop=stop, timeout=120)
+    assert result.status == "ok" and result.val_bpb == pytest.approx(1.234567)
