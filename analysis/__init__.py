@@ -28,7 +28,7 @@ from analysis.noise import NoiseFloor, noise_floor
 from analysis.progress import (Point, Progress, device_seconds, failure_rate, is_failure, keep_rate, plot_progress,
                                progress)
 from analysis.report import ReportFiles, SearchFacts, search_facts, write_report
-from analysis.summary import parse_results_tsv, results_tsv
+from population.results_tsv import parse_results_tsv, results_tsv
 from analysis.tree import TreeView, lineage_graph, lineage_svg, plot_lineage, thin, tree_view
 from analysis.walk import Step, best_lineage, render_walk
 from analysis.yields import Yield, render_yields, yield_by

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Iterable
 
 from analysis.progress import Progress, children, is_failure, progress
+from population.lineage import strategy_of
+from population.search import Search
 from population.store import TrialRecord
 
 
@@ -43,8 +45,6 @@ def load_runs(groups: dict[str, list[str]], *, root: str | Path = "runs") -> lis
         groups: label -> names of the searches in that group.
         root: the folder holding the searches.
     """
-    from evo.search import Search
-
     runs = []
     for label, names in groups.items():
         for name in names:
@@ -54,16 +54,6 @@ def load_runs(groups: dict[str, list[str]], *, root: str | Path = "runs") -> lis
             finally:
                 search.close()
     return runs
-
-
-def strategy_of(trials: Iterable[TrialRecord]) -> str:
-    """The strategy a search ran with, from its trials' records ("unknown" without one).
-
-    Args:
-        trials: the trials of one search.
-    """
-    names = [t.attrs.get("strategy") for t in trials if t.attrs.get("strategy")]
-    return max(set(names), key=names.count) if names else "unknown"
 
 
 @dataclass(frozen=True)

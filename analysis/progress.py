@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from analysis.text import shorten
+from population.lineage import CHILD_OPERATORS, Lineage
 from population.store import DUPLICATE, INTERRUPTED, INVALID, OK, TrialRecord
 
-CHILD_OPERATORS = ("mutate", "crossover")
 # Finished without a val_bpb of their own, and not because the search chose to stop them
 # (pruned) or because they copy a known genome (duplicate).
 NOT_FAILURES = (OK, DUPLICATE, "pruned", INTERRUPTED, "running")
@@ -56,16 +57,6 @@ def device_seconds(t: TrialRecord) -> float:
     if t.started and t.finished:
         return max(0.0, (t.finished - t.started).total_seconds())
     return 0.0
-
-
-def finish_order(trials: Iterable[TrialRecord]) -> list[TrialRecord]:
-    """The counted trials (finished, not interrupted) in the order their results became known.
-
-    Args:
-        trials: any trials of one search.
-    """
-    done = [t for t in trials if t.counts]
-    return sorted(done, key=lambda t: (t.finished.timestamp() if t.finished else math.inf, t.number))
 
 
 @dataclass(frozen=True)
@@ -126,26 +117,17 @@ class Progress:
 def progress(trials: Iterable[TrialRecord]) -> Progress:
     """Replay a search's finished trials and compute the best genome after each one.
 
-    A trial improves the best when it is a fresh, feasible evaluation (not a
-    re-evaluation) whose val_bpb is strictly below the best genome's mean so far: the same
-    rule the loop uses to set the `kept` attribute.
+    A trial improves the best exactly when the lineage says it was kept (see
+    `population.lineage`): the rule the loop itself applies when the result arrives.
 
     Args:
         trials: the trials of one search (any order; running and interrupted ones are skipped).
     """
-    evaluations: dict[str, list[float]] = {}
     points: list[Point] = []
     seconds = 0.0
-    best = math.inf
-    for index, t in enumerate(finish_order(trials), start=1):
-        seconds += device_seconds(t)
-        improved = False
-        if t.finished_ok and t.feasible:
-            improved = t.operator != "reeval" and t.value < best
-            # Genomes are identified by content (tree); a record without one stands alone.
-            evaluations.setdefault(t.tree or f"trial:{t.number}", []).append(t.value)
-            best = min(statistics.fmean(v) for v in evaluations.values())
-        points.append(Point(index=index, trial=t, hours=seconds / 3600, best=best, improved=improved))
+    for index, r in enumerate(Lineage(list(trials)).history(), start=1):
+        seconds += device_seconds(r.trial)
+        points.append(Point(index=index, trial=r.trial, hours=seconds / 3600, best=r.best, improved=r.kept))
     return Progress(points)
 
 
@@ -320,7 +302,7 @@ def _label_improvements(ax, fig, prog: Progress, *, best: float, top: float, max
     for rank, p in enumerate(chosen):
         y_text = bottom + (rank + 0.5) * row
         gain = gains[p.index]
-        label = f"#{p.trial.number} {_short(p.trial.description or p.trial.operator, label_chars)}" + (
+        label = f"#{p.trial.number} {shorten(p.trial.description or p.trial.operator, label_chars)}" + (
             f"  (−{gain:.4f})" if math.isfinite(gain) else "")
         ann = ax.annotate(label, xy=(p.index, p.trial.value), xytext=(p.index + 2 * x_per_pt, y_text),
                           ha="left", va="center", fontsize=8, color="#222222", zorder=6,
@@ -331,7 +313,3 @@ def _label_improvements(ax, fig, prog: Progress, *, best: float, top: float, max
             ann.set_horizontalalignment("right")
             ann.xyann = (p.index - 2 * x_per_pt, y_text)
 
-
-def _short(text: str, limit: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -122,7 +122,7 @@ def search_facts(search, trials: list[TrialRecord] | None = None) -> SearchFacts
         first_start=min((t.started for t in trials if t.started), default=None),
         last_finish=max((t.finished for t in trials if t.finished), default=None),
         spend_usd=search.store.spend_usd, noise=noise_floor(lineage),
-        imported=search.store.study.user_attrs.get(IMPORTED_ATTR))
+        imported=search.store.attr(IMPORTED_ATTR))
 
 
 def write_report(search, *, out: str | Path | None = None, max_nodes: int = 70, interactive_nodes: int = 300,
@@ -140,7 +140,7 @@ def write_report(search, *, out: str | Path | None = None, max_nodes: int = 70, 
     Returns:
         The paths written.
     """
-    folder = Path(out) if out is not None else Path(search.folder) / "report"
+    folder = Path(out) if out is not None else search.paths.report
     folder.mkdir(parents=True, exist_ok=True)
     trials = search.trials()
     facts = search_facts(search, trials)

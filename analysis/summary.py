@@ -1,18 +1,14 @@
-"""Text views of a search: the status summary, one trial in full, autoresearch's results.tsv."""
+"""Text views of a search: the status summary (`evo status`) and one trial in full (`evo show`)."""
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections import Counter
-from pathlib import Path
 
+from analysis.text import fmt
 from population.lineage import Lineage
 from population.store import TrialRecord
-
-TSV_COLUMNS = ("commit", "val_bpb", "memory_gb", "status", "description")
-
 
 def summarize(search) -> dict:
     """Everything `evo status` shows, as plain data (`--json` prints exactly this)."""
@@ -20,8 +16,8 @@ def summarize(search) -> dict:
     lineage = Lineage(trials)
     best = lineage.best
     counts = Counter(t.status for t in trials)
-    children = [t for t in trials if t.counts and t.operator in ("mutate", "crossover")]
-    kept = sum(1 for t in children if t.attrs.get("kept"))
+    children = lineage.children()
+    kept = sum(1 for t in children if lineage.kept(t.number))
     spend = search.store.spend_usd
     devices = _devices(search)
     return {
@@ -41,12 +37,12 @@ def summarize(search) -> dict:
         "spend_usd": spend,
         "cost_per_kept_usd": spend / kept if kept and spend else None,
         "devices": devices,
-        "trials": [_trial_row(t) for t in trials],
+        "trials": [_trial_row(t, lineage) for t in lineage.trials],
     }
 
 
 def _devices(search) -> list[dict]:
-    path = Path(search.folder) / "devices.json"
+    path = search.paths.devices
     if not path.exists() or not search.is_running():
         return []
     try:
@@ -61,15 +57,11 @@ def _devices(search) -> list[dict]:
     return rows
 
 
-def _trial_row(t: TrialRecord) -> dict:
+def _trial_row(t: TrialRecord, lineage: Lineage) -> dict:
     return {"number": t.number, "commit": t.commit, "parents": t.parents, "operator": t.operator, "status": t.status,
-            "val_bpb": t.value, "description": t.description, "proposer": t.proposer, "kept": bool(t.attrs.get("kept")),
+            "val_bpb": t.value, "description": t.description, "proposer": t.proposer, "kept": lineage.kept(t.number),
             "seed": t.seed, "error": t.error, "cost_usd": t.cost_usd,
             "peak_vram_mb": t.metrics.get("peak_vram_mb"), "duplicate_of": t.attrs.get("duplicate_of")}
-
-
-def _fmt(v, digits=4):
-    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{digits}f}"
 
 
 def render_status(s: dict, recent: int = 12) -> str:
@@ -101,7 +93,7 @@ def render_status(s: dict, recent: int = 12) -> str:
     for row in s["trials"][-recent:]:
         parents = ",".join(str(p) for p in row["parents"]) or "-"
         mark = "*" if row["kept"] else " "
-        lines.append(f"{row['number']:>4}{mark} {row['operator']:9s} {parents:9s} {row['status']:16s} {_fmt(row['val_bpb']):>8}  "
+        lines.append(f"{row['number']:>4}{mark} {row['operator']:9s} {parents:9s} {row['status']:16s} {fmt(row['val_bpb']):>8}  "
                      f"{(row['description'] or row['error'] or '')[:80]}")
     return "\n".join(lines)
 
@@ -113,8 +105,8 @@ def render_trial(search, number: int) -> str:
         raise LookupError(f"search {search.config.name!r} has no trial #{number}" + (f" (trials 0..{last})" if last is not None else ""))
     t = trials[number]
     lineage = Lineage(list(trials.values()))
-    folder = search.trial_dir(number)
-    lines = [f"trial #{t.number} of {search.config.name}: {t.status}" + (" (kept: improved the best)" if t.attrs.get("kept") else ""),
+    folder = search.paths.trial(number)
+    lines = [f"trial #{t.number} of {search.config.name}: {t.status}" + (" (kept: improved the best)" if lineage.kept(number) else ""),
              f"operator: {t.operator}" + (f" of {', '.join('#' + str(p) for p in t.parents)}" if t.parents else ""),
              f"proposer: {t.proposer or '-'}   seed: {t.seed}   commit: {t.commit[:12] or '-'}   branch: {search.branch(number)}"]
     if t.description:
@@ -133,72 +125,11 @@ def render_trial(search, number: int) -> str:
     usage = t.attrs.get("usage") or {}
     if usage:
         lines.append("LLM usage: " + ", ".join(f"{k} {v}" for k, v in usage.items()))
-    diff = folder / "diff.patch"
+    diff = folder.diff
     if diff.exists() and diff.read_text().strip():
         lines += ["", "diff against parent(s):", diff.read_text().rstrip()]
-    log = folder / "run.log"
+    log = folder.run_log
     if log.exists():
         tail = log.read_text(errors="replace").splitlines()[-15:]
         lines += ["", f"log tail ({log}):"] + tail
     return "\n".join(lines)
-
-
-def results_tsv(trials: list[TrialRecord]) -> str:
-    """autoresearch's results.tsv: keep = improved the best so far, discard = did not, crash = no result."""
-    rows = ["\t".join(TSV_COLUMNS)]
-    for t in sorted(trials, key=lambda t: t.number):
-        if t.state == "RUNNING" or t.status == "interrupted":
-            continue
-        if t.finished_ok or (t.status == "duplicate" and t.value is not None):
-            status = "keep" if t.attrs.get("kept") or t.operator == "seed" else "discard"
-            val = f"{t.value:.6f}"
-        else:
-            status, val = "crash", "0.000000"
-        memory = t.metrics.get("peak_vram_mb")
-        memory_gb = f"{memory / 1024:.1f}" if memory is not None and math.isfinite(memory) else "0.0"
-        description = (t.description or t.operator).replace("\t", " ").replace("\n", " ")
-        rows.append("\t".join((t.commit[:7] or "-------", val, memory_gb, status, description)))
-    return "\n".join(rows) + "\n"
-
-
-class TsvError(ValueError):
-    """A results.tsv that cannot be read; the message names the line and what is wrong."""
-
-
-def parse_results_tsv(text: str) -> list[dict]:
-    """Read autoresearch's results.tsv: one dict per row with commit, val_bpb, memory_gb, status, description.
-
-    The header line is optional (columns are then taken in autoresearch's order); status
-    must be keep, discard or crash; a crash's val_bpb is None whatever the file says. The
-    description is everything after the fourth tab, so a stray tab in it survives.
-
-    Args:
-        text: the file's contents.
-
-    Raises:
-        TsvError: on a malformed line, with its line number.
-    """
-    rows = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        cells = line.rstrip("\r").split("\t", 4)
-        if lineno == 1 and [c.strip().lower() for c in cells[:4]] == list(TSV_COLUMNS[:4]):
-            continue
-        if len(cells) < 4:
-            raise TsvError(f"line {lineno}: expected 5 tab-separated columns ({', '.join(TSV_COLUMNS)}), got {len(cells)}")
-        commit, val, memory, status = (c.strip() for c in cells[:4])
-        description = cells[4].strip() if len(cells) > 4 else ""
-        status = status.lower()
-        if status not in ("keep", "discard", "crash"):
-            raise TsvError(f"line {lineno}: status must be keep, discard or crash, not {status!r}")
-        try:
-            value = float(val)
-            memory_gb = float(memory) if memory else 0.0
-        except ValueError:
-            raise TsvError(f"line {lineno}: val_bpb and memory_gb must be numbers, got {val!r} and {memory!r}")
-        if status != "crash" and not (math.isfinite(value) and value > 0):
-            raise TsvError(f"line {lineno}: a {status} row needs a positive val_bpb, got {val!r}")
-        rows.append({"commit": commit, "val_bpb": None if status == "crash" else value, "memory_gb": memory_gb,
-                     "status": status, "description": description})
-    return rows

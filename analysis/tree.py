@@ -27,6 +27,7 @@ from typing import Callable, Iterable
 import networkx as nx
 
 from analysis.progress import is_failure
+from analysis.text import shorten
 from population.lineage import Lineage
 from population.store import DUPLICATE, TrialRecord
 
@@ -405,7 +406,7 @@ def plot_lineage(trials: Iterable[TrialRecord], path: str | Path | None = None, 
                         va="center", fontsize=fontsize - 0.5, color="#616161", zorder=6)
         elif n == best:
             # Above the node: its first child continues its row to the right.
-            ax.annotate(f"#{n} best: {_short(d['description'], 48)}  ({d['score']:.4f})", (x, y), xytext=(-6, 5),
+            ax.annotate(f"#{n} best: {shorten(d['description'], 48)}  ({d['score']:.4f})", (x, y), xytext=(-6, 5),
                         textcoords="offset points", ha="left", va="bottom", fontsize=fontsize + 0.5, fontweight="bold",
                         color=_style.BEST_LINE, zorder=7,
                         bbox=dict(boxstyle="round,pad=0.2", facecolor="white", edgecolor="none", alpha=0.85))
@@ -473,10 +474,6 @@ def _edge(engine: str, xa: float, ya: float, xb: float, yb: float, *, bend: floa
     return [xa, bend, bend, xb], [ya, ya, yb, yb]
 
 
-def _short(text: str, limit: int) -> str:
-    text = " ".join((text or "").split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
 
 # -- the interactive view ------------------------------------------------------------------------
 
@@ -539,7 +536,7 @@ def lineage_svg(view: TreeView, *, link: Callable[[Node], str] = lambda n: f"#tr
             parts.append(f'<text x="{x:.1f}" y="{y - 8:.1f}" text-anchor="middle">#{n}</text>')
         if n == best:
             parts.append(f'<text class="bestlabel" x="{x + 11:.1f}" y="{y + 4:.1f}">best: '
-                         f'{html.escape(_short(d["description"], 60))}</text>')
+                         f'{html.escape(shorten(d["description"], 60))}</text>')
         parts.append("</g></a>")
     parts.append("</g></svg>")
     return "\n".join(parts)

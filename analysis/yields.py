@@ -40,17 +40,6 @@ class Yield:
         return self.improved / self.children if self.children else None
 
 
-def parent_score(lineage: Lineage, t: TrialRecord) -> float | None:
-    """The genome score a child is judged against: its parent's, the better parent's for a crossover.
-
-    Args:
-        lineage: the search's lineage.
-        t: the child trial.
-    """
-    scores = [s for s in (lineage.score_of(p) for p in t.parents) if s is not None]
-    return min(scores) if scores else None
-
-
 def gains(trials: Iterable[TrialRecord]) -> dict[int, float]:
     """Parent score minus child score for every freshly evaluated child (positive: it improved).
 
@@ -63,7 +52,7 @@ def gains(trials: Iterable[TrialRecord]) -> dict[int, float]:
     for t in children(trials):
         if not t.finished_ok:
             continue
-        parent, own = parent_score(lineage, t), lineage.score_of(t.number)
+        parent, own = lineage.parent_score(t), lineage.score_of(t.number)
         if parent is not None and own is not None:
             out[t.number] = parent - own
     return out

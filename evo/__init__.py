@@ -1,25 +1,43 @@
 """evoresearch: autonomous ML research as evolution.
 
-A notebook drives the same engine as the `evo` command:
+A notebook builds and drives the same engine as the `evo` command:
 
     import evo
-    search = evo.Search.create("demo", profile="tiny", budget=5)
-    loop = evo.SearchLoop(search, evo.EvolveStrategy(), evo.OfflineProposer(),
-                          evo.parse_devices("cpu"), evo.RunOptions(trials=12))
+    search = evo.create_search("demo", profile="tiny", budget=5)
+    loop = evo.SearchLoop(search, evo.make_strategy("evolve"), evo.from_spec("offline"),
+                          evo.parse_devices("cpu"), evo.RunOptions(trials=12, prune=True))
     loop.run()
     search.lineage().best
+
+The layers: `population` (the data: genomes, trials, lineage, the search folder) at the
+bottom; `evo` (this package: runner, proposers, strategies, loop) and `analysis` (the
+read-only views) beside each other on top of it; the `evo` command line over both.
 """
 
-from evo.loop import RunOptions, SearchLoop, Slot, parse_devices
-from evo.proposers import Genome, OfflineProposer, Proposal, ProposalContext, Proposer, ProposerError
-from evo.runner import TrialResult, run_trial, scrub_environment, trial_environment
-from evo.search import Search, SearchConfig, SearchError
-from evo.strategies import EvolveStrategy, GreedyStrategy, Plan, RandomStrategy, Strategy
+from evo.compare import CompareConfig, Comparison
+from evo.devices import Slot, default_slots, parse_devices
+from evo.loop import RunOptions, SearchLoop, StopKind, StopReason
+from evo.proposers import (Genome, OfflineProposer, Proposal, ProposalContext, Proposer, ProposerError, SpecError,
+                           from_spec)
+from evo.pruners import make_pruner
+from evo.runner import TrialResult, TrialRunner, run_trial, scrub_environment, trial_environment
+from evo.search import create_search, describe_harness
+from evo.strategies import EvolveStrategy, GreedyStrategy, Plan, RandomStrategy, Strategy, make_strategy
+from population import Search, SearchConfig, SearchError
+
+try:
+    from importlib.metadata import version as _version
+
+    __version__ = _version("evoresearch")
+except Exception:  # running from a checkout that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
-    "RunOptions", "SearchLoop", "Slot", "parse_devices",
-    "Genome", "OfflineProposer", "Proposal", "ProposalContext", "Proposer", "ProposerError",
-    "TrialResult", "run_trial", "scrub_environment", "trial_environment",
+    "CompareConfig", "Comparison", "Slot", "default_slots", "parse_devices",
+    "RunOptions", "SearchLoop", "StopKind", "StopReason",
+    "Genome", "OfflineProposer", "Proposal", "ProposalContext", "Proposer", "ProposerError", "SpecError", "from_spec",
+    "make_pruner", "TrialResult", "TrialRunner", "run_trial", "scrub_environment", "trial_environment",
+    "create_search", "describe_harness",
+    "EvolveStrategy", "GreedyStrategy", "Plan", "RandomStrategy", "Strategy", "make_strategy",
     "Search", "SearchConfig", "SearchError",
-    "EvolveStrategy", "GreedyStrategy", "Plan", "RandomStrategy", "Strategy",
 ]

@@ -10,7 +10,7 @@ searches are skipped, an unfinished one resumes like `evo run`.
 
 >>> comparison = Comparison.create(CompareConfig("cmp", strategies=["greedy", "evolve"], seeds=2, trials=12,
 ...                                              profile="tiny", budget=3))               # doctest: +SKIP
->>> comparison.run(make_proposer=OfflineProposer, slots=lambda: parse_devices("cpu"))     # doctest: +SKIP
+>>> comparison.run(make_proposer=OfflineProposer, slots=parse_devices("cpu"))             # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -23,10 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from evo.loop import RunOptions, SearchLoop, Slot
+from evo.devices import Slot
+from evo.loop import RunOptions, SearchLoop, StopKind, StopReason
 from evo.proposers import Proposer
-from evo.search import Search, SearchError, _NAME
+from evo.search import create_search
 from evo.strategies import STRATEGIES, Strategy
+from population.lineage import strategy_of
+from population.search import Search, SearchError, check_name
 
 MANIFEST = "compare.json"
 
@@ -84,8 +87,6 @@ def parse_search_groups(entries: list[str], *, root: str | Path = "runs") -> dic
     Raises:
         SearchError: for a search that does not exist.
     """
-    from analysis.compare import strategy_of
-
     groups: dict[str, list[str]] = {}
     for entry in entries:
         label, sep, names = entry.partition("=")
@@ -126,8 +127,7 @@ class Comparison:
             config: what to compare.
             root: the folder holding the searches.
         """
-        if not _NAME.match(config.name):
-            raise SearchError(f"bad comparison name {config.name!r}: use letters, digits, '.', '_' or '-'")
+        check_name(config.name, "comparison")
         root = Path(root).resolve()
         folder = root / config.name
         if (folder / "search.json").exists():
@@ -188,16 +188,16 @@ class Comparison:
         if self._loop is not None:
             self._loop.stop.set()
 
-    def run(self, *, make_proposer: Callable[[], Proposer], slots: Callable[[], list[Slot]],
-            creation: dict | None = None, make_strategy: Callable[[str], Strategy] | None = None,
+    def run(self, *, make_proposer: Callable[[], Proposer], slots: list[Slot], creation: dict | None = None,
+            make_strategy: Callable[[str], Strategy] | None = None,
             on_member: Callable[[str, str, dict], None] | None = None,
-            on_event: Callable[[str, str, dict], None] | None = None, python: str | None = None) -> str:
+            on_event: Callable[[str, str, dict], None] | None = None, python: str | None = None) -> StopReason:
         """Run every member until it has `trials` finished trials; return why it stopped.
 
         Args:
             make_proposer: a new proposer for each member (a loop closes its proposer).
-            slots: new device slots for each member (e.g. ``lambda: parse_devices("cpu")``).
-            creation: keyword arguments for `Search.create` besides name, root, profile,
+            slots: the device slots every member runs on (e.g. ``parse_devices("cpu")``).
+            creation: keyword arguments for `evo.create_search` besides name, root, profile,
                 budget and seed (project, data, storage, cache_dir, mutable).
             make_strategy: strategy name -> strategy (default: the class with its defaults).
             on_member: called as (event, search name, info) with event "start", "skip" or "done".
@@ -205,23 +205,25 @@ class Comparison:
             python: the interpreter that runs trials (default: this one).
 
         Returns:
-            "done", "interrupted", or the error that stopped a member.
+            kind TRIALS ("done") when every member is complete, INTERRUPTED, or the ERROR that
+            stopped a member (its message starts with the member's name).
         """
         cfg = self.config
+        done = StopReason(StopKind.TRIALS, "done")
         if cfg.searches:
-            return "done"  # a comparison of existing searches runs nothing
+            return done  # a comparison of existing searches runs nothing
         on_member = on_member or (lambda event, name, info: None)
         make_strategy = make_strategy or (lambda name: STRATEGIES[name]())
         for strategy, replicate, name in self.members():
             if self._stop.is_set():
-                return "interrupted"
-            search = self._member(name, replicate, creation or {})
+                return StopReason(StopKind.INTERRUPTED, "interrupted")
+            search = self.member(name, replicate, creation or {})
             try:
                 finished = sum(1 for t in search.trials() if t.counts)
                 if finished >= cfg.trials and not any(t.state == "RUNNING" for t in search.trials()):
                     on_member("skip", name, {"finished": finished})
                     continue
-                loop = SearchLoop(search, make_strategy(strategy), make_proposer(), slots(),
+                loop = SearchLoop(search, make_strategy(strategy), make_proposer(), slots,
                                   RunOptions(trials=cfg.trials, reeval=cfg.reeval),
                                   on_event=(lambda kind, info, n=name: on_event(n, kind, info)) if on_event else None,
                                   python=python)
@@ -233,18 +235,34 @@ class Comparison:
             finally:
                 self._loop = None
                 search.close()
-            if reason == "interrupted" or self._stop.is_set():
-                return "interrupted"
-            if loop.error:
-                return f"{name}: {loop.error}"
-            on_member("done", name, {"reason": reason})
-        return "done"
+            if reason.kind == StopKind.INTERRUPTED or self._stop.is_set():
+                return StopReason(StopKind.INTERRUPTED, "interrupted")
+            if reason.kind == StopKind.ERROR:
+                return StopReason(StopKind.ERROR, f"{name}: {reason.message}")
+            on_member("done", name, {"reason": str(reason)})
+        return done
 
-    def _member(self, name: str, replicate: int, creation: dict) -> Search:
+    def complete(self) -> bool:
+        """Whether every member exists with its trials finished (running it would only skip them)."""
+        for _, _, name in self.members():
+            if not Search.exists(name, root=self.root):
+                return False
+            with Search.open(name, root=self.root) as search:
+                trials = search.trials()
+            if sum(1 for t in trials if t.counts) < self.config.trials or any(t.state == "RUNNING" for t in trials):
+                return False
+        return True
+
+    @property
+    def stopping(self) -> bool:
+        """Whether `stop` was asked for."""
+        return self._stop.is_set()
+
+    def member(self, name: str, replicate: int, creation: dict) -> Search:
         """Open a member search, creating it on first use; its fixed settings must match the comparison's."""
         cfg = self.config
         if not Search.exists(name, root=self.root):
-            Search.create(name, root=self.root, profile=cfg.profile, budget=cfg.budget, seed=cfg.base_seed + replicate,
+            create_search(name, root=self.root, profile=cfg.profile, budget=cfg.budget, seed=cfg.base_seed + replicate,
                           **creation).close()
         search = Search.open(name, root=self.root)
         fixed = search.config

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
+import enum
 import json
 import math
 import os
@@ -26,49 +27,50 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import optuna
+
+from evo.devices import Slot, parse_devices
 from evo.proposers import Genome, Proposal, ProposalContext, Proposer, ProposerError
-from evo.runner import TrialResult, run_trial, trial_environment
-from evo.search import Search, SearchError
+from evo.pruners import make_pruner
+from evo.runner import TrialResult, TrialRunner, trial_environment
 from evo.strategies import NoParentError, Plan, Strategy
 from population.genomes import genome_hash
+from population.importer import check_runnable
 from population.lineage import Lineage
-from population.store import DUPLICATE, INTERRUPTED, INVALID, OK, TrialRecord
+from population.search import Search, SearchError
+from population.store import DUPLICATE, INTERRUPTED, INVALID, OK
 
-@dataclass
-class Slot:
-    """One place a trial can run: a GPU, or a share of the CPU cores."""
-
-    name: str          # unique, also the worktree's folder name
-    device: str        # what the trial sees: cpu, cuda:N
-    threads: int | None = None
-    trial: int | None = None
-    started: float = 0.0
-    fraction: float = 0.0
-    loss: float | None = None
+__all__ = ["Child", "RunOptions", "SearchLoop", "Slot", "StopKind", "StopReason", "parse_devices"]
 
 
-def parse_devices(spec: str | None, cuda_devices: int = 0) -> list[Slot]:
-    """`cuda:0,cuda:1` -> two GPU slots; `cpu` -> one CPU slot; `cpu:2` -> two CPU slots sharing the cores.
+class StopKind(enum.Enum):
+    """Why a search stopped."""
 
-    Default (None): every visible GPU, else one CPU slot."""
-    if not spec:
-        spec = ",".join(f"cuda:{i}" for i in range(cuda_devices)) or "cpu"
-    slots: list[Slot] = []
-    cores = os.cpu_count() or 1
-    for part in (p.strip() for p in spec.split(",") if p.strip()):
-        if part == "cpu" or part.startswith("cpu:"):
-            count = part.split(":", 1)[1] if ":" in part else "1"
-            if not count.isdigit() or int(count) < 1:
-                raise SearchError(f"bad device {part!r}: write cpu or cpu:N with N >= 1 concurrent CPU trials")
-            n = int(count)
-            slots += [Slot(f"cpu{i}", "cpu", threads=max(1, cores // n)) for i in range(n)]
-        elif part == "cuda" or (part.startswith("cuda:") and part[5:].isdigit()):
-            slots.append(Slot(part.replace(":", ""), part if ":" in part else "cuda:0"))
-        else:
-            raise SearchError(f"bad device {part!r}: use cuda:N, cpu or cpu:N, separated by commas")
-    if len({s.name for s in slots}) != len(slots):
-        raise SearchError(f"device listed twice in {spec!r}")
-    return slots
+    TRIALS = "trials"            # reached --trials
+    HOURS = "hours"              # reached --hours
+    COST = "cost"                # reached --max-cost-usd
+    INTERRUPTED = "interrupted"  # Ctrl-C, SIGTERM or a caller's stop
+    ERROR = "error"              # something no retry fixes (a rejected key, no parent to breed from)
+    EXHAUSTED = "exhausted"      # nothing left to plan
+
+
+@dataclass(frozen=True)
+class StopReason:
+    """A stop, as a value: its kind and the sentence a person reads."""
+
+    kind: StopKind
+    message: str
+
+    @property
+    def halts(self) -> bool:
+        """Whether children already prepared must not start either (a trial or cost limit lets them run)."""
+        return self.kind in (StopKind.INTERRUPTED, StopKind.ERROR, StopKind.HOURS)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+INTERRUPTED_STOP = StopReason(StopKind.INTERRUPTED, "interrupted")
 
 
 @dataclass
@@ -85,16 +87,44 @@ class Child:
     attrs: dict = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RunOptions:
-    """How long and how a search runs this time (not fixed: each `evo run` may change them)."""
+    """How long and how a search runs this time (not fixed: each `evo run` may change them).
 
-    trials: int | None = None            # total finished trials in the search, seed included
-    hours: float | None = None           # wall-clock limit of this run
-    reeval: int = 0                      # extra seeds for a genome that becomes the best
-    prune: bool = False                  # stop children whose loss is clearly behind
-    max_vram_gb: float | None = None     # an Optuna constraint on peak memory
-    max_cost_usd: float | None = None    # stop proposing once the LLM spend reaches this
+    trials: total finished trials in the search, seed included.
+    hours: wall-clock limit of this run.
+    reeval: extra seeds for a genome that becomes the best.
+    prune: stop children whose loss is clearly behind (with `pruner`, or the default rule).
+    pruner: the Optuna pruner `prune` uses (default: `evo.pruners.make_pruner()`).
+    max_vram_gb: an Optuna constraint on peak memory.
+    max_cost_usd: stop proposing once the LLM spend reaches this.
+    """
+
+    trials: int | None = None
+    hours: float | None = None
+    reeval: int = 0
+    prune: bool = False
+    pruner: optuna.pruners.BasePruner | None = None
+    max_vram_gb: float | None = None
+    max_cost_usd: float | None = None
+
+    def pruner_in_use(self) -> optuna.pruners.BasePruner | None:
+        """The pruner that decides, or None when this run does not prune."""
+        if not self.prune:
+            return None
+        return self.pruner or make_pruner()
+
+
+@dataclass
+class _Busy:
+    """What one device is doing right now."""
+
+    slot: Slot
+    trial: int
+    tree: str
+    started: float = field(default_factory=time.time)
+    fraction: float = 0.0
+    loss: float | None = None
 
 
 class SearchLoop:
@@ -102,87 +132,104 @@ class SearchLoop:
 
     >>> loop = SearchLoop(search, GreedyStrategy(), OfflineProposer(), parse_devices("cpu"), RunOptions(trials=10))  # doctest: +SKIP
     >>> loop.run()                                                                                                  # doctest: +SKIP
+
+    Args:
+        search: the open search.
+        strategy, proposer: who plans and who writes children.
+        slots: where trials run (`parse_devices`).
+        options: this run's limits and switches.
+        on_event: called as (kind, info) for "preparing", "recovered", "started", "finished", "stopped".
+        python: the interpreter that runs trials (default: this one).
+        runner: runs one genome (default: a `TrialRunner` over the search's harness).
     """
 
     def __init__(self, search: Search, strategy: Strategy, proposer: Proposer, slots: list[Slot], options: RunOptions,
-                 *, on_event: Callable[[str, dict], None] | None = None, python: str | None = None):
+                 *, on_event: Callable[[str, dict], None] | None = None, python: str | None = None,
+                 runner: TrialRunner | None = None):
         self.search, self.strategy, self.proposer, self.slots, self.options = search, strategy, proposer, slots, options
         self.on_event = on_event or (lambda kind, info: None)
-        self.python = python
+        self.python = python or sys.executable
+        self.runner = runner or TrialRunner(harness=search.harness, python=self.python)
         self.stop = threading.Event()          # set on Ctrl-C: stop planning, kill running trials
         self.started = time.time()
         self._pending: list[cf.Future] = []     # proposals being prepared (FIFO)
         self._ready: list[Child] = []           # children ready to run (re-runs, re-evaluations)
-        self._running: dict[cf.Future, tuple[Slot, int]] = {}
+        self._running: dict[cf.Future, _Busy] = {}
         self._plans = 0
-        self._trees: dict[int, str] = {}        # content hash of each running trial
         self._devices_written = 0.0
-        self._stop_reason = ""
-        self.error: str | None = None
+        self._error: StopReason | None = None
+
+    @property
+    def error(self) -> str | None:
+        """The error that stopped the search, if one did."""
+        return self._error.message if self._error else None
 
     # -- the loop ---------------------------------------------------------------------
 
-    def run(self) -> str:
+    def run(self) -> StopReason:
         """Run until done; return why it stopped. Records survive any exception or signal."""
-        search = self.search
-        with search.lock(), cf.ThreadPoolExecutor(max_workers=len(self.slots), thread_name_prefix="trial") as runs:
+        check_runnable(self.search)
+        self.search.store.pruner = self.options.pruner_in_use()
+        reason = INTERRUPTED_STOP
+        with self.search.lock(), cf.ThreadPoolExecutor(max_workers=len(self.slots), thread_name_prefix="trial") as runs:
             # Not a `with` block: on a stop we must not wait for an LLM call still in flight.
             proposals = cf.ThreadPoolExecutor(max_workers=max(1, len(self.slots)), thread_name_prefix="propose")
             self._runs, self._proposals = runs, proposals
             try:
                 self._prepare_data()
                 self._recover()
-                while True:
-                    reason = self._limit_reached()
-                    if not reason:
-                        self._plan_more()
-                    halting = self._halting(reason)
-                    if not halting:
-                        self._launch_ready()
-                    if not self._running and not halting and not self._pending and not self._ready and not reason:
-                        # A launch may have used up a proposal without running it (a duplicate or an
-                        # invalid proposal): plan again before concluding there is nothing to do.
-                        self._plan_more()
-                        if self._pending or self._ready:
-                            continue
-                    if not self._running and (halting or (not self._pending and not self._ready)):
-                        self._stop_reason = self._limit_reached() or self.error or "nothing left to plan"
-                        break
-                    self._wait()
+                reason = self._steady_state()
             finally:
-                self.stop.set()  # kill whatever still runs; their trials are recorded as interrupted
-                self.proposer.close()  # interrupts a proposal waiting out a backoff
-                proposals.shutdown(wait=False, cancel_futures=True)
-                for future in list(self._running):
-                    self._finish(future)
-                for future in self._pending:  # prepared but never run: their LLM cost still counts
-                    if future.done() and not future.cancelled() and future.exception() is None:
-                        child = future.result()
-                        if child.proposal is not None and child.proposal.usage.get("cost_usd"):
-                            self.search.store.add_spend(float(child.proposal.usage["cost_usd"]))
-                self._pending.clear()
-                self._write_devices()
-        self.on_event("stopped", {"reason": self._stop_reason})
-        return self._stop_reason
+                self._shut_down(proposals)
+        self.on_event("stopped", {"reason": str(reason), "kind": reason.kind.value})
+        return reason
 
-    def _limit_reached(self) -> str:
-        """Why no new child should be planned, or "" to go on."""
+    def _steady_state(self) -> StopReason:
+        """Plan, launch and finish trials until a limit says stop and nothing runs any more."""
+        while True:
+            limit = self._limit_reached()
+            if limit is None:
+                self._plan_more()
+            if limit is None or not limit.halts:
+                self._launch_ready()
+            if not self._running and limit is None and not self._pending and not self._ready:
+                # A launch may have used up a proposal without running it (a duplicate or an
+                # invalid proposal): plan again before concluding there is nothing to do.
+                self._plan_more()
+                if self._pending or self._ready:
+                    continue
+            if not self._running and ((limit is not None and limit.halts) or (not self._pending and not self._ready)):
+                return self._limit_reached() or StopReason(StopKind.EXHAUSTED, "nothing left to plan")
+            self._wait()
+
+    def _shut_down(self, proposals: cf.ThreadPoolExecutor) -> None:
+        self.stop.set()  # kill whatever still runs; their trials are recorded as interrupted
+        self.proposer.close()  # interrupts a proposal waiting out a backoff
+        proposals.shutdown(wait=False, cancel_futures=True)
+        for future in list(self._running):
+            self._finish(future)
+        for future in self._pending:  # prepared but never run: their LLM cost still counts
+            if future.done() and not future.cancelled() and future.exception() is None:
+                child = future.result()
+                if child.proposal is not None and child.proposal.usage.get("cost_usd"):
+                    self.search.store.add_spend(float(child.proposal.usage["cost_usd"]))
+        self._pending.clear()
+        self._write_devices()
+
+    def _limit_reached(self) -> StopReason | None:
+        """Why no new child should be planned, or None to go on."""
         o = self.options
         if self.stop.is_set():
-            return "interrupted"
-        if self.error:
-            return self.error
+            return INTERRUPTED_STOP
+        if self._error:
+            return self._error
         if o.trials is not None and self._counted() >= o.trials:
-            return f"reached {o.trials} trials"
+            return StopReason(StopKind.TRIALS, f"reached {o.trials} trials")
         if o.hours is not None and time.time() - self.started >= o.hours * 3600:
-            return f"reached the {o.hours:g} h limit"
+            return StopReason(StopKind.HOURS, f"reached the {o.hours:g} h limit")
         if o.max_cost_usd is not None and self.search.store.spend_usd >= o.max_cost_usd:
-            return f"LLM spend reached the ${o.max_cost_usd:g} cap"
-        return ""
-
-    def _halting(self, reason: str) -> bool:
-        """Whether even children already prepared should not start (a trial or cost limit lets them run)."""
-        return bool(reason) and (self.stop.is_set() or bool(self.error) or reason.endswith("h limit"))
+            return StopReason(StopKind.COST, f"LLM spend reached the ${o.max_cost_usd:g} cap")
+        return None
 
     def _counted(self) -> int:
         return sum(1 for t in self.search.trials() if t.counts)
@@ -212,9 +259,9 @@ class SearchLoop:
         env = trial_environment(profile=cfg.profile, budget=cfg.budget, seed=cfg.seed, device="cpu",
                                 data=cfg.data, cache_dir=cfg.cache_dir)
         self.on_event("preparing", {"profile": cfg.profile, "data": cfg.data})
-        proc = subprocess.Popen([self.python or sys.executable, str(self.search.harness[0]), "--profile", cfg.profile,
+        proc = subprocess.Popen([self.python, str(self.search.harness[0]), "--profile", cfg.profile,
                                  "--source", cfg.data], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, cwd=self.search.folder / "harness")
+                                text=True, cwd=self.search.paths.harness)
         lines = []
         for line in proc.stdout:  # a download can take a while: pass its progress on as it comes
             lines.append(line.rstrip())
@@ -246,7 +293,8 @@ class SearchLoop:
     # -- planning ---------------------------------------------------------------------
 
     def _free_slots(self) -> list[Slot]:
-        return [s for s in self.slots if s.trial is None]
+        busy = {b.slot.name for b in self._running.values()}
+        return [s for s in self.slots if s.name not in busy]
 
     def _plan_more(self) -> None:
         limit = self.options.trials
@@ -269,7 +317,7 @@ class SearchLoop:
                 plan = self.strategy.plan(lineage, rng)
             except NoParentError as e:
                 if not self._running and not self._pending and not self._ready:
-                    self.error = f"cannot plan a child: {e}"
+                    self._error = StopReason(StopKind.ERROR, f"cannot plan a child: {e}")
                 return
             self._plans += 1
             self._pending.append(self._proposals.submit(self._propose, plan, lineage, rng))
@@ -280,7 +328,7 @@ class SearchLoop:
         best = lineage.best
         if k <= 0 or best is None:
             return None
-        busy = sum(1 for s in self.slots if s.trial is not None and self._trees.get(s.trial) == best.tree)
+        busy = sum(1 for b in self._running.values() if b.tree == best.tree)
         busy += sum(1 for c in self._ready if c.operator == "reeval" and c.parents == [best.trial])
         done = len(best.values)
         if done + busy >= 1 + k:
@@ -297,9 +345,8 @@ class SearchLoop:
         ctx = ProposalContext(program=search.program, mutable=search.config.mutable,
                               settings={"profile": search.config.profile, "seq_len": search.config.seq_len,
                                         "budget": search.config.budget, "name": search.config.name},
-                              trials=lineage.trials, lineage=lineage, rng=rng,
-                              is_known=lambda files: genome_hash(files) in known,
-                              scratch=search.folder / "scratch" / f"plan-{self._plans}")
+                              lineage=lineage, rng=rng, is_known=lambda files: genome_hash(files) in known,
+                              scratch=search.paths.scratch(f"plan-{self._plans}"))
         try:
             if plan.operator == "crossover":
                 base_commit = search.repo.merge_base(parents[0].commit, parents[1].commit)
@@ -333,7 +380,7 @@ class SearchLoop:
             try:
                 child = future.result()
             except ProposerError as e:
-                self.error = f"proposer stopped the search: {e}"
+                self._error = StopReason(StopKind.ERROR, f"proposer stopped the search: {e}")
                 return None
             cost = float(child.proposal.usage.get("cost_usd", 0.0)) if child.proposal else 0.0
             if cost:
@@ -349,85 +396,94 @@ class SearchLoop:
             self._start(child)
 
     def _start(self, child: Child) -> None:
-        search, store, repo = self.search, self.search.store, self.search.repo
+        """Record the child as a trial and run it, unless it is an invalid proposal or a known genome."""
+        search, repo = self.search, self.search.repo
         lineage = search.lineage()
         parent_commits = [lineage.by_number[n].commit for n in child.parents if n in lineage.by_number]
+        attrs = self._trial_attrs(child)
         p = child.proposal
-        attrs = {"operator": child.operator, "parents": child.parents, "seed": child.seed, "island": child.island,
-                 "strategy": self.strategy.name, **child.attrs}
-        if child.rerun_of is not None:
-            attrs["rerun_of"] = child.rerun_of
-        if p is not None:
-            attrs.update(description=p.description, rationale=p.rationale, proposer=p.proposer, usage=p.usage)
-
         if p is not None and not p.ok:
-            number = store.start(attrs)
-            self._write_trial_files(number, p, None, parent_commits)
-            store.finish(number, status=INVALID, error=p.error)
-            self.on_event("finished", {"trial": number, "status": INVALID, "error": p.error, "operator": child.operator,
-                                       "description": p.description})
+            self._record_invalid(child, attrs, parent_commits)
             return
-
         if child.commit is None:
-            message = _commit_message(child, p)
-            child.commit = repo.commit(p.files, parents=parent_commits, message=message)
+            child.commit = repo.commit(p.files, parents=parent_commits, message=_commit_message(child, p))
         tree = repo.tree_of(child.commit)
         attrs.update(commit=child.commit, tree=tree)
-
         if child.operator in ("mutate", "crossover") and child.rerun_of is None:
             original = next((t for t in lineage.trials if t.tree == tree and t.status not in (INVALID, INTERRUPTED)
                              and t.operator != "reeval"), None)
             if original is not None:  # identical genome: reuse, never train twice
-                number = store.start(attrs)
-                repo.set_branch(search.branch(number), child.commit)
-                self._write_trial_files(number, p, child.commit, parent_commits)
-                value = lineage.score_of(original.number) if original.finished_ok else None
-                store.finish(number, status=DUPLICATE, value=value, duplicate_of=original.number,
-                             metrics=original.metrics, error="" if value is not None else f"same genome as #{original.number}")
-                self.on_event("finished", {"trial": number, "status": DUPLICATE, "duplicate_of": original.number,
-                                           "value": value, "operator": child.operator,
-                                           "description": attrs.get("description", "")})
+                self._record_duplicate(child, attrs, parent_commits, original, lineage)
                 return
+        self._launch(child, attrs, parent_commits, tree)
 
+    def _trial_attrs(self, child: Child) -> dict:
+        attrs = {"operator": child.operator, "parents": child.parents, "seed": child.seed, "island": child.island,
+                 "strategy": self.strategy.name, **child.attrs}
+        if child.rerun_of is not None:
+            attrs["rerun_of"] = child.rerun_of
+        p = child.proposal
+        if p is not None:
+            attrs.update(description=p.description, rationale=p.rationale, proposer=p.proposer, usage=p.usage)
+        return attrs
+
+    def _record_invalid(self, child: Child, attrs: dict, parent_commits: list[str]) -> None:
+        p = child.proposal
+        number = self.search.store.start(attrs)
+        self._write_trial_files(number, p, None, parent_commits)
+        self.search.store.finish(number, status=INVALID, error=p.error)
+        self.on_event("finished", {"trial": number, "status": INVALID, "error": p.error, "operator": child.operator,
+                                   "description": p.description})
+
+    def _record_duplicate(self, child: Child, attrs: dict, parent_commits: list[str], original, lineage: Lineage) -> None:
+        store = self.search.store
+        number = store.start(attrs)
+        self.search.repo.set_branch(self.search.branch(number), child.commit)
+        self._write_trial_files(number, child.proposal, child.commit, parent_commits)
+        value = lineage.score_of(original.number) if original.finished_ok else None
+        store.finish(number, status=DUPLICATE, value=value, duplicate_of=original.number, metrics=original.metrics,
+                     error="" if value is not None else f"same genome as #{original.number}")
+        self.on_event("finished", {"trial": number, "status": DUPLICATE, "duplicate_of": original.number,
+                                   "value": value, "operator": child.operator, "description": attrs.get("description", "")})
+
+    def _launch(self, child: Child, attrs: dict, parent_commits: list[str], tree: str) -> None:
+        search, store, cfg = self.search, self.search.store, self.search.config
         slot = self._free_slots()[0]
         number = store.start(attrs)
-        repo.set_branch(search.branch(number), child.commit)
-        self._write_trial_files(number, p, child.commit, parent_commits)
-        self._trees[number] = tree
-        worktree = repo.checkout(search.folder / "worktrees" / slot.name, child.commit)
-        slot.trial, slot.started, slot.fraction, slot.loss = number, time.time(), 0.0, None
-        cfg = search.config
+        search.repo.set_branch(search.branch(number), child.commit)
+        self._write_trial_files(number, child.proposal, child.commit, parent_commits)
+        worktree = search.repo.checkout(search.paths.worktree(slot.name), child.commit)
+        busy = _Busy(slot, number, tree)
         env = trial_environment(profile=cfg.profile, budget=cfg.budget, seed=child.seed, device=slot.device,
-                                data=cfg.data, cache_dir=cfg.cache_dir, inductor_cache=search.folder / "inductor-cache",
+                                data=cfg.data, cache_dir=cfg.cache_dir, inductor_cache=search.paths.inductor_cache,
                                 threads=slot.threads)
-        future = self._runs.submit(run_trial, worktree, log_path=search.trial_dir(number) / "run.log", env=env,
-                                   timeout=cfg.budget + cfg.startup_grace, harness=search.harness,
-                                   on_progress=self._progress_callback(slot, number), stop=self.stop,
-                                   on_start=lambda pid, n=number: store.set_attrs(n, {"pid": pid}),
-                                   **({"python": self.python} if self.python else {}))
-        self._running[future] = (slot, number)
+        future = self._runs.submit(self.runner.run, worktree, log_path=search.paths.trial(number).run_log, env=env,
+                                   timeout=cfg.budget + cfg.startup_grace, on_progress=self._progress_callback(busy),
+                                   stop=self.stop, on_start=lambda pid, n=number: store.set_attrs(n, {"pid": pid}))
+        self._running[future] = busy
         self._write_devices()
         self.on_event("started", {"trial": number, "slot": slot.name, "operator": child.operator,
                                   "parents": child.parents, "description": attrs.get("description", "")})
 
-    def _progress_callback(self, slot: Slot, number: int):
+    def _progress_callback(self, busy: _Busy):
         store, prune = self.search.store, self.options.prune
 
         def on_progress(fraction: float, loss: float) -> bool:
-            slot.fraction, slot.loss = fraction, loss
-            should_prune = store.report(number, int(round(fraction * 100)), loss)
+            busy.fraction, busy.loss = fraction, loss
+            should_prune = store.report(busy.trial, int(round(fraction * 100)), loss)
             return bool(prune and should_prune)
         return on_progress
 
     # -- finishing ---------------------------------------------------------------------
 
     def _finish(self, future: cf.Future) -> None:
-        slot, number = self._running.pop(future)
+        busy = self._running.pop(future)
+        number = busy.trial
         try:
             result: TrialResult = future.result()
         except Exception as e:  # the runner itself failed: record it, keep going
             result = TrialResult("crash", error=f"runner error: {type(e).__name__}: {e}")
-        search, store = self.search, self.search.store
+        search = self.search
         value = result.val_bpb if result.status == OK else None
         constraints = {}
         peak_mb = result.metrics.get("peak_vram_mb")
@@ -435,16 +491,12 @@ class SearchLoop:
             constraints["vram_gb"] = peak_mb / 1024 - self.options.max_vram_gb
         lineage = search.lineage()
         trial = lineage.by_number.get(number)
-        best = lineage.best
         feasible = all(v <= 0 for v in constraints.values())
-        kept = bool(value is not None and feasible and trial is not None and trial.operator != "reeval"
-                    and (best is None or value < best.score))
-        store.finish(number, status=result.status, value=value, metrics=result.metrics, constraints=constraints,
-                     error=result.error, log_tail=result.log_tail[-2000:], wall_seconds=round(result.wall_seconds, 2),
-                     kept=kept)
-        (search.trial_dir(number) / "result.json").write_text(json.dumps(dataclasses.asdict(result), indent=2) + "\n")
-        slot.trial = None
-        self._trees.pop(number, None)
+        kept = trial is not None and lineage.would_keep(value, operator=trial.operator, feasible=feasible)
+        search.store.finish(number, status=result.status, value=value, metrics=result.metrics, constraints=constraints,
+                            error=result.error, log_tail=result.log_tail[-2000:],
+                            wall_seconds=round(result.wall_seconds, 2), kept=kept, provenance=result.provenance)
+        search.paths.trial(number).make().result.write_text(json.dumps(dataclasses.asdict(result), indent=2) + "\n")
         self._write_devices()
         self.on_event("finished", {"trial": number, "status": result.status, "value": value, "kept": kept,
                                    "error": result.error, "operator": trial.operator if trial else "",
@@ -454,30 +506,32 @@ class SearchLoop:
     # -- records ----------------------------------------------------------------------
 
     def _write_trial_files(self, number: int, proposal: Proposal | None, commit: str | None, parent_commits: list[str]) -> None:
-        folder = self.search.trial_dir(number)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = self.search.paths.trial(number).make()
         if proposal is not None:
             record = {"description": proposal.description, "rationale": proposal.rationale, "ok": proposal.ok,
                       "error": proposal.error, "proposer": proposal.proposer, "usage": proposal.usage}
-            (folder / "proposal.json").write_text(json.dumps(record, indent=2) + "\n")
+            folder.proposal.write_text(json.dumps(record, indent=2) + "\n")
             for name, text in proposal.artifacts.items():
-                (folder / Path(name).name).write_text(text)
+                folder.artifact(name).write_text(text)
         if commit:
             diffs = [self.search.repo.diff(parent, commit) for parent in parent_commits]
             header = [f"# diff against parent {c[:10]}\n" for c in parent_commits]
-            (folder / "diff.patch").write_text("".join(h + d for h, d in zip(header, diffs)))
+            folder.diff.write_text("".join(h + d for h, d in zip(header, diffs)))
 
     def _write_devices(self) -> None:
         """What each device is doing, for `evo status` while the search runs."""
         now = time.time()
-        state = {"pid": os.getpid(), "updated": now, "slots": [
-            {"slot": s.name, "device": s.device, "trial": s.trial, "seconds": round(now - s.started, 1) if s.trial is not None else None,
-             "fraction": s.fraction if s.trial is not None else None, "loss": s.loss if s.trial is not None else None}
-            for s in self.slots]}
+        busy = {b.slot.name: b for b in self._running.values()}
+        rows = []
+        for s in self.slots:
+            b = busy.get(s.name)
+            rows.append({"slot": s.name, "device": s.device, "trial": b.trial if b else None,
+                         "seconds": round(now - b.started, 1) if b else None,
+                         "fraction": b.fraction if b else None, "loss": b.loss if b else None})
         self._devices_written = now
-        path = self.search.folder / "devices.json"
+        path = self.search.paths.devices
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
+        tmp.write_text(json.dumps({"pid": os.getpid(), "updated": now, "slots": rows}))
         os.replace(tmp, path)
 
 

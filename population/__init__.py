@@ -1,7 +1,18 @@
-"""The data layer: genomes in git, trials in Optuna, lineage derived from both."""
+"""The data layer: genomes in git, trials in Optuna, lineage derived from both, the search folder.
 
-from population.genomes import GenomeRepo, genome_hash, merge_texts
-from population.lineage import Individual, Lineage
+Nothing here runs a genome or draws a figure: the engine (`evo`) writes through these
+classes and the read-only views (`analysis`) read through them.
+"""
+
+from population.folder import SearchFolder, TrialFolder
+from population.genomes import Genome, GenomeRepo, genome_hash, merge_texts
+from population.importer import import_results_tsv, is_imported
+from population.lineage import Individual, Lineage, Result, finish_order, is_improvement, strategy_of
+from population.results_tsv import TsvError, parse_results_tsv, results_tsv
+from population.search import Search, SearchConfig, SearchError
 from population.store import TrialRecord, TrialStore
 
-__all__ = ["GenomeRepo", "genome_hash", "merge_texts", "Individual", "Lineage", "TrialRecord", "TrialStore"]
+__all__ = ["SearchFolder", "TrialFolder", "Genome", "GenomeRepo", "genome_hash", "merge_texts",
+           "import_results_tsv", "is_imported", "Individual", "Lineage", "Result", "finish_order", "is_improvement",
+           "strategy_of", "TsvError", "parse_results_tsv", "results_tsv", "Search", "SearchConfig", "SearchError",
+           "TrialRecord", "TrialStore"]

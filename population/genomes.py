@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import git
@@ -19,6 +20,17 @@ _IDENTITY = {
     "GIT_AUTHOR_NAME": "evoresearch", "GIT_AUTHOR_EMAIL": "evo@localhost",
     "GIT_COMMITTER_NAME": "evoresearch", "GIT_COMMITTER_EMAIL": "evo@localhost",
 }
+
+
+@dataclass
+class Genome:
+    """A genome as a proposer sees it: its trial, commit and the text of its mutable files."""
+
+    trial: int
+    commit: str
+    files: dict[str, str]
+    description: str = ""
+    score: float | None = None
 
 
 class GenomeRepo:
@@ -94,6 +106,14 @@ class GenomeRepo:
         if paths is None:
             paths = self._git("ls-tree", "-r", "--name-only", commit).stdout.splitlines()
         return {p: self._git("cat-file", "blob", f"{commit}:{p}").stdout for p in paths}
+
+    def resolve(self, ref: str) -> str:
+        """The commit a branch or other ref points at."""
+        return self._git("rev-parse", ref).stdout.strip()
+
+    def message(self, commit: str) -> str:
+        """The full commit message (subject, rationale and Evo-* trailers)."""
+        return self._git("log", "-1", "--format=%B", commit).stdout
 
     def parents(self, commit: str) -> list[str]:
         return self._git("rev-list", "--parents", "-n1", commit).stdout.split()[1:]

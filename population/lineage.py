@@ -1,8 +1,18 @@
-"""Genomes, scores and ancestry derived from the trial records.
+"""Genomes, scores, ancestry and the search's history, derived from the trial records.
 
 A genome (identified by its content hash, the git tree) may be evaluated several times:
 its first trial, then re-evaluations on new seeds. Selection ranks genomes by the mean
 of their evaluations; ancestry follows the trials' parent numbers (two for crossover).
+
+This module holds the one definition of three words the whole project uses:
+
+- **best**: the feasible genome with the lowest mean val_bpb (ties to the earlier trial);
+- **parent score**: the score of a child's parent, the better parent's for a crossover;
+- **kept**: a fresh, feasible result (not a re-evaluation) strictly below the best genome
+  known when it finished. `Lineage.history()` replays the search in the order results
+  arrived and marks every kept trial; the loop asks the same question (`would_keep`) the
+  moment a result comes in, so `evo status`, the report and the LLM's memory agree.
+
 Everything here is computed from the store's records, so it survives any restart.
 """
 
@@ -11,8 +21,20 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Iterable
 
 from population.store import TrialRecord
+
+# Operators that make a new genome from parents (the seed and re-evaluations do not).
+CHILD_OPERATORS = ("mutate", "crossover")
+
+
+def is_improvement(value: float | None, best: float | None, *, operator: str, feasible: bool) -> bool:
+    """Whether a result makes a new best: fresh, feasible, finite, strictly below `best` (None: no best yet)."""
+    if value is None or not math.isfinite(value) or not feasible or operator == "reeval":
+        return False
+    return best is None or value < best
 
 
 @dataclass
@@ -40,28 +62,55 @@ class Individual:
         return statistics.stdev(self.values) if len(self.values) > 1 else None
 
 
+@dataclass(frozen=True)
+class Result:
+    """One counted trial in the order results arrived, with the best genome's score after it."""
+
+    trial: TrialRecord
+    best: float            # best genome's mean val_bpb after this trial (inf before any result)
+    kept: bool             # this trial made a new genome the best
+
+
+def genome_key(t: TrialRecord) -> str:
+    """What identifies a trial's genome: its git tree (a record without one stands alone)."""
+    return t.tree or f"trial:{t.number}"
+
+
+def finish_order(trials: Iterable[TrialRecord]) -> list[TrialRecord]:
+    """The counted trials (finished, not interrupted) in the order their results became known."""
+    done = [t for t in trials if t.counts]
+    return sorted(done, key=lambda t: (t.finished.timestamp() if t.finished else math.inf, t.number))
+
+
+def strategy_of(trials: Iterable[TrialRecord]) -> str:
+    """The strategy a search ran with, from its trials' records ("unknown" without one)."""
+    names = [t.attrs.get("strategy") for t in trials if t.attrs.get("strategy")]
+    return max(set(names), key=names.count) if names else "unknown"
+
+
 class Lineage:
-    """Derived view over a search's trials: individuals, ranking, ancestry."""
+    """Derived view over a search's trials: individuals, ranking, ancestry, history."""
 
     def __init__(self, trials: list[TrialRecord]):
         self.trials = sorted(trials, key=lambda t: t.number)
         self.by_number = {t.number: t for t in self.trials}
-        by_tree: dict[str, Individual] = {}
+        by_key: dict[str, Individual] = {}
         self._home: dict[int, Individual] = {}
         for t in self.trials:
-            if not t.finished_ok or not t.tree:
+            if not t.finished_ok:
                 continue
-            ind = by_tree.get(t.tree)
+            ind = by_key.get(genome_key(t))
             if ind is None:
-                ind = by_tree[t.tree] = Individual(trial=t.number, tree=t.tree, commit=t.commit, parents=t.parents,
-                                                   operator=t.operator, description=t.description,
-                                                   island=int(t.attrs.get("island", 0)))
+                ind = by_key[genome_key(t)] = Individual(trial=t.number, tree=t.tree, commit=t.commit,
+                                                         parents=t.parents, operator=t.operator,
+                                                         description=t.description,
+                                                         island=int(t.attrs.get("island", 0)))
             ind.values.append(t.value)
             ind.evaluations.append(t.number)
             ind.feasible = ind.feasible and t.feasible
             self._home[t.number] = ind
-        self.individuals = sorted(by_tree.values(), key=lambda i: i.trial)
-        self._by_tree = by_tree
+        self.individuals = sorted(by_key.values(), key=lambda i: i.trial)
+        self._by_key = by_key
 
     # -- ranking ----------------------------------------------------------------
 
@@ -84,11 +133,56 @@ class Lineage:
         t = self.by_number.get(number)
         if t is None:
             return None
-        return self._home.get(number) or self._by_tree.get(t.tree)
+        own = self._home.get(number)
+        if own is None and t.tree:  # a duplicate or a failed trial of a genome evaluated elsewhere
+            own = self._by_key.get(t.tree)
+        return own
 
     def score_of(self, number: int) -> float | None:
         ind = self.individual(number)
         return ind.score if ind else None
+
+    def parent_score(self, t: TrialRecord) -> float | None:
+        """The score a child is judged against: its parent's, the better parent's for a crossover."""
+        scores = [s for s in (self.score_of(p) for p in t.parents) if s is not None]
+        return min(scores) if scores else None
+
+    def would_keep(self, value: float | None, *, operator: str, feasible: bool) -> bool:
+        """Whether a result arriving now would make a new best (see the module docstring)."""
+        best = self.best
+        return is_improvement(value, best.score if best else None, operator=operator, feasible=feasible)
+
+    # -- history ----------------------------------------------------------------
+
+    def history(self) -> list[Result]:
+        """Replay the counted trials in the order their results arrived; mark each one that was kept."""
+        return list(self._history)
+
+    @cached_property
+    def _history(self) -> tuple[Result, ...]:
+        evaluations: dict[str, list[float]] = {}
+        best: float | None = None
+        out = []
+        for t in finish_order(self.trials):
+            kept = False
+            if t.finished_ok and t.feasible:
+                kept = is_improvement(t.value, best, operator=t.operator, feasible=True)
+                evaluations.setdefault(genome_key(t), []).append(t.value)
+                best = min(statistics.fmean(v) for v in evaluations.values())
+            out.append(Result(trial=t, best=math.inf if best is None else best, kept=kept))
+        return tuple(out)
+
+    @cached_property
+    def _kept(self) -> frozenset[int]:
+        return frozenset(r.trial.number for r in self._history if r.kept)
+
+    def kept(self, number: int) -> bool:
+        """Whether trial `number` made a new best when its result arrived."""
+        return number in self._kept
+
+    def children(self) -> list[TrialRecord]:
+        """The counted trials a proposer made (mutations and crossovers: not the seed, not re-evaluations)."""
+        return [t for t in self.trials if t.counts and t.operator in CHILD_OPERATORS]
 
     # -- ancestry ---------------------------------------------------------------
 
@@ -117,10 +211,3 @@ class Lineage:
                 break
             chain.append(parent)
         return chain[::-1]
-
-    # -- history ----------------------------------------------------------------
-
-    def best_before(self, number: int) -> float:
-        """The best single ok val_bpb among trials finished before `number` (inf when none)."""
-        values = [t.value for t in self.trials if t.number < number and t.finished_ok and t.feasible]
-        return min(values, default=math.inf)

@@ -108,28 +108,54 @@ class TrialStore:
     >>> store = TrialStore.create("sqlite:///runs/demo/study.db", "demo", {"profile": "tiny"})  # doctest: +SKIP
     >>> n = store.start({"operator": "seed", "commit": "abc123"})                               # doctest: +SKIP
     >>> store.finish(n, status="ok", value=1.92, metrics={"val_bpb": 1.92})                     # doctest: +SKIP
+
+    Only Optuna's public API is used: the storage comes from `optuna.storages.get_storage`,
+    and finished trials are written through that storage by their trial id.
+    `study` is the Optuna handle itself, for Optuna's own tools (visualization, dashboard).
     """
 
-    def __init__(self, study: optuna.Study):
-        self.study = study
+    def __init__(self, storage: str | optuna.storages.BaseStorage, name: str):
+        self.storage = optuna.storages.get_storage(storage)
+        self.study = optuna.load_study(study_name=name, storage=self.storage)
+        self.name = name
+        self._study_id = self.storage.get_study_id_from_name(name)
         self._lock = threading.RLock()
         self._live: dict[int, optuna.Trial] = {}
         self._reported: dict[int, set[int]] = {}
 
     @classmethod
-    def create(cls, storage: str, name: str, config: dict, *, pruner: optuna.pruners.BasePruner | None = None) -> "TrialStore":
-        study = optuna.create_study(storage=storage, study_name=name, direction="minimize", pruner=pruner)
+    def create(cls, storage: str, name: str, config: dict) -> "TrialStore":
+        study = optuna.create_study(storage=storage, study_name=name, direction="minimize")
         study.set_user_attr(CONFIG_ATTR, config)
         study.set_user_attr(SPEND_ATTR, 0.0)
-        return cls(study)
+        return cls(storage, name)
 
     @classmethod
-    def open(cls, storage: str, name: str, *, pruner: optuna.pruners.BasePruner | None = None) -> "TrialStore":
-        return cls(optuna.load_study(storage=storage, study_name=name, pruner=pruner))
+    def open(cls, storage: str, name: str) -> "TrialStore":
+        return cls(storage, name)
 
     @property
     def config(self) -> dict:
-        return dict(self.study.user_attrs.get(CONFIG_ATTR, {}))
+        return dict(self.attr(CONFIG_ATTR, {}))
+
+    @property
+    def pruner(self) -> optuna.pruners.BasePruner:
+        """The rule `report` asks whether to stop a trial (Optuna's NopPruner unless set)."""
+        return self.study.pruner
+
+    @pruner.setter
+    def pruner(self, pruner: optuna.pruners.BasePruner | None) -> None:
+        self.study.pruner = pruner or optuna.pruners.NopPruner()
+
+    # -- the study's own attributes -------------------------------------------
+
+    def attr(self, key: str, default: Any = None) -> Any:
+        """A study-level attribute (the search's configuration, spend, import record, ...)."""
+        return self.storage.get_study_user_attrs(self._study_id).get(key, default)
+
+    def set_attr(self, key: str, value: Any) -> None:
+        with self._lock:
+            self.storage.set_study_user_attr(self._study_id, key, value)
 
     # -- writing --------------------------------------------------------------
 
@@ -148,10 +174,10 @@ class TrialStore:
             if trial is not None:
                 for key, value in attrs.items():
                     trial.set_user_attr(key, value)
-            else:  # a finished trial: write through the storage
+            else:  # a finished trial, or one another process asked for: write through the storage
                 trial_id = self._trial_id(number)
                 for key, value in attrs.items():
-                    self.study._storage.set_trial_user_attr(trial_id, key, value)
+                    self.storage.set_trial_user_attr(trial_id, key, value)
 
     def report(self, number: int, step: int, value: float) -> bool:
         """Record an intermediate loss at `step` (percent of the budget); return whether to prune."""
@@ -196,9 +222,8 @@ class TrialStore:
         with self._lock:
             orphans = [t for t in self.trials() if t.state == "RUNNING"]
             for t in orphans:
-                trial_id = self._trial_id(t.number)
-                self.study._storage.set_trial_user_attr(trial_id, "status", INTERRUPTED)
-                self.study._storage.set_trial_user_attr(trial_id, "error", "the process running it stopped (crash, kill or Ctrl-C)")
+                self.set_attrs(t.number, {"status": INTERRUPTED,
+                                          "error": "the process running it stopped (crash, kill or Ctrl-C)"})
                 self.study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
             return orphans
 
@@ -206,22 +231,22 @@ class TrialStore:
         """Add to the search's LLM spend (dropped proposals included); return the new total."""
         with self._lock:
             total = self.spend_usd + float(usd)
-            self.study.set_user_attr(SPEND_ATTR, total)
+            self.set_attr(SPEND_ATTR, total)
             return total
 
     @property
     def spend_usd(self) -> float:
-        return float(self.study.user_attrs.get(SPEND_ATTR, 0.0))
+        return float(self.attr(SPEND_ATTR, 0.0))
 
     # -- reading --------------------------------------------------------------
 
     def trials(self) -> list[TrialRecord]:
         with self._lock:
-            frozen = self.study.get_trials(deepcopy=False)
+            frozen = self.storage.get_all_trials(self._study_id, deepcopy=False)
         return [_record(t) for t in frozen]
 
     def _trial_id(self, number: int) -> int:
-        return self.study._storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
+        return self.storage.get_trial_id_from_study_id_trial_number(self._study_id, number)
 
 
 def _record(t: optuna.trial.FrozenTrial) -> TrialRecord:

@@ -19,7 +19,7 @@ SEED = (ROOT / "train.py").read_text()
 def ctx(seed=0, known=(), profile="tiny", seq_len=128) -> ProposalContext:
     known = set(known)
     return ProposalContext(program="", mutable=["train.py"], settings={"profile": profile, "seq_len": seq_len},
-                           trials=[], lineage=Lineage([]), rng=random.Random(seed),
+                           lineage=Lineage([]), rng=random.Random(seed),
                            is_known=lambda files: genome_hash(files) in known)
 
 

@@ -97,7 +97,8 @@ def test_store_works_on_a_journal_file_too(tmp_path):
 
 def test_store_report_prunes_a_trial_clearly_behind_the_others(tmp_path):
     pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=10)
-    store = TrialStore.create(f"sqlite:///{tmp_path / 'p.db'}", "p", {}, pruner=pruner)
+    store = TrialStore.create(f"sqlite:///{tmp_path / 'p.db'}", "p", {})
+    store.pruner = pruner
     for _ in range(3):
         n = store.start({})
         for step in range(0, 60, 10):

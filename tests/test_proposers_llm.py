@@ -21,7 +21,7 @@ from conftest import ROOT, run_evo
 from evo.cli import main as evo_main
 from evo.proposers import (AnthropicProposer, CommandProposer, Genome, MixedProposer, OfflineProposer,
                            OpenAICompatibleProposer, ProposalContext, ProposerError)
-from evo.search import Search
+from population.search import Search
 from fake_llm import (FakeServer, Reply, anthropic_error, anthropic_reply, chat_text, chat_tool_call, proposal)
 from population.genomes import genome_hash
 from population.lineage import Lineage
@@ -47,7 +47,7 @@ def record(number: int, operator: str, parents: list[int], status: str, value: f
 
 def context(trials: list[TrialRecord] = (), *, seed: int = 0, known: set[str] = frozenset()) -> ProposalContext:
     return ProposalContext(program=PROGRAM, mutable=["train.py"], settings={"profile": "tiny", "budget": 2, "seq_len": 128},
-                           trials=list(trials), lineage=Lineage(list(trials)), rng=random.Random(seed),
+                           lineage=Lineage(list(trials)), rng=random.Random(seed),
                            is_known=lambda files: genome_hash(files) in known)
 
 

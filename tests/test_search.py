@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from conftest import run_evo
-from evo import EvolveStrategy, GreedyStrategy, OfflineProposer, Proposal, Proposer, RunOptions, Search, SearchLoop, parse_devices
+from evo import (EvolveStrategy, GreedyStrategy, OfflineProposer, Proposal, Proposer, RunOptions, Search, SearchLoop,
+                 create_search, parse_devices)
 from evo.proposers._hyperparams import find_hyperparameters, rewrite
 from evo.strategies import Plan, Strategy
 
@@ -41,7 +42,7 @@ def assert_git_matches_store(project: Path, name: str) -> None:
             if not t.commit:
                 continue
             assert search.repo.has_branch(search.branch(t.number))
-            head = search.repo._git("rev-parse", f"refs/heads/{search.branch(t.number)}").stdout.strip()
+            head = search.repo.resolve(f"refs/heads/{search.branch(t.number)}")
             assert head == t.commit
             if t.operator in ("mutate", "crossover"):
                 assert search.repo.parents(t.commit) == [trials[p].commit for p in t.parents]
@@ -93,7 +94,7 @@ class CrossTheFirstTwoChildren(Strategy):
 
 
 def test_crossover_child_is_a_merge_commit_of_both_parents(project):
-    search = Search.create("x", root=project / "runs", project=project, profile="tiny", budget=2)
+    search = create_search("x", root=project / "runs", project=project, profile="tiny", budget=2)
     SearchLoop(search, CrossTheFirstTwoChildren(), OfflineProposer(), parse_devices("cpu"), RunOptions(trials=5)).run()
     trials = search.trials()
     crosses = [t for t in trials if t.operator == "crossover"]
@@ -101,7 +102,7 @@ def test_crossover_child_is_a_merge_commit_of_both_parents(project):
     child = crosses[0]
     a, b = (next(t for t in trials if t.number == n) for n in child.parents)
     assert search.repo.parents(child.commit) == [a.commit, b.commit]
-    message = search.repo._git("log", "-1", "--format=%B", child.commit).stdout
+    message = search.repo.message(child.commit)
     assert f"Evo-Parents: #{a.number} #{b.number}" in message and "Evo-Operator: crossover" in message
     assert child.description.startswith(f"cross #{a.number} x #{b.number}")
     search.close()
@@ -119,7 +120,7 @@ class SameEditEveryTime(Proposer):
 
 
 def test_identical_genomes_are_recorded_as_duplicates_and_never_trained_again(project):
-    search = Search.create("d", root=project / "runs", project=project, profile="tiny", budget=2)
+    search = create_search("d", root=project / "runs", project=project, profile="tiny", budget=2)
     SearchLoop(search, GreedyStrategy(), SameEditEveryTime(), parse_devices("cpu"), RunOptions(trials=4)).run()
     trials = search.trials()
     assert [t.status for t in trials[:2]] == ["ok", "ok"]
@@ -298,10 +299,10 @@ class InvalidEveryOtherTime(Proposer):
 
 @pytest.mark.parametrize("strategy", [GreedyStrategy(), EvolveStrategy(crossover_rate=0.0)])
 def test_invalid_proposals_are_recorded_and_the_search_goes_on_to_its_limit(instant_project, strategy):
-    search = Search.create("inv", root=instant_project / "runs", project=instant_project, profile="tiny", budget=1)
+    search = create_search("inv", root=instant_project / "runs", project=instant_project, profile="tiny", budget=1)
     reason = SearchLoop(search, strategy, InvalidEveryOtherTime(), parse_devices("cpu"), RunOptions(trials=9)).run()
     trials = search.trials()
-    assert reason == "reached 9 trials" and len(trials) == 9
+    assert str(reason) == "reached 9 trials" and len(trials) == 9
     invalid = [t for t in trials if t.status == "invalid_proposal"]
     assert len(invalid) >= 3 and all(t.error == "edit did not apply" and not t.commit for t in invalid)
     assert all(json.loads((search.trial_dir(t.number) / "proposal.json").read_text())["ok"] is False for t in invalid)
@@ -311,7 +312,7 @@ def test_invalid_proposals_are_recorded_and_the_search_goes_on_to_its_limit(inst
 def test_concurrent_cpu_slots_run_trials_side_by_side(instant_project):
     (instant_project / "train.py").write_text((instant_project / "train.py").read_text().replace(
         "def main():", "def main():\n    import time; time.sleep(1.5)"))
-    search = Search.create("par", root=instant_project / "runs", project=instant_project, profile="tiny", budget=1)
+    search = create_search("par", root=instant_project / "runs", project=instant_project, profile="tiny", budget=1)
     SearchLoop(search, EvolveStrategy(), OfflineProposer(), parse_devices("cpu:2"), RunOptions(trials=5)).run()
     trials = [t for t in search.trials() if t.operator != "seed"]
     overlapping = [(a.number, b.number) for a in trials for b in trials

@@ -1,4 +1,8 @@
-"""Proposers: turn parents into a child genome."""
+"""Proposers: turn parents into a child genome.
+
+Build one by name as the CLI does (`from_spec("offline:0.8,anthropic:0.2", model=...)`)
+or construct a class directly.
+"""
 
 from evo.proposers._base import Genome, Proposal, ProposalContext, Proposer, ProposerError
 from evo.proposers._offline import OfflineProposer
@@ -7,6 +11,8 @@ from evo.proposers._command import CommandProposer
 from evo.proposers._mixed import MixedProposer
 from evo.proposers._openai_compat import OpenAICompatibleProposer
 from evo.proposers._pricing import Price, load_prices
+from evo.proposers._spec import PROPOSERS, SpecError, from_spec, parse_spec
 
 __all__ = ["Genome", "Proposal", "ProposalContext", "Proposer", "ProposerError", "OfflineProposer",
-           "AnthropicProposer", "CommandProposer", "MixedProposer", "OpenAICompatibleProposer", "Price", "load_prices"]
+           "AnthropicProposer", "CommandProposer", "MixedProposer", "OpenAICompatibleProposer", "Price", "load_prices",
+           "PROPOSERS", "SpecError", "from_spec", "parse_spec"]

@@ -7,19 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from population.genomes import Genome
 from population.lineage import Lineage
-from population.store import TrialRecord
 
-
-@dataclass
-class Genome:
-    """A parent as a proposer sees it: its trial, commit and the text of its mutable files."""
-
-    trial: int
-    commit: str
-    files: dict[str, str]
-    description: str = ""
-    score: float | None = None
+__all__ = ["Genome", "Proposal", "ProposalContext", "Proposer", "ProposerError"]
 
 
 @dataclass
@@ -50,7 +41,7 @@ class ProposalContext:
     program: the research instructions (program.md).
     mutable: the files a child may change; anything else is rejected.
     settings: fixed facts of the search (profile, seq_len, budget, ...).
-    trials, lineage: the search so far (the proposer's memory).
+    lineage: the search so far (the proposer's memory).
     rng: seeded per child, so offline proposals are reproducible.
     is_known: whether a genome (path -> text) was already proposed or evaluated.
     scratch: a private folder for this proposal (the command proposer works there).
@@ -59,7 +50,6 @@ class ProposalContext:
     program: str
     mutable: list[str]
     settings: dict
-    trials: list[TrialRecord]
     lineage: Lineage
     rng: random.Random
     is_known: Callable[[dict[str, str]], bool] = lambda files: False

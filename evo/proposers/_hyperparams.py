@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import json
-import math
 import operator
 import random
 import re
@@ -166,6 +165,3 @@ def mutate_value(name: str, value: Any, rng: random.Random) -> Any | None:
                 return pattern
     return None
 
-
-def is_finite_number(v: Any) -> bool:
-    return not isinstance(v, (int, float)) or isinstance(v, bool) or math.isfinite(v)

@@ -29,18 +29,13 @@ def _bpb(value: float | None) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{value:.4f}"
 
 
-def _parent_score(t: TrialRecord, lineage: Lineage) -> float | None:
-    scores = [s for s in (lineage.score_of(p) for p in t.parents) if s is not None]
-    return min(scores) if scores else None
-
-
 def outcome(t: TrialRecord, lineage: Lineage) -> str:
     """How one trial went, in a few words: what a researcher would write in a lab notebook."""
     status = t.status
     if status == OK and t.value is not None:
-        base = _parent_score(t, lineage)
+        base = lineage.parent_score(t)
         delta = f" ({t.value - base:+.4f} vs parent)" if base is not None else ""
-        if t.attrs.get("kept") or (t.feasible and t.value < lineage.best_before(t.number)):
+        if lineage.kept(t.number):
             verdict = "improved, new best"
         elif base is not None and t.value < base:
             verdict = "better than its parent, not the best"
@@ -62,7 +57,7 @@ def outcome(t: TrialRecord, lineage: Lineage) -> str:
 
 def _failed(t: TrialRecord, lineage: Lineage) -> bool:
     if t.status in (OK, DUPLICATE):
-        base = _parent_score(t, lineage)
+        base = lineage.parent_score(t)
         return t.status == OK and t.value is not None and base is not None and t.value >= base
     return t.status not in ("running", INTERRUPTED)
 

@@ -20,14 +20,11 @@ How the rows become trials, in file order:
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from pathlib import Path
 
-from analysis.summary import parse_results_tsv
-from evo.search import Search, SearchConfig, SearchError, _NAME
-from population.genomes import GenomeRepo
-from population.store import IMPORTED_ATTR, OK, TrialStore
+from population.results_tsv import parse_results_tsv
+from population.search import Search, SearchConfig, SearchError, check_name
+from population.store import IMPORTED_ATTR, OK
 
 IMPORTED_PROFILE = "imported"
 
@@ -49,14 +46,12 @@ def import_results_tsv(path: str | Path, name: str, *, root: str | Path = "runs"
     Raises:
         SearchError: for a bad name, an existing search, or a file that cannot be read.
     """
-    if not _NAME.match(name):
-        raise SearchError(f"bad search name {name!r}: use letters, digits, '.', '_' or '-' (at most 64)")
-    path = Path(path)
-    folder = Path(root).resolve() / name
-    if (folder / "search.json").exists():
-        raise SearchError(f"search {name!r} already exists in {folder.parent}; pick another name")
+    check_name(name)
+    if Search.exists(name, root=root):
+        raise SearchError(f"search {name!r} already exists in {Path(root).resolve()}; pick another name")
     if budget <= 0:
         raise SearchError(f"--budget must be a positive number of seconds, not {budget:g}")
+    path = Path(path)
     try:
         rows = parse_results_tsv(path.read_text())
     except OSError as e:
@@ -67,14 +62,16 @@ def import_results_tsv(path: str | Path, name: str, *, root: str | Path = "runs"
         raise SearchError(f"{path} has no result rows")
     seconds = float(seconds_per_trial if seconds_per_trial is not None else budget)
 
-    folder.mkdir(parents=True, exist_ok=True)
-    storage = storage or f"sqlite:///{folder / 'study.db'}"
     config = SearchConfig(name=name, profile=IMPORTED_PROFILE, budget=float(budget), mutable=["train.py"],
-                          data="imported", storage=storage, project=str(path.resolve()))
-    GenomeRepo.init(folder / "population.git").close()  # empty: Search.open expects the repository
-    store = TrialStore.create(storage, name, dataclasses.asdict(config))
-    store.study.set_user_attr(IMPORTED_ATTR, {"source": str(path.resolve()), "rows": len(rows),
-                                              "seconds_per_trial": seconds})
+                          data="imported", storage=storage or "")
+    search = Search.create(root, config, seed_files=None, study_attrs={
+        IMPORTED_ATTR: {"source": str(path.resolve()), "rows": len(rows), "seconds_per_trial": seconds}})
+    _record_rows(search.store, rows, seconds)
+    return search
+
+
+def _record_rows(store, rows: list[dict], seconds: float) -> None:
+    """One trial per row, in file order, with the parents and operators the module docstring describes."""
     first_ok: dict[str, int] = {}
     tip: int | None = None  # the last kept row: what autoresearch's branch pointed at
     for i, row in enumerate(rows):
@@ -102,8 +99,6 @@ def import_results_tsv(path: str | Path, name: str, *, root: str | Path = "runs"
         first_ok.setdefault(tree, number)
         if kept:
             tip = number
-    (folder / "search.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
-    return Search.open(name, root=root)
 
 
 def is_imported(search: Search) -> bool:
@@ -112,4 +107,11 @@ def is_imported(search: Search) -> bool:
     Args:
         search: an open search.
     """
-    return bool(search.store.study.user_attrs.get(IMPORTED_ATTR))
+    return bool(search.store.attr(IMPORTED_ATTR))
+
+
+def check_runnable(search: Search) -> None:
+    """Raise SearchError when `search` has no genomes to run (it was imported from a results.tsv)."""
+    if is_imported(search):
+        raise SearchError(f"search {search.config.name!r} was imported from a results.tsv and has no genomes to run; "
+                          "report it (evo report) or compare it (evo compare --searches)")

@@ -1,0 +1,182 @@
+"""What every `evo` subcommand shares: argument types and groups, name resolution, output lines, signals.
+
+The command modules import this one and never each other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import signal
+import sys
+from pathlib import Path
+from typing import Callable
+
+from analysis.text import fmt
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A bad argument or state the user can fix; printed as one line with exit code 2."""
+
+
+# -- argument types ---------------------------------------------------------------------
+
+def _number(convert, what: str, valid, rule: str):
+    """An argparse type: `convert` the text, then check it with `valid`; errors name the rule broken."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        if not valid(value):
+            raise argparse.ArgumentTypeError(f"expected {rule}, got {text}")
+        return value
+    return parse
+
+
+positive_int = _number(int, "a whole number", lambda v: v >= 1, "a number >= 1")
+non_negative_int = _number(int, "a whole number", lambda v: v >= 0, "a number >= 0")
+positive_float = _number(float, "a number", lambda v: math.isfinite(v) and v > 0, "a positive number")
+probability = _number(float, "a probability", lambda v: 0 <= v <= 1, "a probability in [0, 1]")
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# -- argument groups ----------------------------------------------------------------------
+
+def add_root(p) -> None:
+    p.add_argument("--root", default="runs", help="folder holding the searches (default: runs)")
+
+
+def add_creation(p) -> None:
+    g = p.add_argument_group("fixed when the search is created")
+    g.add_argument("--profile", choices=("tiny", "cpu", "gpu"), help="task profile (default: gpu with CUDA, else cpu)")
+    g.add_argument("--budget", type=positive_float, help="seconds of counted training per trial (default: the profile's)")
+    g.add_argument("--mutable", nargs="+", metavar="FILE", help="files the search may change (default: train.py)")
+    g.add_argument("--data", help="data source: shakespeare (embedded, default), a folder of .txt/.parquet, or climbmix")
+    g.add_argument("--storage", help="Optuna storage URL (default: sqlite in the search folder; postgresql://... to share)")
+    g.add_argument("--project", default=".", help="folder with train.py, prepare.py and program.md (default: .)")
+    g.add_argument("--cache-dir", help="data and tokenizer cache (default: $EVO_CACHE or ~/.cache/evoresearch)")
+    g.add_argument("--seed", type=non_negative_int, default=0, help="base random seed of the trials (default: 0)")
+
+
+def creation_kwargs(args) -> dict:
+    """`evo.create_search` keyword arguments from the creation flags."""
+    return dict(root=args.root, project=args.project, profile=args.profile, budget=args.budget,
+                mutable=args.mutable or ["train.py"], data=args.data, storage=args.storage, cache_dir=args.cache_dir,
+                seed=args.seed)
+
+
+def add_strategy_options(p) -> None:
+    e = p.add_argument_group("evolve strategy")
+    e.add_argument("--elite", type=positive_int, default=8, help="genomes eligible as parents (default: 8)")
+    e.add_argument("--tournament", type=positive_int, default=3, help="tournament size (default: 3)")
+    e.add_argument("--crossover-rate", type=probability, default=0.2, help="probability of crossover (default: 0.2)")
+    e.add_argument("--islands", type=positive_int, default=1, help="sub-populations (default: 1)")
+    e.add_argument("--migration-rate", type=probability, default=0.1,
+                   help="chance of a parent from the next island (default: 0.1)")
+
+
+def strategy_options(args, name: str) -> dict:
+    """`evo.make_strategy` keyword options from the evolve flags (only evolve takes any)."""
+    if name != "evolve":
+        return {}
+    return dict(elite=args.elite, tournament=args.tournament, crossover_rate=args.crossover_rate,
+                islands=args.islands, migration_rate=args.migration_rate)
+
+
+def add_proposer_options(p) -> None:
+    g = p.add_argument_group("LLM and agent proposers", "anthropic reads its key from ANTHROPIC_API_KEY (and its "
+                             "address from ANTHROPIC_BASE_URL if set); keys are never written to the search folder "
+                             "nor passed to trials")
+    g.add_argument("--model", help="model of the LLM proposer: anthropic (default claude-sonnet-5-5) or "
+                   "openai-compatible (required there, unless --openai-model is given)")
+    g.add_argument("--base-url", metavar="URL", help="openai-compatible endpoint, e.g. http://localhost:8000/v1 "
+                   "(vLLM, llama.cpp, Ollama); default $OPENAI_BASE_URL; a key, if needed, comes from OPENAI_API_KEY")
+    g.add_argument("--openai-model", metavar="MODEL", help="model of the openai-compatible proposer when --model "
+                   "names the anthropic one (a mix of both)")
+    g.add_argument("--openai-mode", choices=("auto", "tools", "json", "text"), default="auto",
+                   help="how the openai-compatible model answers: auto (default: function calls, falling back to "
+                   "JSON mode, then plain text, as the server allows) or one of them")
+    g.add_argument("--agent-command", metavar="CMD", help="command proposer: a shell command run in a scratch copy "
+                   "of the parent, with the task on stdin and in EVO_TASK.md; what it leaves in the mutable files "
+                   "is the child; it may write a one-line description to the file named by $EVO_DESCRIPTION "
+                   "(e.g. 'claude -p \"$(cat EVO_TASK.md)\" --permission-mode acceptEdits')")
+    g.add_argument("--prices", metavar="FILE", help="JSON price table, USD per million tokens: "
+                   '{"MODEL": {"input": 3, "output": 15, "cache_write": 3.75, "cache_read": 0.3}}; '
+                   "adds to or overrides the built-in one (default: $EVO_PRICES)")
+    g.add_argument("--proposer-timeout", type=positive_float, metavar="SECONDS",
+                   help="limit of one LLM call (default 600) or of one agent run (default 1800 for command)")
+
+
+def build_proposer(spec: str, args):
+    """The proposer `--proposer SPEC` and the proposer flags ask for; a bad one is a UsageError."""
+    from evo.proposers import SpecError, from_spec
+
+    option = lambda name: getattr(args, name, None)
+    try:
+        return from_spec(spec, model=option("model"), base_url=option("base_url"),
+                         openai_model=option("openai_model"), openai_mode=option("openai_mode") or "auto",
+                         agent_command=option("agent_command"), prices=option("prices"),
+                         timeout=option("proposer_timeout"), max_cost_usd=option("max_cost_usd"))
+    except SpecError as e:
+        raise UsageError(str(e)) from None
+
+
+def resolve_name(name: str | None, root: str) -> str:
+    """The search a command is about: `name`, or the only search in `root`."""
+    if name:
+        return name
+    known = sorted(p.parent.name for p in Path(root).glob("*/search.json"))
+    if len(known) == 1:
+        return known[0]
+    if not known:
+        raise UsageError(f"no searches in {Path(root).resolve()}; start one with `evo run NAME`")
+    raise UsageError(f"several searches in {root} ({', '.join(known)}); name one")
+
+
+# -- output -------------------------------------------------------------------------------
+
+def duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def finished_line(info: dict, *, width: int = 70) -> str:
+    """The line a finished trial prints: number, operator, status, val_bpb, new-best mark, description, error."""
+    status, value = info["status"], info.get("value")
+    mark = " * new best" if info.get("kept") else ""
+    what = info.get("description") or info.get("operator", "")
+    line = f"#{info['trial']:<4} {info.get('operator', ''):9s} {status:9s} val_bpb {fmt(value)}{mark}  {what[:width]}"
+    if status not in ("ok", "duplicate") and info.get("error"):
+        line += f"  ({info['error'][:80]})"
+    return line
+
+
+# -- signals --------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def stop_on_signals(stop: Callable[[], None], stopping: Callable[[], bool], message: str):
+    """While inside, the first Ctrl-C (or SIGTERM) calls `stop` and prints `message`; a second one
+    raises KeyboardInterrupt to quit at once."""
+    def on_signal(signum, frame):
+        if stopping():
+            raise KeyboardInterrupt
+        print(f"\n{message}", file=sys.stderr)
+        stop()
+
+    previous = signal.signal(signal.SIGINT, on_signal)
+    previous_term = signal.signal(signal.SIGTERM, on_signal)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous_term)

@@ -1,0 +1,139 @@
+"""`evo status`, `show`, `best`, `export` and `report`: read a search, change nothing in it."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from analysis.report import search_facts, write_report
+from analysis.summary import render_status, render_trial, summarize
+from analysis.walk import best_lineage, render_walk
+from evo.cli._common import UsageError, add_root, positive_float, positive_int, resolve_name
+from population.results_tsv import results_tsv
+from population.search import Search
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("status", help="how a search is doing", description="Best so far, trials done/running/failed, "
+                       "keep rate, LLM spend, and what each device is doing.")
+    p.add_argument("name", nargs="?", help="name of the search (optional when there is only one)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--watch", type=positive_float, nargs="?", const=2.0, metavar="SECONDS",
+                   help="redraw every SECONDS (default 2) until Ctrl-C")
+    add_root(p)
+    p.set_defaults(handler=cmd_status)
+
+    p = sub.add_parser("show", help="one trial in full", description="Metrics, description, rationale, diff against the "
+                       "parent(s) and the log tail of one trial.")
+    p.add_argument("args", nargs="+", metavar="[NAME] N", help="search name (optional when there is only one) and trial number")
+    add_root(p)
+    p.set_defaults(handler=cmd_show)
+
+    p = sub.add_parser("best", help="write the best genome's files", description="Write the files of the best genome "
+                       "(lowest mean val_bpb among feasible trials) into a folder.")
+    p.add_argument("name", nargs="?", help="name of the search (optional when there is only one)")
+    p.add_argument("--out", default=None, help="folder to write into (default: runs/NAME/best)")
+    add_root(p)
+    p.set_defaults(handler=cmd_best)
+
+    p = sub.add_parser("export", help="export the trials", description="Write the trials as autoresearch's results.tsv "
+                       "(commit, val_bpb, memory_gb, status, description).")
+    p.add_argument("name", nargs="?", help="name of the search (optional when there is only one)")
+    p.add_argument("--tsv", action="store_true", help="results.tsv format (the default and only format so far)")
+    p.add_argument("--out", default="-", help="file to write (default: stdout)")
+    add_root(p)
+    p.set_defaults(handler=cmd_export)
+
+    p = sub.add_parser("report", help="figures and an HTML report of a search",
+                       description="Write progress.png, lineage.png and a self-contained report.html (summary, "
+                       "figures, interactive lineage, the best lineage with diffs, yield by operator and proposer, "
+                       "a sortable table of trials) into runs/NAME/report/. Reads the search; changes nothing in it.")
+    p.add_argument("name", nargs="?", help="name of the search (optional when there is only one)")
+    p.add_argument("--out", help="folder to write into (default: runs/NAME/report)")
+    p.add_argument("--max-nodes", type=positive_int, default=70,
+                   help="thin the lineage figure to about this many nodes (default: 70)")
+    p.add_argument("--layout", choices=("auto", "tree", "dot"), default="auto",
+                   help="lineage layout: tree (layered by generation), dot (graphviz), auto: dot when installed")
+    add_root(p)
+    p.set_defaults(handler=cmd_report)
+
+
+def cmd_status(args) -> int:
+    name = resolve_name(args.name, args.root)
+    search = Search.open(name, root=args.root)
+    try:
+        while True:
+            summary = summarize(search)
+            if args.json:
+                print(json.dumps(summary, indent=2, default=str))
+            else:
+                if args.watch:
+                    print("\033[2J\033[H", end="")
+                print(render_status(summary))
+            if not args.watch:
+                return 0
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        search.close()
+
+
+def cmd_show(args) -> int:
+    if len(args.args) == 1:
+        name, number = resolve_name(None, args.root), args.args[0]
+    elif len(args.args) == 2:
+        name, number = args.args
+    else:
+        raise UsageError("give the search name (optional when there is only one) and a trial number")
+    try:
+        number = int(number)
+    except ValueError:
+        raise UsageError(f"trial number must be a whole number, not {number!r}")
+    with Search.open(name, root=args.root) as search:
+        print(render_trial(search, number))
+    return 0
+
+
+def cmd_best(args) -> int:
+    name = resolve_name(args.name, args.root)
+    with Search.open(name, root=args.root) as search:
+        best = search.lineage().best
+        if best is None:
+            raise UsageError(f"search {name!r} has no successful trial yet")
+        out = Path(args.out) if args.out else search.folder / "best"
+        out.mkdir(parents=True, exist_ok=True)
+        for path, text in search.repo.files(best.commit, search.config.mutable).items():
+            (out / path).parent.mkdir(parents=True, exist_ok=True)
+            (out / path).write_text(text)
+        spread = f" ± {best.spread:.4f} over {len(best.values)} seeds" if best.spread is not None else ""
+        print(f"trial #{best.trial} (val_bpb {best.score:.6f}{spread}; {best.description}) -> {out}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    name = resolve_name(args.name, args.root)
+    with Search.open(name, root=args.root) as search:
+        text = results_tsv(search.trials())
+    if args.out == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_report(args) -> int:
+    name = resolve_name(args.name, args.root)
+    with Search.open(name, root=args.root) as search:
+        files = write_report(search, out=args.out, max_nodes=args.max_nodes, engine=args.layout)
+        print(search_facts(search).headline())
+        steps = best_lineage(search.lineage())
+        if len(steps) > 1:
+            print(f"\nbest lineage ({len(steps) - 1} steps from the seed; diffs in the report):")
+            print(render_walk(steps))
+            print()
+    print(f"wrote {files.html}\n      {files.progress}\n      {files.lineage}")
+    return 0

@@ -1,0 +1,105 @@
+"""Reading what a trial prints, one line at a time.
+
+A genome prints progress lines (`step 00042 | 37.5% | loss 3.1234 | ...`), maybe a line
+starting with FAIL when its loss diverged, and at the end a summary block: a line `---`
+followed by `key: value` lines. `TrialOutput` keeps what those lines say; it holds no
+process and no clock of its own, so it can be tested by feeding it lines.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+# The summary block train.py prints after '---', in order; the last key completes it.
+SUMMARY_KEYS = ("val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent",
+                "total_tokens_M", "num_steps", "num_params_M", "depth")
+TAIL_LINES = 30
+
+_PROGRESS = re.compile(r"^step\s+\d+\s*\|\s*([\d.]+)%\s*\|\s*loss\s+(\S+)")
+_SUMMARY = re.compile(r"^(\w+):\s+(\S+)\s*$")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One progress line: how much of the budget is done, and the smoothed training loss."""
+
+    fraction: float
+    loss: float
+
+
+@dataclass
+class TrialOutput:
+    """What a trial's output has said so far.
+
+    >>> out = TrialOutput()
+    >>> out.feed("step 00010 | 50.0% | loss 3.25 | lrm 1.00", now=1.0)
+    Progress(fraction=0.5, loss=3.25)
+    >>> out.feed("---", now=2.0); out.feed("val_bpb: 1.5", now=2.0); out.summary
+    {'val_bpb': 1.5}
+
+    summary_keys: the keys of the summary block; the last one completes it.
+    """
+
+    summary_keys: tuple[str, ...] = SUMMARY_KEYS
+    summary: dict[str, float] = field(default_factory=dict)
+    diverged: bool = False               # a FAIL line, or a progress line with a non-finite loss
+    complete_at: float | None = None     # when the summary's last key arrived
+    tail: list[str] = field(default_factory=list)
+    lines: int = 0
+    _in_summary: bool = False
+
+    @property
+    def complete(self) -> bool:
+        return self.complete_at is not None
+
+    def feed(self, line: str, *, now: float) -> Progress | None:
+        """Take one line (without its newline); return the progress it reports, if any."""
+        self.lines += 1
+        self.tail.append(line)
+        del self.tail[:-TAIL_LINES]
+        if line.startswith("FAIL"):
+            self.diverged = True
+        if line.strip() == "---":
+            self._in_summary = True
+            return None
+        if self._in_summary:
+            self._summary_line(line, now)
+            return None
+        return self._progress_line(line)
+
+    def _summary_line(self, line: str, now: float) -> None:
+        m = _SUMMARY.match(line)
+        if not m or m.group(1) not in self.summary_keys:
+            return
+        try:
+            self.summary[m.group(1)] = float(m.group(2))
+        except ValueError:
+            self.summary[m.group(1)] = math.nan
+        if m.group(1) == self.summary_keys[-1]:
+            self.complete_at = now
+
+    def _progress_line(self, line: str) -> Progress | None:
+        m = _PROGRESS.match(line)
+        if not m:
+            return None
+        try:
+            fraction, loss = float(m.group(1)) / 100.0, float(m.group(2))
+        except ValueError:
+            return None
+        if not math.isfinite(loss):
+            self.diverged = True
+            return None
+        return Progress(fraction, loss)
+
+    def last_line(self, prefer: str | None = None) -> str:
+        """The line that best says what went wrong: the last one starting with `prefer`, else the last one."""
+        if prefer:
+            for line in reversed(self.tail):
+                if line.startswith(prefer):
+                    return line.strip()
+        for line in reversed(self.tail):
+            if line.strip() and not line.startswith("[evo]"):
+                return line.strip()[:300]
+        return ""

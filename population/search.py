@@ -1,0 +1,225 @@
+"""A search on disk: its fixed configuration, population repository, trial store and folder.
+
+`Search` is the handle every layer shares: the engine writes through it, analysis reads
+through it. It knows nothing about how genomes are run: creating a search from a
+project (asking the harness for its facts, checking the files) is the engine's job
+(`evo.create_search`), which hands this module a finished `SearchConfig` to lay out.
+
+A search folder is relocatable: its own study database is named by the folder, not by
+an absolute path, so a moved or copied folder opens its own study (a copy is a new,
+independent search, never a second writer of the original's database).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import fcntl
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from population.folder import SearchFolder
+from population.genomes import Genome, GenomeRepo
+from population.lineage import Lineage
+from population.store import TrialRecord, TrialStore
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# `storage` value meaning "the study.db in the search's own folder" (relocatable).
+LOCAL_STORAGE = ""
+
+
+class SearchError(Exception):
+    """A problem with how a search was asked for; the message says what to change."""
+
+
+def check_name(name: str, what: str = "search") -> None:
+    if not NAME.match(name):
+        raise SearchError(f"bad {what} name {name!r}: use letters, digits, '.', '_' or '-' (at most 64)")
+
+
+@dataclass
+class SearchConfig:
+    """What stays fixed for the life of a search (changing any of it means a new search)."""
+
+    name: str
+    profile: str
+    budget: float
+    mutable: list[str]
+    data: str
+    seed: int = 0
+    seq_len: int = 0
+    startup_grace: float = 60.0
+    harness_sha256: str = ""
+    seed_commit: str = ""
+    storage: str = LOCAL_STORAGE     # an Optuna URL, or "" for the folder's own study.db
+    cache_dir: str | None = None
+    created: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SearchConfig":
+        """Read a search.json of this or an earlier version (keys no longer used are ignored)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def storage_url(self, folder: SearchFolder) -> str:
+        """The Optuna URL of this search's study when its folder is `folder`.
+
+        Searches made before folders were relocatable name their own study.db by an absolute
+        path: when that path is some other folder's `<name>/study.db`, the folder was moved
+        or copied, and its own study.db is the one to open."""
+        if self.storage == LOCAL_STORAGE:
+            return folder.local_storage
+        prefix = "sqlite:///"
+        if self.storage.startswith(prefix):
+            path = Path(self.storage[len(prefix):])
+            if path.name == "study.db" and path.parent.name == self.name and path != folder.study_db:
+                return folder.local_storage
+        return self.storage
+
+
+class Search:
+    """Handle on one search folder. Create it once (see `evo.create_search`), open it any number of times.
+
+    >>> search = Search.open("demo")      # doctest: +SKIP
+    >>> search.lineage().best              # doctest: +SKIP
+    """
+
+    def __init__(self, paths: SearchFolder, config: SearchConfig, store: TrialStore, repo: GenomeRepo):
+        self.paths, self.config, self.store, self.repo = paths, config, store, repo
+
+    @property
+    def folder(self) -> Path:
+        return self.paths.root
+
+    # -- creating and opening -------------------------------------------------------
+
+    @classmethod
+    def create(cls, root: str | Path, config: SearchConfig, *, seed_files: dict[str, str] | None,
+               harness: dict[str, bytes] | None = None, program: str | None = None,
+               study_attrs: dict | None = None) -> "Search":
+        """Lay out a new search folder under `root` from a finished configuration.
+
+        Args:
+            root: the folder holding searches; the new one is `root/config.name`.
+            config: the fixed settings (its seed_commit is filled in here).
+            seed_files: the seed genome's mutable files, or None for a search without genomes
+                (an imported results.tsv).
+            harness: file name -> content of the fixed harness, copied into `harness/`.
+            program: the research instructions, written to `program.md` when given.
+            study_attrs: extra study-level attributes to record before the folder exists.
+
+        search.json is written last, so a folder without it is not a search (a creation that
+        failed half-way can simply be created again)."""
+        check_name(config.name)
+        paths = SearchFolder(Path(root).resolve() / config.name)
+        if paths.exists():
+            raise SearchError(f"search {config.name!r} already exists in {paths.root.parent}; open it with "
+                              f"`evo run {config.name}` or pick another name")
+        paths.root.mkdir(parents=True, exist_ok=True)
+        paths.harness.mkdir(exist_ok=True)
+        for name, content in (harness or {}).items():
+            (paths.harness / name).write_bytes(content)
+        if program is not None:
+            paths.program.write_text(program)
+        repo = GenomeRepo.init(paths.population)
+        if seed_files is not None:
+            config.seed_commit = repo.commit(seed_files, parents=[], message=f"seed genome of search {config.name}\n\n"
+                                             f"Evo-Operator: seed\nHarness-SHA256: {config.harness_sha256}\n")
+            repo.set_branch(f"evo/{config.name}/seed", config.seed_commit)
+        store = TrialStore.create(config.storage_url(paths), config.name, asdict(config))
+        for key, value in (study_attrs or {}).items():
+            store.set_attr(key, value)
+        paths.config.write_text(json.dumps(asdict(config), indent=2) + "\n")
+        return cls(paths, config, store, repo)
+
+    @classmethod
+    def open(cls, name: str, *, root: str | Path = "runs") -> "Search":
+        paths = SearchFolder(Path(root).resolve() / name)
+        if not paths.exists():
+            known = sorted(p.parent.name for p in Path(root).glob("*/search.json")) if Path(root).exists() else []
+            hint = f"; searches in {root}: {', '.join(known)}" if known else f"; create it with `evo init {name}`"
+            raise SearchError(f"no search named {name!r} in {Path(root).resolve()}{hint}")
+        config = SearchConfig.from_dict(json.loads(paths.config.read_text()))
+        store = TrialStore.open(config.storage_url(paths), config.name)
+        return cls(paths, config, store, GenomeRepo(paths.population))
+
+    @classmethod
+    def exists(cls, name: str, *, root: str | Path = "runs") -> bool:
+        return SearchFolder(Path(root) / name).exists()
+
+    def close(self) -> None:
+        self.repo.close()
+
+    def __enter__(self) -> "Search":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- paths ------------------------------------------------------------------
+
+    @property
+    def harness(self) -> list[Path]:
+        """The fixed harness files copied at creation."""
+        return sorted(p for p in self.paths.harness.iterdir() if p.is_file()) if self.paths.harness.exists() else []
+
+    @property
+    def program(self) -> str:
+        return self.paths.program.read_text() if self.paths.program.exists() else ""
+
+    def trial_dir(self, number: int) -> Path:
+        return self.paths.trial(number).path
+
+    def branch(self, number: int) -> str:
+        return f"evo/{self.config.name}/{number}"
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold the search for one process; raises SearchError if another `evo run` has it."""
+        path = self.paths.lock
+        with open(path, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise SearchError(f"search {self.config.name!r} is already running in another process "
+                                  f"(pid {path.read_text().strip() or '?'}); stop it first or watch it with `evo status`")
+            handle.seek(0)
+            handle.truncate()
+            handle.write(str(os.getpid()))
+            handle.flush()
+            try:
+                yield
+            finally:
+                handle.seek(0)
+                handle.truncate()
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def is_running(self) -> bool:
+        path = self.paths.lock
+        if not path.exists():
+            return False
+        with open(path) as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            return False
+
+    # -- reading ------------------------------------------------------------------
+
+    def trials(self) -> list[TrialRecord]:
+        return self.store.trials()
+
+    def lineage(self) -> Lineage:
+        return Lineage(self.store.trials())
+
+    def genome(self, number: int, lineage: Lineage | None = None) -> Genome:
+        lineage = lineage or self.lineage()
+        t = lineage.by_number[number]
+        return Genome(trial=number, commit=t.commit, files=self.repo.files(t.commit, self.config.mutable),
+                      description=t.description, score=lineage.score_of(number))
