@@ -17,7 +17,6 @@ OPERATOR_NAMES = {"seed": "seed", "mutate": "mutation", "crossover": "crossover"
 BEST_LINE = "#c0392b"
 WIN_FACE = "#f5b041"
 FAIL = "#7f1d1d"
-GREY = "#9e9e9e"
 # Fixed colours for the engine's own "proposers" so they read the same in every figure.
 FIXED_PROPOSERS = {"seed": "#212121", "reeval": "#607d8b"}
 PALETTE = ("#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#bcbd22")

@@ -203,21 +203,7 @@ def plot_progress(trials: Iterable[TrialRecord], path: str | Path | None = None,
     ax.set_xlim(0.3, len(prog.points) + max(0.7, 0.02 * len(prog.points)))
 
     proposers = _style.proposer_colours(p.trial.proposer for p in prog.points)
-    size = 26 if len(prog.points) < 150 else 14
-    for op, marker in _style.OPERATOR_MARKERS.items():
-        for prop, colour in proposers.items():
-            pts = [p for p in valued if _style.operator_key(p.trial) == op and p.trial.proposer == prop]
-            inside = [p for p in pts if p.trial.value <= ymax]
-            above = [p for p in pts if p.trial.value > ymax]
-            hollow = [p for p in inside if p.trial.status == DUPLICATE]
-            solid = [p for p in inside if p.trial.status != DUPLICATE]
-            ax.scatter([p.index for p in solid], [p.trial.value for p in solid], s=size, marker=marker, color=colour,
-                       alpha=0.35, linewidths=0, zorder=2)
-            ax.scatter([p.index for p in hollow], [p.trial.value for p in hollow], s=size, marker=marker,
-                       facecolors="none", edgecolors=colour, alpha=0.5, linewidths=0.8, zorder=2)
-            # Off-scale results sit on the top edge as up-triangles, so they stay countable.
-            ax.scatter([p.index for p in above], [ymax] * len(above), s=size + 6, marker="^", color=colour,
-                       alpha=0.45, linewidths=0, zorder=2, clip_on=False)
+    _scatter_trials(ax, prog, valued, proposers, ymax)
 
     finite = [p for p in prog.points if math.isfinite(p.best)]
     xs = [p.index for p in finite] + [len(prog.points) + 0.5]
@@ -247,6 +233,27 @@ def plot_progress(trials: Iterable[TrialRecord], path: str | Path | None = None,
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     _label_improvements(ax, fig, prog, best=best, top=ymax, max_labels=max_labels, label_chars=label_chars)
     return _style.finish(fig, path)
+
+
+def _scatter_trials(ax, prog: Progress, valued: list[Point], proposers: dict[str, str], ymax: float) -> None:
+    """Every result as a faint marker: shape by operator, colour by proposer, hollow for duplicates."""
+    from analysis import _style
+
+    size = 26 if len(prog.points) < 150 else 14
+    for op, marker in _style.OPERATOR_MARKERS.items():
+        for prop, colour in proposers.items():
+            pts = [p for p in valued if _style.operator_key(p.trial) == op and p.trial.proposer == prop]
+            inside = [p for p in pts if p.trial.value <= ymax]
+            above = [p for p in pts if p.trial.value > ymax]
+            hollow = [p for p in inside if p.trial.status == DUPLICATE]
+            solid = [p for p in inside if p.trial.status != DUPLICATE]
+            ax.scatter([p.index for p in solid], [p.trial.value for p in solid], s=size, marker=marker, color=colour,
+                       alpha=0.35, linewidths=0, zorder=2)
+            ax.scatter([p.index for p in hollow], [p.trial.value for p in hollow], s=size, marker=marker,
+                       facecolors="none", edgecolors=colour, alpha=0.5, linewidths=0.8, zorder=2)
+            # Off-scale results sit on the top edge as up-triangles, so they stay countable.
+            ax.scatter([p.index for p in above], [ymax] * len(above), s=size + 6, marker="^", color=colour,
+                       alpha=0.45, linewidths=0, zorder=2, clip_on=False)
 
 
 def _y_top(prog: Progress, valued: list[Point]) -> tuple[float, float]:

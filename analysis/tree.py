@@ -331,33 +331,66 @@ def plot_lineage(trials: Iterable[TrialRecord], path: str | Path | None = None, 
     """
     from matplotlib import colormaps
     from matplotlib.cm import ScalarMappable
-    from matplotlib.lines import Line2D
 
     from analysis import _style
 
     view = view or tree_view(trials, max_nodes=max_nodes, engine=engine)
-    g, pos = view.graph, view.positions
-    gens = max((x for x, _ in pos.values()), default=0) - min((x for x, _ in pos.values()), default=0)
-    rows = max((-y for _, y in pos.values()), default=0) - min((-y for _, y in pos.values()), default=0)
-    if view.engine == "dot":  # dot's coordinates are in points
-        gens, rows = gens / 60, rows / 14
-    width = min(16.0, max(9.0, 0.45 * gens + 6))
-    height = min(16.0, max(4.5, 0.17 * rows + 2.4))
-    fig, ax = _style.new_figure(width, height)
-    best = view.path[-1] if view.path else None
-    heading = title or "lineage of the search"
-    shown = sum(1 for n in g if not isinstance(n, str))
-    sub = f"{view.total} trials" + (f"; {shown} shown, {view.folded} in folded branches (+n)" if view.folded else "")
-    if best is not None:
-        sub += f"; best #{best}, val_bpb {g.nodes[best]['score']:.4f}"
-    ax.set_title(f"{heading}\n{sub}", loc="left", fontsize=11)
+    g = view.graph
+    frame = _Frame.of(view)
+    fig, ax = _style.new_figure(frame.width, frame.height)
+    ax.set_title(_heading(view, title), loc="left", fontsize=11)
     if not g:
         ax.text(0.5, 0.5, "no finished trials yet", transform=ax.transAxes, ha="center", va="center")
         ax.set_axis_off()
         return _style.finish(fig, path)
+    cmap, norm = colormaps[CMAP], score_norm(g)
+    _draw_edges(ax, view)
+    kinds = _draw_nodes(ax, view, norm, cmap)
+    _label_nodes(ax, view, frame)
+    _set_axes(ax, view)
+    bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, shrink=1.0 if frame.height < 6 else 0.6,
+                       pad=0.01, extend="max", location="right")
+    bar.set_label("val_bpb (genome mean; lower is better)")
+    handles = _legend(view, kinds)
+    fig.legend(handles=handles, loc="outside lower left", ncols=min(4, len(handles)), frameon=False, fontsize=8.5)
+    return _style.finish(fig, path)
 
-    cmap = colormaps[CMAP]
-    norm = score_norm(g)
+
+@dataclass(frozen=True)
+class _Frame:
+    """The figure's size in inches, from the spread of the layout."""
+
+    width: float
+    height: float
+    generations: float
+    rows: float
+
+    @classmethod
+    def of(cls, view: TreeView) -> "_Frame":
+        pos = view.positions
+        gens = max((x for x, _ in pos.values()), default=0) - min((x for x, _ in pos.values()), default=0)
+        rows = max((-y for _, y in pos.values()), default=0) - min((-y for _, y in pos.values()), default=0)
+        if view.engine == "dot":  # dot's coordinates are in points
+            gens, rows = gens / 60, rows / 14
+        return cls(width=min(16.0, max(9.0, 0.45 * gens + 6)), height=min(16.0, max(4.5, 0.17 * rows + 2.4)),
+                   generations=gens, rows=rows)
+
+
+def _heading(view: TreeView, title: str) -> str:
+    g = view.graph
+    best = view.path[-1] if view.path else None
+    shown = sum(1 for n in g if not isinstance(n, str))
+    sub = f"{view.total} trials" + (f"; {shown} shown, {view.folded} in folded branches (+n)" if view.folded else "")
+    if best is not None:
+        sub += f"; best #{best}, val_bpb {g.nodes[best]['score']:.4f}"
+    return f"{title or 'lineage of the search'}\n{sub}"
+
+
+def _draw_edges(ax, view: TreeView) -> None:
+    """First-parent edges as elbows (the path to the best in red), second parents as dashed arcs."""
+    from analysis import _style
+
+    g, pos = view.graph, view.positions
     on_path = set(zip(view.path, view.path[1:]))
     lw = 1.0 if g.number_of_nodes() < 150 else 0.7
     for a, b, d in g.edges(data=True):
@@ -372,30 +405,44 @@ def plot_lineage(trials: Iterable[TrialRecord], path: str | Path | None = None, 
         ax.plot(xs, ys, color=_style.BEST_LINE if red else "#9e9e9e", linewidth=2.6 if red else lw,
                 zorder=3 if red else 1, solid_capstyle="round")
 
+
+def _draw_nodes(ax, view: TreeView, norm, cmap) -> dict[str, list]:
+    """Scored nodes coloured by score, then the special kinds in their own markers; returns the kinds drawn."""
+    g, pos = view.graph, view.positions
     size = 70 if g.number_of_nodes() <= 60 else (40 if g.number_of_nodes() <= 150 else 22)
-    scored = [n for n, d in g.nodes(data=True) if d.get("score") is not None and not d.get("summary")]
+    nodes = g.nodes(data=True)
+    scored = [n for n, d in nodes if d.get("score") is not None and not d.get("summary")]
     ax.scatter([pos[n][0] for n in scored], [pos[n][1] for n in scored], s=size,
                c=[node_colour(g.nodes[n], norm, cmap) for n in scored],
                edgecolors=["#c0392b" if n in view.path else "#333333" for n in scored],
                linewidths=[1.8 if n in view.path else 0.5 for n in scored], zorder=4)
-    crossed = [n for n in scored if g.nodes[n]["operator"] == "crossover"]
-    ax.scatter([pos[n][0] for n in crossed], [pos[n][1] for n in crossed], s=size * 0.18, marker="D", color="#8e44ad",
-               zorder=5)
-    dupes = [n for n, d in g.nodes(data=True) if d.get("duplicate") and d.get("score") is None]
-    ax.scatter([pos[n][0] for n in dupes], [pos[n][1] for n in dupes], s=size * 0.7, facecolors="white",
-               edgecolors="#9e9e9e", linewidths=0.9, zorder=4)
-    failed = [n for n, d in g.nodes(data=True) if d.get("failed") and not d.get("summary")]
-    ax.scatter([pos[n][0] for n in failed], [pos[n][1] for n in failed], s=size * 0.7, marker="X", color="#b0b0b0",
-               edgecolors="#757575", linewidths=0.4, zorder=4)
-    pruned = [n for n, d in g.nodes(data=True) if d.get("status") == "pruned"]
-    ax.scatter([pos[n][0] for n in pruned], [pos[n][1] for n in pruned], s=size * 0.6, marker="v", color="#cfcfcf",
-               edgecolors="#9e9e9e", linewidths=0.4, zorder=4)
-    folds = [n for n, d in g.nodes(data=True) if d.get("summary")]
-    ax.scatter([pos[n][0] for n in folds], [pos[n][1] for n in folds], s=size * 0.6, marker="s", color="#e0e0e0",
-               edgecolors="#9e9e9e", linewidths=0.6, zorder=4)
+    kinds = {
+        "crossed": [n for n in scored if g.nodes[n]["operator"] == "crossover"],
+        "dupes": [n for n, d in nodes if d.get("duplicate") and d.get("score") is None],
+        "failed": [n for n, d in nodes if d.get("failed") and not d.get("summary")],
+        "pruned": [n for n, d in nodes if d.get("status") == "pruned"],
+        "folds": [n for n, d in nodes if d.get("summary")],
+    }
+    styles = {"crossed": dict(s=size * 0.18, marker="D", color="#8e44ad", zorder=5),
+              "dupes": dict(s=size * 0.7, facecolors="white", edgecolors="#9e9e9e", linewidths=0.9, zorder=4),
+              "failed": dict(s=size * 0.7, marker="X", color="#b0b0b0", edgecolors="#757575", linewidths=0.4, zorder=4),
+              "pruned": dict(s=size * 0.6, marker="v", color="#cfcfcf", edgecolors="#9e9e9e", linewidths=0.4, zorder=4),
+              "folds": dict(s=size * 0.6, marker="s", color="#e0e0e0", edgecolors="#9e9e9e", linewidths=0.6, zorder=4)}
+    for kind, members in kinds.items():
+        ax.scatter([pos[n][0] for n in members], [pos[n][1] for n in members], **styles[kind])
+    return kinds
 
-    fontsize = 8 if rows < 40 else 7
-    slant = view.engine == "tree" and gens > 0 and (width - 3) / gens < 0.42  # inches per generation
+
+def _label_nodes(ax, view: TreeView, frame: _Frame) -> None:
+    """Trial numbers beside the nodes, the best's description in bold, fold counts beside folds."""
+    from analysis import _style
+
+    g, pos = view.graph, view.positions
+    best = view.path[-1] if view.path else None
+    fontsize = 8 if frame.rows < 40 else 7
+    slant = view.engine == "tree" and frame.generations > 0 and (frame.width - 3) / frame.generations < 0.42
+    above = dict(textcoords="offset points", ha="left" if slant else "center", va="bottom",
+                 rotation=45 if slant else 0, rotation_mode="anchor", zorder=6)
     label_all = g.number_of_nodes() <= 45
     for n, d in g.nodes(data=True):
         x, y = pos[n]
@@ -411,20 +458,19 @@ def plot_lineage(trials: Iterable[TrialRecord], path: str | Path | None = None, 
                         color=_style.BEST_LINE, zorder=7,
                         bbox=dict(boxstyle="round,pad=0.2", facecolor="white", edgecolor="none", alpha=0.85))
         elif n in view.path:  # the path is the top row: room above (slanted when generations are close)
-            ax.annotate(f"#{n}", (x, y), xytext=(0, 5), textcoords="offset points", ha="left" if slant else "center",
-                        va="bottom", fontsize=fontsize, color=_style.BEST_LINE, zorder=6, rotation=45 if slant else 0,
-                        rotation_mode="anchor")
+            ax.annotate(f"#{n}", (x, y), xytext=(0, 5), fontsize=fontsize, color=_style.BEST_LINE, **above)
         elif label_all or d.get("score") is not None:
             # To the right, unless a child continues this row: then above, like the path's labels.
-            continued = any(pos[c][1] == y and not g.nodes[c].get("summary") for c in g.successors(n))
-            if continued:
-                ax.annotate(f"#{n}", (x, y), xytext=(0, 4), textcoords="offset points",
-                            ha="left" if slant else "center", va="bottom", fontsize=fontsize - 0.5, color="#424242",
-                            zorder=6, rotation=45 if slant else 0, rotation_mode="anchor")
+            if any(pos[c][1] == y and not g.nodes[c].get("summary") for c in g.successors(n)):
+                ax.annotate(f"#{n}", (x, y), xytext=(0, 4), fontsize=fontsize - 0.5, color="#424242", **above)
             else:
                 ax.annotate(f"#{n}", (x, y), xytext=(5, 0), textcoords="offset points", ha="left", va="center",
                             fontsize=fontsize - 0.5, color="#424242", zorder=6)
 
+
+def _set_axes(ax, view: TreeView) -> None:
+    """Limits with room for the last generation's labels; generations as the x axis of the tree layout."""
+    pos = view.positions
     xs = [p[0] for p in pos.values()]
     ys = [p[1] for p in pos.values()]
     xpad = max(0.6, 0.04 * (max(xs) - min(xs)))
@@ -436,34 +482,36 @@ def plot_lineage(trials: Iterable[TrialRecord], path: str | Path | None = None, 
     for side in ("left", "right", "top"):
         ax.spines[side].set_visible(False)
     if view.engine == "tree":
-        ax.set_xlabel("generation (longest chain of parents back to the seed)")
         from matplotlib.ticker import MaxNLocator
+        ax.set_xlabel("generation (longest chain of parents back to the seed)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     else:
         ax.set_xticks([])
         ax.set_xlabel("generations run left to right (graphviz layout)")
 
-    bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, shrink=1.0 if height < 6 else 0.6,
-                       pad=0.01, extend="max", location="right")
-    bar.set_label("val_bpb (genome mean; lower is better)")
+
+def _legend(view: TreeView, kinds: dict[str, list]) -> list:
+    """Legend entries for what the figure actually shows."""
+    from matplotlib.lines import Line2D
+
+    from analysis import _style
+
     handles = [Line2D([], [], color=_style.BEST_LINE, linewidth=2.6, label="path from the seed to the best")]
-    if any(d.get("second") for _, _, d in g.edges(data=True)):
+    if any(d.get("second") for _, _, d in view.graph.edges(data=True)):
         handles.append(Line2D([], [], color="#8e44ad", linestyle=(0, (3, 2)), label="second parent of a crossover"))
-    if crossed:
-        handles.append(Line2D([], [], marker="D", linestyle="", color="#8e44ad", markersize=4, label="crossover child"))
-    if failed:
-        handles.append(Line2D([], [], marker="X", linestyle="", color="#b0b0b0", markeredgecolor="#757575",
-                              markersize=8, label="failed (no val_bpb)"))
-    if dupes:
-        handles.append(Line2D([], [], marker="o", linestyle="", markerfacecolor="white", markeredgecolor="#9e9e9e",
-                              markersize=7, label="duplicate of a known genome"))
-    if pruned:
-        handles.append(Line2D([], [], marker="v", linestyle="", color="#cfcfcf", markersize=7, label="pruned"))
-    if folds:
-        handles.append(Line2D([], [], marker="s", linestyle="", color="#e0e0e0", markeredgecolor="#9e9e9e",
-                              markersize=7, label="+n: folded branch (trials, failures, best)"))
-    fig.legend(handles=handles, loc="outside lower left", ncols=min(4, len(handles)), frameon=False, fontsize=8.5)
-    return _style.finish(fig, path)
+    entries = {
+        "crossed": dict(marker="D", color="#8e44ad", markersize=4, label="crossover child"),
+        "failed": dict(marker="X", color="#b0b0b0", markeredgecolor="#757575", markersize=8, label="failed (no val_bpb)"),
+        "dupes": dict(marker="o", markerfacecolor="white", markeredgecolor="#9e9e9e", markersize=7,
+                      label="duplicate of a known genome"),
+        "pruned": dict(marker="v", color="#cfcfcf", markersize=7, label="pruned"),
+        "folds": dict(marker="s", color="#e0e0e0", markeredgecolor="#9e9e9e", markersize=7,
+                      label="+n: folded branch (trials, failures, best)"),
+    }
+    for kind, style in entries.items():
+        if kinds[kind]:
+            handles.append(Line2D([], [], linestyle="", **style))
+    return handles
 
 
 def _edge(engine: str, xa: float, ya: float, xb: float, yb: float, *, bend: float = 0.5) -> tuple[list[float], list[float]]:

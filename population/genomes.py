@@ -9,6 +9,7 @@ run in per-device worktrees of the same repository. One process owns ref updates
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -131,6 +132,8 @@ class GenomeRepo:
     def checkout(self, worktree: str | Path, commit: str) -> Path:
         """Check `commit` out into `worktree` (created on first use), discarding what was there."""
         worktree = Path(worktree).resolve()
+        if (worktree / ".git").exists() and not self._owns(worktree):
+            shutil.rmtree(worktree)  # a moved or copied search: this checkout belongs to the old location
         if not (worktree / ".git").exists():
             worktree.parent.mkdir(parents=True, exist_ok=True)
             self._git("worktree", "prune")
@@ -140,6 +143,15 @@ class GenomeRepo:
             subprocess.run(["git", *wt, "checkout", "--force", "--detach", commit], check=True, capture_output=True)
             subprocess.run(["git", *wt, "clean", "-fdqx"], check=True, capture_output=True)
         return worktree
+
+    def _owns(self, worktree: Path) -> bool:
+        """Whether `worktree` is a checkout of this repository (its .git file points into it)."""
+        try:
+            text = (worktree / ".git").read_text()
+        except (OSError, UnicodeDecodeError):
+            return False
+        gitdir = Path(text.partition("gitdir:")[2].strip())
+        return gitdir.is_dir() and self.path.resolve() in gitdir.resolve().parents
 
 
 def genome_hash(files: dict[str, str]) -> str:

@@ -171,9 +171,6 @@ class Search:
     def program(self) -> str:
         return self.paths.program.read_text() if self.paths.program.exists() else ""
 
-    def trial_dir(self, number: int) -> Path:
-        return self.paths.trial(number).path
-
     def branch(self, number: int) -> str:
         return f"evo/{self.config.name}/{number}"
 

@@ -136,6 +136,7 @@ class TrialStore:
 
     @property
     def config(self) -> dict:
+        """The search's fixed configuration as recorded in the study (what a new host's folder is built from)."""
         return dict(self.attr(CONFIG_ATTR, {}))
 
     @property

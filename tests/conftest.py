@@ -51,3 +51,10 @@ def run_evo(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600
     """Run the real `evo` command line (as a user would) and capture its output."""
     return subprocess.run([sys.executable, "-m", "evo.cli", *args], cwd=cwd, capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+@pytest.fixture
+def instant_project(project):
+    """The project with train.py replaced by a genome that scores its knobs at once."""
+    (project / "train.py").write_text((Path(__file__).parent / "data" / "instant_genome.py").read_text())
+    return project

@@ -126,16 +126,9 @@ def test_identical_genomes_are_recorded_as_duplicates_and_never_trained_again(pr
     assert [t.status for t in trials[:2]] == ["ok", "ok"]
     for t in trials[2:]:
         assert t.status == "duplicate" and t.attrs["duplicate_of"] == 1 and t.value == trials[1].value
-        assert not (search.trial_dir(t.number) / "run.log").exists()
+        assert not search.paths.trial(t.number).run_log.exists()
         assert t.tree == trials[1].tree
     search.close()
-
-
-@pytest.fixture
-def instant_project(project):
-    """The project with train.py replaced by a genome that scores its knobs at once."""
-    (project / "train.py").write_text((Path(__file__).parent / "data" / "instant_genome.py").read_text())
-    return project
 
 
 def _wait_for_running_trial(project: Path, name: str, number: int, timeout: float = 180) -> dict:
@@ -305,7 +298,7 @@ def test_invalid_proposals_are_recorded_and_the_search_goes_on_to_its_limit(inst
     assert str(reason) == "reached 9 trials" and len(trials) == 9
     invalid = [t for t in trials if t.status == "invalid_proposal"]
     assert len(invalid) >= 3 and all(t.error == "edit did not apply" and not t.commit for t in invalid)
-    assert all(json.loads((search.trial_dir(t.number) / "proposal.json").read_text())["ok"] is False for t in invalid)
+    assert all(json.loads(search.paths.trial(t.number).proposal.read_text())["ok"] is False for t in invalid)
     search.close()
 
 
@@ -332,7 +325,7 @@ def test_prune_stops_children_clearly_behind_and_never_breeds_from_them(instant_
     assert pruned and all(t.state == "PRUNED" and t.value is None for t in pruned)
     assert all(t.number >= 5 for t in pruned)        # never before five trials have finished
     for t in pruned:
-        log = (search.trial_dir(t.number) / "run.log").read_text()
+        log = search.paths.trial(t.number).run_log.read_text()
         assert "[evo] stopped: pruned" in log and "val_bpb" not in log
     parents = {p for t in trials for p in t.parents}
     assert not parents & {t.number for t in pruned}

@@ -1,0 +1,155 @@
+"""The shape of the code: layers that import one way, no import circles, short functions, a library
+that builds what the CLI builds, and a search made by an earlier version that still opens and resumes."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run_evo
+
+PACKAGES = ("population", "evo", "analysis")
+LONGEST_FUNCTION = 80  # lines; longer ones must say why in their docstring ("Long because ...")
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
+    """The project modules `path` imports (at any depth of its code: a late import is an import too)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+    return {n for n in names if n in modules}
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: _imports(path, modules) - {name} for name, path in modules.items()}
+
+
+def _is_cli(module: str) -> bool:
+    return module == "evo.cli" or module.startswith("evo.cli.")
+
+
+def test_data_flows_one_way_between_the_layers():
+    wrong = []
+    for module, deps in _graph().items():
+        layer = module.split(".")[0]
+        for dep in deps:
+            other = dep.split(".")[0]
+            if layer == "population" and other != "population":
+                wrong.append(f"{module} -> {dep} (the data layer imports no layer above it)")
+            elif layer == "analysis" and other == "evo":
+                wrong.append(f"{module} -> {dep} (the views read the data layer, never the engine)")
+            elif layer == "evo" and other == "analysis" and not _is_cli(module):
+                wrong.append(f"{module} -> {dep} (only the CLI uses both the engine and the views)")
+    assert not wrong, "\n".join(sorted(wrong))
+
+
+def test_no_module_imports_itself_through_a_circle():
+    graph = _graph()
+    # A package's __init__ re-exports its own submodules: that edge is not a circle of the design.
+    edges = {m: {d for d in deps if not d.startswith(m + ".")} for m, deps in graph.items()}
+    state, circles = {}, []
+
+    def visit(node, trail):
+        state[node] = "open"
+        for dep in edges.get(node, ()):
+            if state.get(dep) == "open":
+                circles.append(" -> ".join(trail[trail.index(dep):] + [dep]))
+            elif dep not in state:
+                visit(dep, trail + [dep])
+        state[node] = "done"
+
+    for module in sorted(edges):
+        if module not in state:
+            visit(module, [module])
+    assert not circles, "\n".join(circles)
+
+
+def test_no_function_is_longer_than_80_lines_without_saying_why():
+    long = []
+    for module, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > LONGEST_FUNCTION and "Long because" not in (ast.get_docstring(node) or ""):
+                    long.append(f"{module}.{node.name}: {length} lines")
+    assert not long, "\n".join(long)
+
+
+def test_the_library_builds_and_runs_what_the_cli_builds_without_argparse(instant_project):
+    import evo
+    from evo.pruners import percentile_pruner
+
+    proposer = evo.from_spec("offline")
+    mixed_spec = evo.proposers.parse_spec("offline:0.8,anthropic:0.2")
+    assert mixed_spec == [("offline", 0.8), ("anthropic", 0.2)]
+    strategy = evo.make_strategy("evolve", elite=4, tournament=2, crossover_rate=0.5, islands=2, migration_rate=0.2)
+    assert strategy.describe() == ("evolve(elite=4, tournament=2, crossover_rate=0.5, islands=2, "
+                                   "migration_rate=0.2)")
+    options = evo.RunOptions(trials=6, prune=True, reeval=1, max_vram_gb=100.0)
+    # The pruner a notebook gets from prune=True is the rule `evo run --prune` uses.
+    assert type(options.pruner_in_use()) is type(percentile_pruner())
+    assert vars(options.pruner_in_use()) == vars(percentile_pruner())
+    search = evo.create_search("lib", root=instant_project / "runs", project=instant_project, profile="tiny", budget=1)
+    reason = evo.SearchLoop(search, strategy, proposer, evo.parse_devices("cpu"), options).run()
+    assert reason.kind is evo.StopKind.TRIALS and str(reason) == "reached 6 trials"
+    assert type(search.store.pruner).__name__ == "PercentilePruner"  # the loop handed its rule to the store
+    trials = search.trials()
+    assert sum(1 for t in trials if t.counts) == 6 and {t.attrs["strategy"] for t in trials} == {"evolve"}
+    assert any(t.operator == "reeval" for t in trials)
+    search.close()
+    with pytest.raises(evo.SpecError, match="unknown proposer"):
+        evo.from_spec("telepathy")
+    with pytest.raises(ValueError, match="takes no options"):
+        evo.make_strategy("greedy", elite=3)
+    with pytest.raises(TypeError):
+        evo.RunOptions(6)  # options are keyword-only
+
+
+@pytest.fixture
+def old_search(project) -> Path:
+    """A search folder made by evoresearch 0.1 (tests/data/old-format-search.tar.gz), unpacked
+    somewhere else than where it was made: its search.json names /tmp/fx/runs/old-format/study.db."""
+    with tarfile.open(Path(__file__).parent / "data" / "old-format-search.tar.gz") as archive:
+        archive.extractall(project / "runs", filter="data")
+    assert "/tmp/fx/runs/old-format/study.db" in (project / "runs" / "old-format" / "search.json").read_text()
+    shutil.rmtree("/tmp/fx/runs/old-format", ignore_errors=True)  # the original must not be what opens
+    return project
+
+
+@pytest.mark.slow
+def test_a_search_made_by_the_previous_version_opens_and_resumes(old_search):
+    status = run_evo("status", "old-format", cwd=old_search)
+    assert status.returncode == 0, status.stderr
+    assert "5 finished" in status.stdout and "best: val_bpb 2.921956 at trial #1" in status.stdout
+    shown = run_evo("show", "old-format", "1", cwd=old_search)
+    assert shown.returncode == 0 and "WEIGHT_DECAY 0.2 -> 0.1" in shown.stdout and "diff against parent" in shown.stdout
+    resumed = run_evo("run", "old-format", "--trials", "7", cwd=old_search)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "stopped: reached 7 trials" in resumed.stdout
+    from population import Search
+
+    with Search.open("old-format", root=old_search / "runs") as search:
+        trials = search.trials()
+        assert [t.number for t in trials] == list(range(7))
+        assert all(t.status == "ok" for t in trials[5:]), [(t.status, t.error) for t in trials]
+        assert all(search.repo.resolve(f"refs/heads/{search.branch(t.number)}") == t.commit for t in trials)
+    report = run_evo("report", "old-format", cwd=old_search)
+    assert report.returncode == 0 and (old_search / "runs" / "old-format" / "report" / "report.html").exists()
