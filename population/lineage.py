@@ -4,12 +4,14 @@ A genome (identified by its content hash, the git tree) may be evaluated several
 its first trial, then re-evaluations on new seeds. Selection ranks genomes by the mean
 of their evaluations; ancestry follows the trials' parent numbers (two for crossover).
 
-This module holds the one definition of three words the whole project uses:
+This module holds the one definition of the words the whole project uses:
 
-- **best**: the feasible genome with the lowest mean val_bpb (ties to the earlier trial);
+- **better**: lower for a minimised metric (val_bpb), higher for a maximised one; nothing
+  else in the code compares two scores;
+- **best**: the feasible genome with the better mean score (ties to the earlier trial);
 - **parent score**: the score of a child's parent, the better parent's for a crossover;
-- **kept**: a fresh, feasible result (not a re-evaluation) strictly below the best genome
-  known when it finished. `Lineage.history()` replays the search in the order results
+- **kept**: a fresh, feasible result (not a re-evaluation) strictly better than the best
+  genome known when it finished. `Lineage.history()` replays the search in the order results
   arrived and marks every kept trial; the loop asks the same question (`would_keep`) the
   moment a result comes in, so `evo status`, the report and the LLM's memory agree.
 
@@ -28,13 +30,38 @@ from population.store import TrialRecord
 
 # Operators that make a new genome from parents (the seed and re-evaluations do not).
 CHILD_OPERATORS = ("mutate", "crossover")
+MINIMIZE, MAXIMIZE = "minimize", "maximize"
+DIRECTIONS = (MINIMIZE, MAXIMIZE)
 
 
-def is_improvement(value: float | None, best: float | None, *, operator: str, feasible: bool) -> bool:
-    """Whether a result makes a new best: fresh, feasible, finite, strictly below `best` (None: no best yet)."""
+def sign(direction: str) -> float:
+    """+1 when lower is better, -1 when higher is: `sign * score` sorts the best first."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be minimize or maximize, not {direction!r}")
+    return 1.0 if direction == MINIMIZE else -1.0
+
+
+def better(a: float, b: float, direction: str = MINIMIZE) -> bool:
+    """Whether score `a` is strictly better than score `b`."""
+    return sign(direction) * a < sign(direction) * b
+
+
+def best_of(values, direction: str = MINIMIZE) -> float:
+    """The best of some scores."""
+    return min(values) if direction == MINIMIZE else max(values)
+
+
+def gain(old: float, new: float, direction: str = MINIMIZE) -> float:
+    """How much better `new` is than `old` (positive: an improvement), whatever the direction."""
+    return sign(direction) * (old - new)
+
+
+def is_improvement(value: float | None, best: float | None, *, operator: str, feasible: bool,
+                   direction: str = MINIMIZE) -> bool:
+    """Whether a result makes a new best: fresh, feasible, finite, strictly better than `best` (None: no best yet)."""
     if value is None or not math.isfinite(value) or not feasible or operator == "reeval":
         return False
-    return best is None or value < best
+    return best is None or better(value, best, direction)
 
 
 @dataclass
@@ -67,7 +94,7 @@ class Result:
     """One counted trial in the order results arrived, with the best genome's score after it."""
 
     trial: TrialRecord
-    best: float            # best genome's mean val_bpb after this trial (inf before any result)
+    best: float            # best genome's mean score after this trial (±inf before any result)
     kept: bool             # this trial made a new genome the best
 
 
@@ -89,9 +116,14 @@ def strategy_of(trials: Iterable[TrialRecord]) -> str:
 
 
 class Lineage:
-    """Derived view over a search's trials: individuals, ranking, ancestry, history."""
+    """Derived view over a search's trials: individuals, ranking, ancestry, history.
 
-    def __init__(self, trials: list[TrialRecord]):
+    direction: whether the search's metric is minimised (val_bpb) or maximised.
+    """
+
+    def __init__(self, trials: list[TrialRecord], *, direction: str = MINIMIZE):
+        self.direction = direction
+        self._sign = sign(direction)
         self.trials = sorted(trials, key=lambda t: t.number)
         self.by_number = {t.number: t for t in self.trials}
         by_key: dict[str, Individual] = {}
@@ -115,9 +147,13 @@ class Lineage:
     # -- ranking ----------------------------------------------------------------
 
     def ranked(self, *, feasible_only: bool = True) -> list[Individual]:
-        """Individuals from best (lowest mean val_bpb) to worst; ties go to the earlier trial."""
+        """Individuals from best to worst by mean score; ties go to the earlier trial."""
         pool = [i for i in self.individuals if i.feasible or not feasible_only]
-        return sorted(pool, key=lambda i: (i.score, i.trial))
+        return sorted(pool, key=self.rank_key)
+
+    def rank_key(self, ind: Individual) -> tuple[float, int]:
+        """Sort key putting the better individual first (ties: the earlier trial)."""
+        return (self._sign * ind.score, ind.trial)
 
     @property
     def best(self) -> Individual | None:
@@ -145,17 +181,21 @@ class Lineage:
     def parent_score(self, t: TrialRecord) -> float | None:
         """The score a child is judged against: its parent's, the better parent's for a crossover."""
         scores = [s for s in (self.score_of(p) for p in t.parents) if s is not None]
-        return min(scores) if scores else None
+        return best_of(scores, self.direction) if scores else None
 
     def would_keep(self, value: float | None, *, operator: str, feasible: bool) -> bool:
         """Whether a result arriving now would make a new best (see the module docstring)."""
         best = self.best
-        return is_improvement(value, best.score if best else None, operator=operator, feasible=feasible)
+        return is_improvement(value, best.score if best else None, operator=operator, feasible=feasible,
+                              direction=self.direction)
 
     # -- history ----------------------------------------------------------------
 
     def history(self) -> list[Result]:
-        """Replay the counted trials in the order their results arrived; mark each one that was kept."""
+        """Replay the counted trials in the order their results arrived; mark each one that was kept.
+
+        Each Result's `best` is the best genome's mean after it (inf, or -inf when maximising,
+        before any result)."""
         return list(self._history)
 
     @cached_property
@@ -166,10 +206,10 @@ class Lineage:
         for t in finish_order(self.trials):
             kept = False
             if t.finished_ok and t.feasible:
-                kept = is_improvement(t.value, best, operator=t.operator, feasible=True)
+                kept = is_improvement(t.value, best, operator=t.operator, feasible=True, direction=self.direction)
                 evaluations.setdefault(genome_key(t), []).append(t.value)
-                best = min(statistics.fmean(v) for v in evaluations.values())
-            out.append(Result(trial=t, best=math.inf if best is None else best, kept=kept))
+                best = best_of((statistics.fmean(v) for v in evaluations.values()), self.direction)
+            out.append(Result(trial=t, best=self._sign * math.inf if best is None else best, kept=kept))
         return tuple(out)
 
     @cached_property

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from population.folder import SearchFolder
 from population.genomes import Genome, GenomeRepo
-from population.lineage import Lineage
+from population.lineage import MINIMIZE, Lineage
 from population.store import TrialRecord, TrialStore
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -57,6 +57,7 @@ class SearchConfig:
     seed_commit: str = ""
     storage: str = LOCAL_STORAGE     # an Optuna URL, or "" for the folder's own study.db
     cache_dir: str | None = None
+    direction: str = MINIMIZE         # whether the metric is minimised (val_bpb) or maximised
     created: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
 
     @classmethod
@@ -130,7 +131,7 @@ class Search:
             config.seed_commit = repo.commit(seed_files, parents=[], message=f"seed genome of search {config.name}\n\n"
                                              f"Evo-Operator: seed\nHarness-SHA256: {config.harness_sha256}\n")
             repo.set_branch(f"evo/{config.name}/seed", config.seed_commit)
-        store = TrialStore.create(config.storage_url(paths), config.name, asdict(config))
+        store = TrialStore.create(config.storage_url(paths), config.name, asdict(config), direction=config.direction)
         for key, value in (study_attrs or {}).items():
             store.set_attr(key, value)
         paths.config.write_text(json.dumps(asdict(config), indent=2) + "\n")
@@ -213,7 +214,7 @@ class Search:
         return self.store.trials()
 
     def lineage(self) -> Lineage:
-        return Lineage(self.store.trials())
+        return Lineage(self.store.trials(), direction=self.config.direction)
 
     def genome(self, number: int, lineage: Lineage | None = None) -> Genome:
         lineage = lineage or self.lineage()

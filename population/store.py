@@ -124,8 +124,8 @@ class TrialStore:
         self._reported: dict[int, set[int]] = {}
 
     @classmethod
-    def create(cls, storage: str, name: str, config: dict) -> "TrialStore":
-        study = optuna.create_study(storage=storage, study_name=name, direction="minimize")
+    def create(cls, storage: str, name: str, config: dict, *, direction: str = "minimize") -> "TrialStore":
+        study = optuna.create_study(storage=storage, study_name=name, direction=direction)
         study.set_user_attr(CONFIG_ATTR, config)
         study.set_user_attr(SPEND_ATTR, 0.0)
         return cls(storage, name)

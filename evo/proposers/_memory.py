@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from population.lineage import Lineage
+from population.lineage import Lineage, better
 from population.store import DUPLICATE, INTERRUPTED, INVALID, OK, TrialRecord
 
 # Operators that are not ideas: the seed and re-evaluations of a known genome.
@@ -37,7 +37,7 @@ def outcome(t: TrialRecord, lineage: Lineage) -> str:
         delta = f" ({t.value - base:+.4f} vs parent)" if base is not None else ""
         if lineage.kept(t.number):
             verdict = "improved, new best"
-        elif base is not None and t.value < base:
+        elif base is not None and better(t.value, base, lineage.direction):
             verdict = "better than its parent, not the best"
         else:
             verdict = "worse"
@@ -58,7 +58,7 @@ def outcome(t: TrialRecord, lineage: Lineage) -> str:
 def _failed(t: TrialRecord, lineage: Lineage) -> bool:
     if t.status in (OK, DUPLICATE):
         base = lineage.parent_score(t)
-        return t.status == OK and t.value is not None and base is not None and t.value >= base
+        return t.status == OK and t.value is not None and base is not None and not better(t.value, base, lineage.direction)
     return t.status not in ("running", INTERRUPTED)
 
 

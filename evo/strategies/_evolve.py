@@ -49,19 +49,19 @@ class EvolveStrategy(Strategy):
         pool = [i for i in ranked if i.operator == "seed" or i.island == island]
         return pool[: self.elite] or ranked[:1]
 
-    def _tournament(self, elites: list[Individual], rng: random.Random) -> Individual:
+    def _tournament(self, elites: list[Individual], rng: random.Random, lineage: Lineage) -> Individual:
         contenders = rng.sample(elites, min(self.tournament, len(elites)))
-        return min(contenders, key=lambda i: (i.score, i.trial))
+        return min(contenders, key=lineage.rank_key)
 
     def plan(self, lineage: Lineage, rng: random.Random) -> Plan:
         island = len(lineage.trials) % self.islands
         elites = self._elites(lineage, island)
         if self.islands > 1 and rng.random() < self.migration_rate:
             elites = self._elites(lineage, (island - 1) % self.islands)
-        first = self._tournament(elites, rng)
+        first = self._tournament(elites, rng, lineage)
         if len(elites) >= 2 and rng.random() < self.crossover_rate:
             partners = [i for i in elites if not lineage.related(i.trial, first.trial)]
             if partners:
-                second = self._tournament(partners, rng)
+                second = self._tournament(partners, rng, lineage)
                 return Plan("crossover", (first.trial, second.trial), island=island)
         return Plan("mutate", (first.trial,), island=island)
