@@ -1,10 +1,12 @@
 """The noise floor: how much val_bpb moves when the same genome is trained again on a new seed.
 
-Only genomes evaluated more than once (`evo run --reeval K`) say anything about noise.
-The floor is the pooled within-genome standard deviation,
-sqrt(sum((n_i - 1) * s_i^2) / sum(n_i - 1)): every re-evaluated genome contributes in
-proportion to its extra evaluations. Differences between two single runs smaller than
-about twice that are not evidence of anything.
+Only genomes evaluated more than once (`evo run --noise-runs K` for the seed, `--reeval K`
+for each new best) say anything about noise. The floor is the pooled within-genome standard
+deviation (`population.lineage.pooled_sd`, the same number `--min-gain auto` uses): every
+re-evaluated genome contributes in proportion to its extra evaluations. Differences between
+two single runs smaller than about twice that are not evidence of anything, so a "new best"
+that beat the best before it by less than `NOISE_MULTIPLE` times the floor is flagged as
+possibly luck (`within_noise`).
 
 >>> floor = noise_floor(search.lineage())     # doctest: +SKIP
 >>> floor.sd if floor else "no re-evaluations"  # doctest: +SKIP
@@ -12,10 +14,9 @@ about twice that are not evidence of anything.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-from population.lineage import Lineage
+from population.lineage import NOISE_MULTIPLE, Lineage, Result
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ class NoiseFloor:
         """One sentence for people: the floor and what it means."""
         return (f"noise floor: val_bpb sd {self.sd:.4f} (pooled over {len(self.genomes)} re-evaluated genome"
                 f"{'s' if len(self.genomes) != 1 else ''}, {self.evaluations} evaluations; largest spread "
-                f"{self.max_range:.4f}); single-run differences below ~{2 * self.sd:.4f} are within noise")
+                f"{self.max_range:.4f}); single-run differences below ~{NOISE_MULTIPLE * self.sd:.4f} are within noise")
 
 
 def noise_floor(lineage: Lineage) -> NoiseFloor | None:
@@ -67,6 +68,21 @@ def noise_floor(lineage: Lineage) -> NoiseFloor | None:
             genomes.append(Remeasured(trial=ind.trial, values=tuple(ind.values), mean=ind.score, sd=ind.spread))
     if not genomes:
         return None
-    dof = sum(len(g.values) - 1 for g in genomes)
-    pooled = math.sqrt(sum((len(g.values) - 1) * g.sd ** 2 for g in genomes) / dof)
-    return NoiseFloor(sd=pooled, genomes=tuple(genomes))
+    return NoiseFloor(sd=lineage.noise_sd(), genomes=tuple(genomes))
+
+
+def within_noise(lineage: Lineage, floor: NoiseFloor | None = None) -> list[Result]:
+    """The new bests that beat the best before them by less than NOISE_MULTIPLE x the noise floor.
+
+    They may be luck: the seed run again, or the machine a little quieter, can move as far.
+    Judged with the floor measured now (the best estimate), whatever min gain the search
+    ran with; empty when the floor is unknown.
+
+    Args:
+        lineage: the search's lineage.
+        floor: its noise floor, when already computed.
+    """
+    floor = floor or noise_floor(lineage)
+    if floor is None:
+        return []
+    return [r for r in lineage.history() if r.kept and r.gain is not None and r.gain < NOISE_MULTIPLE * floor.sd]

@@ -25,13 +25,13 @@ from pathlib import Path
 
 from analysis import _html
 from analysis._html import esc, num
-from analysis.noise import NoiseFloor, noise_floor
+from analysis.noise import NoiseFloor, noise_floor, within_noise
 from analysis.progress import (Progress, children, device_seconds, failure_rate, is_failure, keep_rate, plot_progress,
                                progress)
 from analysis.tree import TreeView, lineage_svg, plot_lineage, tree_view
 from analysis.walk import Step, best_lineage
 from analysis.yields import Yield, gains, yield_by
-from population.lineage import Lineage
+from population.lineage import MIN_GAIN_ATTR, NOISE_MULTIPLE, Lineage, finish_order, min_gain_of
 from population.store import IMPORTED_ATTR, TrialRecord
 
 
@@ -73,6 +73,8 @@ class SearchFacts:
     spend_usd: float
     noise: NoiseFloor | None
     imported: dict | None
+    within_noise: tuple[int, ...] = ()   # new bests that beat the best before them by less than the floor allows
+    min_gain: float | None = None        # the min gain the search last applied (None: a search from before it)
 
     @property
     def gain(self) -> float | None:
@@ -103,7 +105,7 @@ def search_facts(search, trials: list[TrialRecord] | None = None) -> SearchFacts
         trials: its trials, when already read (saves reading the store again).
     """
     trials = search.trials() if trials is None else trials
-    lineage = Lineage(trials)
+    lineage = Lineage(trials, direction=search.config.direction)
     best = lineage.best
     seed = lineage.seed
     seed_ind = lineage.individual(seed.number) if seed else None
@@ -122,7 +124,8 @@ def search_facts(search, trials: list[TrialRecord] | None = None) -> SearchFacts
         first_start=min((t.started for t in trials if t.started), default=None),
         last_finish=max((t.finished for t in trials if t.finished), default=None),
         spend_usd=search.store.spend_usd, noise=noise_floor(lineage),
-        imported=search.store.attr(IMPORTED_ATTR))
+        imported=search.store.attr(IMPORTED_ATTR), within_noise=tuple(r.trial.number for r in within_noise(lineage)),
+        min_gain=next((min_gain_of(t) for t in reversed(finish_order(trials)) if MIN_GAIN_ATTR in t.attrs), None))
 
 
 def write_report(search, *, out: str | Path | None = None, max_nodes: int = 70, interactive_nodes: int = 300,
@@ -203,7 +206,7 @@ def render_html(facts: SearchFacts, trials: list[TrialRecord], *, files: ReportF
                 _yields(by_proposer, "proposer") if len(by_proposer) > 1 or by_proposer else "",
                 "<h2>All trials</h2>",
                 '<p class="muted">Click a header to sort. Highlighted rows made a new best.</p>',
-                _trials_table(trials, prog)]
+                _trials_table(trials, prog, facts.within_noise)]
     return _html.page(f"evo report: {facts.name}", "\n".join(s for s in sections if s))
 
 
@@ -227,7 +230,15 @@ def _summary(f: SearchFacts) -> str:
     if f.noise:
         rows.append(("noise floor", f.noise.describe()))
     else:
-        rows.append(("noise floor", "unknown: no genome was evaluated twice (run with --reeval K to measure it)"))
+        rows.append(("noise floor", "unknown: no genome was evaluated twice (run with --noise-runs K or --reeval K "
+                     "to measure it)"))
+    if f.min_gain is not None:
+        rows.append(("min gain", f"{f.min_gain:.4f}: a child counted as better only when it beat the best by more"
+                     if f.min_gain else "0: any gain counted as better"))
+    if f.within_noise:
+        rows.append(("within the noise", f"{len(f.within_noise)} new best(s) beat the best before them by less than "
+                     f"{NOISE_MULTIPLE:g} x the floor ({', '.join(f'#{n}' for n in f.within_noise)}): they may be "
+                     "luck; marked ★? below"))
     facts = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in rows)
     note = ""
     if f.imported:
@@ -279,7 +290,7 @@ def _yields(rows: list[Yield], title: str) -> str:
     return f"<h3>By {esc(title)}</h3>" + _html.table(headers, body)
 
 
-def _trials_table(trials: list[TrialRecord], prog: Progress) -> str:
+def _trials_table(trials: list[TrialRecord], prog: Progress, within_noise: tuple[int, ...] = ()) -> str:
     lineage = Lineage(trials)
     order = {p.trial.number: p for p in prog.points}
     delta = gains(trials)
@@ -300,7 +311,7 @@ def _trials_table(trials: list[TrialRecord], prog: Progress) -> str:
                      (num(ind.score, 6) if ind and len(ind.values) > 1 else "", ind.score if ind else "Infinity"),
                      (f'<span class="{"good" if gain > 0 else "bad"}">{num(gain, 4, signed=True)}</span>'
                       if gain is not None else "-", gain if gain is not None else "-Infinity"),
-                     "★" if kept else "",
+                     ("★?" if t.number in within_noise else "★") if kept else "",
                      (f"{device_seconds(t):.0f}", round(device_seconds(t), 1)),
                      esc(text)))
         cls = "kept" if kept else ("failed" if is_failure(t) else "")

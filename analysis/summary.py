@@ -6,14 +6,15 @@ import json
 import time
 from collections import Counter
 
+from analysis.noise import noise_floor, within_noise
 from analysis.text import fmt
-from population.lineage import Lineage
+from population.lineage import MIN_GAIN_ATTR, NOISE_MULTIPLE, Lineage, finish_order, min_gain_of
 from population.store import TrialRecord
 
 def summarize(search) -> dict:
     """Everything `evo status` shows, as plain data (`--json` prints exactly this)."""
     trials = search.trials()
-    lineage = Lineage(trials)
+    lineage = Lineage(trials, direction=search.config.direction)
     best = lineage.best
     counts = Counter(t.status for t in trials)
     children = lineage.children()
@@ -37,8 +38,20 @@ def summarize(search) -> dict:
         "spend_usd": spend,
         "cost_per_kept_usd": spend / kept if kept and spend else None,
         "devices": devices,
+        **_noise(lineage),
         "trials": [_trial_row(t, lineage) for t in lineage.trials],
     }
+
+
+def _noise(lineage: Lineage) -> dict:
+    """The noise floor, the min gain last applied, and the new bests that lie inside the floor."""
+    floor = noise_floor(lineage)
+    applied = [t for t in finish_order(lineage.trials) if MIN_GAIN_ATTR in t.attrs]
+    return {"noise_sd": floor.sd if floor else None,
+            "noise_evaluations": floor.evaluations if floor else 0,
+            "noise_genomes": len(floor.genomes) if floor else 0,
+            "min_gain": min_gain_of(applied[-1]) if applied else None,
+            "within_noise": [r.trial.number for r in within_noise(lineage, floor)]}
 
 
 def _devices(search) -> list[dict]:
@@ -79,6 +92,7 @@ def render_status(s: dict, recent: int = 12) -> str:
         lines.append("best: none yet")
     if s["keep_rate"] is not None:
         lines.append(f"keep rate: {100 * s['keep_rate']:.0f}% of children improved the best so far")
+    lines += _noise_lines(s)
     if s["spend_usd"]:
         per = f", ${s['cost_per_kept_usd']:.2f} per kept improvement" if s["cost_per_kept_usd"] else ""
         lines.append(f"LLM spend: ${s['spend_usd']:.2f}{per}")
@@ -92,10 +106,25 @@ def render_status(s: dict, recent: int = 12) -> str:
     lines.append(f"{'#':>4}  {'operator':9s} {'parents':9s} {'status':16s} {'val_bpb':>8}  description")
     for row in s["trials"][-recent:]:
         parents = ",".join(str(p) for p in row["parents"]) or "-"
-        mark = "*" if row["kept"] else " "
+        mark = ("?" if row["number"] in s.get("within_noise", ()) else "*") if row["kept"] else " "
         lines.append(f"{row['number']:>4}{mark} {row['operator']:9s} {parents:9s} {row['status']:16s} {fmt(row['val_bpb']):>8}  "
                      f"{(row['description'] or row['error'] or '')[:80]}")
     return "\n".join(lines)
+
+
+def _noise_lines(s: dict) -> list[str]:
+    """The noise floor and the min gain, and a warning for new bests inside the floor."""
+    gain = "" if not s.get("min_gain") else f"; min gain {s['min_gain']:.4f}"
+    if s.get("noise_sd") is None:
+        return [f"noise floor: unknown (no genome evaluated twice: run with --noise-runs K or --reeval K){gain}"]
+    lines = [f"noise floor: val_bpb sd {s['noise_sd']:.4f} over {s['noise_evaluations']} evaluations of "
+             f"{s['noise_genomes']} genome{'s' if s['noise_genomes'] != 1 else ''}{gain}"]
+    inside = s.get("within_noise") or []
+    if inside:
+        lines.append(f"warning: {len(inside)} new best{'s' if len(inside) != 1 else ''} (marked ?) beat the best before "
+                     f"by less than {NOISE_MULTIPLE:g} x the floor = {NOISE_MULTIPLE * s['noise_sd']:.4f}: may be luck "
+                     "(re-measure with --reeval K, or require more with --min-gain auto)")
+    return lines
 
 
 def render_trial(search, number: int) -> str:

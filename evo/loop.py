@@ -36,11 +36,13 @@ from evo.runner import TrialResult, TrialRunner, trial_environment
 from evo.strategies import NoParentError, Plan, Strategy
 from population.genomes import genome_hash
 from population.importer import check_runnable
-from population.lineage import Lineage
+from population.lineage import MIN_GAIN_ATTR, Lineage, auto_min_gain, genome_key
 from population.search import Search, SearchError
 from population.store import DUPLICATE, INTERRUPTED, INVALID, OK
 
-__all__ = ["Child", "RunOptions", "SearchLoop", "Slot", "StopKind", "StopReason", "parse_devices"]
+AUTO = "auto"  # RunOptions.min_gain: a multiple of the measured noise floor
+
+__all__ = ["AUTO", "Child", "RunOptions", "SearchLoop", "Slot", "StopKind", "StopReason", "parse_devices"]
 
 
 class StopKind(enum.Enum):
@@ -94,6 +96,11 @@ class RunOptions:
     trials: total finished trials in the search, seed included.
     hours: wall-clock limit of this run.
     reeval: extra seeds for a genome that becomes the best.
+    noise_runs: extra seeds for the seed genome before any child is planned: they measure the
+        noise floor (`Lineage.noise_sd`) that `min_gain="auto"` is a multiple of.
+    min_gain: how much better than the best a result must be to count as better (kept, and
+        the best from then on): a number in val_bpb, or "auto" for `NOISE_MULTIPLE` times the
+        noise floor measured so far (needs noise_runs >= 1). Recorded on every trial.
     prune: stop children whose loss is clearly behind (with `pruner`, or the default rule).
     pruner: the Optuna pruner `prune` uses (default: `evo.pruners.make_pruner()`).
     max_vram_gb: an Optuna constraint on peak memory.
@@ -103,10 +110,26 @@ class RunOptions:
     trials: int | None = None
     hours: float | None = None
     reeval: int = 0
+    noise_runs: int = 0
+    min_gain: float | str = 0.0
     prune: bool = False
     pruner: optuna.pruners.BasePruner | None = None
     max_vram_gb: float | None = None
     max_cost_usd: float | None = None
+
+    def __post_init__(self):
+        if self.min_gain == AUTO:
+            if self.noise_runs < 1:
+                raise ValueError("--min-gain auto needs a measured noise floor: add --noise-runs K (e.g. 3), "
+                                 "or give --min-gain a number")
+        elif not isinstance(self.min_gain, (int, float)) or not math.isfinite(self.min_gain) or self.min_gain < 0:
+            raise ValueError(f"--min-gain must be 'auto' or a number >= 0, not {self.min_gain!r}")
+        if self.noise_runs < 0 or self.reeval < 0:
+            raise ValueError("noise_runs and reeval count seeds: they must be >= 0")
+
+    def min_gain_now(self, lineage: Lineage) -> float:
+        """The min gain a result finishing now must beat the best by (see `population.lineage`)."""
+        return auto_min_gain(lineage.noise_sd()) if self.min_gain == AUTO else float(self.min_gain)
 
     def pruner_in_use(self) -> optuna.pruners.BasePruner | None:
         """The pruner that decides, or None when this run does not prune."""
@@ -312,6 +335,8 @@ class SearchLoop:
             if reeval is not None:
                 self._ready.append(reeval)
                 continue
+            if self._measuring_noise(lineage):
+                return  # children wait for the noise floor their min gain may be a multiple of
             rng = random.Random(f"{self.search.config.seed}:{len(lineage.trials)}:{self._plans}")
             try:
                 plan = self.strategy.plan(lineage, rng)
@@ -323,19 +348,38 @@ class SearchLoop:
             self._pending.append(self._proposals.submit(self._propose, plan, lineage, rng))
 
     def _reeval_child(self, lineage: Lineage) -> Child | None:
-        """A re-evaluation of the best genome if it has fewer than 1 + reeval evaluations."""
-        k = self.options.reeval
-        best = lineage.best
-        if k <= 0 or best is None:
-            return None
-        busy = sum(1 for b in self._running.values() if b.tree == best.tree)
-        busy += sum(1 for c in self._ready if c.operator == "reeval" and c.parents == [best.trial])
-        done = len(best.values)
-        if done + busy >= 1 + k:
-            return None
-        return Child("reeval", [best.trial], commit=best.commit, seed=self.search.config.seed + done + busy,
-                     island=best.island, attrs={"description": f"re-evaluate #{best.trial} (seed {done + busy})",
-                                                "proposer": "reeval"})
+        """A re-evaluation the search still owes: the seed's noise runs, then the best's re-evaluations.
+
+        The seed is evaluated on 1 + noise_runs seeds, the best on 1 + reeval; attempts that
+        failed count too (a genome that crashes is not retried for ever), and each attempt gets
+        the next seed."""
+        seed = lineage.seed
+        seed_ind = lineage.individual(seed.number) if seed is not None and seed.finished_ok else None
+        for ind, wanted in ((seed_ind, 1 + self.options.noise_runs), (lineage.best, 1 + self.options.reeval)):
+            if ind is None or wanted <= 1:
+                continue
+            done, busy = self._evaluations(lineage, ind)
+            if done + busy < wanted:
+                return Child("reeval", [ind.trial], commit=ind.commit, seed=self.search.config.seed + done + busy,
+                             island=ind.island, attrs={"description": f"re-evaluate #{ind.trial} (seed {done + busy})",
+                                                       "proposer": "reeval"})
+        return None
+
+    def _evaluations(self, lineage: Lineage, ind) -> tuple[int, int]:
+        """(finished, running or queued) evaluations of a genome: its first trial and its re-evaluations."""
+        done = sum(1 for t in lineage.trials if t.tree == ind.tree and t.counts
+                   and (t.number == ind.trial or t.operator == "reeval"))
+        busy = sum(1 for b in self._running.values() if b.tree == ind.tree)
+        busy += sum(1 for c in self._ready if c.operator == "reeval" and c.parents == [ind.trial])
+        return done, busy
+
+    def _measuring_noise(self, lineage: Lineage) -> bool:
+        """Whether the seed's noise runs (RunOptions.noise_runs) are still to finish."""
+        seed = lineage.seed
+        if self.options.noise_runs < 1 or seed is None or not seed.finished_ok:
+            return False
+        done, _ = self._evaluations(lineage, lineage.individual(seed.number))
+        return done < 1 + self.options.noise_runs
 
     def _propose(self, plan: Plan, lineage: Lineage, rng: random.Random) -> Child:
         """Worker thread: turn a plan into a child. Reads git; writes neither git nor the store (the loop's own thread owns both)."""
@@ -492,10 +536,13 @@ class SearchLoop:
         lineage = search.lineage()
         trial = lineage.by_number.get(number)
         feasible = all(v <= 0 for v in constraints.values())
-        kept = trial is not None and lineage.would_keep(value, operator=trial.operator, feasible=feasible)
+        min_gain = self.options.min_gain_now(lineage)
+        kept = trial is not None and lineage.would_keep(value, operator=trial.operator, feasible=feasible,
+                                                        min_gain=min_gain, key=genome_key(trial))
         search.store.finish(number, status=result.status, value=value, metrics=result.metrics, constraints=constraints,
                             error=result.error, log_tail=result.log_tail[-2000:],
-                            wall_seconds=round(result.wall_seconds, 2), kept=kept, provenance=result.provenance)
+                            wall_seconds=round(result.wall_seconds, 2), kept=kept, provenance=result.provenance,
+                            **{MIN_GAIN_ATTR: min_gain})
         search.paths.trial(number).make().result.write_text(json.dumps(dataclasses.asdict(result), indent=2) + "\n")
         self._write_devices()
         self.on_event("finished", {"trial": number, "status": result.status, "value": value, "kept": kept,

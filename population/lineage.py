@@ -8,18 +8,30 @@ This module holds the one definition of the words the whole project uses:
 
 - **better**: lower for a minimised metric (val_bpb), higher for a maximised one; nothing
   else in the code compares two scores;
-- **best**: the feasible genome with the better mean score (ties to the earlier trial);
+- **best**: the incumbent: the feasible genome that last displaced the best. A genome
+  displaces the best when its mean score is better by more than the *min gain* (ties at a
+  min gain of 0 go to the earlier trial, so without one the best is simply the feasible
+  genome with the better mean);
+- **min gain**: how much better a result must be before it counts as better (`evo run
+  --min-gain`). The loop records the number it used on every trial as it finishes
+  (`MIN_GAIN_ATTR`; 0 for searches made before it existed), so a replay decides exactly as the
+  loop did even when `--min-gain auto` moved with the measured noise;
 - **parent score**: the score of a child's parent, the better parent's for a crossover;
-- **kept**: a fresh, feasible result (not a re-evaluation) strictly better than the best
-  genome known when it finished. `Lineage.history()` replays the search in the order results
-  arrived and marks every kept trial; the loop asks the same question (`would_keep`) the
-  moment a result comes in, so `evo status`, the report and the LLM's memory agree.
+- **kept**: a fresh, feasible result (not a re-evaluation) better by more than its min gain
+  than the best genome known when it finished, which makes it the new best.
+  `Lineage.history()` replays the search in the order results arrived and marks every kept
+  trial; the loop asks the same question (`would_keep`) the moment a result comes in, so
+  `evo status`, the report and the LLM's memory agree;
+- **noise floor**: the pooled standard deviation of genomes evaluated more than once
+  (`Lineage.noise_sd`); `--min-gain auto` is `NOISE_MULTIPLE` times it.
 
 Everything here is computed from the store's records, so it survives any restart.
 """
 
 from __future__ import annotations
 
+import copy
+import heapq
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -32,6 +44,14 @@ from population.store import TrialRecord
 CHILD_OPERATORS = ("mutate", "crossover")
 MINIMIZE, MAXIMIZE = "minimize", "maximize"
 DIRECTIONS = (MINIMIZE, MAXIMIZE)
+# The trial attribute holding the min gain the loop applied when the trial finished.
+MIN_GAIN_ATTR = "min_gain"
+# `--min-gain auto` = NOISE_MULTIPLE x the noise floor. A new result is one evaluation and the
+# best's mean has n of them, so their difference has sd sigma * sqrt(1 + 1/n): at 2 sigma a child
+# with no real gain passes by luck 8% of the time against a best measured once and 4% against
+# one measured three times (--reeval 2), while a real gain of 3 sigma passes 76-81% of the time.
+# One sigma lets a quarter of the lucky draws through; three lets half the 3-sigma gains go.
+NOISE_MULTIPLE = 2.0
 
 
 def sign(direction: str) -> float:
@@ -57,11 +77,34 @@ def gain(old: float, new: float, direction: str = MINIMIZE) -> float:
 
 
 def is_improvement(value: float | None, best: float | None, *, operator: str, feasible: bool,
-                   direction: str = MINIMIZE) -> bool:
-    """Whether a result makes a new best: fresh, feasible, finite, strictly better than `best` (None: no best yet)."""
+                   direction: str = MINIMIZE, min_gain: float = 0.0) -> bool:
+    """Whether a result makes a new best: fresh, feasible, finite, better than `best` (None: no best yet)
+    by more than `min_gain` (0: strictly better)."""
     if value is None or not math.isfinite(value) or not feasible or operator == "reeval":
         return False
-    return best is None or better(value, best, direction)
+    return best is None or gain(best, value, direction) > min_gain
+
+
+def min_gain_of(t: TrialRecord) -> float:
+    """The min gain the loop applied to a trial (0 for a search that had none)."""
+    value = t.attrs.get(MIN_GAIN_ATTR)
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) and value > 0 else 0.0
+
+
+def pooled_sd(groups: Iterable[list[float]]) -> float | None:
+    """The pooled within-group standard deviation, sqrt(sum((n_i - 1) s_i^2) / sum(n_i - 1)),
+    over the groups with two values or more (None when there is none): every re-evaluated
+    genome counts in proportion to its extra evaluations."""
+    groups = [g for g in groups if len(g) > 1]
+    dof = sum(len(g) - 1 for g in groups)
+    if not dof:
+        return None
+    return math.sqrt(sum((len(g) - 1) * statistics.variance(g) for g in groups) / dof)
+
+
+def auto_min_gain(sd: float | None) -> float:
+    """`--min-gain auto` for a noise floor `sd`: NOISE_MULTIPLE x sd (0 while the floor is unknown)."""
+    return NOISE_MULTIPLE * sd if sd else 0.0
 
 
 @dataclass
@@ -96,6 +139,7 @@ class Result:
     trial: TrialRecord
     best: float            # best genome's mean score after this trial (±inf before any result)
     kept: bool             # this trial made a new genome the best
+    gain: float | None = None   # for a kept trial: how much better than the best before it (None: the first)
 
 
 def genome_key(t: TrialRecord) -> str:
@@ -113,6 +157,56 @@ def strategy_of(trials: Iterable[TrialRecord]) -> str:
     """The strategy a search ran with, from its trials' records ("unknown" without one)."""
     names = [t.attrs.get("strategy") for t in trials if t.attrs.get("strategy")]
     return max(set(names), key=names.count) if names else "unknown"
+
+
+class _Replay:
+    """The search's best, decided one result at a time in the order results arrived.
+
+    Keeps every genome's evaluations and a heap of genomes by mean, so each step costs
+    O(log genomes). `Lineage` runs it over the whole history; `would_keep` runs one more
+    step on a copy, so the loop and every replay apply the same rule."""
+
+    def __init__(self, direction: str):
+        self.direction, self.sign = direction, sign(direction)
+        self.values: dict[str, list[float]] = {}
+        self.first: dict[str, int] = {}
+        self.infeasible: set[str] = set()
+        self.heap: list[tuple[float, int, str, int]] = []
+        self.incumbent: str | None = None
+
+    def score(self, key: str) -> float:
+        return statistics.fmean(self.values[key])
+
+    @property
+    def best(self) -> float | None:
+        return self.score(self.incumbent) if self.incumbent is not None else None
+
+    def _top(self) -> str | None:
+        """The feasible genome with the better mean (ties: the earlier trial)."""
+        while self.heap:
+            _, _, key, count = self.heap[0]
+            if key not in self.infeasible and count == len(self.values[key]):
+                return key
+            heapq.heappop(self.heap)  # stale: the genome has been evaluated again since
+        return None
+
+    def step(self, key: str, number: int, value: float, *, operator: str, feasible: bool, min_gain: float) -> bool:
+        """Take one ok result; return whether it was kept (made its genome the new best)."""
+        before, before_key = self.best, self.incumbent
+        self.values.setdefault(key, []).append(value)
+        self.first.setdefault(key, number)
+        if not feasible:
+            self.infeasible.add(key)
+        heapq.heappush(self.heap, (self.sign * self.score(key), self.first[key], key, len(self.values[key])))
+        top = self._top()
+        if top is None or self.incumbent is None or self.incumbent in self.infeasible:
+            self.incumbent = top
+        elif top != self.incumbent and ((self.sign * self.score(top) + min_gain, self.first[top])
+                                        < (self.sign * self.score(self.incumbent), self.first[self.incumbent])):
+            self.incumbent = top
+        return (self.incumbent == key != before_key and
+                is_improvement(self.score(key), before, operator=operator, feasible=feasible,
+                               direction=self.direction, min_gain=min_gain))
 
 
 class Lineage:
@@ -147,18 +241,28 @@ class Lineage:
     # -- ranking ----------------------------------------------------------------
 
     def ranked(self, *, feasible_only: bool = True) -> list[Individual]:
-        """Individuals from best to worst by mean score; ties go to the earlier trial."""
-        pool = [i for i in self.individuals if i.feasible or not feasible_only]
-        return sorted(pool, key=self.rank_key)
+        """Feasible individuals from the best down: the best first, the rest by mean score (ties:
+        the earlier trial). With `feasible_only=False`, every individual by mean score alone."""
+        if not feasible_only:
+            return sorted(self.individuals, key=lambda i: (self._sign * i.score, i.trial))
+        return sorted((i for i in self.individuals if i.feasible), key=self.rank_key)
 
-    def rank_key(self, ind: Individual) -> tuple[float, int]:
-        """Sort key putting the better individual first (ties: the earlier trial)."""
-        return (self._sign * ind.score, ind.trial)
+    def rank_key(self, ind: Individual) -> tuple[bool, float, int]:
+        """Sort key putting the better individual first: the best, then by mean (ties: the earlier trial).
+
+        Without a min gain the best already has the better mean; with one, a genome whose mean
+        is better only by less than the min gain ranks second: it did not count as better."""
+        return (ind is not self.best, self._sign * ind.score, ind.trial)
 
     @property
     def best(self) -> Individual | None:
-        ranked = self.ranked()
-        return ranked[0] if ranked else None
+        """The best genome (see the module docstring); None before any feasible result."""
+        key = self._replay.incumbent
+        return self._by_key[key] if key is not None else None
+
+    def noise_sd(self) -> float | None:
+        """The noise floor: pooled standard deviation of the genomes evaluated more than once (None: none was)."""
+        return pooled_sd(ind.values for ind in self.individuals)
 
     @property
     def seed(self) -> TrialRecord | None:
@@ -183,11 +287,21 @@ class Lineage:
         scores = [s for s in (self.score_of(p) for p in t.parents) if s is not None]
         return best_of(scores, self.direction) if scores else None
 
-    def would_keep(self, value: float | None, *, operator: str, feasible: bool) -> bool:
-        """Whether a result arriving now would make a new best (see the module docstring)."""
-        best = self.best
-        return is_improvement(value, best.score if best else None, operator=operator, feasible=feasible,
-                              direction=self.direction)
+    def would_keep(self, value: float | None, *, operator: str, feasible: bool, min_gain: float = 0.0,
+                   key: str | None = None) -> bool:
+        """Whether a result arriving now would make a new best (see the module docstring).
+
+        Args:
+            value: the result's score.
+            operator: its trial's operator (a re-evaluation is never kept).
+            feasible: whether it met the search's constraints.
+            min_gain: the gain it must beat the best by (record it on the trial: see MIN_GAIN_ATTR).
+            key: its genome (`genome_key`), when it may have been evaluated before; default: a new one.
+        """
+        if value is None or not math.isfinite(value) or operator == "reeval":
+            return False
+        replay = copy.deepcopy(self._replay)
+        return replay.step(key or "\0new", math.inf, value, operator=operator, feasible=feasible, min_gain=min_gain)
 
     # -- history ----------------------------------------------------------------
 
@@ -198,19 +312,27 @@ class Lineage:
         before any result)."""
         return list(self._history)
 
-    @cached_property
+    @property
     def _history(self) -> tuple[Result, ...]:
-        evaluations: dict[str, list[float]] = {}
-        best: float | None = None
-        out = []
+        return self._replayed[1]
+
+    @property
+    def _replay(self) -> _Replay:
+        return self._replayed[0]
+
+    @cached_property
+    def _replayed(self) -> tuple[_Replay, tuple[Result, ...]]:
+        """Run the replay once: its final state and every step it went through."""
+        replay, out = _Replay(self.direction), []
         for t in finish_order(self.trials):
-            kept = False
-            if t.finished_ok and t.feasible:
-                kept = is_improvement(t.value, best, operator=t.operator, feasible=True, direction=self.direction)
-                evaluations.setdefault(genome_key(t), []).append(t.value)
-                best = best_of((statistics.fmean(v) for v in evaluations.values()), self.direction)
-            out.append(Result(trial=t, best=self._sign * math.inf if best is None else best, kept=kept))
-        return tuple(out)
+            kept, before = False, replay.best
+            if t.finished_ok:
+                kept = replay.step(genome_key(t), t.number, t.value, operator=t.operator, feasible=t.feasible,
+                                   min_gain=min_gain_of(t))
+            best = replay.best
+            out.append(Result(trial=t, best=self._sign * math.inf if best is None else best, kept=kept,
+                              gain=gain(before, best, self.direction) if kept and before is not None else None))
+        return replay, tuple(out)
 
     @cached_property
     def _kept(self) -> frozenset[int]:

@@ -41,6 +41,12 @@ positive_int = _number(int, "a whole number", lambda v: v >= 1, "a number >= 1")
 non_negative_int = _number(int, "a whole number", lambda v: v >= 0, "a number >= 0")
 positive_float = _number(float, "a number", lambda v: math.isfinite(v) and v > 0, "a positive number")
 probability = _number(float, "a probability", lambda v: 0 <= v <= 1, "a probability in [0, 1]")
+_gain = _number(float, "'auto' or a number", lambda v: math.isfinite(v) and v >= 0, "'auto' or a number >= 0")
+
+
+def min_gain(text: str) -> float | str:
+    """An argparse type for --min-gain: "auto" or a number >= 0."""
+    return "auto" if text.strip().lower() == "auto" else _gain(text)
 
 
 class Parser(argparse.ArgumentParser):
@@ -71,6 +77,15 @@ def creation_kwargs(args) -> dict:
     return dict(root=args.root, project=args.project, profile=args.profile, budget=args.budget,
                 mutable=args.mutable or ["train.py"], data=args.data, storage=args.storage, cache_dir=args.cache_dir,
                 seed=args.seed)
+
+
+def add_noise_options(g) -> None:
+    """--noise-runs and --min-gain, in the argument group `g` (evo run's and evo compare's)."""
+    g.add_argument("--noise-runs", type=non_negative_int, metavar="K",
+                   help="evaluate the seed on K more seeds before any child, to measure the noise floor (default: 0)")
+    g.add_argument("--min-gain", type=min_gain, metavar="auto|X",
+                   help="a child counts as better only if it beats the best by more than X val_bpb; auto: "
+                   "2 x the measured noise floor (needs --noise-runs K >= 1; default: 0, any gain counts)")
 
 
 def add_strategy_options(p) -> None:

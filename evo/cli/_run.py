@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 import time
 
-from evo.cli._common import (UsageError, add_creation, add_proposer_options, add_root, add_strategy_options,
+from evo.cli._common import (UsageError, add_creation, add_noise_options, add_proposer_options, add_root,
+                             add_strategy_options,
                              build_proposer, creation_kwargs, duration, finished_line, fmt, non_negative_int,
                              positive_float, positive_int, stop_on_signals, strategy_options)
 from evo.devices import default_slots, parse_devices
@@ -13,6 +14,7 @@ from evo.loop import RunOptions, SearchLoop, StopKind
 from evo.search import create_search
 from evo.strategies import STRATEGIES, make_strategy
 from population.importer import check_runnable
+from population.lineage import NOISE_MULTIPLE
 from population.search import Search
 
 
@@ -48,6 +50,7 @@ def add_run_options(p) -> None:
                    "or a weighted mix such as offline:0.8,anthropic:0.2 (each trial records which one wrote it)")
     g.add_argument("--reeval", type=non_negative_int, default=0, metavar="K",
                    help="re-evaluate a genome with K new seeds when it becomes the best; rank by the mean (default: 0)")
+    add_noise_options(g)
     g.add_argument("--prune", action="store_true", help="stop children whose loss is clearly behind at the same point of the budget")
     g.add_argument("--max-vram-gb", type=positive_float, help="constraint: trials above this peak memory are never parents")
     g.add_argument("--max-cost-usd", type=positive_float, help="stop proposing once the LLM spend reaches this")
@@ -55,8 +58,13 @@ def add_run_options(p) -> None:
 
 
 def run_options(args) -> RunOptions:
-    return RunOptions(trials=args.trials, hours=args.hours, reeval=args.reeval, prune=args.prune,
-                      max_vram_gb=args.max_vram_gb, max_cost_usd=args.max_cost_usd)
+    """This run's options from the flags; a combination that cannot work is a UsageError."""
+    try:
+        return RunOptions(trials=args.trials, hours=args.hours, reeval=args.reeval, prune=args.prune,
+                          noise_runs=args.noise_runs or 0, min_gain=0.0 if args.min_gain is None else args.min_gain,
+                          max_vram_gb=args.max_vram_gb, max_cost_usd=args.max_cost_usd)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 class Reporter:
@@ -129,17 +137,28 @@ def open_or_create(args) -> Search:
     return search
 
 
+def _noise_rule(options: RunOptions) -> str:
+    """How this run measures noise and judges gains, for its first line ("" when it does neither)."""
+    parts = [f"{options.noise_runs} noise runs of the seed"] if options.noise_runs else []
+    if options.min_gain == "auto":
+        parts.append(f"min gain auto ({NOISE_MULTIPLE:g} x the noise floor)")
+    elif options.min_gain:
+        parts.append(f"min gain {options.min_gain:g}")
+    return "".join(f", {p}" for p in parts)
+
+
 def cmd_run(args) -> int:
+    options = run_options(args)  # reject options that cannot work before creating anything
     proposer = build_proposer(args.proposer, args)
     strategy = make_strategy(args.strategy, **strategy_options(args, args.strategy))
     slots = parse_devices(args.devices) if args.devices else None  # reject a bad device before creating anything
     search = open_or_create(args)
     slots = slots or default_slots(search)
-    options = run_options(args)
     cfg = search.config
     if not args.quiet:
         print(f"search {cfg.name}: profile {cfg.profile}, budget {cfg.budget:g}s, strategy {strategy.describe()}, "
-              f"proposer {proposer.name}, devices {', '.join(s.name for s in slots)}; folder {search.folder}", flush=True)
+              f"proposer {proposer.name}, devices {', '.join(s.name for s in slots)}{_noise_rule(options)}; "
+              f"folder {search.folder}", flush=True)
     loop = SearchLoop(search, strategy, proposer, slots, options, on_event=Reporter(search, options, quiet=args.quiet))
     try:
         with stop_on_signals(loop.stop.set, loop.stop.is_set,

@@ -10,6 +10,10 @@ def main():
     import os, time
     time.sleep(float(os.environ.get("EVO_TEST_SLEEP", "0")))  # lets a test catch a trial while it runs
     score = 1 + (math.log(LR / 0.03)) ** 2 + 0.01 * (DEPTH - 6) ** 2 + (WARMDOWN_RATIO - 0.4) ** 2 + 0.001 * abs(math.log2(BATCH / 128))
+    noise = float(os.environ.get("EVO_TEST_NOISE", "0"))  # sd of a seed-dependent error, as training has
+    if noise:
+        import random
+        score += noise * random.Random(f"{os.environ.get('EVO_SEED', '0')}:{score!r}").gauss(0, 1)
     pace = float(os.environ.get("EVO_TEST_STEP_SLEEP", "0"))
     for i in range(1, 11):  # progress lines, as train.py prints them, so the pruner has something to judge
         print(f"step {i:05d} | {10.0 * i:5.1f}% | loss {score + 1.0 - 0.1 * i:.6f} | lrm 1.00", flush=True)
