@@ -2,11 +2,16 @@
 
 Each group (a strategy, or any label) holds one or more searches run on the same task,
 proposer, budget and trial count with different seeds. For each group the table gives
-the final best (mean ± sd over its searches), the trials each search needed to reach
-the reference group's mean final best (the greedy strategy's by default), the keep rate
-and failure rate of children (pooled over the group's searches) and the device-hours
-spent; the figure draws best-so-far against trials and against device-hours, the mean
-across seeds as a line and the range across seeds as a band.
+the final best (mean ± sd over its searches, and a bootstrap 95% confidence interval of
+the mean), the trials and device-hours each search needed to reach the reference group's
+mean final best (the greedy strategy's by default), the keep rate and failure rate of
+children (pooled over the group's searches) and the device-hours spent. Under the table,
+each group is tested against the reference (a permutation test on final bests, stated in
+words: `analysis.stats.verdict`), the noise is given (between seeds, and of single
+evaluations where searches re-evaluated), and searches that differ in profile, budget,
+data, harness or trial count are named in a warning above everything else: their numbers
+do not compare. The figure draws best-so-far against trials and against device-hours, the
+mean across seeds as a line and the range across seeds as a band.
 
 >>> runs = load_runs({"greedy": ["cmp-greedy-s0", "cmp-greedy-s1"], "evolve": ["cmp-evolve-s0"]})  # doctest: +SKIP
 >>> print(render_table(compare_runs(runs)))                                                         # doctest: +SKIP
@@ -16,14 +21,18 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 from analysis.progress import Progress, children, is_failure, progress
-from population.lineage import strategy_of
+from analysis.stats import Verdict, bootstrap_ci, verdict
+from population.lineage import MINIMIZE, Lineage, pooled_sd, strategy_of
 from population.search import Search
 from population.store import TrialRecord
+
+# The fixed settings that must agree for final bests to compare (SearchConfig field -> what to call it).
+COMPARABLE = {"profile": "profile", "budget": "budget (s per trial)", "data": "data", "harness_sha256": "harness"}
 
 
 @dataclass
@@ -33,6 +42,7 @@ class Run:
     label: str                    # its group, e.g. the strategy
     name: str                     # the search's name
     trials: list[TrialRecord]
+    config: dict = field(default_factory=dict)   # its fixed settings (SearchConfig fields)
 
     def __post_init__(self):
         self.progress: Progress = progress(self.trials)
@@ -50,7 +60,9 @@ def load_runs(groups: dict[str, list[str]], *, root: str | Path = "runs") -> lis
         for name in names:
             search = Search.open(name, root=root)
             try:
-                runs.append(Run(label=label, name=name, trials=search.trials()))
+                cfg = search.config
+                config = {key: getattr(cfg, key) for key in (*COMPARABLE, "direction")}
+                runs.append(Run(label=label, name=name, trials=search.trials(), config=config))
             finally:
                 search.close()
     return runs
@@ -68,6 +80,12 @@ class GroupRow:
     keep_rate: float | None                    # pooled over the group's children
     failure_rate: float | None
     device_hours: tuple[float, ...]            # per search
+    hours_to_target: tuple[float | None, ...] = ()   # device-hours to reach the target per search (None: never)
+
+    @property
+    def ci(self) -> tuple[float, float] | None:
+        """Bootstrap 95% confidence interval of the mean final best across seeds (None: fewer than two)."""
+        return bootstrap_ci(self.finals)
 
     @property
     def mean(self) -> float | None:
@@ -89,6 +107,10 @@ class ComparisonTable:
     rows: tuple[GroupRow, ...]
     reference: str | None           # the label whose mean final best is the target
     target: float | None
+    verdicts: tuple[Verdict, ...] = ()    # every other group tested against the reference
+    problems: tuple[str, ...] = ()        # why the searches may not compare (see `comparability`)
+    noise_sd: float | None = None         # single-evaluation noise, pooled over every search's re-evaluations
+    direction: str = MINIMIZE
 
 
 def compare_runs(runs: list[Run], *, reference: str = "greedy") -> ComparisonTable:
@@ -104,50 +126,109 @@ def compare_runs(runs: list[Run], *, reference: str = "greedy") -> ComparisonTab
     ref = reference if reference in by_label else (labels[0] if labels else None)
     finals = [r.progress.final_best for r in by_label.get(ref, []) if r.progress.final_best is not None]
     target = statistics.fmean(finals) if finals else None
-    rows = []
-    for label in labels:
-        group = by_label[label]
-        kids = [t for r in group for t in children(r.trials)]
-        kept = sum(1 for r in group for p in r.progress.points
-                   if p.improved and p.trial.operator in ("mutate", "crossover"))
-        rows.append(GroupRow(
-            label=label, names=tuple(r.name for r in group),
-            finals=tuple(r.progress.final_best for r in group if r.progress.final_best is not None),
-            to_target=tuple(r.progress.trials_to_reach(target) if target is not None else None for r in group),
-            trials=tuple(len(r.progress.points) for r in group),
-            keep_rate=kept / len(kids) if kids else None,
-            failure_rate=sum(1 for t in kids if is_failure(t)) / len(kids) if kids else None,
-            device_hours=tuple(r.progress.hours for r in group)))
-    return ComparisonTable(rows=tuple(rows), reference=ref, target=target)
+    rows = tuple(_row(label, by_label[label], target) for label in labels)
+    directions = {r.config.get("direction", MINIMIZE) for r in runs}
+    direction = directions.pop() if len(directions) == 1 else MINIMIZE
+    ref_row = next((r for r in rows if r.label == ref), None)
+    verdicts = tuple(verdict(r.label, r.finals, ref, ref_row.finals, direction=direction)
+                     for r in rows if ref_row is not None and r.label != ref)
+    noise = pooled_sd(ind.values for r in runs for ind in Lineage(r.trials).individuals)
+    return ComparisonTable(rows=rows, reference=ref, target=target, verdicts=verdicts,
+                           problems=tuple(comparability(runs)), noise_sd=noise, direction=direction)
+
+
+def _row(label: str, group: list[Run], target: float | None) -> GroupRow:
+    kids = [t for r in group for t in children(r.trials)]
+    kept = sum(1 for r in group for p in r.progress.points
+               if p.improved and p.trial.operator in ("mutate", "crossover"))
+    return GroupRow(
+        label=label, names=tuple(r.name for r in group),
+        finals=tuple(r.progress.final_best for r in group if r.progress.final_best is not None),
+        to_target=tuple(r.progress.trials_to_reach(target) if target is not None else None for r in group),
+        trials=tuple(len(r.progress.points) for r in group),
+        keep_rate=kept / len(kids) if kids else None,
+        failure_rate=sum(1 for t in kids if is_failure(t)) / len(kids) if kids else None,
+        device_hours=tuple(r.progress.hours for r in group),
+        hours_to_target=tuple(r.progress.hours_to_reach(target) if target is not None else None for r in group))
+
+
+def comparability(runs: list[Run]) -> list[str]:
+    """Why these searches' final bests may not compare: one line per fixed setting that differs
+    between them (profile, budget, data, harness), and one when they ran different numbers of
+    trials (not equal compute). A search that does not record a setting (an imported
+    results.tsv has no harness) is left out of that setting's check.
+
+    Args:
+        runs: the searches of a comparison.
+    """
+    problems = []
+    for key, what in COMPARABLE.items():
+        values: dict[str, list[str]] = {}
+        for r in runs:
+            value = r.config.get(key)
+            if value not in (None, ""):
+                shown = value[:10] if key == "harness_sha256" else f"{value:g}" if isinstance(value, float) else str(value)
+                values.setdefault(shown, []).append(r.name)
+        if len(values) > 1:
+            problems.append(f"{what} differs: " + "; ".join(f"{v} in {', '.join(names)}" for v, names in values.items()))
+    counts: dict[int, list[str]] = {}
+    for r in runs:
+        counts.setdefault(len(r.progress.points), []).append(r.name)
+    if len(counts) > 1:
+        problems.append("trials differ (not equal compute): " + "; ".join(
+            f"{n} in {', '.join(names)}" for n, names in sorted(counts.items())))
+    return problems
 
 
 def render_table(table: ComparisonTable) -> str:
-    """The comparison as a plain-text table (what `evo compare` prints).
+    """The comparison as plain text (what `evo compare` prints): warnings, the table, the tests in words, the noise.
 
     Args:
         table: from `compare_runs`.
     """
     if not table.rows:
         return "no searches to compare"
+    lines = [f"WARNING: these searches do not compare: {p}" for p in table.problems]
     target = (f"{table.target:.4f} (mean final best of {table.reference})" if table.target is not None
               else "none (the reference has no successful trial)")
-    header = (f"{'strategy':12s} {'seeds':>5} {'trials':>6} {'final best (mean ± sd)':>24} "
-              f"{'trials to target':>17} {'keep rate':>9} {'fail rate':>9} {'device-h':>9}")
-    lines = [f"target: val_bpb {target}", header, "-" * len(header)]
-    for r in table.rows:
-        best = "-" if r.mean is None else f"{r.mean:.4f} ± {r.sd:.4f}" if r.sd is not None else f"{r.mean:.4f}"
-        reach = "-" if table.target is None else (
-            f"{statistics.fmean(r.reached):.1f} ({len(r.reached)}/{len(r.to_target)})" if r.reached
-            else f"never (0/{len(r.to_target)})")
-        trials = f"{statistics.fmean(r.trials):.0f}" if r.trials else "-"
-        keep = "-" if r.keep_rate is None else f"{100 * r.keep_rate:.0f}%"
-        fail = "-" if r.failure_rate is None else f"{100 * r.failure_rate:.0f}%"
-        hours = f"{statistics.fmean(r.device_hours):.3f}" if r.device_hours else "-"
-        lines.append(f"{r.label[:12]:12s} {len(r.names):>5} {trials:>6} {best:>24} {reach:>17} {keep:>9} {fail:>9} "
-                     f"{hours:>9}")
-    lines.append("trials to target: mean over the seeds that reached it (reached/seeds); keep and fail rates: "
-                 "share of children, pooled over seeds; device-h: mean per search")
+    header = (f"{'strategy':12s} {'seeds':>5} {'trials':>6} {'final best (mean ± sd)':>24} {'95% CI of mean':>18} "
+              f"{'trials to target':>17} {'device-h to target':>18} {'keep rate':>9} {'fail rate':>9} {'device-h':>9}")
+    lines += [f"target: val_bpb {target}", header, "-" * len(header)]
+    lines += [_table_line(r, table) for r in table.rows]
+    lines.append("trials/device-h to target: mean over the seeds that reached it (reached/seeds); 95% CI: bootstrap "
+                 "over seeds; keep and fail rates: share of children, pooled over seeds; device-h: mean per search")
+    lines.append("")
+    lines += [v.sentence for v in table.verdicts]
+    lines.append(_noise_line(table))
+    if table.problems:
+        lines.append("(the warning above stands: differences may come from the settings, not the strategies)")
     return "\n".join(lines)
+
+
+def _table_line(r: GroupRow, table: ComparisonTable) -> str:
+    best = "-" if r.mean is None else f"{r.mean:.4f} ± {r.sd:.4f}" if r.sd is not None else f"{r.mean:.4f}"
+    ci = f"[{r.ci[0]:.4f}, {r.ci[1]:.4f}]" if r.ci else "-"
+
+    def reach(values, digits: int) -> str:
+        got = [v for v in values if v is not None]
+        if table.target is None:
+            return "-"
+        return f"{statistics.fmean(got):.{digits}f} ({len(got)}/{len(values)})" if got else f"never (0/{len(values)})"
+    trials = f"{statistics.fmean(r.trials):.0f}" if r.trials else "-"
+    keep = "-" if r.keep_rate is None else f"{100 * r.keep_rate:.0f}%"
+    fail = "-" if r.failure_rate is None else f"{100 * r.failure_rate:.0f}%"
+    hours = f"{statistics.fmean(r.device_hours):.3f}" if r.device_hours else "-"
+    return (f"{r.label[:12]:12s} {len(r.names):>5} {trials:>6} {best:>24} {ci:>18} {reach(r.to_target, 1):>17} "
+            f"{reach(r.hours_to_target, 3):>18} {keep:>9} {fail:>9} {hours:>9}")
+
+
+def _noise_line(table: ComparisonTable) -> str:
+    between = pooled_sd(list(r.finals) for r in table.rows)
+    text = (f"noise: final bests vary by σ = {between:.4f} between seeds of one strategy"
+            if between is not None else "noise: one seed per strategy, so the spread between seeds is unknown")
+    if table.noise_sd is not None:
+        return text + f"; a single evaluation by {table.noise_sd:.4f} (re-evaluations pooled over every search)"
+    return text + "; single-evaluation noise unknown (no search re-evaluated a genome: use --noise-runs K)"
 
 
 # -- the figure ------------------------------------------------------------------------------

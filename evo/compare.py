@@ -3,8 +3,11 @@
 A comparison is a small manifest, `runs/NAME/compare.json`, and one normal search per
 strategy and seed, `runs/NAME-<strategy>-s<k>` (created with seed base_seed + k, the
 same k for every strategy so the pairs share their seed's noise). Every search gets the
-same proposer, profile, budget, trial count and devices, so the only difference between
-them is the strategy. Members run one after another, seed by seed, so a comparison
+same proposer, profile, budget, data, harness, trial count, run options (re-evaluations,
+noise runs, min gain, pruning, constraints) and devices, so the only difference between
+them is the strategy: all of these are fixed in the manifest when the comparison is
+created (data and harness when its first search is), and a member that would differ is
+refused before it is created. Members run one after another, seed by seed, so a comparison
 stopped early still holds complete pairs; running it again continues: finished
 searches are skipped, an unfinished one resumes like `evo run`.
 
@@ -26,8 +29,8 @@ from typing import Callable
 from evo.devices import Slot
 from evo.loop import RunOptions, SearchLoop, StopKind, StopReason
 from evo.proposers import Proposer
-from evo.search import create_search
-from evo.strategies import STRATEGIES, Strategy
+from evo.search import HARNESS, create_search, harness_sha256
+from evo.strategies import STRATEGIES, Strategy, make_strategy
 from population.lineage import strategy_of
 from population.search import Search, SearchError, check_name
 
@@ -36,8 +39,8 @@ MANIFEST = "compare.json"
 
 @dataclass
 class CompareConfig:
-    """What a comparison runs. Strategies, proposer, profile, budget and reeval are fixed once
-    created; seeds and trials may grow on a later run (every member then catches up).
+    """What a comparison runs. Everything but seeds and trials is fixed once created; seeds
+    and trials may grow on a later run (every member then catches up).
 
     Args:
         name: the comparison's name; its members are NAME-<strategy>-s<k>.
@@ -51,6 +54,12 @@ class CompareConfig:
         reeval: re-evaluations of each new best (as `evo run --reeval`).
         searches: for a comparison of existing searches: "LABEL=NAME[,NAME...]" or "NAME"
             entries; then nothing is run.
+        noise_runs, min_gain, prune, max_vram_gb, max_cost_usd: each member's `RunOptions`
+            (as `evo run --noise-runs`, `--min-gain`, `--prune`, `--max-vram-gb`, `--max-cost-usd`).
+        strategy_options: keyword options of the strategies that take any (evolve's elite,
+            tournament, ...), as `make_strategy` takes them.
+        data, harness_sha256: the data source and harness hash of the first member, which
+            every later member must share (pinned when the first member is created).
     """
 
     name: str
@@ -64,6 +73,23 @@ class CompareConfig:
     reeval: int = 0
     searches: list[str] = field(default_factory=list)
     created: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    noise_runs: int = 0
+    min_gain: float | str = 0.0
+    prune: bool = False
+    max_vram_gb: float | None = None
+    max_cost_usd: float | None = None
+    strategy_options: dict = field(default_factory=dict)
+    data: str | None = None
+    harness_sha256: str = ""
+
+    def run_options(self) -> RunOptions:
+        """The options every member runs with (raises ValueError for a combination that cannot work)."""
+        return RunOptions(trials=self.trials, reeval=self.reeval, noise_runs=self.noise_runs, min_gain=self.min_gain,
+                          prune=self.prune, max_vram_gb=self.max_vram_gb, max_cost_usd=self.max_cost_usd)
+
+    def strategy(self, name: str) -> Strategy:
+        """Strategy `name` with the options this comparison fixed for it."""
+        return make_strategy(name, **(self.strategy_options if name == "evolve" else {}))
 
 
 def member_name(name: str, strategy: str, replicate: int) -> str:
@@ -137,6 +163,12 @@ class Comparison:
             raise SearchError(f"unknown strategies {unknown}: use {', '.join(STRATEGIES)}")
         if not config.searches and (not config.strategies or config.seeds < 1 or config.trials < 1):
             raise SearchError("a comparison needs --strategies, --seeds >= 1 and --trials >= 1 (or --searches)")
+        try:
+            config.run_options()
+            for name in config.strategies:
+                config.strategy(name)
+        except ValueError as e:
+            raise SearchError(str(e)) from None
         folder.mkdir(parents=True, exist_ok=True)
         comparison = cls(folder, config, root)
         comparison.save()
@@ -154,7 +186,9 @@ class Comparison:
         path = root / name / MANIFEST
         if not path.exists():
             raise SearchError(f"no comparison named {name!r} in {root}; start one with --strategies and --trials")
-        return cls(path.parent, CompareConfig(**json.loads(path.read_text())), root)
+        data = json.loads(path.read_text())
+        known = {f.name for f in dataclasses.fields(CompareConfig)}
+        return cls(path.parent, CompareConfig(**{k: v for k, v in data.items() if k in known}), root)
 
     @classmethod
     def exists(cls, name: str, *, root: str | Path = "runs") -> bool:
@@ -199,7 +233,7 @@ class Comparison:
             slots: the device slots every member runs on (e.g. ``parse_devices("cpu")``).
             creation: keyword arguments for `evo.create_search` besides name, root, profile,
                 budget and seed (project, data, storage, cache_dir, mutable).
-            make_strategy: strategy name -> strategy (default: the class with its defaults).
+            make_strategy: strategy name -> strategy (default: `CompareConfig.strategy`).
             on_member: called as (event, search name, info) with event "start", "skip" or "done".
             on_event: the loop's events, as (search name, kind, info).
             python: the interpreter that runs trials (default: this one).
@@ -213,7 +247,7 @@ class Comparison:
         if cfg.searches:
             return done  # a comparison of existing searches runs nothing
         on_member = on_member or (lambda event, name, info: None)
-        make_strategy = make_strategy or (lambda name: STRATEGIES[name]())
+        make_strategy = make_strategy or cfg.strategy
         for strategy, replicate, name in self.members():
             if self._stop.is_set():
                 return StopReason(StopKind.INTERRUPTED, "interrupted")
@@ -223,8 +257,7 @@ class Comparison:
                 if finished >= cfg.trials and not any(t.state == "RUNNING" for t in search.trials()):
                     on_member("skip", name, {"finished": finished})
                     continue
-                loop = SearchLoop(search, make_strategy(strategy), make_proposer(), slots,
-                                  RunOptions(trials=cfg.trials, reeval=cfg.reeval),
+                loop = SearchLoop(search, make_strategy(strategy), make_proposer(), slots, cfg.run_options(),
                                   on_event=(lambda kind, info, n=name: on_event(n, kind, info)) if on_event else None,
                                   python=python)
                 self._loop = loop
@@ -259,27 +292,56 @@ class Comparison:
         return self._stop.is_set()
 
     def member(self, name: str, replicate: int, creation: dict) -> Search:
-        """Open a member search, creating it on first use; its fixed settings must match the comparison's."""
+        """Open a member search, creating it on first use; its fixed settings must match the comparison's.
+
+        Raises:
+            SearchError: for a member that exists with other settings, or would be created with
+                another harness or data than the first member (then nothing is created)."""
         cfg = self.config
         if not Search.exists(name, root=self.root):
+            creation = self._creation(creation)
             create_search(name, root=self.root, profile=cfg.profile, budget=cfg.budget, seed=cfg.base_seed + replicate,
                           **creation).close()
         search = Search.open(name, root=self.root)
         fixed = search.config
-        if cfg.profile is None or cfg.budget is None:
-            # Pin the harness defaults the first member resolved, so later members (maybe
-            # created on another machine) cannot fall back to different ones.
-            cfg.profile, cfg.budget = fixed.profile, fixed.budget
+        if cfg.profile is None or cfg.budget is None or not cfg.harness_sha256 or cfg.data is None:
+            # Pin what the first member resolved, so later members (maybe created on another
+            # machine, or after prepare.py changed) cannot differ without being refused.
+            cfg.profile, cfg.budget = cfg.profile or fixed.profile, cfg.budget or fixed.budget
+            cfg.harness_sha256, cfg.data = cfg.harness_sha256 or fixed.harness_sha256, cfg.data or fixed.data
             self.save()
         problems = []
-        if cfg.profile is not None and fixed.profile != cfg.profile:
+        if fixed.profile != cfg.profile:
             problems.append(f"profile {fixed.profile!r} (comparison: {cfg.profile!r})")
-        if cfg.budget is not None and fixed.budget != cfg.budget:
+        if fixed.budget != cfg.budget:
             problems.append(f"budget {fixed.budget:g} (comparison: {cfg.budget:g})")
         if fixed.seed != cfg.base_seed + replicate:
             problems.append(f"seed {fixed.seed} (comparison: {cfg.base_seed + replicate})")
+        if fixed.data != cfg.data:
+            problems.append(f"data {fixed.data!r} (comparison: {cfg.data!r})")
+        if fixed.harness_sha256 and fixed.harness_sha256 != cfg.harness_sha256:
+            problems.append(f"harness {fixed.harness_sha256[:10]} (comparison: {cfg.harness_sha256[:10]})")
         if problems:
             search.close()
             raise SearchError(f"search {name!r} exists with {', '.join(problems)}: it is not a member of this "
                               f"comparison; remove it or pick another comparison name")
         return search
+
+    def _creation(self, creation: dict) -> dict:
+        """`create_search` arguments for a new member: the pinned data, and a check that the
+        project's harness is the one the first member was created with."""
+        cfg = self.config
+        creation = dict(creation)
+        if cfg.data is not None:
+            if creation.get("data") not in (None, cfg.data):
+                raise SearchError(f"--data is fixed at {cfg.data!r} for comparison {cfg.name!r}; drop the flag "
+                                  "or pick a new name")
+            creation["data"] = cfg.data
+        project = Path(creation.get("project", "."))
+        if cfg.harness_sha256 and all((project / f).exists() for f in HARNESS):
+            now = harness_sha256({f: (project / f).read_bytes() for f in HARNESS})
+            if now != cfg.harness_sha256:
+                raise SearchError(f"the harness ({', '.join(HARNESS)} in {project.resolve()}) changed since comparison "
+                                  f"{cfg.name!r} created its first search: its searches would not compare; restore "
+                                  "it or pick a new comparison name")
+        return creation

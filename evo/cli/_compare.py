@@ -5,9 +5,9 @@ from __future__ import annotations
 import sys
 
 from analysis.compare import compare_runs, load_runs, plot_comparison, render_table
-from evo.cli._common import (add_creation, add_proposer_options, add_root, add_strategy_options, build_proposer,
-                             creation_kwargs, finished_line, non_negative_int, positive_float, positive_int,
-                             stop_on_signals, strategy_options)
+from evo.cli._common import (UsageError, add_creation, add_noise_options, add_proposer_options, add_root,
+                             add_strategy_options, build_proposer, creation_kwargs, finished_line, non_negative_int,
+                             positive_float, positive_int, stop_on_signals)
 from evo.compare import CompareConfig, Comparison
 from evo.devices import default_slots, parse_devices
 from evo.loop import StopKind
@@ -36,11 +36,17 @@ def add_parsers(sub) -> None:
     g.add_argument("--devices", help="cuda:0,cuda:1 | cpu | cpu:N (default: every visible GPU, else one CPU slot)")
     g.add_argument("--proposer", metavar="SPEC", help="who writes children, the same for every strategy (default: offline)")
     g.add_argument("--reeval", type=non_negative_int, metavar="K", help="re-evaluate each new best with K seeds (default: 0)")
+    add_noise_options(g)
+    g.add_argument("--prune", action="store_true", default=None,
+                   help="stop children whose loss is clearly behind at the same point of the budget")
+    g.add_argument("--max-vram-gb", type=positive_float, help="constraint: trials above this peak memory are never parents")
+    g.add_argument("--max-cost-usd", type=positive_float, help="each search stops proposing once its LLM spend reaches this")
     g.add_argument("--quiet", action="store_true", help="print only the table")
     add_strategy_options(p)
     add_proposer_options(p)
     add_creation(p)
-    p.set_defaults(seed=None)  # so a resumed comparison can tell "not given" from 0
+    # So a resumed comparison can tell "not given" from a default: these are fixed once created.
+    p.set_defaults(seed=None, **{key: None for key in EVOLVE_OPTIONS})
     add_root(p)
     p.set_defaults(handler=cmd_compare)
 
@@ -69,6 +75,19 @@ def cmd_import(args) -> int:
     return 0
 
 
+EVOLVE_OPTIONS = ("elite", "tournament", "crossover_rate", "islands", "migration_rate")
+# Options fixed when a comparison is created: flag, argparse name, CompareConfig field.
+FIXED_RUN_OPTIONS = (("--reeval", "reeval", "reeval"), ("--noise-runs", "noise_runs", "noise_runs"),
+                     ("--min-gain", "min_gain", "min_gain"), ("--prune", "prune", "prune"),
+                     ("--max-vram-gb", "max_vram_gb", "max_vram_gb"), ("--max-cost-usd", "max_cost_usd", "max_cost_usd"))
+
+
+def _evolve_options(args) -> dict:
+    """Evolve's options as given, over its defaults (only evolve takes any)."""
+    given = {key: getattr(args, key) for key in EVOLVE_OPTIONS if getattr(args, key, None) is not None}
+    return make_strategy("evolve", **given).options()
+
+
 def _comparison(args) -> Comparison:
     """Open the comparison NAME (checking the flags against it) or create it from the flags."""
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()] if args.strategies else None
@@ -82,16 +101,29 @@ def _comparison(args) -> Comparison:
         raise SearchError(f"unknown strategy {unknown[0]!r}: use {', '.join(STRATEGIES)}")
     config = CompareConfig(name=args.name, strategies=strategies or [], seeds=args.seeds or 1, trials=args.trials or 0,
                            proposer=args.proposer or "offline", profile=args.profile, budget=args.budget,
-                           base_seed=args.seed or 0, reeval=args.reeval or 0, searches=list(args.searches or []))
+                           base_seed=args.seed or 0, reeval=args.reeval or 0, searches=list(args.searches or []),
+                           noise_runs=args.noise_runs or 0, min_gain=0.0 if args.min_gain is None else args.min_gain,
+                           prune=bool(args.prune), max_vram_gb=args.max_vram_gb, max_cost_usd=args.max_cost_usd,
+                           strategy_options=_evolve_options(args) if "evolve" in (strategies or []) else {},
+                           data=args.data)
+    try:
+        config.run_options()  # a combination that cannot work fails here, before anything is written
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     return Comparison.create(config, root=args.root)
 
 
 def _reopen(args, strategies: list[str] | None) -> Comparison:
     comparison = Comparison.open(args.name, root=args.root)
     cfg = comparison.config
-    fixed = (("--strategies", strategies, cfg.strategies), ("--proposer", args.proposer, cfg.proposer),
+    fixed = [("--strategies", strategies, cfg.strategies), ("--proposer", args.proposer, cfg.proposer),
              ("--profile", args.profile, cfg.profile), ("--budget", args.budget, cfg.budget),
-             ("--reeval", args.reeval, cfg.reeval), ("--seed", args.seed, cfg.base_seed))
+             ("--seed", args.seed, cfg.base_seed), ("--data", args.data, cfg.data)]
+    fixed += [(flag, getattr(args, name), getattr(cfg, field)) for flag, name, field in FIXED_RUN_OPTIONS]
+    if "evolve" in cfg.strategies and not cfg.strategy_options:  # a comparison made before they were pinned
+        cfg.strategy_options = _evolve_options(args)
+        comparison.save()
+    fixed += [(f"--{key.replace('_', '-')}", getattr(args, key), cfg.strategy_options.get(key)) for key in EVOLVE_OPTIONS]
     for flag, given, value in fixed:
         if given is not None and value is not None and given != value:
             raise SearchError(f"{flag} is fixed at {value!r} for comparison {cfg.name!r}; drop the flag or pick a new name")
@@ -151,7 +183,6 @@ def _run_members(args, comparison: Comparison) -> int:
                          f"stopping: the running trial re-runs when you run `evo compare {cfg.name}` again; "
                          "Ctrl-C again to quit at once"):
         reason = comparison.run(make_proposer=lambda: build_proposer(cfg.proposer, args), slots=slots, creation=creation,
-                                make_strategy=lambda name: make_strategy(name, **strategy_options(args, name)),
                                 on_member=on_member, on_event=on_event)
     if reason.kind == StopKind.INTERRUPTED:
         return 130

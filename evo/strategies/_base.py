@@ -40,6 +40,10 @@ class Strategy:
     def describe(self) -> str:
         return self.name
 
+    def options(self) -> dict:
+        """The keyword options that rebuild this strategy with `make_strategy(name, **options)`."""
+        return {}
+
 
 def require_individuals(lineage: Lineage) -> list[Individual]:
     ranked = lineage.ranked()

@@ -37,6 +37,10 @@ class EvolveStrategy(Strategy):
         self.elite, self.tournament, self.crossover_rate = elite, tournament, crossover_rate
         self.islands, self.migration_rate = islands, migration_rate
 
+    def options(self) -> dict:
+        return dict(elite=self.elite, tournament=self.tournament, crossover_rate=self.crossover_rate,
+                    islands=self.islands, migration_rate=self.migration_rate)
+
     def describe(self) -> str:
         return (f"evolve(elite={self.elite}, tournament={self.tournament}, crossover_rate={self.crossover_rate:g}, "
                 f"islands={self.islands}, migration_rate={self.migration_rate:g})")
