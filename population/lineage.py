@@ -254,7 +254,7 @@ class Lineage:
         is better only by less than the min gain ranks second: it did not count as better."""
         return (ind is not self.best, self._sign * ind.score, ind.trial)
 
-    @property
+    @cached_property
     def best(self) -> Individual | None:
         """The best genome (see the module docstring); None before any feasible result."""
         key = self._replay.incumbent

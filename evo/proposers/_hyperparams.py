@@ -9,6 +9,7 @@ counts. Rewriting replaces just the value's characters, so a diff shows one line
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import operator
 import random
@@ -53,19 +54,29 @@ def _literal(node: ast.AST) -> Any:
     raise ValueError("not a literal")
 
 
-def _offset(lines: list[str], lineno: int, col: int) -> int:
-    # ast columns count UTF-8 bytes; convert to a character offset.
+def _offset(lines: list[str], starts: list[int], lineno: int, col: int) -> int:
+    # ast columns count UTF-8 bytes; convert to a character offset. `starts[i]` is where line i+1 begins.
     line = lines[lineno - 1]
-    return sum(len(l) for l in lines[: lineno - 1]) + len(line.encode("utf-8")[:col].decode("utf-8", errors="ignore"))
+    return starts[lineno - 1] + len(line.encode("utf-8")[:col].decode("utf-8", errors="ignore"))
 
 
 def find_hyperparameters(source: str, profile: str | None = None) -> dict[str, Hyperparameter]:
     """The genome's hyperparameters by name (empty if the source does not parse)."""
+    return dict(_find(source, profile))
+
+
+@functools.lru_cache(maxsize=512)
+def _find(source: str, profile: str | None) -> dict[str, Hyperparameter]:
+    # Cached: a mutation parses its parent several times (knobs, rewrite, validity), and a
+    # whole train.py takes ~8 ms to parse; results are frozen, callers get their own dict.
     try:
         tree = ast.parse(source)
     except SyntaxError:
         return {}
     lines = source.splitlines(keepends=True)
+    starts = [0]
+    for line in lines:
+        starts.append(starts[-1] + len(line))
     found: dict[str, Hyperparameter] = {}
     for node in tree.body:
         if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
@@ -81,8 +92,8 @@ def find_hyperparameters(source: str, profile: str | None = None) -> dict[str, H
             value = _literal(value_node)
         except (ValueError, ZeroDivisionError, OverflowError):
             continue
-        start = _offset(lines, value_node.lineno, value_node.col_offset)
-        end = _offset(lines, value_node.end_lineno, value_node.end_col_offset)
+        start = _offset(lines, starts, value_node.lineno, value_node.col_offset)
+        end = _offset(lines, starts, value_node.end_lineno, value_node.end_col_offset)
         found[name] = Hyperparameter(name, value, source[start:end], (start, end), owner)
     return found
 
