@@ -223,14 +223,14 @@ class Simulation:
         return self.truth[best.tree] if best else math.inf
 
     def _plan(self, number: int) -> bool:
-        lineage = Lineage(self.records + [r for _, _, r in self.running])
         done = Lineage(self.records)
-        reeval = self._reeval(done, lineage)
-        if reeval is not None:
-            self._start(number, "reeval", [reeval[0]], self.files[reeval[0]], seed=reeval[1])
-            return True
-        if self._measuring(done, lineage):
-            return False
+        if self.job.noise_runs or self.job.reeval:
+            reeval = self._reeval(done, Lineage(self.records + [r for _, _, r in self.running]))
+            if reeval is not None:
+                self._start(number, "reeval", [reeval[0]], self.files[reeval[0]], seed=reeval[1])
+                return True
+            if self._measuring(done):
+                return False
         rng = random.Random(f"{self.job.landscape}:{number}")
         try:
             plan = self.strategy.plan(done, rng)
@@ -266,7 +266,7 @@ class Simulation:
                     return ind.trial, have
         return None
 
-    def _measuring(self, done: Lineage, everything: Lineage) -> bool:
+    def _measuring(self, done: Lineage) -> bool:
         seed = done.seed
         if self.job.noise_runs < 1 or seed is None or not seed.finished_ok:
             return False
@@ -406,9 +406,10 @@ def main() -> None:
     for name, default in (("elite", None), ("tournament", None), ("crossover-rate", None), ("islands", None),
                           ("migration-rate", None)):
         parser.add_argument(f"--{name}", type=float, default=default, help="evolve option (default: the strategy's)")
+    parser.add_argument("--cross-from", choices=("best", "tournament"), help="evolve option (default: the strategy's)")
     args = parser.parse_args()
     evolve = {k.replace("-", "_"): (int(v) if k in ("elite", "tournament", "islands") else v)
-              for k in ("elite", "tournament", "crossover-rate", "islands", "migration-rate")
+              for k in ("elite", "tournament", "crossover-rate", "islands", "migration-rate", "cross-from")
               if (v := getattr(args, k.replace("-", "_"))) is not None}
     min_gain = "auto" if args.min_gain == "auto" else float(args.min_gain)
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]

@@ -174,6 +174,13 @@ class _Replay:
         self.heap: list[tuple[float, int, str, int]] = []
         self.incumbent: str | None = None
 
+    def copy(self) -> "_Replay":
+        """An independent copy, cheaply (steps never change a list in place)."""
+        twin = copy.copy(self)
+        twin.values, twin.first, twin.infeasible, twin.heap = (dict(self.values), dict(self.first),
+                                                                set(self.infeasible), list(self.heap))
+        return twin
+
     def score(self, key: str) -> float:
         return statistics.fmean(self.values[key])
 
@@ -193,7 +200,7 @@ class _Replay:
     def step(self, key: str, number: int, value: float, *, operator: str, feasible: bool, min_gain: float) -> bool:
         """Take one ok result; return whether it was kept (made its genome the new best)."""
         before, before_key = self.best, self.incumbent
-        self.values.setdefault(key, []).append(value)
+        self.values[key] = self.values.get(key, []) + [value]  # a new list: copies share the old ones
         self.first.setdefault(key, number)
         if not feasible:
             self.infeasible.add(key)
@@ -300,7 +307,7 @@ class Lineage:
         """
         if value is None or not math.isfinite(value) or operator == "reeval":
             return False
-        replay = copy.deepcopy(self._replay)
+        replay = self._replay.copy()
         return replay.step(key or "\0new", math.inf, value, operator=operator, feasible=feasible, min_gain=min_gain)
 
     # -- history ----------------------------------------------------------------

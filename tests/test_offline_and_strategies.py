@@ -162,6 +162,17 @@ def test_evolve_crosses_only_genomes_of_different_lineages():
     assert seen  # e.g. 3 (from 1) with 2 or 4 (from 2)
 
 
+def test_evolve_crossing_from_the_best_brings_other_lines_into_the_best_genome():
+    strategy = EvolveStrategy(elite=5, tournament=1, crossover_rate=1.0, cross_from="best")
+    lineage = population()                                  # best: 3 (from 1); unrelated to it: 2 and 4
+    plans = [strategy.plan(lineage, random.Random(s)) for s in range(60)]
+    assert {p.operator for p in plans} == {"crossover"}
+    assert {p.parents[0] for p in plans} == {3} and {p.parents[1] for p in plans} == {2, 4}
+    assert EvolveStrategy(cross_from="best").options()["cross_from"] == "best"
+    mutations = EvolveStrategy(elite=3, tournament=2, crossover_rate=0.0, cross_from="best")
+    assert {mutations.plan(lineage, random.Random(s)).parents[0] for s in range(60)} == {3, 1}   # still tournaments
+
+
 def test_evolve_islands_keep_children_with_their_island():
     trials = [rec(0, 3.0, op="seed"), rec(1, 2.0, [0], island=0), rec(2, 2.9, [0], island=1)]
     strategy = EvolveStrategy(elite=4, tournament=4, crossover_rate=0.0, islands=2, migration_rate=0.0)
@@ -174,3 +185,5 @@ def test_evolve_rejects_bad_parameters():
         EvolveStrategy(crossover_rate=1.5)
     with pytest.raises(ValueError):
         EvolveStrategy(elite=0)
+    with pytest.raises(ValueError):
+        EvolveStrategy(cross_from="anyone")

@@ -55,6 +55,17 @@ def test_merge_texts_merges_disjoint_edits_and_marks_conflicts():
     assert conflict and "<<<<<<< #1" in merged and ">>>>>>> #2" in merged
 
 
+def test_merge_texts_answers_one_sided_and_identical_edits_as_git_would(tmp_path):
+    base, edit = "a = 1\nb = 2\n", "a = 1\nb = 20\n"
+    for ours, theirs in ((edit, edit), (base, edit), (edit, base), (base, base)):
+        paths = []
+        for name, text in (("ours", ours), ("base", base), ("theirs", theirs)):
+            (tmp_path / name).write_text(text)
+            paths.append(str(tmp_path / name))
+        git = subprocess.run(["git", "merge-file", "-p", *paths], capture_output=True, text=True)
+        assert merge_texts(base, ours, theirs) == (git.stdout, False) and git.returncode == 0
+
+
 def test_store_round_trips_attrs_states_and_constraints(tmp_path):
     url = f"sqlite:///{tmp_path / 'study.db'}"
     store = TrialStore.create(url, "demo", {"profile": "tiny"})

@@ -14,7 +14,7 @@ import pytest
 
 from analysis.compare import Run, compare_runs, comparability, render_table
 from analysis.stats import bootstrap_ci, detectable, permutation_test, smallest_p, verdict
-from conftest import run_evo
+from conftest import ROOT, run_evo
 from population.store import TrialRecord
 
 T0 = dt.datetime(2026, 1, 1)
@@ -165,3 +165,23 @@ def test_compare_refuses_min_gain_auto_without_noise_runs_before_writing_anythin
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert "--min-gain auto needs a measured noise floor" in proc.stderr
     assert not (project / "runs").exists()
+
+
+def test_the_strategy_benchmark_runs_the_real_strategies_proposer_and_lineage():
+    import sys
+    sys.path.insert(0, str(ROOT / "bench"))
+    import strategy_landscape as bench
+    from population.lineage import Lineage
+
+    job = bench.Job("evolve", 0, 30, 0.002, 2, 2, "auto", 1, {"crossover_rate": 0.5, "cross_from": "best"})
+    sim = bench.Simulation(job)
+    curve = sim.run()
+    records = sorted(sim.records, key=lambda t: t.number)
+    assert len(curve) == len(records) == 30 and [t.number for t in records] == list(range(30))
+    assert [t.operator for t in records[:3]] == ["seed", "reeval", "reeval"]          # noise runs first
+    assert {"mutate", "crossover"} <= {t.operator for t in records}
+    lineage = Lineage(sim.records)
+    assert all(t.attrs.get("kept", False) == lineage.kept(t.number) for t in records)   # loop rule == replay
+    assert curve[-1] == sim.land.true(bench.params_of(sim.files[lineage.best.trial]))
+    land = bench.Landscape(0, noise=0.0)
+    assert land.true(land.seed) > min(curve) > 0.9       # the seed is not the landscape's best

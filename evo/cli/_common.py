@@ -96,6 +96,8 @@ def add_strategy_options(p) -> None:
     e.add_argument("--islands", type=positive_int, default=1, help="sub-populations (default: 1)")
     e.add_argument("--migration-rate", type=probability, default=0.1,
                    help="chance of a parent from the next island (default: 0.1)")
+    e.add_argument("--cross-from", choices=("best", "tournament"), default="tournament",
+                   help="who leads a crossover: the best genome, or a tournament winner (default: tournament)")
 
 
 def strategy_options(args, name: str) -> dict:
@@ -103,7 +105,7 @@ def strategy_options(args, name: str) -> dict:
     if name != "evolve":
         return {}
     return dict(elite=args.elite, tournament=args.tournament, crossover_rate=args.crossover_rate,
-                islands=args.islands, migration_rate=args.migration_rate)
+                islands=args.islands, migration_rate=args.migration_rate, cross_from=args.cross_from)
 
 
 def add_proposer_options(p) -> None:

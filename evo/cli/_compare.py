@@ -75,7 +75,7 @@ def cmd_import(args) -> int:
     return 0
 
 
-EVOLVE_OPTIONS = ("elite", "tournament", "crossover_rate", "islands", "migration_rate")
+EVOLVE_OPTIONS = ("elite", "tournament", "crossover_rate", "islands", "migration_rate", "cross_from")
 # Options fixed when a comparison is created: flag, argparse name, CompareConfig field.
 FIXED_RUN_OPTIONS = (("--reeval", "reeval", "reeval"), ("--noise-runs", "noise_runs", "noise_runs"),
                      ("--min-gain", "min_gain", "min_gain"), ("--prune", "prune", "prune"),

@@ -21,6 +21,10 @@ class EvolveStrategy(Strategy):
             first parent, and islands take turns receiving new children.
         migration_rate: probability that a parent is drawn from the neighbouring
             island's elites (ring migration) instead of the child's own.
+        cross_from: who leads a crossover: "best" (the best genome of the island, crossed
+            with a tournament winner among the elites unrelated to it) or "tournament" (two
+            tournament winners). Crossing the best brings an improvement found on another
+            line into the genome everything else is measured against.
 
     >>> EvolveStrategy(elite=8, tournament=3, crossover_rate=0.2, islands=2)   # doctest: +ELLIPSIS
     <...EvolveStrategy object at ...>
@@ -29,21 +33,23 @@ class EvolveStrategy(Strategy):
     name = "evolve"
 
     def __init__(self, *, elite: int = 8, tournament: int = 3, crossover_rate: float = 0.2,
-                 islands: int = 1, migration_rate: float = 0.1):
+                 islands: int = 1, migration_rate: float = 0.1, cross_from: str = "tournament"):
         if elite < 1 or tournament < 1 or islands < 1:
             raise ValueError("elite, tournament and islands must be at least 1")
         if not 0 <= crossover_rate <= 1 or not 0 <= migration_rate <= 1:
             raise ValueError("crossover_rate and migration_rate are probabilities in [0, 1]")
+        if cross_from not in ("best", "tournament"):
+            raise ValueError(f"cross_from must be 'best' or 'tournament', not {cross_from!r}")
         self.elite, self.tournament, self.crossover_rate = elite, tournament, crossover_rate
-        self.islands, self.migration_rate = islands, migration_rate
+        self.islands, self.migration_rate, self.cross_from = islands, migration_rate, cross_from
 
     def options(self) -> dict:
         return dict(elite=self.elite, tournament=self.tournament, crossover_rate=self.crossover_rate,
-                    islands=self.islands, migration_rate=self.migration_rate)
+                    islands=self.islands, migration_rate=self.migration_rate, cross_from=self.cross_from)
 
     def describe(self) -> str:
         return (f"evolve(elite={self.elite}, tournament={self.tournament}, crossover_rate={self.crossover_rate:g}, "
-                f"islands={self.islands}, migration_rate={self.migration_rate:g})")
+                f"islands={self.islands}, migration_rate={self.migration_rate:g}, cross_from={self.cross_from})")
 
     def _elites(self, lineage: Lineage, island: int) -> list[Individual]:
         ranked = require_individuals(lineage)
@@ -62,10 +68,12 @@ class EvolveStrategy(Strategy):
         elites = self._elites(lineage, island)
         if self.islands > 1 and rng.random() < self.migration_rate:
             elites = self._elites(lineage, (island - 1) % self.islands)
-        first = self._tournament(elites, rng, lineage)
+        # A tournament winner leads a mutation, and a crossover unless the best leads those.
+        winner = self._tournament(elites, rng, lineage) if self.cross_from == "tournament" else None
         if len(elites) >= 2 and rng.random() < self.crossover_rate:
+            first = winner or elites[0]
             partners = [i for i in elites if not lineage.related(i.trial, first.trial)]
             if partners:
                 second = self._tournament(partners, rng, lineage)
                 return Plan("crossover", (first.trial, second.trial), island=island)
-        return Plan("mutate", (first.trial,), island=island)
+        return Plan("mutate", ((winner or self._tournament(elites, rng, lineage)).trial,), island=island)
