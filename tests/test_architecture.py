@@ -100,10 +100,11 @@ def test_the_library_builds_and_runs_what_the_cli_builds_without_argparse(instan
     proposer = evo.from_spec("offline")
     mixed_spec = evo.proposers.parse_spec("offline:0.8,anthropic:0.2")
     assert mixed_spec == [("offline", 0.8), ("anthropic", 0.2)]
-    strategy = evo.make_strategy("evolve", elite=4, tournament=2, crossover_rate=0.5, islands=2, migration_rate=0.2)
+    strategy = evo.make_strategy("evolve", elite=4, tournament=2, crossover_rate=0.5, islands=2, migration_rate=0.2,
+                                 cross_from="best")
     assert strategy.describe() == ("evolve(elite=4, tournament=2, crossover_rate=0.5, islands=2, "
-                                   "migration_rate=0.2)")
-    options = evo.RunOptions(trials=6, prune=True, reeval=1, max_vram_gb=100.0)
+                                   "migration_rate=0.2, cross_from=best)")
+    options = evo.RunOptions(trials=6, prune=True, reeval=1, max_vram_gb=100.0, noise_runs=1, min_gain="auto")
     # The pruner a notebook gets from prune=True is the rule `evo run --prune` uses.
     assert type(options.pruner_in_use()) is type(percentile_pruner())
     assert vars(options.pruner_in_use()) == vars(percentile_pruner())
@@ -113,7 +114,7 @@ def test_the_library_builds_and_runs_what_the_cli_builds_without_argparse(instan
     assert type(search.store.pruner).__name__ == "PercentilePruner"  # the loop handed its rule to the store
     trials = search.trials()
     assert sum(1 for t in trials if t.counts) == 6 and {t.attrs["strategy"] for t in trials} == {"evolve"}
-    assert any(t.operator == "reeval" for t in trials)
+    assert any(t.operator == "reeval" for t in trials) and all("min_gain" in t.attrs for t in trials)
     search.close()
     with pytest.raises(evo.SpecError, match="unknown proposer"):
         evo.from_spec("telepathy")
