@@ -18,10 +18,8 @@ import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from analysis.progress import Progress, children, is_failure, progress
-from population.lineage import strategy_of
 from population.search import Search
 from population.store import TrialRecord
 

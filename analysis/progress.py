@@ -17,7 +17,6 @@ re-measured worse, so the curve may step *up*: that is the noise-aware answer, n
 from __future__ import annotations
 
 import math
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable

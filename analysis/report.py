@@ -26,6 +26,7 @@ from pathlib import Path
 from analysis import _html
 from analysis._html import esc, num
 from analysis.noise import NoiseFloor, noise_floor
+from analysis.summary import trust_line
 from analysis.progress import (Progress, children, device_seconds, failure_rate, is_failure, keep_rate, plot_progress,
                                progress)
 from analysis.tree import TreeView, lineage_svg, plot_lineage, tree_view
@@ -73,6 +74,9 @@ class SearchFacts:
     spend_usd: float
     noise: NoiseFloor | None
     imported: dict | None
+    trust: str = ""              # how trials ran and who scored them (analysis.summary.trust_line)
+    untrusted: bool = False      # no sandbox, or scores the genomes reported themselves
+    flagged: int = 0             # trials whose code reaches past its model
 
     @property
     def gain(self) -> float | None:
@@ -122,7 +126,9 @@ def search_facts(search, trials: list[TrialRecord] | None = None) -> SearchFacts
         first_start=min((t.started for t in trials if t.started), default=None),
         last_finish=max((t.finished for t in trials if t.finished), default=None),
         spend_usd=search.store.spend_usd, noise=noise_floor(lineage),
-        imported=search.store.attr(IMPORTED_ATTR))
+        imported=search.store.attr(IMPORTED_ATTR), trust=trust_line(cfg.sandbox, cfg.evaluation),
+        untrusted=cfg.sandbox == "none" or cfg.evaluation != "harness",
+        flagged=sum(1 for t in trials if (t.attrs.get("provenance") or {}).get("suspicious")))
 
 
 def write_report(search, *, out: str | Path | None = None, max_nodes: int = 70, interactive_nodes: int = 300,
@@ -209,6 +215,8 @@ def render_html(facts: SearchFacts, trials: list[TrialRecord], *, files: ReportF
 
 def _summary(f: SearchFacts) -> str:
     rows = [("profile, budget", f"{f.profile}, {f.budget:g} s of training per trial, data {f.data}"),
+            ("how trials ran", f.trust + (f"; {f.flagged} trial(s) flagged for code that reaches past the model"
+                                          if f.flagged else "")),
             ("strategy", ", ".join(f"{k} ({v} trials)" for k, v in f.strategies.items()) or "-"),
             ("proposers", ", ".join(f"{k} ({v} children)" for k, v in f.proposers.items()) or "-"),
             ("trials", f"{f.finished} finished: " + ", ".join(f"{v} {k}" for k, v in sorted(f.counts.items()))),
@@ -230,6 +238,8 @@ def _summary(f: SearchFacts) -> str:
         rows.append(("noise floor", "unknown: no genome was evaluated twice (run with --reeval K to measure it)"))
     facts = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in rows)
     note = ""
+    if f.untrusted and not f.imported:
+        note += (f'<p class="note">Trust: {esc(f.trust)}. Treat its scores as claims, not measurements.</p>')
     if f.imported:
         note = (f'<p class="note">Imported from {esc(f.imported.get("source", "a results.tsv"))}: '
                 "autoresearch records no genomes, parents or times, so each row's parent is taken to be the last kept "
@@ -293,6 +303,9 @@ def _trials_table(trials: list[TrialRecord], prog: Progress) -> str:
         text = t.description or ""
         if t.error and t.status != "ok":
             text = (text + " — " if text else "") + t.error
+        flags = (t.attrs.get("provenance") or {}).get("suspicious")
+        if flags:
+            text += " ⚑ flagged: " + "; ".join(flags)
         kept = bool(point and point.improved)
         rows.append(((str(t.number), t.number), ((str(point.index), point.index) if point else ("-", "Infinity")),
                      esc(t.operator), parents, esc(t.proposer or "-"), esc(t.status),

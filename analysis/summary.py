@@ -26,6 +26,10 @@ def summarize(search) -> dict:
         "repo": str(search.repo.path),
         "profile": search.config.profile,
         "budget": search.config.budget,
+        "sandbox": search.config.sandbox,
+        "evaluation": search.config.evaluation,
+        "trust": trust_line(search.config.sandbox, search.config.evaluation),
+        "flagged": sum(1 for t in trials if t.attrs.get("provenance", {}).get("suspicious")),
         "running": search.is_running(),
         "best": best.trial if best else None,
         "best_val_bpb": best.score if best else None,
@@ -64,9 +68,22 @@ def _trial_row(t: TrialRecord, lineage: Lineage) -> dict:
             "peak_vram_mb": t.metrics.get("peak_vram_mb"), "duplicate_of": t.attrs.get("duplicate_of")}
 
 
+def trust_line(sandbox: str, evaluation: str) -> str:
+    """How far a search's scores can be trusted, in one sentence."""
+    where = {"bwrap": "in a bubblewrap sandbox", "none": "WITHOUT A SANDBOX (a genome can read the validation data, "
+             "fake its score or change the search folder)"}.get(sandbox, "in a bubblewrap sandbox where bwrap works")
+    how = ("scored by the harness in separate processes (causality and statelessness probed)" if evaluation == "harness"
+           else "scored by the summary the genome prints itself (self-reported: a harness from before trusted scoring)")
+    return f"trials run {where}; {how}"
+
+
 def render_status(s: dict, recent: int = 12) -> str:
     lines = [f"search {s['name']} ({'running' if s['running'] else 'stopped'}): profile {s['profile']}, "
              f"budget {s['budget']:g}s, folder {s['folder']}"]
+    lines.append(("WARNING: " if s["sandbox"] == "none" or s["evaluation"] != "harness" else "") + s["trust"])
+    if s["flagged"]:
+        lines.append(f"flagged: {s['flagged']} trial(s) reach for frames, gc, sys.modules, ctypes or the harness "
+                     "(see evo show)")
     counts = s["counts"]
     failed = sum(v for k, v in counts.items() if k not in ("ok", "duplicate", "running", "interrupted"))
     lines.append(f"trials: {s['finished']} finished ({counts.get('ok', 0)} ok, {failed} failed, "
@@ -109,6 +126,9 @@ def render_trial(search, number: int) -> str:
     lines = [f"trial #{t.number} of {search.config.name}: {t.status}" + (" (kept: improved the best)" if lineage.kept(number) else ""),
              f"operator: {t.operator}" + (f" of {', '.join('#' + str(p) for p in t.parents)}" if t.parents else ""),
              f"proposer: {t.proposer or '-'}   seed: {t.seed}   commit: {t.commit[:12] or '-'}   branch: {search.branch(number)}"]
+    if t.value is not None:
+        scorer = (t.attrs.get("provenance") or {}).get("evaluator", "self-reported")
+        lines.append(f"val_bpb: {t.value:.6f} ({'scored by the harness' if scorer == 'harness' else scorer})")
     if t.description:
         lines.append(f"description: {t.description}")
     if t.rationale:
@@ -122,6 +142,7 @@ def render_trial(search, number: int) -> str:
         lines.append(f"error: {t.error}")
     if t.metrics:
         lines.append("metrics: " + ", ".join(f"{k} {v:g}" for k, v in t.metrics.items()))
+    lines += provenance_lines(t.attrs.get("provenance") or {})
     usage = t.attrs.get("usage") or {}
     if usage:
         lines.append("LLM usage: " + ", ".join(f"{k} {v}" for k, v in usage.items()))
@@ -133,3 +154,26 @@ def render_trial(search, number: int) -> str:
         tail = log.read_text(errors="replace").splitlines()[-15:]
         lines += ["", f"log tail ({log}):"] + tail
     return "\n".join(lines)
+
+
+def provenance_lines(p: dict) -> list[str]:
+    """How one trial ran, for `evo show`: sandbox, evaluator and its verdict, clock, harness, flags."""
+    if not p:
+        return []
+    how = f"ran in sandbox {p.get('sandbox', '?')}" + ("" if p.get("sandbox") != "none" else " (NO SANDBOX)")
+    how += f", budget clock {p['clock']}" if p.get("clock") else ""
+    if p.get("evaluator") == "harness":
+        verdict = p.get("verdict", "not scored")
+        how += f"; scored by the harness: {verdict}"
+        if "probe_batches" in p:
+            how += f" ({p['probe_batches']} probe batches, largest change {p.get('largest_change', 0):.2g} nats)"
+        if p.get("reason"):
+            how += f": {p['reason']}"
+    else:
+        how += f"; scored by {p.get('evaluator', 'its own summary')}"
+    lines = [f"provenance: {how}"]
+    if p.get("harness_sha256"):
+        lines.append(f"harness: sha256 {p['harness_sha256'][:16]}..., memory {p.get('memory', '?')}")
+    for flag in p.get("suspicious", []):
+        lines.append(f"flagged: {flag}")
+    return lines

@@ -20,7 +20,7 @@ from evo.loop import RunOptions, SearchLoop, StopKind, StopReason
 from evo.proposers import (Genome, OfflineProposer, Proposal, ProposalContext, Proposer, ProposerError, SpecError,
                            from_spec)
 from evo.pruners import make_pruner
-from evo.runner import TrialResult, TrialRunner, run_trial, scrub_environment, trial_environment
+from evo.runner import TrialResult, TrialRunner, run_trial, trial_environment
 from evo.search import create_search, describe_harness
 from evo.strategies import EvolveStrategy, GreedyStrategy, Plan, RandomStrategy, Strategy, make_strategy
 from population import Search, SearchConfig, SearchError
@@ -36,7 +36,7 @@ __all__ = [
     "CompareConfig", "Comparison", "Slot", "default_slots", "parse_devices",
     "RunOptions", "SearchLoop", "StopKind", "StopReason",
     "Genome", "OfflineProposer", "Proposal", "ProposalContext", "Proposer", "ProposerError", "SpecError", "from_spec",
-    "make_pruner", "TrialResult", "TrialRunner", "run_trial", "scrub_environment", "trial_environment",
+    "make_pruner", "TrialResult", "TrialRunner", "run_trial", "trial_environment",
     "create_search", "describe_harness",
     "EvolveStrategy", "GreedyStrategy", "Plan", "RandomStrategy", "Strategy", "make_strategy",
     "Search", "SearchConfig", "SearchError",

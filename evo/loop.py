@@ -18,6 +18,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,7 +33,8 @@ import optuna
 from evo.devices import Slot, parse_devices
 from evo.proposers import Genome, Proposal, ProposalContext, Proposer, ProposerError
 from evo.pruners import make_pruner
-from evo.runner import TrialResult, TrialRunner, trial_environment
+from evo.runner import Limits, TrialResult, TrialRunner, trial_environment
+from evo.search import DataCheck, check_harness, data_cache_root, trial_runner
 from evo.strategies import NoParentError, Plan, Strategy
 from population.genomes import genome_hash
 from population.importer import check_runnable
@@ -97,6 +99,8 @@ class RunOptions:
     prune: stop children whose loss is clearly behind (with `pruner`, or the default rule).
     pruner: the Optuna pruner `prune` uses (default: `evo.pruners.make_pruner()`).
     max_vram_gb: an Optuna constraint on peak memory.
+    max_memory_gb: memory (RSS) one trial's processes may use before they are stopped as oom
+        (default: 85% of the machine's memory shared among the slots).
     max_cost_usd: stop proposing once the LLM spend reaches this.
     """
 
@@ -106,6 +110,7 @@ class RunOptions:
     prune: bool = False
     pruner: optuna.pruners.BasePruner | None = None
     max_vram_gb: float | None = None
+    max_memory_gb: float | None = None
     max_cost_usd: float | None = None
 
     def pruner_in_use(self) -> optuna.pruners.BasePruner | None:
@@ -149,7 +154,8 @@ class SearchLoop:
         self.search, self.strategy, self.proposer, self.slots, self.options = search, strategy, proposer, slots, options
         self.on_event = on_event or (lambda kind, info: None)
         self.python = python or sys.executable
-        self.runner = runner or TrialRunner(harness=search.harness, python=self.python)
+        self.runner = runner or trial_runner(search, python=self.python)
+        self.data_check = DataCheck(search, self.runner.data)
         self.stop = threading.Event()          # set on Ctrl-C: stop planning, kill running trials
         self.started = time.time()
         self._pending: list[cf.Future] = []     # proposals being prepared (FIFO)
@@ -177,6 +183,8 @@ class SearchLoop:
             self._runs, self._proposals = runs, proposals
             try:
                 self._prepare_data()
+                check_harness(self.search)
+                self.data_check.verify()
                 self._recover()
                 reason = self._steady_state()
             finally:
@@ -257,7 +265,7 @@ class SearchLoop:
         """Run the harness's preparation once before any trial (a no-op when the cache has it)."""
         cfg = self.search.config
         env = trial_environment(profile=cfg.profile, budget=cfg.budget, seed=cfg.seed, device="cpu",
-                                data=cfg.data, cache_dir=cfg.cache_dir)
+                                data=cfg.data, cache_dir=str(data_cache_root(cfg)), base=dict(os.environ))
         self.on_event("preparing", {"profile": cfg.profile, "data": cfg.data})
         proc = subprocess.Popen([self.python, str(self.search.harness[0]), "--profile", cfg.profile,
                                  "--source", cfg.data], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -346,7 +354,7 @@ class SearchLoop:
                               settings={"profile": search.config.profile, "seq_len": search.config.seq_len,
                                         "budget": search.config.budget, "name": search.config.name},
                               lineage=lineage, rng=rng, is_known=lambda files: genome_hash(files) in known,
-                              scratch=search.paths.scratch(f"plan-{self._plans}"))
+                              scratch=search.paths.scratch(f"plan-{self._plans}"), executor=self.runner.executor)
         try:
             if plan.operator == "crossover":
                 base_commit = search.repo.merge_base(parents[0].commit, parents[1].commit)
@@ -448,6 +456,12 @@ class SearchLoop:
 
     def _launch(self, child: Child, attrs: dict, parent_commits: list[str], tree: str) -> None:
         search, store, cfg = self.search, self.search.store, self.search.config
+        try:  # a trial without a sandbox could have changed them since the last one
+            check_harness(search)
+            self.data_check.quick()
+        except SearchError as e:
+            self._error = StopReason(StopKind.ERROR, str(e))
+            return
         slot = self._free_slots()[0]
         number = store.start(attrs)
         search.repo.set_branch(search.branch(number), child.commit)
@@ -455,15 +469,37 @@ class SearchLoop:
         worktree = search.repo.checkout(search.paths.worktree(slot.name), child.commit)
         busy = _Busy(slot, number, tree)
         env = trial_environment(profile=cfg.profile, budget=cfg.budget, seed=child.seed, device=slot.device,
-                                data=cfg.data, cache_dir=cfg.cache_dir, inductor_cache=search.paths.inductor_cache,
-                                threads=slot.threads)
+                                data=cfg.data, cache_dir=str(data_cache_root(cfg)), threads=slot.threads,
+                                allowance=cfg.startup_grace)
         future = self._runs.submit(self.runner.run, worktree, log_path=search.paths.trial(number).run_log, env=env,
-                                   timeout=cfg.budget + cfg.startup_grace, on_progress=self._progress_callback(busy),
-                                   stop=self.stop, on_start=lambda pid, n=number: store.set_attrs(n, {"pid": pid}))
+                                   timeout=self._timeout(), clock=self._clock(slot), threads=slot.threads or os.cpu_count(),
+                                   limits=self._limits(), compile_cache=search.paths.inductor_cache,
+                                   on_progress=self._progress_callback(busy), stop=self.stop,
+                                   on_start=lambda pid, n=number: store.set_attrs(n, {"pid": pid}))
         self._running[future] = busy
         self._write_devices()
         self.on_event("started", {"trial": number, "slot": slot.name, "operator": child.operator,
                                   "parents": child.parents, "description": attrs.get("description", "")})
+
+    def _timeout(self) -> float:
+        """Seconds on the budget clock before a trial without a result is stopped: the budget plus
+        the profile's start-up allowance, plus a moment to hand the model over."""
+        cfg = self.search.config
+        if cfg.evaluation == "harness":
+            return cfg.budget + cfg.startup_grace + max(2.0, 0.02 * cfg.budget)
+        return cfg.budget + cfg.startup_grace
+
+    def _clock(self, slot: Slot) -> str:
+        """The budget clock: CPU time on a CPU slot (load cannot bend it), wall time on a GPU. A
+        harness from before trusted evaluation only knows wall time."""
+        return "cpu" if slot.device == "cpu" and self.search.config.evaluation == "harness" else "wall"
+
+    def _limits(self) -> Limits:
+        if self.options.max_memory_gb is not None:
+            memory = self.options.max_memory_gb * 1024
+        else:
+            memory = 0.85 * _memory_mb() / len(self.slots)
+        return Limits(memory_mb=memory, disk_bytes=DISK_LIMIT)
 
     def _progress_callback(self, busy: _Busy):
         store, prune = self.search.store, self.options.prune
@@ -484,6 +520,7 @@ class SearchLoop:
         except Exception as e:  # the runner itself failed: record it, keep going
             result = TrialResult("crash", error=f"runner error: {type(e).__name__}: {e}")
         search = self.search
+        result = self._after_trial(busy, result)
         value = result.val_bpb if result.status == OK else None
         constraints = {}
         peak_mb = result.metrics.get("peak_vram_mb")
@@ -495,13 +532,33 @@ class SearchLoop:
         kept = trial is not None and lineage.would_keep(value, operator=trial.operator, feasible=feasible)
         search.store.finish(number, status=result.status, value=value, metrics=result.metrics, constraints=constraints,
                             error=result.error, log_tail=result.log_tail[-2000:],
-                            wall_seconds=round(result.wall_seconds, 2), kept=kept, provenance=result.provenance)
+                            wall_seconds=round(result.wall_seconds, 2), kept=kept, provenance=result.provenance,
+                            **({"reported_val_bpb": result.metrics["reported_val_bpb"]}
+                               if "reported_val_bpb" in result.metrics else {}))
         search.paths.trial(number).make().result.write_text(json.dumps(dataclasses.asdict(result), indent=2) + "\n")
         self._write_devices()
         self.on_event("finished", {"trial": number, "status": result.status, "value": value, "kept": kept,
                                    "error": result.error, "operator": trial.operator if trial else "",
                                    "description": trial.description if trial else "", "feasible": feasible,
                                    "seconds": result.wall_seconds})
+
+    def _after_trial(self, busy: _Busy, result: TrialResult) -> TrialResult:
+        """What the engine adds to a result: provenance, the harness check of an unsandboxed trial,
+        and the seed's compile cache, which becomes the trusted one every later trial starts from."""
+        search = self.search
+        result.provenance["harness_sha256"] = search.config.harness_sha256
+        if result.provenance.get("sandbox") == "none":
+            try:
+                check_harness(search)
+            except SearchError as e:
+                result.status, result.error = "invalid", "changed the search's harness (prepare.py) while it ran"
+                self._error = StopReason(StopKind.ERROR, str(e))
+        seed_tree = next((t.tree for t in search.trials() if t.operator == "seed" and t.tree), None)
+        if result.status == OK and busy.tree == seed_tree:
+            private = search.paths.worktree(busy.slot.name) / ".evo" / "inductor-cache"
+            if private.is_dir():
+                shutil.copytree(private, search.paths.inductor_cache, symlinks=True, dirs_exist_ok=True)
+        return result
 
     # -- records ----------------------------------------------------------------------
 
@@ -533,6 +590,17 @@ class SearchLoop:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"pid": os.getpid(), "updated": now, "slots": rows}))
         os.replace(tmp, path)
+
+
+DISK_LIMIT = 16 << 30  # bytes a trial may write into its folder
+
+
+def _memory_mb() -> float:
+    """The machine's memory in MiB (from /proc/meminfo)."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) / 1024
+    return 8192.0
 
 
 def _commit_message(child: Child, proposal: Proposal) -> str:

@@ -21,6 +21,23 @@ _IDENTITY = {
     "GIT_AUTHOR_NAME": "evoresearch", "GIT_AUTHOR_EMAIL": "evo@localhost",
     "GIT_COMMITTER_NAME": "evoresearch", "GIT_COMMITTER_EMAIL": "evo@localhost",
 }
+# The engine's git never runs anything a genome could have planted: no hooks, no fsmonitor, no
+# external diff or pager, no user or system config; GIT_* variables of the caller are dropped.
+SAFE_CONFIG = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "diff.external=",
+               "-c", "core.pager=cat", "-c", "protocol.ext.allow=never")
+
+
+def git_environment(extra: dict | None = None) -> dict[str, str]:
+    """The environment of the engine's git processes: the caller's minus GIT_*, with no global or system config."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env.update(GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_GLOBAL="/dev/null", GIT_TERMINAL_PROMPT="0", **_IDENTITY)
+    env.update(extra or {})
+    return env
+
+
+def safe_git(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    """Run git with SAFE_CONFIG and git_environment (see above)."""
+    return subprocess.run(["git", *SAFE_CONFIG, *args], env=git_environment(kwargs.pop("env", None)), **kwargs)
 
 
 @dataclass
@@ -60,9 +77,7 @@ class GenomeRepo:
         self.repo.close()
 
     def _git(self, *args: str, input: str | None = None, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-        full_env = {**os.environ, **_IDENTITY, **(env or {})}
-        proc = subprocess.run(["git", f"--git-dir={self.path}", *args], input=input, capture_output=True,
-                              encoding="utf-8", env=full_env)
+        proc = safe_git(f"--git-dir={self.path}", *args, input=input, capture_output=True, encoding="utf-8", env=env)
         if check and proc.returncode != 0:
             raise git.GitCommandError(["git", *args], proc.returncode, proc.stderr)
         return proc
@@ -125,7 +140,7 @@ class GenomeRepo:
 
     def diff(self, old: str, new: str, context: int = 3) -> str:
         """Unified diff between two genomes."""
-        return self._git("diff", f"-U{context}", "--no-color", old, new).stdout
+        return self._git("diff", f"-U{context}", "--no-color", "--no-ext-diff", "--no-textconv", old, new).stdout
 
     # -- worktrees ------------------------------------------------------------
 
@@ -140,8 +155,8 @@ class GenomeRepo:
             self._git("worktree", "add", "--force", "--detach", str(worktree), commit)
         else:
             wt = ["-C", str(worktree)]
-            subprocess.run(["git", *wt, "checkout", "--force", "--detach", commit], check=True, capture_output=True)
-            subprocess.run(["git", *wt, "clean", "-fdqx"], check=True, capture_output=True)
+            safe_git(*wt, "checkout", "--force", "--detach", commit, check=True, capture_output=True)
+            safe_git(*wt, "clean", "-fdqx", check=True, capture_output=True)
         return worktree
 
     def _owns(self, worktree: Path) -> bool:

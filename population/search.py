@@ -59,6 +59,12 @@ class SearchConfig:
     cache_dir: str | None = None
     direction: str = MINIMIZE         # whether the metric is minimised (val_bpb) or maximised
     created: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    # How trials run. A search made before these existed reads as: sandboxed where bwrap works,
+    # scored by its own summary block (its harness has no scorer), no network.
+    sandbox: str = "auto"              # bwrap, none, or auto (bwrap where a probe run works)
+    allow_network: bool = False
+    evaluation: str = "self-reported"  # harness: scored by the harness's scorer; self-reported: by the summary
+    eval_limit: float = 300.0          # seconds the scoring of one trial may take
 
     @classmethod
     def from_dict(cls, data: dict) -> "SearchConfig":

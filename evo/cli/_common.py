@@ -64,13 +64,18 @@ def add_creation(p) -> None:
     g.add_argument("--project", default=".", help="folder with train.py, prepare.py and program.md (default: .)")
     g.add_argument("--cache-dir", help="data and tokenizer cache (default: $EVO_CACHE or ~/.cache/evoresearch)")
     g.add_argument("--seed", type=non_negative_int, default=0, help="base random seed of the trials (default: 0)")
+    g.add_argument("--sandbox", choices=("auto", "bwrap", "none"), default="auto",
+                   help="where trials run: bwrap (each in a bubblewrap sandbox: no network, nothing of the search "
+                   "visible), none (plain processes: a genome could fake its score; every record says so), auto "
+                   "(default: bwrap when it works on this machine)")
+    g.add_argument("--allow-network", action="store_true", help="let trials reach the network (off by default)")
 
 
 def creation_kwargs(args) -> dict:
     """`evo.create_search` keyword arguments from the creation flags."""
     return dict(root=args.root, project=args.project, profile=args.profile, budget=args.budget,
                 mutable=args.mutable or ["train.py"], data=args.data, storage=args.storage, cache_dir=args.cache_dir,
-                seed=args.seed)
+                seed=args.seed if args.seed is not None else 0, sandbox=args.sandbox, allow_network=args.allow_network)
 
 
 def add_strategy_options(p) -> None:

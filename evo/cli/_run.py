@@ -50,13 +50,15 @@ def add_run_options(p) -> None:
                    help="re-evaluate a genome with K new seeds when it becomes the best; rank by the mean (default: 0)")
     g.add_argument("--prune", action="store_true", help="stop children whose loss is clearly behind at the same point of the budget")
     g.add_argument("--max-vram-gb", type=positive_float, help="constraint: trials above this peak memory are never parents")
+    g.add_argument("--max-memory-gb", type=positive_float, help="memory one trial's processes may use before they are "
+                   "stopped as oom (default: 85%% of this machine's memory shared among the devices)")
     g.add_argument("--max-cost-usd", type=positive_float, help="stop proposing once the LLM spend reaches this")
     g.add_argument("--quiet", action="store_true", help="print only the final line")
 
 
 def run_options(args) -> RunOptions:
     return RunOptions(trials=args.trials, hours=args.hours, reeval=args.reeval, prune=args.prune,
-                      max_vram_gb=args.max_vram_gb, max_cost_usd=args.max_cost_usd)
+                      max_vram_gb=args.max_vram_gb, max_memory_gb=args.max_memory_gb, max_cost_usd=args.max_cost_usd)
 
 
 class Reporter:
@@ -106,7 +108,10 @@ def cmd_init(args) -> int:
     search = create_search(args.name, **creation_kwargs(args))
     cfg = search.config
     print(f"created search {cfg.name} in {search.folder} (profile {cfg.profile}, budget {cfg.budget:g}s, "
-          f"mutable {', '.join(cfg.mutable)}, data {cfg.data})")
+          f"mutable {', '.join(cfg.mutable)}, data {cfg.data}, sandbox {cfg.sandbox}, scored by {cfg.evaluation})")
+    if cfg.sandbox == "none":
+        print("warning: trials run without a sandbox: a genome can read the validation data, fake its score or "
+              "change the search folder (install bubblewrap: apt-get install bubblewrap)", file=sys.stderr)
     search.close()
     return 0
 
