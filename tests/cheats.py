@@ -99,7 +99,8 @@ except BaseException as e:
     ), expect="timeout"),
     Cheat("slowed-clock", (
         (IMPORTS, "import time as _t\n_real = _t.time\n_t.time = lambda: _real() / 10\n"
-                  "import prepare as _p\n_p.budget_clock = lambda: 0.0\n_p.time_left = lambda: 1e9\n" + IMPORTS),
+                  "import prepare as _p\n_clock = _p.budget_clock\n_p.budget_clock = lambda: _clock() / 10\n"
+                  "_p.time_left = lambda: 1e9\n" + IMPORTS),
     ), expect="timeout"),
     Cheat("edit-the-harness", _at_start('''
 for target in ("prepare.py", "../../harness/prepare.py"):

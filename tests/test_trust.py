@@ -25,7 +25,9 @@ from population import Search
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(bool(bwrap_works()), reason=f"the sandbox cannot run here: {bwrap_works()}")]
 BUDGET = 2
-NEAR = 0.3  # how much better than the seed an honest edit of it could score on this budget (noise included)
+# No honest genome gets near this on the tiny profile (30 s of training reach ~2.4); the scores
+# the cheats fake are ~0. Comparing with the seed instead would measure the machine's load.
+HONEST_FLOOR = 1.5
 
 
 class Corpus(Proposer):
@@ -84,7 +86,7 @@ def test_faked_and_patched_scores_are_ignored(corpus, name):
     if t.status == "invalid":  # caught outright is as good as neutralised
         return
     assert t.status == "ok", (t.status, t.error)
-    assert t.value > seed.value - NEAR, f"{name} scored {t.value} against the seed's {seed.value}"
+    assert t.value > HONEST_FLOOR, f"{name} scored {t.value} (the seed: {seed.value})"
     if name == "fake-summary":
         assert t.attrs["reported_val_bpb"] == pytest.approx(0.01)  # kept on record, never used
 
@@ -126,9 +128,10 @@ def test_the_harness_cannot_be_edited_from_a_trial(corpus):
 
 def test_nothing_a_trial_writes_reaches_the_next_one(corpus):
     search, trials, _ = corpus
-    assert "could not stash at ../../evo-stash" in log_of(search, trials["stash-weights"])
+    assert "cheat: stashed at" in log_of(search, trials["stash-weights"])  # it wrote, but only in its sandbox
     assert "cheat: no stash from an earlier trial" in log_of(search, trials["resume-stashed-weights"])
-    assert not (search.folder.parent / "evo-stash").exists() and not Path("/tmp/evo-stash").exists()
+    # What it could write (its private /tmp and HOME, its own compile cache) went with its sandbox.
+    assert not list(search.folder.rglob("evo-stash")) and not Path("/tmp/evo-stash").exists()
 
 
 def test_no_trial_sees_the_engines_keys(corpus):

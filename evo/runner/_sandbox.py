@@ -130,7 +130,9 @@ class BwrapExecutor(Executor):
         if view.gpu:
             for node in sorted(Path("/dev").glob("nvidia*")):
                 args += ["--dev-bind", str(node), str(node)]
-        return args + ["--chdir", str(cwd), "--", *argv]
+        # The root is bwrap's own tmpfs (the folders above the binds live there): read-only, so
+        # nothing can be written outside the binds and the size-limited /tmp.
+        return args + ["--remount-ro", "/", "--chdir", str(cwd), "--", *argv]
 
     def start(self, argv, *, cwd, env, view=None, pass_fds=(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE):
         env = {**env, "HOME": "/tmp/home", "TMPDIR": "/tmp"}
