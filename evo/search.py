@@ -177,22 +177,24 @@ class DataCheck:
 
     def __init__(self, search: Search, data: DataFiles):
         self.search = search
-        self.files = [Path(p) for p in (*data.tokenizer, *data.train, *data.val)]
+        # Keyed by role and name, not by path: the same data in a moved cache is the same data.
+        self.files = {f"{role}/{Path(p).name}": Path(p) for role, paths in
+                      (("tokenizer", data.tokenizer), ("train", data.train), ("val", data.val)) for p in paths}
         self.stamps: dict[Path, tuple[int, int]] = {}
 
     def verify(self) -> None:
         """Hash every file and compare with the study's record (recording it the first time)."""
-        hashes = {str(p): _sha256_file(p) for p in self.files if p.exists()}
+        hashes = {key: _sha256_file(p) for key, p in self.files.items() if p.exists()}
         recorded = self.search.store.attr(DATA_ATTR)
         if recorded is None:
             self.search.store.set_attr(DATA_ATTR, hashes)
         else:
-            changed = sorted(p for p in recorded if hashes.get(p) != recorded[p])
+            changed = sorted(k for k in recorded if hashes.get(k) != recorded[k])
             if changed:
-                raise SearchError(f"the prepared data changed since this search started ({Path(changed[0]).name} "
-                                  f"and {len(changed) - 1} more): scores would not be comparable; restore the cache or "
+                raise SearchError(f"the prepared data changed since this search started ({changed[0]} and "
+                                  f"{len(changed) - 1} more): scores would not be comparable; restore the cache or "
                                   "start a new search")
-        self.stamps = {p: _stamp(p) for p in self.files if p.exists()}
+        self.stamps = {p: _stamp(p) for p in self.files.values() if p.exists()}
 
     def quick(self) -> None:
         """Hash again only if a file's size or modification time moved since the last check."""

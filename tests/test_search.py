@@ -336,3 +336,15 @@ def test_prune_stops_children_clearly_behind_and_never_breeds_from_them(instant_
     parents = {p for t in trials for p in t.parents}
     assert not parents & {t.number for t in pruned}
     search.close()
+
+
+def test_a_search_without_a_sandbox_runs_and_says_so_everywhere(instant_project):
+    proc = run_evo("run", "ns", "--profile", "tiny", "--budget", "1", "--trials", "2", "--sandbox", "none",
+                   cwd=instant_project)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    status = run_evo("status", "ns", cwd=instant_project).stdout
+    assert "WARNING: trials run WITHOUT A SANDBOX" in status
+    shown = run_evo("show", "ns", "1", cwd=instant_project).stdout
+    assert "ran in sandbox none (NO SANDBOX)" in shown and "scored by self-reported" in shown
+    with open_search(instant_project, "ns") as search:
+        assert all(t.attrs["provenance"]["sandbox"] == "none" for t in search.trials())

@@ -8,9 +8,9 @@ anything else it writes is ignored. It may write a one-line description (then, o
 lines, its rationale) into the file named by $EVO_DESCRIPTION; without one the description
 is derived from the change. A timeout kills its whole process group.
 
-Where the search runs trials in a sandbox, the agent runs in one too: it sees the system,
-the folders on its PATH and the interpreter (read-only), its scratch folder (writable), a
-private HOME and /tmp, and the network (it needs its API); nothing of the search folder.
+Where the search runs trials in a sandbox, the agent runs in one too: the whole machine
+read-only (it needs its own binaries and runtime), its scratch folder writable, a private
+HOME and /tmp, and the network (it needs its API); the search folder is masked.
 Its environment is the engine's own plus the API keys the engine holds (the agent is the
 user's tool and may need them; trials never see them) plus EVO_TASK, EVO_DESCRIPTION,
 EVO_MUTABLE (space-separated) and EVO_PARENTS (trial numbers). Any held key that shows up
@@ -104,8 +104,9 @@ class CommandProposer(Proposer):
             return subprocess.Popen(["bash", "-c", self.command], cwd=folder, env=env, stdin=subprocess.PIPE,
                                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         from evo.runner import View
-        on_path = tuple(Path(p) for p in env.get("PATH", "").split(":") if p and Path(p).is_dir())
-        view = View(write=(folder,), read=on_path, network=True)
+        # The agent is the user's tool: it sees the machine read-only, but not the search folder
+        # (the folder holding the scratch folders), and writes only its scratch copy.
+        view = View(write=(folder,), network=True, whole_system=True, hidden=(folder.parent.parent,))
         return executor.start(["bash", "-c", self.command], cwd=folder, env=env, view=view, stdin=subprocess.PIPE,
                               stdout=out)
 

@@ -48,6 +48,10 @@ class View:
         over the genome's copy of it).
     network: keep the host's network (off unless the search was created with --allow-network).
     gpu: pass the NVIDIA device nodes through.
+    whole_system: show the whole file system read-only instead of only the system and the
+        interpreter (for an agent CLI, which needs its own binaries and runtime), with the
+        `hidden` folders masked by empty ones.
+    hidden: folders masked in a whole-system view (the search folder).
     """
 
     write: tuple[Path, ...] = ()
@@ -55,6 +59,8 @@ class View:
     place: tuple[tuple[Path, Path], ...] = ()
     network: bool = False
     gpu: bool = False
+    whole_system: bool = False
+    hidden: tuple[Path, ...] = ()
 
 
 def allowed_environment(env: dict[str, str]) -> dict[str, str]:
@@ -111,15 +117,20 @@ class BwrapExecutor(Executor):
         return _interpreter_paths(self.python, self.hidden)
 
     def command(self, argv, *, cwd, env, view: View) -> list[str]:
-        args = [self.binary, "--unshare-all", "--die-with-parent", "--proc", "/proc", "--dev", "/dev",
-                "--size", str(self.tmp_size), "--tmpfs", "/tmp", "--dir", "/tmp/home"]
-        if view.network:
-            args.insert(2, "--share-net")
-        for d in SYSTEM_DIRS:
-            if os.path.isdir(d):
-                args += ["--ro-bind", d, d] if not os.path.islink(d) else ["--symlink", os.readlink(d), d]
-        for p in self.interpreter_paths():
-            args += ["--ro-bind", str(p), str(p)]
+        args = [self.binary, "--unshare-all", "--die-with-parent"] + (["--share-net"] if view.network else [])
+        if view.whole_system:
+            args += ["--ro-bind", "/", "/"]
+            for p in view.hidden:
+                args += ["--tmpfs", str(p)]
+        private = _private_root(view)
+        args += ["--proc", "/proc", "--dev", "/dev", "--size", str(self.tmp_size), "--tmpfs", private,
+                 "--dir", f"{private}/home", "--dir", f"{private}/tmp"]
+        if not view.whole_system:
+            for d in SYSTEM_DIRS:
+                if os.path.isdir(d):
+                    args += ["--ro-bind", d, d] if not os.path.islink(d) else ["--symlink", os.readlink(d), d]
+            for p in self.interpreter_paths():
+                args += ["--ro-bind", str(p), str(p)]
         for p in view.write:
             args += ["--bind", str(p), str(p)]
         for p in view.read:
@@ -132,13 +143,22 @@ class BwrapExecutor(Executor):
                 args += ["--dev-bind", str(node), str(node)]
         # The root is bwrap's own tmpfs (the folders above the binds live there): read-only, so
         # nothing can be written outside the binds and the size-limited /tmp.
-        return args + ["--remount-ro", "/", "--chdir", str(cwd), "--", *argv]
+        return args + ([] if view.whole_system else ["--remount-ro", "/"]) + ["--chdir", str(cwd), "--", *argv]
 
     def start(self, argv, *, cwd, env, view=None, pass_fds=(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE):
-        env = {**env, "HOME": "/tmp/home", "TMPDIR": "/tmp"}
-        return subprocess.Popen(self.command(argv, cwd=cwd, env=env, view=view or View()), env=env, stdin=stdin,
+        view = view or View()
+        private = _private_root(view)
+        env = {**env, "HOME": f"{private}/home", "TMPDIR": f"{private}/tmp"}
+        return subprocess.Popen(self.command(argv, cwd=cwd, env=env, view=view), env=env, stdin=stdin,
                                 stdout=stdout, stderr=subprocess.STDOUT, start_new_session=True,
                                 pass_fds=tuple(pass_fds))
+
+
+def _private_root(view: View) -> str:
+    """The private, size-limited tmpfs holding HOME and TMPDIR: /tmp itself for a trial; for a
+    whole-system view /var/tmp (an existing folder, mounted over), so the machine's own /tmp
+    stays visible, read-only, and /run (where resolv.conf may point) is untouched."""
+    return "/var/tmp" if view.whole_system else "/tmp"
 
 
 def _interpreter_paths(python: str, hidden: tuple[Path, ...]) -> list[Path]:
