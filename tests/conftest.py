@@ -60,3 +60,11 @@ def instant_project(project):
     (project / "train.py").write_text((Path(__file__).parent / "data" / "instant_genome.py").read_text())
     (project / "prepare.py").write_text((Path(__file__).parent / "data" / "instant_prepare.py").read_text())
     return project
+
+
+@pytest.fixture(autouse=True)
+def no_held_keys(monkeypatch):
+    """API keys a proposer took out of the environment live in process memory (evo.proposers._keys):
+    each test starts without any, as a fresh `evo` process would."""
+    from evo.proposers import _keys
+    monkeypatch.setattr(_keys, "_held", {})
