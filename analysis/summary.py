@@ -13,7 +13,7 @@ from population.store import TrialRecord
 def summarize(search) -> dict:
     """Everything `evo status` shows, as plain data (`--json` prints exactly this)."""
     trials = search.trials()
-    lineage = Lineage(trials)
+    lineage = search.lineage()
     best = lineage.best
     counts = Counter(t.status for t in trials)
     children = lineage.children()
@@ -32,7 +32,9 @@ def summarize(search) -> dict:
         "flagged": sum(1 for t in trials if t.attrs.get("provenance", {}).get("suspicious")),
         "running": search.is_running(),
         "best": best.trial if best else None,
-        "best_val_bpb": best.score if best else None,
+        "metric": search.config.metric,
+        "direction": search.config.direction,
+        "best_val_bpb": best.score if best else None,  # the metric's best, whatever its name (kept for scripts)
         "best_spread": best.spread if best else None,
         "best_description": best.description if best else None,
         "finished": sum(1 for t in trials if t.counts),
@@ -72,15 +74,16 @@ def trust_line(sandbox: str, evaluation: str) -> str:
     """How far a search's scores can be trusted, in one sentence."""
     where = {"bwrap": "in a bubblewrap sandbox", "none": "WITHOUT A SANDBOX (a genome can read the validation data, "
              "fake its score or change the search folder)"}.get(sandbox, "in a bubblewrap sandbox where bwrap works")
-    how = ("scored by the harness in separate processes (causality and statelessness probed)" if evaluation == "harness"
-           else "scored by the summary the genome prints itself (self-reported: a harness from before trusted scoring)")
+    how = {"harness": "scored by the harness in separate processes (causality and statelessness probed)",
+           "evaluated": "scored by the project's evaluation command, run apart from the genome (evaluated)"}.get(
+        evaluation, "scored by what each run prints itself (self-reported)")
     return f"trials run {where}; {how}"
 
 
 def render_status(s: dict, recent: int = 12) -> str:
     lines = [f"search {s['name']} ({'running' if s['running'] else 'stopped'}): profile {s['profile']}, "
              f"budget {s['budget']:g}s, folder {s['folder']}"]
-    lines.append(("WARNING: " if s["sandbox"] == "none" or s["evaluation"] != "harness" else "") + s["trust"])
+    lines.append(("WARNING: " if s["sandbox"] == "none" or s["evaluation"] == "self-reported" else "") + s["trust"])
     if s["flagged"]:
         lines.append(f"flagged: {s['flagged']} trial(s) reach for frames, gc, sys.modules, ctypes or the harness "
                      "(see evo show)")
@@ -91,7 +94,7 @@ def render_status(s: dict, recent: int = 12) -> str:
                  + (f", {counts['interrupted']} interrupted" if counts.get("interrupted") else ""))
     if s["best"] is not None:
         spread = f" ± {s['best_spread']:.4f}" if s["best_spread"] is not None else ""
-        lines.append(f"best: val_bpb {s['best_val_bpb']:.6f}{spread} at trial #{s['best']}: {s['best_description']}")
+        lines.append(f"best: {s['metric']} {s['best_val_bpb']:.6f}{spread} at trial #{s['best']}: {s['best_description']}")
     else:
         lines.append("best: none yet")
     if s["keep_rate"] is not None:
@@ -106,11 +109,11 @@ def render_status(s: dict, recent: int = 12) -> str:
             loss = f", loss {d['loss']:.3f}" if d.get("loss") is not None else ""
             lines.append(f"  {d['slot']:8s} trial #{d['trial']}: {100 * (d.get('fraction') or 0):.0f}% of budget{loss}, {d['seconds']:.0f}s")
     lines.append("")
-    lines.append(f"{'#':>4}  {'operator':9s} {'parents':9s} {'status':16s} {'val_bpb':>8}  description")
+    lines.append(f"{'#':>4}  {'operator':9s} {'parents':9s} {'status':16s} {s['metric'][:12]:>12}  description")
     for row in s["trials"][-recent:]:
         parents = ",".join(str(p) for p in row["parents"]) or "-"
         mark = "*" if row["kept"] else " "
-        lines.append(f"{row['number']:>4}{mark} {row['operator']:9s} {parents:9s} {row['status']:16s} {fmt(row['val_bpb']):>8}  "
+        lines.append(f"{row['number']:>4}{mark} {row['operator']:9s} {parents:9s} {row['status']:16s} {fmt(row['val_bpb']):>12}  "
                      f"{(row['description'] or row['error'] or '')[:80]}")
     return "\n".join(lines)
 
@@ -121,14 +124,14 @@ def render_trial(search, number: int) -> str:
         last = max(trials) if trials else None
         raise LookupError(f"search {search.config.name!r} has no trial #{number}" + (f" (trials 0..{last})" if last is not None else ""))
     t = trials[number]
-    lineage = Lineage(list(trials.values()))
+    lineage = Lineage(list(trials.values()), direction=search.config.direction)
     folder = search.paths.trial(number)
     lines = [f"trial #{t.number} of {search.config.name}: {t.status}" + (" (kept: improved the best)" if lineage.kept(number) else ""),
              f"operator: {t.operator}" + (f" of {', '.join('#' + str(p) for p in t.parents)}" if t.parents else ""),
              f"proposer: {t.proposer or '-'}   seed: {t.seed}   commit: {t.commit[:12] or '-'}   branch: {search.branch(number)}"]
     if t.value is not None:
         scorer = (t.attrs.get("provenance") or {}).get("evaluator", "self-reported")
-        lines.append(f"val_bpb: {t.value:.6f} ({'scored by the harness' if scorer == 'harness' else scorer})")
+        lines.append(f"{search.config.metric}: {t.value:.6f} ({'scored by the harness' if scorer == 'harness' else scorer})")
     if t.description:
         lines.append(f"description: {t.description}")
     if t.rationale:

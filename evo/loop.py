@@ -20,7 +20,6 @@ import os
 import random
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -33,8 +32,9 @@ import optuna
 from evo.devices import Slot, parse_devices
 from evo.proposers import Genome, Proposal, ProposalContext, Proposer, ProposerError
 from evo.pruners import make_pruner
-from evo.runner import Limits, TrialResult, TrialRunner, trial_environment
-from evo.search import DataCheck, check_harness, data_cache_root, trial_runner
+from evo.runner import Limits, TrialResult, TrialRunner
+from evo.search import DataCheck, check_harness
+from evo.targets import target_of
 from evo.strategies import NoParentError, Plan, Strategy
 from population.genomes import genome_hash
 from population.importer import check_runnable
@@ -154,7 +154,8 @@ class SearchLoop:
         self.search, self.strategy, self.proposer, self.slots, self.options = search, strategy, proposer, slots, options
         self.on_event = on_event or (lambda kind, info: None)
         self.python = python or sys.executable
-        self.runner = runner or trial_runner(search, python=self.python)
+        self.target = target_of(search.config)
+        self.runner = runner or self.target.runner(search, python=self.python)
         self.data_check = DataCheck(search, self.runner.data)
         self.stop = threading.Event()          # set on Ctrl-C: stop planning, kill running trials
         self.started = time.time()
@@ -262,20 +263,10 @@ class SearchLoop:
     # -- start-up ---------------------------------------------------------------------
 
     def _prepare_data(self) -> None:
-        """Run the harness's preparation once before any trial (a no-op when the cache has it)."""
+        """The target's preparation before any trial (a harness prepares its data; a no-op when cached)."""
         cfg = self.search.config
-        env = trial_environment(profile=cfg.profile, budget=cfg.budget, seed=cfg.seed, device="cpu",
-                                data=cfg.data, cache_dir=str(data_cache_root(cfg)), base=dict(os.environ))
         self.on_event("preparing", {"profile": cfg.profile, "data": cfg.data})
-        proc = subprocess.Popen([self.python, str(self.search.harness[0]), "--profile", cfg.profile,
-                                 "--source", cfg.data], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, cwd=self.search.paths.harness)
-        lines = []
-        for line in proc.stdout:  # a download can take a while: pass its progress on as it comes
-            lines.append(line.rstrip())
-            self.on_event("preparing", {"line": line.rstrip()})
-        if proc.wait() != 0:
-            raise SearchError(f"preparing data failed: {(lines or ['no output'])[-1]}")
+        self.target.prepare(self.search, python=self.python, say=lambda line: self.on_event("preparing", {"line": line}))
 
     def _recover(self) -> None:
         """Make the store and git agree after a crash, and queue what was left unfinished."""
@@ -352,7 +343,8 @@ class SearchLoop:
         known = {t.tree for t in lineage.trials if t.tree}
         ctx = ProposalContext(program=search.program, mutable=search.config.mutable,
                               settings={"profile": search.config.profile, "seq_len": search.config.seq_len,
-                                        "budget": search.config.budget, "name": search.config.name},
+                                        "budget": search.config.budget, "name": search.config.name,
+                                        "metric": search.config.metric, "direction": search.config.direction},
                               lineage=lineage, rng=rng, is_known=lambda files: genome_hash(files) in known,
                               scratch=search.paths.scratch(f"plan-{self._plans}"), executor=self.runner.executor)
         try:
@@ -455,7 +447,7 @@ class SearchLoop:
                                    "value": value, "operator": child.operator, "description": attrs.get("description", "")})
 
     def _launch(self, child: Child, attrs: dict, parent_commits: list[str], tree: str) -> None:
-        search, store, cfg = self.search, self.search.store, self.search.config
+        search, store = self.search, self.search.store
         try:  # a trial without a sandbox could have changed them since the last one
             check_harness(search)
             self.data_check.quick()
@@ -468,11 +460,10 @@ class SearchLoop:
         self._write_trial_files(number, child.proposal, child.commit, parent_commits)
         worktree = search.repo.checkout(search.paths.worktree(slot.name), child.commit)
         busy = _Busy(slot, number, tree)
-        env = trial_environment(profile=cfg.profile, budget=cfg.budget, seed=child.seed, device=slot.device,
-                                data=cfg.data, cache_dir=str(data_cache_root(cfg)), threads=slot.threads,
-                                allowance=cfg.startup_grace)
+        env = self.target.environment(search, slot=slot, seed=child.seed)
         future = self._runs.submit(self.runner.run, worktree, log_path=search.paths.trial(number).run_log, env=env,
-                                   timeout=self._timeout(), clock=self._clock(slot), threads=slot.threads or os.cpu_count(),
+                                   timeout=self.target.timeout(), clock=self.target.clock(slot),
+                                   threads=slot.threads or os.cpu_count(),
                                    limits=self._limits(), compile_cache=search.paths.inductor_cache,
                                    on_progress=self._progress_callback(busy), stop=self.stop,
                                    on_start=lambda pid, n=number: store.set_attrs(n, {"pid": pid}))
@@ -480,19 +471,6 @@ class SearchLoop:
         self._write_devices()
         self.on_event("started", {"trial": number, "slot": slot.name, "operator": child.operator,
                                   "parents": child.parents, "description": attrs.get("description", "")})
-
-    def _timeout(self) -> float:
-        """Seconds on the budget clock before a trial without a result is stopped: the budget plus
-        the profile's start-up allowance, plus a moment to hand the model over."""
-        cfg = self.search.config
-        if cfg.evaluation == "harness":
-            return cfg.budget + cfg.startup_grace + max(2.0, 0.02 * cfg.budget)
-        return cfg.budget + cfg.startup_grace
-
-    def _clock(self, slot: Slot) -> str:
-        """The budget clock: CPU time on a CPU slot (load cannot bend it), wall time on a GPU. A
-        harness from before trusted evaluation only knows wall time."""
-        return "cpu" if slot.device == "cpu" and self.search.config.evaluation == "harness" else "wall"
 
     def _limits(self) -> Limits:
         if self.options.max_memory_gb is not None:
@@ -521,7 +499,7 @@ class SearchLoop:
             result = TrialResult("crash", error=f"runner error: {type(e).__name__}: {e}")
         search = self.search
         result = self._after_trial(busy, result)
-        value = result.val_bpb if result.status == OK else None
+        value = result.value(search.config.metric) if result.status == OK else None
         constraints = {}
         peak_mb = result.metrics.get("peak_vram_mb")
         if self.options.max_vram_gb is not None and peak_mb is not None and math.isfinite(peak_mb):
@@ -533,8 +511,7 @@ class SearchLoop:
         search.store.finish(number, status=result.status, value=value, metrics=result.metrics, constraints=constraints,
                             error=result.error, log_tail=result.log_tail[-2000:],
                             wall_seconds=round(result.wall_seconds, 2), kept=kept, provenance=result.provenance,
-                            **({"reported_val_bpb": result.metrics["reported_val_bpb"]}
-                               if "reported_val_bpb" in result.metrics else {}))
+                            **{k: v for k, v in result.metrics.items() if k == f"reported_{search.config.metric}"})
         search.paths.trial(number).make().result.write_text(json.dumps(dataclasses.asdict(result), indent=2) + "\n")
         self._write_devices()
         self.on_event("finished", {"trial": number, "status": result.status, "value": value, "kept": kept,

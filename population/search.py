@@ -65,6 +65,11 @@ class SearchConfig:
     allow_network: bool = False
     evaluation: str = "self-reported"  # harness: scored by the harness's scorer; self-reported: by the summary
     eval_limit: float = 300.0          # seconds the scoring of one trial may take
+    # What the search evolves: empty for a project with evoresearch's own harness (prepare.py and
+    # train.py, what every search before targets evolved), else {"kind": "command", "run": ...}.
+    target: dict = field(default_factory=dict)
+    metric: str = "val_bpb"            # the name of the score, as the project prints it
+    read: list[str] = field(default_factory=list)  # folders besides the harness that trials may read
 
     @classmethod
     def from_dict(cls, data: dict) -> "SearchConfig":
@@ -129,6 +134,7 @@ class Search:
         paths.root.mkdir(parents=True, exist_ok=True)
         paths.harness.mkdir(exist_ok=True)
         for name, content in (harness or {}).items():
+            (paths.harness / name).parent.mkdir(parents=True, exist_ok=True)
             (paths.harness / name).write_bytes(content)
         if program is not None:
             paths.program.write_text(program)
@@ -171,8 +177,9 @@ class Search:
 
     @property
     def harness(self) -> list[Path]:
-        """The fixed harness files copied at creation."""
-        return sorted(p for p in self.paths.harness.iterdir() if p.is_file()) if self.paths.harness.exists() else []
+        """The fixed harness files copied at creation (every file under harness/, in any folder)."""
+        root = self.paths.harness
+        return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
 
     @property
     def program(self) -> str:

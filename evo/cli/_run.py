@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 from evo.cli._common import (UsageError, add_creation, add_proposer_options, add_root, add_strategy_options,
                              build_proposer, creation_kwargs, duration, finished_line, fmt, non_negative_int,
@@ -84,7 +85,8 @@ class Reporter:
             line = self._finished(info)
         elif kind == "stopped":
             best = self.search.lineage().best
-            best_s = f"best val_bpb {fmt(best.score)} (trial #{best.trial}: {best.description})" if best else "no successful trial"
+            best_s = (f"best {self.search.config.metric} {fmt(best.score)} (trial #{best.trial}: {best.description})"
+                      if best else "no successful trial")
             line = f"stopped: {info['reason']}; {best_s}"
         else:
             return
@@ -101,31 +103,45 @@ class Reporter:
             per = (time.time() - self.started) / self.finished_here
             eta = f" | eta {duration(per * max(0, total - counted))}"
         best_s = f" | best {fmt(best.score)} (#{best.trial})" if best else ""
-        return f"{count} {finished_line(info)}{best_s}{eta}"
+        return f"{count} {finished_line(info, metric=self.search.config.metric)}{best_s}{eta}"
 
 
 def cmd_init(args) -> int:
+    create(args).close()
+    return 0
+
+
+def create(args) -> Search:
+    """Create the search the flags describe and say what was made (and what the user should know)."""
+    had_program = (Path(args.project) / "program.md").exists()
     search = create_search(args.name, **creation_kwargs(args))
     cfg = search.config
-    print(f"created search {cfg.name} in {search.folder} (profile {cfg.profile}, budget {cfg.budget:g}s, "
-          f"mutable {', '.join(cfg.mutable)}, data {cfg.data}, sandbox {cfg.sandbox}, scored by {cfg.evaluation})")
+    what = (f"profile {cfg.profile}, data {cfg.data}" if not cfg.target else
+            f"run '{cfg.target['run']}', {cfg.direction} {cfg.metric}")
+    print(f"created search {cfg.name} in {search.folder} ({what}, budget {cfg.budget:g}s, mutable "
+          f"{', '.join(cfg.mutable)}, sandbox {cfg.sandbox}, scored {cfg.evaluation.replace('harness', 'by the harness')})")
+    if not had_program and search.paths.program.exists():
+        print(f"the project has no program.md: wrote {search.paths.program} from a template; edit it to tell LLM "
+              "proposers what to try", file=sys.stderr)
     if cfg.sandbox == "none":
         print("warning: trials run without a sandbox: a genome can read the validation data, fake its score or "
               "change the search folder (install bubblewrap: apt-get install bubblewrap)", file=sys.stderr)
-    search.close()
-    return 0
+    return search
 
 
 def open_or_create(args) -> Search:
     """The search `evo run NAME` means: the existing one (its fixed settings unchanged) or a new one."""
     if not Search.exists(args.name, root=args.root):
-        return create_search(args.name, **creation_kwargs(args))
+        return create(args)
     search = Search.open(args.name, root=args.root)
     try:
         check_runnable(search)
         cfg = search.config
         for flag, given, fixed in (("--profile", args.profile, cfg.profile), ("--budget", args.budget, cfg.budget),
-                                   ("--mutable", args.mutable, cfg.mutable), ("--data", args.data, cfg.data)):
+                                   ("--mutable", args.mutable, cfg.mutable), ("--data", args.data, cfg.data),
+                                   ("--run", args.run, cfg.target.get("run")), ("--metric", args.metric, cfg.metric),
+                                   ("--direction", args.direction, cfg.direction),
+                                   ("--evaluate", args.evaluate, cfg.target.get("evaluate"))):
             if given is not None and given != fixed:
                 raise UsageError(f"{flag} is fixed at {fixed!r} for search {cfg.name!r}; drop the flag or start a new search")
     except Exception:

@@ -32,7 +32,7 @@ def add_parsers(sub) -> None:
     p.set_defaults(handler=cmd_show)
 
     p = sub.add_parser("best", help="write the best genome's files", description="Write the files of the best genome "
-                       "(lowest mean val_bpb among feasible trials) into a folder.")
+                       "(the best mean score among feasible trials) into a folder.")
     p.add_argument("name", nargs="?", help="name of the search (optional when there is only one)")
     p.add_argument("--out", default=None, help="folder to write into (default: runs/NAME/best)")
     add_root(p)
@@ -109,7 +109,7 @@ def cmd_best(args) -> int:
             (out / path).parent.mkdir(parents=True, exist_ok=True)
             (out / path).write_text(text)
         spread = f" ± {best.spread:.4f} over {len(best.values)} seeds" if best.spread is not None else ""
-        print(f"trial #{best.trial} (val_bpb {best.score:.6f}{spread}; {best.description}) -> {out}")
+        print(f"trial #{best.trial} ({search.config.metric} {best.score:.6f}{spread}; {best.description}) -> {out}")
     return 0
 
 
