@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -58,7 +59,7 @@ def harness_sha256(files: dict[str, bytes]) -> str:
 def create_search(name: str, *, root: str | Path = "runs", project: str | Path = ".", profile: str | None = None,
                   budget: float | None = None, mutable: list[str] | tuple[str, ...] = ("train.py",),
                   data: str | None = None, storage: str | None = None, cache_dir: str | None = None,
-                  seed: int = 0) -> Search:
+                  seed: int = 0, remote: str | None = None, heartbeat: int = 10, grace: int = 60) -> Search:
     """Create search `name` from the project's seed genome and harness, and return it open.
 
     >>> search = create_search("demo", profile="tiny", budget=5)   # doctest: +SKIP
@@ -74,6 +75,10 @@ def create_search(name: str, *, root: str | Path = "runs", project: str | Path =
         storage: an Optuna storage URL (default: SQLite in the search folder).
         cache_dir: the harness's data cache (default: its own).
         seed: the base random seed of the trials.
+        remote: a git URL (path, file://, ssh://, git://) for a search shared by several hosts;
+            `storage` must then be PostgreSQL. A missing local path becomes a bare repository.
+        heartbeat, grace: for a shared search, seconds between a running trial's heartbeats, and
+            of silence after which another worker re-runs it.
 
     Raises:
         SearchError: with one line saying what to change; nothing is created then.
@@ -94,12 +99,33 @@ def create_search(name: str, *, root: str | Path = "runs", project: str | Path =
             raise SearchError(f"mutable file {f} does not exist in {project}")
     if budget is not None and budget <= 0:
         raise SearchError(f"--budget must be a positive number of seconds, not {budget:g}")
+    if remote and not storage:
+        raise SearchError("a search shared through --remote needs its study in PostgreSQL too: add "
+                          "--storage postgresql://USER@HOST/DB")
+    if remote and grace <= 2 * heartbeat:
+        raise SearchError(f"--grace ({grace} s) must be more than twice --heartbeat ({heartbeat} s), or a "
+                          "busy worker's trials would be taken from it")
     facts = describe_harness(project / "prepare.py", profile)
     harness = {f: (project / f).read_bytes() for f in HARNESS}
     config = SearchConfig(name=name, profile=facts["profile"], budget=float(budget or facts["time_budget"]),
                           mutable=mutable, data=data or facts["data"], seed=seed, seq_len=facts["seq_len"],
                           startup_grace=facts["startup_grace"], storage=storage or LOCAL_STORAGE, cache_dir=cache_dir,
-                          harness_sha256=harness_sha256(harness))
+                          harness_sha256=harness_sha256(harness), remote=remote or "", heartbeat=heartbeat,
+                          grace=grace)
     program = (project / PROGRAM).read_text() if (project / PROGRAM).exists() else None
     return Search.create(root, config, seed_files={f: (project / f).read_text() for f in mutable}, harness=harness,
                          program=program)
+
+
+def join_search(name: str, *, root: str | Path = "runs", storage: str, remote: str,
+                cache_dir: str | None = None) -> Search:
+    """Make this host's folder of shared search `name` (see `population.Search.join`) and check that
+    the harness it got from the remote is the one the search was created with."""
+    search = Search.join(name, root=root, storage=storage, remote=remote, cache_dir=cache_dir)
+    got = harness_sha256({p.name: p.read_bytes() for p in search.harness})
+    if got != search.config.harness_sha256:
+        search.close()
+        shutil.rmtree(search.folder, ignore_errors=True)  # nothing of it is worth keeping
+        raise SearchError(f"the harness on the remote {remote} is not the one search {name!r} was created with "
+                          f"(sha256 {got[:12]} != {search.config.harness_sha256[:12]})")
+    return search
