@@ -61,6 +61,13 @@ def add_creation(p) -> None:
     g.add_argument("--mutable", nargs="+", metavar="FILE", help="files the search may change (default: train.py)")
     g.add_argument("--data", help="data source: shakespeare (embedded, default), a folder of .txt/.parquet, or climbmix")
     g.add_argument("--storage", help="Optuna storage URL (default: sqlite in the search folder; postgresql://... to share)")
+    g.add_argument("--remote", metavar="GIT_URL", help="share the search between hosts: the population's git remote "
+                   "(a path on a shared disk, file://, ssh:// or git://; a missing local path becomes a bare repository); "
+                   "needs a postgresql:// --storage; each host then runs `evo worker NAME`")
+    g.add_argument("--heartbeat", type=positive_int, default=10, metavar="SECONDS",
+                   help="with --remote: seconds between heartbeats of a running trial (default: 10)")
+    g.add_argument("--grace", type=positive_int, default=60, metavar="SECONDS",
+                   help="with --remote: seconds without a heartbeat before another worker re-runs a trial (default: 60)")
     g.add_argument("--project", default=".", help="folder with train.py, prepare.py and program.md (default: .)")
     g.add_argument("--cache-dir", help="data and tokenizer cache (default: $EVO_CACHE or ~/.cache/evoresearch)")
     g.add_argument("--seed", type=non_negative_int, default=0, help="base random seed of the trials (default: 0)")
@@ -70,7 +77,7 @@ def creation_kwargs(args) -> dict:
     """`evo.create_search` keyword arguments from the creation flags."""
     return dict(root=args.root, project=args.project, profile=args.profile, budget=args.budget,
                 mutable=args.mutable or ["train.py"], data=args.data, storage=args.storage, cache_dir=args.cache_dir,
-                seed=args.seed)
+                seed=args.seed, remote=args.remote, heartbeat=args.heartbeat, grace=args.grace)
 
 
 def add_strategy_options(p) -> None:
