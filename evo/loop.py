@@ -90,6 +90,7 @@ class Child:
     island: int = 0
     rerun_of: int | None = None
     attrs: dict = field(default_factory=dict)
+    published: bool = False             # its commit is on a shared search's remote
 
 
 @dataclass(kw_only=True)
@@ -161,6 +162,7 @@ class SearchLoop:
         self.runner = runner or TrialRunner(harness=search.harness, python=self.python)
         self.hosts = hosts or OneHost()
         self._recovered = False
+        self._snapshot = None                   # see _trials
         self.stop = threading.Event()          # set on Ctrl-C: stop planning, kill running trials
         self.started = time.time()
         self._pending: list[cf.Future] = []     # proposals being prepared (FIFO)
@@ -215,6 +217,7 @@ class SearchLoop:
     def _steady_state(self) -> StopReason:
         """Plan, launch and finish trials until a limit says stop and nothing runs any more."""
         while True:
+            self._snapshot = None
             self.hosts.poll(self)
             limit = self._limit_reached()
             if limit is None:
@@ -271,7 +274,14 @@ class SearchLoop:
         return None
 
     def _counted(self) -> int:
-        return sum(1 for t in self.search.trials() if t.counts)
+        return sum(1 for t in self._trials() if t.counts)
+
+    def _trials(self):
+        """The trials as of this turn of the loop: read once per turn, and again after this loop wrote
+        (a database round trip per read matters to a worker of a shared search)."""
+        if self._snapshot is None:
+            self._snapshot = self.search.trials()
+        return self._snapshot
 
     def _queued(self) -> int:
         return len(self._pending) + len(self._ready)
@@ -352,7 +362,7 @@ class SearchLoop:
             elif len(self._pending) + len(self._ready) >= len(self._free_slots()):
                 return  # sequential semantics: plan only for a device that is free now
             limit = self.options.trials
-            trials = self.search.trials()
+            trials = self._trials()
             if limit is not None and sum(1 for t in trials if t.counts or t.state == "RUNNING") + self._queued() >= limit:
                 return
             lineage = Lineage(trials, direction=self.search.config.direction)
@@ -388,7 +398,8 @@ class SearchLoop:
                                                 "proposer": "reeval"})
 
     def _propose(self, plan: Plan, lineage: Lineage, rng: random.Random) -> Child:
-        """Worker thread: turn a plan into a child. Reads git; writes neither git nor the store (the loop's own thread owns both)."""
+        """Worker thread: turn a plan into a child. Reads git; writes neither git refs nor the store (the loop's
+        own thread owns both); a shared search's worker also commits and pushes the child here (`_publish_early`)."""
         search = self.search
         parents = [search.genome(n, lineage) for n in plan.parents]
         known = {t.tree for t in lineage.trials if t.tree}
@@ -418,7 +429,22 @@ class SearchLoop:
                 proposal.ok = False
                 proposal.error = (f"proposal touches files outside the mutable set: {sorted(extra)}" if extra
                                   else f"proposal lacks mutable files: {sorted(missing)}")
-        return Child(plan.operator, list(plan.parents), proposal=proposal, island=plan.island, seed=search.config.seed)
+        child = Child(plan.operator, list(plan.parents), proposal=proposal, island=plan.island, seed=search.config.seed)
+        if proposal.ok and self.hosts.shared:
+            self._publish_early(child, [g.commit for g in parents])
+        return child
+
+    def _publish_early(self, child: Child, parent_commits: list[str]) -> None:
+        """Worker thread of a shared search: commit the child (objects only, no ref) and push it while the
+        devices are busy, so neither costs a freed device time. A failed push is tried again at `_start`."""
+        try:
+            child.commit = self.search.repo.commit(child.proposal.files, parents=parent_commits,
+                                                   message=_commit_message(child, child.proposal))
+            self.hosts.publish(self.search, child.commit)
+            child.published = True
+        except Exception as e:
+            if not self.hosts.transient(e):
+                raise
 
     # -- launching --------------------------------------------------------------------
 
@@ -449,17 +475,21 @@ class SearchLoop:
         """Record the child as a trial and run it, unless it is an invalid proposal, a known genome, or
         no longer wanted (the trial limit is full, or another worker already took its re-run)."""
         search, repo = self.search, self.search.repo
+        self._snapshot = None
         lineage = search.lineage()
         parent_commits = [lineage.by_number[n].commit for n in child.parents if n in lineage.by_number]
         attrs = self._trial_attrs(child)
         p = child.proposal
         tree = original = None
         try:
-            if child.commit is not None:
+            if p is not None and p.ok:
+                if child.commit is None:
+                    child.commit = repo.commit(p.files, parents=parent_commits, message=_commit_message(child, p))
+                if not child.published:
+                    self.hosts.publish(search, child.commit)  # on the remote before its trial exists
+                    child.published = True
+            elif child.commit is not None:  # the seed, a re-run or a re-evaluation: maybe another host's genome
                 self.hosts.ensure(search, [child.commit, *parent_commits])
-            elif p.ok:
-                child.commit = repo.commit(p.files, parents=parent_commits, message=_commit_message(child, p))
-                self.hosts.publish(search, child.commit)  # on the remote before its trial exists
             if child.commit is not None:
                 tree = repo.tree_of(child.commit)
                 attrs.update(commit=child.commit, tree=tree)
@@ -476,6 +506,7 @@ class SearchLoop:
             if self.hosts.transient(e):  # not recorded: try again once the database or remote is back
                 self._ready.insert(0, child)
             raise
+        self._snapshot = None
         self.hosts.started(number, child.commit)
         if p is not None and not p.ok:
             self._record_invalid(child, attrs, parent_commits, number)
@@ -566,6 +597,7 @@ class SearchLoop:
     # -- finishing ---------------------------------------------------------------------
 
     def _finish(self, future: cf.Future) -> None:
+        self._snapshot = None
         busy = self._running.pop(future)
         number = busy.trial
         try:
@@ -593,6 +625,7 @@ class SearchLoop:
                 self._running[future] = busy
             raise
         search.paths.trial(number).make().result.write_text(json.dumps(dataclasses.asdict(result), indent=2) + "\n")
+        self._snapshot = None
         self._write_devices()
         if not told:
             self.on_event("lost", {"trial": number, "status": result.status})
