@@ -18,6 +18,8 @@ Prints per worker count:
   db s/trial, git s/trial   seconds in SQL statements and in git push/fetch per trial
   claim wait s        seconds per trial spent waiting for the claim (another worker held it)
   db calls/trial      SQL statements per trial (all threads), and those of the heartbeat thread
+  worker CPU s/trial  CPU seconds of the worker processes per trial (start-up and data checks
+                      included), which other work on the machine does not inflate
 
 On 2 CPU cores the real genome saturates the cores with 2+ workers, so trials/min stops
 growing there; the engine's seconds per trial are the figure that must stay small.
@@ -88,6 +90,7 @@ def shim(trace: str, argv: list[str]) -> int:
     try:
         return main(argv)
     finally:
+        counts["cpu_seconds"] = time.process_time()  # this process alone: no trial, no git, no database server
         Path(trace).write_text(json.dumps(counts))
 
 
@@ -130,6 +133,7 @@ def one_round(n: int, args, pg, remote_url: str, project: Path, env: dict) -> di
             "engine_mean": statistics.fmean(gaps) if gaps else float("nan"),
             "db_seconds": sum(x["sql_seconds"] for x in loads) / len(trials),
             "lock_seconds": sum(x["lock_seconds"] for x in loads) / len(trials),
+            "cpu_seconds": sum(x["cpu_seconds"] for x in loads) / len(trials),
             "git_seconds": sum(x["git_seconds"] for x in loads) / len(trials),
             "git_calls": sum(x["git"] for x in loads) / len(trials),
             "sql": sum(x["sql"] for x in loads) / len(trials),
@@ -171,7 +175,8 @@ def main() -> None:
               + (f", each trial sleeps {args.sleep:g}s" if args.genome == "instant" else "")
               + f"; {os.cpu_count()} CPU cores; remote over {'git://' if args.git_daemon else 'file://'}")
         print(f"{'workers':>7} {'trials/min':>10} {'engine s/trial (median, mean)':>30} {'db s/trial':>10} "
-              f"{'claim wait s':>12} {'git s/trial':>11} {'db calls/trial (heartbeat)':>27} {'trial run s':>11}")
+              f"{'claim wait s':>12} {'git s/trial':>11} {'db calls/trial (heartbeat)':>27} {'trial run s':>11} "
+              f"{'worker CPU s/trial':>18}")
         for n in (int(x) for x in args.workers.split(",")):
             served = work / f"served{n}"
             served.mkdir()
@@ -187,7 +192,7 @@ def main() -> None:
                 daemon = None
             print(f"{r['workers']:>7} {r['per_minute']:>10.1f} {r['engine_median']:>14.3f} {r['engine_mean']:>15.3f} "
                   f"{r['db_seconds']:>10.3f} {r['lock_seconds']:>12.3f} {r['git_seconds']:>11.3f} {r['sql']:>17.1f} ({r['sql_heartbeat']:.1f}) "
-                  f"{r['run_seconds']:>11.2f}", flush=True)
+                  f"{r['run_seconds']:>11.2f} {r['cpu_seconds']:>18.3f}", flush=True)
     finally:
         if daemon:
             daemon.stop()

@@ -36,6 +36,8 @@ class OneHost:
 
     shared = False
     idle_wait = 0.2     # seconds the loop sleeps when it has nothing to wait on
+    salt = ""           # added to the planner's random seed: workers that see the same lineage must not
+                        # all draw the same child
 
     def begin(self, loop: "SearchLoop") -> None:
         """Before the first trial."""
@@ -106,6 +108,7 @@ class SharedHosts(OneHost):
                               "open it with Search.open(name, worker=True)")
         self.patience = patience
         self.worker = f"{HOST}:{search.folder}"
+        self.salt = f":{self.worker}"
         self._unpushed: dict[int, str] = {}        # this worker's trial branches not yet on the remote
         self._next_poll = 0.0
         self._poll_every = max(1.0, float(search.config.heartbeat))

@@ -370,7 +370,7 @@ class SearchLoop:
             if reeval is not None:
                 self._ready.append(reeval)
                 continue
-            rng = random.Random(f"{self.search.config.seed}:{len(lineage.trials)}:{self._plans}")
+            rng = random.Random(f"{self.search.config.seed}:{len(lineage.trials)}:{self._plans}{self.hosts.salt}")
             try:
                 plan = self.strategy.plan(lineage, rng)
             except NoParentError as e:
