@@ -278,6 +278,8 @@ class TrialStore:
 
     # -- the claim ------------------------------------------------------------
 
+    # Lock order: the claim first, then self._lock, which is only ever held for database calls, so the
+    # progress thread's reports never wait behind another worker's claim.
     @contextlib.contextmanager
     def claim(self):
         """Hold the study's claim lock while deciding from the study and writing the decision.
@@ -313,7 +315,7 @@ class TrialStore:
         On a shared study the trial's first heartbeat is recorded and marked before the
         claim is let go, so every RUNNING trial another worker sees is either beating or
         an orphan of a worker that died in between (see `fail_stale`)."""
-        with self._lock, self.claim():
+        with self.claim(), self._lock:
             user_attrs = {"status": INTERRUPTED, **attrs} if self.shared else dict(attrs)
             template = optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs=user_attrs)
             trial_id = self.storage.create_new_trial(self._study_id, template_trial=template)
@@ -365,7 +367,7 @@ class TrialStore:
         Returns False, writing nothing, when the trial is no longer RUNNING because another
         worker failed it as stale (its re-run owns the genome now). The status is written
         last, just before the state, so a finish cut short leaves `status: interrupted`."""
-        with self._lock, self.claim():
+        with self.claim(), self._lock:
             trial_id = self._live.get(number)
             if trial_id is None:
                 trial_id = self._trial_id(number)
@@ -423,7 +425,7 @@ class TrialStore:
         worker in `dead` (the caller knows it stopped: it holds that worker's folder lock); or
         never marked as beating, which under the claim means its worker died between creating
         it and its first heartbeat. Shared studies only; runs inside the claim."""
-        with self._lock, self.claim():
+        with self.claim(), self._lock:
             for trial_id in self._live.values():  # our own trials are alive, however long the database was away
                 self.storage.record_heartbeat(trial_id)
             self._stale.clear()
@@ -443,7 +445,7 @@ class TrialStore:
 
     def add_spend(self, usd: float) -> float:
         """Add to the search's LLM spend (dropped proposals included); return the new total."""
-        with self._lock, self.claim():
+        with self.claim(), self._lock:
             total = self.spend_usd + float(usd)
             self.set_attr(SPEND_ATTR, total)
             return total
@@ -475,8 +477,9 @@ class TrialStore:
     def _beat_forever(self) -> None:
         missed = False
         while not self._stop_beats.is_set():
-            with self._lock:
-                live = dict(self._live)
+            # No lock: a beat must never wait for the loop (which may be waiting for the claim). Copying
+            # a dict is one step under the GIL.
+            live = dict(self._live)
             try:
                 for number, trial_id in live.items():
                     self.storage.record_heartbeat(trial_id)
