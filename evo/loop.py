@@ -34,7 +34,7 @@ from typing import Callable
 import optuna
 
 from evo.devices import Slot, parse_devices
-from evo.hosts import OneHost
+from evo.hosts import OneHost, SharedHosts
 from evo.proposers import Genome, Proposal, ProposalContext, Proposer, ProposerError
 from evo.pruners import make_pruner
 from evo.runner import TrialResult, TrialRunner, trial_environment
@@ -150,7 +150,8 @@ class SearchLoop:
         on_event: called as (kind, info) for "preparing", "recovered", "started", "finished", "stopped".
         python: the interpreter that runs trials (default: this one).
         runner: runs one genome (default: a `TrialRunner` over the search's harness).
-        hosts: who else works on the search (default: nobody, `OneHost`; `SharedHosts` for a worker).
+        hosts: who else works on the search (default: `SharedHosts` for a shared search, which must be
+            opened with `Search.open(name, worker=True)`; else nobody, `OneHost`).
     """
 
     def __init__(self, search: Search, strategy: Strategy, proposer: Proposer, slots: list[Slot], options: RunOptions,
@@ -160,7 +161,8 @@ class SearchLoop:
         self.on_event = on_event or (lambda kind, info: None)
         self.python = python or sys.executable
         self.runner = runner or TrialRunner(harness=search.harness, python=self.python)
-        self.hosts = hosts or OneHost()
+        # A shared search's study has other writers: treating it as this host's alone would fail their trials.
+        self.hosts = hosts or (SharedHosts(search) if search.config.shared else OneHost())
         self._recovered = False
         self._snapshot = None                   # see _trials
         self.stop = threading.Event()          # set on Ctrl-C: stop planning, kill running trials
