@@ -212,7 +212,7 @@ class TrialStore:
         except KeyError:
             raise KeyError(f"no study named {name!r} in that database") from None
         self.name = name
-        self.heartbeat = heartbeat
+        self.heartbeat, self.grace = heartbeat, grace
         self._study_id = self.storage.get_study_id_from_name(name)
         self._lock = threading.RLock()
         self._live: dict[int, int] = {}                  # trial number -> trial id, for trials this process runs
@@ -287,7 +287,8 @@ class TrialStore:
         On a shared study this is a PostgreSQL transaction-scoped advisory lock, held by a
         connection of its own: it is released when the block ends, when this process dies
         (its connection closes), or when the connection sits idle in the block for longer
-        than the grace period (a host that froze or lost power). Re-entrant within a thread.
+        than max(60 s, the grace period): a host that froze or lost power holds it no
+        longer than that. Re-entrant within a thread.
         On a study one process owns, there is no one to exclude: a no-op."""
         if not self.shared or getattr(self._claim, "depth", 0):
             self._claim.depth = getattr(self._claim, "depth", 0) + 1
@@ -296,10 +297,10 @@ class TrialStore:
             finally:
                 self._claim.depth -= 1
             return
-        wait = max(30, 2 * (self.heartbeat or 0))
+        hold = max(60, self.grace or 0)  # far above any honest time inside a claim: a stall must not lose it
         with self.storage.engine.connect() as conn, conn.begin():
-            conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{wait}s'")
-            conn.exec_driver_sql(f"SET LOCAL idle_in_transaction_session_timeout = '{wait}s'")
+            conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{2 * hold}s'")  # outwaits a holder that died silently
+            conn.exec_driver_sql(f"SET LOCAL idle_in_transaction_session_timeout = '{hold}s'")
             conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s, %s)", (CLAIM_LOCK, self._study_id))
             self._claim.depth = 1
             try:

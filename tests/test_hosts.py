@@ -236,3 +236,34 @@ def test_a_worker_waits_out_a_database_restart_and_stops_with_one_line_when_it_s
     errors = [line for line in log_of(project, "b").splitlines() if line.startswith("evo worker: error:")]
     assert impatient.returncode == 1
     assert len(errors) == 1 and "lost the database" in errors[0] and "for 2 s" in errors[0], log_of(project, "b")
+
+
+def test_a_stale_trial_is_failed_by_exactly_one_of_the_workers_racing_for_it(database):
+    """Two workers find the same silent trial at once: one fails it (and will re-run it), the other does not;
+    its owner, back from the dead, then learns it must not tell its result."""
+    import threading
+
+    from population.store import TrialStore
+
+    owner = TrialStore.create(database, "race", {}, heartbeat=1, grace=2)
+    number = owner.start({"operator": "seed", "worker": "gone:/w"})   # one heartbeat, then silence
+    time.sleep(3.5)
+    racers = [TrialStore.open(database, "race", heartbeat=1, grace=2) for _ in range(2)]
+    barrier, failed = threading.Barrier(2), []
+
+    def race(store):
+        barrier.wait()
+        failed.append([t.number for t in store.fail_stale()])
+
+    threads = [threading.Thread(target=race, args=(s,)) for s in racers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(failed) == [[], [number]]
+    (record,) = racers[0].trials()
+    assert record.state == "FAIL" and record.status == "interrupted" and not record.counts
+    assert owner.finish(number, status="ok", value=1.0) is False
+    assert racers[1].trials()[0].status == "interrupted"
+    for store in (owner, *racers):
+        store.close()
