@@ -38,11 +38,12 @@ class OneHost:
     idle_wait = 0.2     # seconds the loop sleeps when it has nothing to wait on
     salt = ""           # added to the planner's random seed: workers that see the same lineage must not
                         # all draw the same child
+    trials_max_age = None  # seconds the loop may plan from trials it read earlier (None: re-read every turn)
 
-    def begin(self, loop: "SearchLoop") -> None:
+    def begin(self, loop) -> None:
         """Before the first trial."""
 
-    def end(self, loop: "SearchLoop") -> None:
+    def end(self, loop) -> None:
         """After the last trial ended (or was left to others)."""
 
     def trial_attrs(self) -> dict:
@@ -76,14 +77,14 @@ class OneHost:
         """Whether trials other than `mine` are still running (then a worker with nothing to do waits)."""
         return False
 
-    def poll(self, loop: "SearchLoop") -> None:
+    def poll(self, loop) -> None:
         """Called on every turn of the loop; the shared version looks for stale trials now and then."""
 
     def transient(self, error: BaseException) -> bool:
         """Whether `error` is an outage worth waiting out."""
         return False
 
-    def wait_out(self, error: BaseException, loop: "SearchLoop") -> str | None:
+    def wait_out(self, error: BaseException, loop) -> str | None:
         """Wait for the database and the remote to come back: None when they did, else why the worker stops."""
         raise error
 
@@ -112,9 +113,10 @@ class SharedHosts(OneHost):
         self._unpushed: dict[int, str] = {}        # this worker's trial branches not yet on the remote
         self._next_poll = 0.0
         self._poll_every = max(1.0, float(search.config.heartbeat))
+        self.trials_max_age = self._poll_every
         self._lock = threading.Lock()
 
-    def begin(self, loop: "SearchLoop") -> None:
+    def begin(self, loop) -> None:
         """Start beating; limits this worker was given become the search's, for every worker."""
         store, o = loop.search.store, loop.options
         given = {k: v for k, v in (("trials", o.trials), ("hours", o.hours)) if v is not None}
@@ -123,7 +125,7 @@ class SharedHosts(OneHost):
         store.start_heartbeats()
         self.refresh_limits(loop, loop.search.trials())
 
-    def end(self, loop: "SearchLoop") -> None:
+    def end(self, loop) -> None:
         loop.search.store.stop_heartbeats()
         try:
             loop.search.publish_branches()
@@ -166,7 +168,7 @@ class SharedHosts(OneHost):
     def others_running(self, search: Search, mine: set[int]) -> bool:
         return any(t.state == "RUNNING" and t.number not in mine for t in search.trials())
 
-    def poll(self, loop: "SearchLoop") -> None:
+    def poll(self, loop) -> None:
         """Every heartbeat interval: fail stale trials (queuing their re-runs) and re-read the limits."""
         now = time.time()
         if now < self._next_poll:
@@ -177,7 +179,7 @@ class SharedHosts(OneHost):
         loop.queue_reruns(trials)
         self.refresh_limits(loop, trials)
 
-    def refresh_limits(self, loop: "SearchLoop", trials: list[TrialRecord]) -> None:
+    def refresh_limits(self, loop, trials: list[TrialRecord]) -> None:
         """The search's trial and hour limits, shared by every worker (hours count from its first trial)."""
         limits = loop.search.store.attr(LIMITS_ATTR) or {}
         loop.options.trials = limits.get("trials")
@@ -188,7 +190,7 @@ class SharedHosts(OneHost):
     def transient(self, error: BaseException) -> bool:
         return isinstance(error, RemoteError) or is_transient(error)
 
-    def wait_out(self, error: BaseException, loop: "SearchLoop") -> str | None:
+    def wait_out(self, error: BaseException, loop) -> str | None:
         """Retry with back-off (1, 2, 4 ... 30 s) until both the database and the remote answer."""
         search = loop.search
         what = (f"the git remote {search.config.remote}" if isinstance(error, RemoteError)

@@ -164,7 +164,7 @@ class SearchLoop:
         # A shared search's study has other writers: treating it as this host's alone would fail their trials.
         self.hosts = hosts or (SharedHosts(search) if search.config.shared else OneHost())
         self._recovered = False
-        self._snapshot = None                   # see _trials
+        self._snapshot, self._snapshot_at = None, 0.0   # see _trials
         self.stop = threading.Event()          # set on Ctrl-C: stop planning, kill running trials
         self.started = time.time()
         self._pending: list[cf.Future] = []     # proposals being prepared (FIFO)
@@ -212,6 +212,8 @@ class SearchLoop:
                 if not self.hosts.transient(e):
                     raise
                 gave_up = self.hosts.wait_out(e, self)
+                if self.stop.is_set():  # stopped while waiting: leave now, the rest is the other workers'
+                    return INTERRUPTED_STOP
                 if gave_up is not None:
                     self._error = StopReason(StopKind.ERROR, gave_up)
                     return self._error
@@ -219,7 +221,8 @@ class SearchLoop:
     def _steady_state(self) -> StopReason:
         """Plan, launch and finish trials until a limit says stop and nothing runs any more."""
         while True:
-            self._snapshot = None
+            if self.hosts.trials_max_age is None:
+                self._snapshot = None
             self.hosts.poll(self)
             limit = self._limit_reached()
             if limit is None:
@@ -279,10 +282,13 @@ class SearchLoop:
         return sum(1 for t in self._trials() if t.counts)
 
     def _trials(self):
-        """The trials as of this turn of the loop: read once per turn, and again after this loop wrote
-        (a database round trip per read matters to a worker of a shared search)."""
-        if self._snapshot is None:
-            self._snapshot = self.search.trials()
+        """The trials as the limit check and the planner see them: read again after this loop wrote, and
+        on one host at every turn; a shared search's worker re-reads what others did every few seconds
+        (`hosts.trials_max_age`) rather than every second while its trials run. Whatever it decides
+        from them is checked again against a fresh read under the claim."""
+        age = self.hosts.trials_max_age
+        if self._snapshot is None or (age is not None and time.monotonic() - self._snapshot_at > age):
+            self._snapshot, self._snapshot_at = self.search.trials(), time.monotonic()
         return self._snapshot
 
     def _queued(self) -> int:

@@ -38,6 +38,12 @@ class Genome:
     score: float | None = None
 
 
+# Talking to a remote never waits for a person (no password prompt) nor forever on a dead host.
+REMOTE_TIMEOUT = 600
+_REMOTE_ENV = {"GIT_TERMINAL_PROMPT": "0",
+               "GIT_SSH_COMMAND": os.environ.get("GIT_SSH_COMMAND", "ssh -o BatchMode=yes -o ConnectTimeout=20")}
+
+
 class RemoteError(Exception):
     """The git remote cannot be reached or refused a push; the message is one line."""
 
@@ -76,10 +82,11 @@ class GenomeRepo:
     def close(self) -> None:
         self.repo.close()
 
-    def _git(self, *args: str, input: str | None = None, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    def _git(self, *args: str, input: str | None = None, env: dict | None = None, check: bool = True,
+             timeout: float | None = None) -> subprocess.CompletedProcess:
         full_env = {**os.environ, **_IDENTITY, **(env or {})}
         proc = subprocess.run(["git", f"--git-dir={self.path}", *args], input=input, capture_output=True,
-                              encoding="utf-8", env=full_env)
+                              encoding="utf-8", env=full_env, timeout=timeout)
         if check and proc.returncode != 0:
             raise git.GitCommandError(["git", *args], proc.returncode, proc.stderr)
         return proc
@@ -129,8 +136,10 @@ class GenomeRepo:
         self._remote("fetch", "--quiet", "--no-tags", "--no-write-fetch-head", url, *refspecs)
 
     def _remote(self, *args: str) -> None:
-        proc = self._git(*args, check=False, env={"GIT_TERMINAL_PROMPT": "0", "GIT_SSH_COMMAND":
-                                                  os.environ.get("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")})
+        try:
+            proc = self._git(*args, check=False, env=_REMOTE_ENV, timeout=REMOTE_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            raise RemoteError(f"git {args[0]} got no answer in {REMOTE_TIMEOUT} s") from None
         if proc.returncode != 0:
             raise RemoteError(_reason(proc.stderr) or f"git {args[0]} failed")
 
@@ -140,8 +149,11 @@ class GenomeRepo:
         where a missing local path (or file:// URL) points."""
         if create and is_local_remote(url) and not remote_path(url).exists():
             git.Repo.init(remote_path(url), bare=True, initial_branch="main").close()
-        proc = subprocess.run(["git", "ls-remote", "--heads", url, "evo-probe"], capture_output=True, text=True,
-                              env={**os.environ, "GIT_TERMINAL_PROMPT": "0"}, timeout=60)
+        try:
+            proc = subprocess.run(["git", "ls-remote", "--heads", url, "evo-probe"], capture_output=True, text=True,
+                                  env={**os.environ, **_REMOTE_ENV}, timeout=60)
+        except subprocess.TimeoutExpired:
+            raise RemoteError(f"cannot reach the git remote {url}: no answer in 60 s") from None
         if proc.returncode != 0:
             raise RemoteError(f"cannot reach the git remote {url}: {_reason(proc.stderr) or 'no answer'}")
 
