@@ -267,3 +267,40 @@ def test_a_stale_trial_is_failed_by_exactly_one_of_the_workers_racing_for_it(dat
     assert racers[1].trials()[0].status == "interrupted"
     for store in (owner, *racers):
         store.close()
+
+
+def test_two_workers_never_train_the_same_genome(instant_project, database, tmp_path, monkeypatch):
+    """Every child is the same genome: whichever worker records it first trains it, the other records a
+    duplicate (of a trial running on another host, or finished there), never a second training."""
+    import threading
+
+    from evo import GreedyStrategy, Proposal, Proposer, RunOptions, SearchLoop, create_search, join_search, parse_devices
+    from population import Search
+
+    class SameChild(Proposer):
+        name = "same-child"
+
+        def mutate(self, parent, ctx):
+            return Proposal({"train.py": parent.files["train.py"].replace("LR = 0.04", "LR = 0.05")}, "LR -> 0.05")
+
+    monkeypatch.setenv("EVO_TEST_SLEEP", "1")
+    remote = str(tmp_path / "population.git")
+    create_search("d", root=tmp_path / "a", project=instant_project, profile="tiny", budget=1, storage=database,
+                  remote=remote, heartbeat=1, grace=4).close()
+    join_search("d", root=tmp_path / "b", storage=database, remote=remote).close()
+    searches = [Search.open("d", root=tmp_path / h, worker=True) for h in "ab"]
+    loops = [SearchLoop(s, GreedyStrategy(), SameChild(), parse_devices("cpu"), RunOptions(trials=8)) for s in searches]
+    threads = [threading.Thread(target=loop.run) for loop in loops]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=240)
+    trials = searches[0].trials()
+    for s in searches:
+        s.close()
+    assert sum(1 for t in trials if t.counts) == 8 and not [t for t in trials if t.state == "RUNNING"]
+    trained = [t for t in trials if t.status == "ok"]
+    assert [t.operator for t in trained] == ["seed", "mutate"], [(t.number, t.operator, t.status) for t in trials]
+    assert all(t.status == "duplicate" and t.attrs["duplicate_of"] in {x.number for x in trained}
+               for t in trials if t not in trained)
+    assert {t.attrs["worker"] for t in trials} == {s.worker for s in (l.hosts for l in loops)}, "both took trials"
