@@ -43,8 +43,20 @@ def summarize(search) -> dict:
         "spend_usd": spend,
         "cost_per_kept_usd": spend / kept if kept and spend else None,
         "devices": devices,
+        "hosts": _hosts(trials),
         "trials": [_trial_row(t, lineage) for t in lineage.trials],
     }
+
+
+def _hosts(trials: list[TrialRecord]) -> dict[str, dict]:
+    """For a shared search: per host, how many trials it ran and how many it runs now."""
+    hosts: dict[str, dict] = {}
+    for t in trials:
+        if t.host:
+            row = hosts.setdefault(t.host, {"trials": 0, "running": 0})
+            row["trials"] += 1
+            row["running"] += t.state == "RUNNING"
+    return hosts
 
 
 def _devices(search) -> list[dict]:
@@ -102,6 +114,9 @@ def render_status(s: dict, recent: int = 12) -> str:
     if s["spend_usd"]:
         per = f", ${s['cost_per_kept_usd']:.2f} per kept improvement" if s["cost_per_kept_usd"] else ""
         lines.append(f"LLM spend: ${s['spend_usd']:.2f}{per}")
+    if s.get("hosts"):
+        lines.append("hosts: " + ", ".join(f"{h} ({v['trials']} trials" + (f", {v['running']} running)" if v["running"] else ")")
+                                           for h, v in sorted(s["hosts"].items())))
     for d in s["devices"]:
         if d.get("trial") is None:
             lines.append(f"  {d['slot']:8s} idle")
@@ -149,13 +164,16 @@ def render_trial(search, number: int) -> str:
     usage = t.attrs.get("usage") or {}
     if usage:
         lines.append("LLM usage: " + ", ".join(f"{k} {v}" for k, v in usage.items()))
-    diff = folder.diff
-    if diff.exists() and diff.read_text().strip():
-        lines += ["", "diff against parent(s):", diff.read_text().rstrip()]
+    diff = folder.diff.read_text() if folder.diff.exists() else _diff_from_git(search, t, trials)
+    if diff.strip():
+        lines += ["", "diff against parent(s):", diff.rstrip()]
     log = folder.run_log
     if log.exists():
         tail = log.read_text(errors="replace").splitlines()[-15:]
         lines += ["", f"log tail ({log}):"] + tail
+    elif t.attrs.get("log_tail"):  # run by another host of a shared search: its full log stayed there
+        where = f"{t.host}:{folder.run_log}" if t.host else str(folder.run_log)
+        lines += ["", f"log tail (the full log is on {where}):"] + t.attrs["log_tail"].splitlines()[-15:]
     return "\n".join(lines)
 
 
@@ -180,3 +198,11 @@ def provenance_lines(p: dict) -> list[str]:
     for flag in p.get("suspicious", []):
         lines.append(f"flagged: {flag}")
     return lines
+
+
+def _diff_from_git(search, t: TrialRecord, trials: dict) -> str:
+    """The diff of a trial whose files another host wrote, from the genomes themselves."""
+    parents = [trials[n].commit for n in t.parents if n in trials and trials[n].commit]
+    if not t.commit or not parents or search.repo.missing([t.commit, *parents]):
+        return ""
+    return "".join(f"# diff against parent {c[:10]}\n" + search.repo.diff(c, t.commit) for c in parents)

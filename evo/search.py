@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -41,7 +42,8 @@ def create_search(name: str, *, root: str | Path = "runs", project: str | Path =
                   data: str | None = None, storage: str | None = None, cache_dir: str | None = None,
                   seed: int = 0, sandbox: str = "auto", allow_network: bool = False, run: str | None = None,
                   metric: str | None = None, direction: str | None = None, metric_pattern: str | None = None,
-                  evaluate: str | None = None, read: list[str] | tuple[str, ...] = ()) -> Search:
+                  evaluate: str | None = None, read: list[str] | tuple[str, ...] = (), remote: str | None = None,
+                  heartbeat: int = 10, grace: int = 60) -> Search:
     """Create search `name` from a project's seed genome and fixed files, and return it open.
 
     >>> search = create_search("demo", profile="tiny", budget=5)                              # doctest: +SKIP
@@ -72,6 +74,10 @@ def create_search(name: str, *, root: str | Path = "runs", project: str | Path =
         metric_pattern: a regex whose first group is the score, instead of `metric: value` lines.
         evaluate: a command of the project that scores a trial afterwards, apart from its code.
         read: folders outside the project trials may read (e.g. a data cache).
+        remote: a git URL (path, file://, ssh://, git://) for a search shared by several hosts;
+            `storage` must then be PostgreSQL. A missing local path becomes a bare repository.
+        heartbeat, grace: for a shared search, seconds between a running trial's heartbeats, and
+            of silence after which another worker re-runs it.
 
     Raises:
         SearchError: with one line saying what to change; nothing is created then.
@@ -81,14 +87,9 @@ def create_search(name: str, *, root: str | Path = "runs", project: str | Path =
     if Search.exists(name, root=root):
         raise SearchError(f"search {name!r} already exists in {Path(root).resolve()}; open it with `evo run {name}` "
                           "or pick another name")
-    if budget is not None and budget <= 0:
-        raise SearchError(f"--budget must be a positive number of seconds, not {budget:g}")
     direction = direction or MINIMIZE
-    if direction not in DIRECTIONS:
-        raise SearchError(f"--direction must be minimize or maximize, not {direction!r}")
-    for folder in read:
-        if not Path(os.path.expanduser(folder)).exists():
-            raise SearchError(f"--read {folder}: no such file or folder")
+    _check_flags(budget=budget, direction=direction, read=read, remote=remote, storage=storage, heartbeat=heartbeat,
+                 grace=grace)
     sandbox = resolve_sandbox(sandbox)
     if run is None:
         if metric not in (None, "val_bpb") or direction != MINIMIZE or metric_pattern or evaluate:
@@ -106,10 +107,28 @@ def create_search(name: str, *, root: str | Path = "runs", project: str | Path =
                                                   mutable=list(mutable))
     config = SearchConfig(name=name, mutable=mutable, seed=seed, storage=storage or LOCAL_STORAGE,
                           harness_sha256=harness_sha256(harness), sandbox=sandbox, allow_network=allow_network,
-                          read=[str(Path(os.path.expanduser(r)).resolve()) for r in read], **fields)
+                          read=[str(Path(os.path.expanduser(r)).resolve()) for r in read], remote=remote or "",
+                          heartbeat=heartbeat, grace=grace, **fields)
     program = _program(project, config)
     return Search.create(root, config, seed_files={f: (project / f).read_text() for f in mutable}, harness=harness,
                          program=program)
+
+
+def _check_flags(*, budget, direction, read, remote, storage, heartbeat, grace) -> None:
+    """Raise SearchError for a creation flag that cannot work, before anything is made."""
+    if budget is not None and budget <= 0:
+        raise SearchError(f"--budget must be a positive number of seconds, not {budget:g}")
+    if remote and not storage:
+        raise SearchError("a search shared through --remote needs its study in PostgreSQL too: add "
+                          "--storage postgresql://USER@HOST/DB")
+    if remote and grace <= 2 * heartbeat:
+        raise SearchError(f"--grace ({grace} s) must be more than twice --heartbeat ({heartbeat} s), or a "
+                          "busy worker's trials would be taken from it")
+    if direction not in DIRECTIONS:
+        raise SearchError(f"--direction must be minimize or maximize, not {direction!r}")
+    for folder in read:
+        if not Path(os.path.expanduser(folder)).exists():
+            raise SearchError(f"--read {folder}: no such file or folder")
 
 
 def _program(project: Path, config: SearchConfig) -> str | None:
@@ -188,3 +207,17 @@ def _sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def join_search(name: str, *, root: str | Path = "runs", storage: str, remote: str,
+                cache_dir: str | None = None) -> Search:
+    """Make this host's folder of shared search `name` (see `population.Search.join`) and check that
+    the harness it got from the remote is the one the search was created with."""
+    search = Search.join(name, root=root, storage=storage, remote=remote, cache_dir=cache_dir)
+    got = harness_sha256({str(p.relative_to(search.paths.harness)): p.read_bytes() for p in search.harness})
+    if got != search.config.harness_sha256:
+        search.close()
+        shutil.rmtree(search.folder, ignore_errors=True)  # nothing of it is worth keeping
+        raise SearchError(f"the harness on the remote {remote} is not the one search {name!r} was created with "
+                          f"(sha256 {got[:12]} != {search.config.harness_sha256[:12]})")
+    return search

@@ -62,6 +62,13 @@ def add_creation(p) -> None:
                    "change (default: train.py); every other file of the project is the fixed harness")
     g.add_argument("--data", help="data source: shakespeare (embedded, default), a folder of .txt/.parquet, or climbmix")
     g.add_argument("--storage", help="Optuna storage URL (default: sqlite in the search folder; postgresql://... to share)")
+    g.add_argument("--remote", metavar="GIT_URL", help="share the search between hosts: the population's git remote "
+                   "(a path on a shared disk, file://, ssh:// or git://; a missing local path becomes a bare repository); "
+                   "needs a postgresql:// --storage; each host then runs `evo worker NAME`")
+    g.add_argument("--heartbeat", type=positive_int, default=10, metavar="SECONDS",
+                   help="with --remote: seconds between heartbeats of a running trial (default: 10)")
+    g.add_argument("--grace", type=positive_int, default=60, metavar="SECONDS",
+                   help="with --remote: seconds without a heartbeat before another worker re-runs a trial (default: 60)")
     g.add_argument("--project", default=".", help="folder with train.py, prepare.py and program.md (default: .)")
     g.add_argument("--cache-dir", help="data and tokenizer cache (default: $EVO_CACHE or ~/.cache/evoresearch)")
     g.add_argument("--seed", type=non_negative_int, default=0, help="base random seed of the trials (default: 0)")
@@ -92,7 +99,8 @@ def creation_kwargs(args) -> dict:
                 mutable=args.mutable or ["train.py"], data=args.data, storage=args.storage, cache_dir=args.cache_dir,
                 seed=args.seed if args.seed is not None else 0, sandbox=args.sandbox, allow_network=args.allow_network,
                 run=args.run, metric=args.metric, direction=args.direction, metric_pattern=args.metric_pattern,
-                evaluate=args.evaluate, read=args.read)
+                evaluate=args.evaluate, read=args.read,
+                remote=args.remote, heartbeat=args.heartbeat, grace=args.grace)
 
 
 def add_strategy_options(p) -> None:

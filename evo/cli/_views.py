@@ -11,6 +11,7 @@ from analysis.report import search_facts, write_report
 from analysis.summary import render_status, render_trial, summarize
 from analysis.walk import best_lineage, render_walk
 from evo.cli._common import UsageError, add_root, positive_float, positive_int, resolve_name
+from population.genomes import RemoteError
 from population.results_tsv import results_tsv
 from population.search import Search
 
@@ -60,6 +61,19 @@ def add_parsers(sub) -> None:
     p.set_defaults(handler=cmd_report)
 
 
+def open_synced(name: str, root: str) -> Search:
+    """Open a search to read its genomes: a shared one first fetches what other hosts pushed
+    (if its remote does not answer, say so in one line and show what this host has)."""
+    search = Search.open(name, root=root)
+    if search.config.shared:
+        try:
+            search.sync()
+        except RemoteError as e:
+            print(f"warning: could not fetch from {search.config.remote} ({e}); showing the genomes this host has",
+                  file=sys.stderr)
+    return search
+
+
 def cmd_status(args) -> int:
     name = resolve_name(args.name, args.root)
     search = Search.open(name, root=args.root)
@@ -92,14 +106,14 @@ def cmd_show(args) -> int:
         number = int(number)
     except ValueError:
         raise UsageError(f"trial number must be a whole number, not {number!r}")
-    with Search.open(name, root=args.root) as search:
+    with open_synced(name, args.root) as search:
         print(render_trial(search, number))
     return 0
 
 
 def cmd_best(args) -> int:
     name = resolve_name(args.name, args.root)
-    with Search.open(name, root=args.root) as search:
+    with open_synced(name, args.root) as search:
         best = search.lineage().best
         if best is None:
             raise UsageError(f"search {name!r} has no successful trial yet")
@@ -127,7 +141,7 @@ def cmd_export(args) -> int:
 
 def cmd_report(args) -> int:
     name = resolve_name(args.name, args.root)
-    with Search.open(name, root=args.root) as search:
+    with open_synced(name, args.root) as search:
         files = write_report(search, out=args.out, max_nodes=args.max_nodes, engine=args.layout)
         print(search_facts(search).headline())
         steps = best_lineage(search.lineage())
