@@ -1,19 +1,35 @@
 """
-The fixed harness for evoresearch trials: data, tokenizer, dataloader, evaluation.
+The fixed harness for evoresearch trials: data, tokenizer, dataloader, the time budget, the score.
 
-A search mutates train.py, never this file: everything that must stay the same for
-two trials to be comparable lives here (the data split, the tokenizer, the sequence
-length, the evaluation tokens, evaluate_bpb, the time budget).
+A search mutates train.py, never this file: everything that must stay the same for two
+trials to be comparable lives here (the data split, the tokenizer, the sequence length,
+the evaluation tokens, how val_bpb is computed, the time budget).
+
+It plays four parts, each in a process of its own, so that the number a search records is
+never the genome's word:
+
+- preparation (`python prepare.py`), run by the engine before any trial: reads or downloads
+  the corpus, trains the tokenizer and writes the token files;
+- training (`import prepare` from train.py, in the genome's sandbox): the tokenizer, the
+  training split (the validation split is not even visible there), the budget clock, and
+  `save_model`, which hands the trained model over and ends what the genome controls;
+- the model process (`python prepare.py --serve-model`, untrusted: it imports the genome)
+  rebuilds the model from the saved weights and turns input tokens into logits, nothing more;
+- the scorer (`python prepare.py --score`, trusted: it never imports the genome) alone holds
+  the validation targets, picks the batches, interleaves probes that look exactly like
+  evaluation batches (later tokens changed, rows shuffled, a batch repeated) and computes
+  val_bpb. A model that looks ahead, across rows, or remembers what it saw is `invalid`.
 
 Usage:
     python prepare.py                                  # default source and profile for this machine
     python prepare.py --profile tiny                   # the seconds-long CPU test profile
     python prepare.py --source ../shared/data --profile gpu   # a local folder of .txt/.parquet
     python prepare.py --source climbmix --num-shards 8        # download from the Hugging Face hub
+    python train.py                                    # train and score the genome here, by hand
 
 Data and tokenizers are cached under ~/.cache/evoresearch (or $EVO_CACHE, or --cache-dir).
-train.py reads the profile, source, budget, seed and device from the environment:
-EVO_PROFILE, EVO_DATA, EVO_TIME_BUDGET, EVO_SEED, EVO_DEVICE, EVO_CACHE.
+train.py reads the profile, source, budget, seed and device from the environment the
+runner sets: EVO_PROFILE, EVO_DATA, EVO_TIME_BUDGET, EVO_SEED, EVO_DEVICE, EVO_CACHE.
 """
 
 import argparse
@@ -21,6 +37,7 @@ import contextlib
 import fcntl
 import hashlib
 import importlib.metadata
+import json
 import math
 import os
 import pickle
@@ -32,8 +49,9 @@ import urllib.request
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+# torch is imported where it is needed: the scorer runs on numpy alone on a CPU, so it
+# starts in a tenth of a second instead of paying for a torch import.
 
 # ---------------------------------------------------------------------------
 # Task profiles (fixed, do not modify)
@@ -43,20 +61,25 @@ import torch.nn.functional as F
 @dataclass(frozen=True)
 class Profile:
     name: str
-    vocab_size: int      # BPE vocabulary, special tokens included
-    seq_len: int         # context length of every training and evaluation row
-    eval_tokens: int     # validation tokens scored by evaluate_bpb (capped at one pass over the split)
-    time_budget: float   # default seconds of counted training per trial
-    startup_grace: float  # seconds a trial may spend outside counted training (imports, compile, eval)
+    vocab_size: int          # BPE vocabulary, special tokens included
+    seq_len: int             # context length of every training and evaluation row
+    eval_tokens: int         # validation tokens scored (capped at one pass over the split)
+    time_budget: float       # default seconds of training per trial
+    startup_allowance: float  # seconds every genome gets on top of the budget for imports and compilation
+    eval_batch_size: int     # rows per evaluation batch (the scorer's choice, not the genome's)
+    eval_limit: float        # seconds the model process may take to score the validation rows
 
 
 PROFILES = {
     # A test trial: seconds on two CPU cores.
-    "tiny": Profile("tiny", vocab_size=512, seq_len=128, eval_tokens=2**14, time_budget=5, startup_grace=60),
+    "tiny": Profile("tiny", vocab_size=512, seq_len=128, eval_tokens=2**14, time_budget=5, startup_allowance=10,
+                    eval_batch_size=32, eval_limit=60),
     # A meaningful one-minute trial on a CPU.
-    "cpu": Profile("cpu", vocab_size=2048, seq_len=256, eval_tokens=2**16, time_budget=60, startup_grace=120),
-    # autoresearch's setting on one H100.
-    "gpu": Profile("gpu", vocab_size=8192, seq_len=2048, eval_tokens=40 * 2**19, time_budget=300, startup_grace=240),
+    "cpu": Profile("cpu", vocab_size=2048, seq_len=256, eval_tokens=2**16, time_budget=60, startup_allowance=20,
+                   eval_batch_size=32, eval_limit=300),
+    # autoresearch's setting on one H100 (the allowance covers a cold compile, ~60 s there).
+    "gpu": Profile("gpu", vocab_size=8192, seq_len=2048, eval_tokens=40 * 2**19, time_budget=300, startup_allowance=90,
+                   eval_batch_size=32, eval_limit=300),
 }
 
 SPECIAL_TOKENS = ["<|bos|>", "<|reserved_1|>", "<|reserved_2|>", "<|reserved_3|>"]
@@ -75,6 +98,7 @@ CLIMBMIX_MAX_SHARD = 6542  # shard_06542.parquet is the pinned validation shard
 
 
 def default_profile_name():
+    import torch
     return "gpu" if torch.cuda.is_available() else "cpu"
 
 
@@ -95,8 +119,35 @@ MAX_SEQ_LEN = PROFILE.seq_len
 VOCAB_SIZE = PROFILE.vocab_size
 EVAL_TOKENS = PROFILE.eval_tokens
 TIME_BUDGET = float(os.environ.get("EVO_TIME_BUDGET") or PROFILE.time_budget)
+STARTUP_ALLOWANCE = float(os.environ.get("EVO_STARTUP_ALLOWANCE") or PROFILE.startup_allowance)
 DATA_SOURCE = os.environ.get("EVO_DATA") or DEFAULT_SOURCE
 CACHE_DIR = default_cache_dir()
+
+# ---------------------------------------------------------------------------
+# The budget clock (fixed): what the runner measures from outside, seen from inside
+# ---------------------------------------------------------------------------
+
+# wall: seconds since the trial started (GPUs, and a genome run by hand). cpu: CPU seconds the
+# trial has used divided by its share of the cores, so a busy machine cannot steal budget.
+CLOCK = os.environ.get("EVO_CLOCK", "wall")
+_THREADS = max(1, int(os.environ.get("EVO_THREADS") or os.cpu_count() or 1))
+_STARTED = float(os.environ.get("EVO_STARTED") or time.time())  # set by the runner just before the start
+
+
+def budget_clock():
+    """Seconds of this trial's budget spent so far, counted the way the runner counts them.
+
+    The runner kills a trial once STARTUP_ALLOWANCE + TIME_BUDGET seconds have passed on
+    this clock without a model handed over, whatever the genome prints or measures itself."""
+    if CLOCK == "cpu":
+        return time.process_time() / _THREADS
+    return time.time() - _STARTED
+
+
+def time_left():
+    """Seconds left on the budget clock before the runner stops the trial."""
+    return STARTUP_ALLOWANCE + TIME_BUDGET - budget_clock()
+
 
 # ---------------------------------------------------------------------------
 # Data sources: each yields (split, document) pairs with a fixed validation split
@@ -247,9 +298,9 @@ class Tokenizer:
     def load(cls, source=None, vocab_size=None, cache_dir=None):
         """The tokenizer of (source, vocab); prepares the data first if this machine has not yet."""
         source, vocab_size = source or DATA_SOURCE, vocab_size or VOCAB_SIZE
-        if not is_prepared(source, vocab_size, cache_dir) and vocab_size == VOCAB_SIZE:
-            prepare(source, PROFILE, cache_dir)
         path = os.path.join(_tokenizer_dir(source, vocab_size, cache_dir), "tokenizer.pkl")
+        if not os.path.exists(path) and vocab_size == VOCAB_SIZE:
+            prepare(source, PROFILE, cache_dir)
         with open(path, "rb") as f:
             return cls(pickle.load(f))
 
@@ -297,9 +348,13 @@ def token_byte_lengths(tokenizer):
     return np.array(lengths, dtype=np.int32)
 
 
+def _token_bytes_path(source=None, vocab_size=None, cache_dir=None):
+    return os.path.join(_tokenizer_dir(source or DATA_SOURCE, vocab_size or VOCAB_SIZE, cache_dir), "token_bytes.npy")
+
+
 def get_token_bytes(device="cpu", source=None, vocab_size=None, cache_dir=None):
-    path = os.path.join(_tokenizer_dir(source or DATA_SOURCE, vocab_size or VOCAB_SIZE, cache_dir), "token_bytes.npy")
-    return torch.from_numpy(np.load(path)).to(device)
+    import torch
+    return torch.from_numpy(np.load(_token_bytes_path(source, vocab_size, cache_dir))).to(device)
 
 # ---------------------------------------------------------------------------
 # Preparation: documents -> tokenizer -> token files (idempotent, locked)
@@ -311,11 +366,19 @@ def _split_paths(source, vocab_size, split, cache_dir=None):
     return base + ".tokens.npy", base + ".offsets.npy"
 
 
-def is_prepared(source, vocab_size, cache_dir=None):
+def data_files(source=None, vocab_size=None, cache_dir=None):
+    """The prepared files, by who may read them: the tokenizer (every part), train (training
+    only), val (the scorer only). The engine shows each sandbox just its share."""
+    source, vocab_size = source or DATA_SOURCE, vocab_size or VOCAB_SIZE
     tok = _tokenizer_dir(source, vocab_size, cache_dir)
-    files = [os.path.join(tok, "tokenizer.pkl"), os.path.join(tok, "token_bytes.npy")]
-    files += [p for split in ("train", "val") for p in _split_paths(source, vocab_size, split, cache_dir)]
-    return all(os.path.exists(p) for p in files)
+    return {"tokenizer": [os.path.join(tok, "tokenizer.pkl"), os.path.join(tok, "token_bytes.npy")],
+            "train": list(_split_paths(source, vocab_size, "train", cache_dir)),
+            "val": list(_split_paths(source, vocab_size, "val", cache_dir))}
+
+
+def is_prepared(source, vocab_size, cache_dir=None, splits=("train", "val")):
+    files = data_files(source, vocab_size, cache_dir)
+    return all(os.path.exists(p) for part in ("tokenizer",) + tuple(splits) for p in files[part])
 
 
 @contextlib.contextmanager
@@ -348,36 +411,10 @@ def prepare(source=None, profile=None, cache_dir=None, num_shards=8, verbose=Tru
     with _locked(os.path.join(root, ".prepare.lock")):
         if is_prepared(source, profile.vocab_size, cache_dir):
             return root
-        t0 = time.time()
-        docs = {"train": [], "val": []}
-        for split, text in iter_documents(source, cache_dir, num_shards):
-            docs[split].append(text)
-        if not docs["val"] and len(docs["train"]) > 1:
-            # A small folder can miss the 1-in-FOLDER_VAL_EVERY hash split: hold out its lowest-hash document.
-            held = min(docs["train"], key=lambda t: hashlib.sha1(t.encode("utf-8")).digest())
-            docs["train"].remove(held)
-            docs["val"].append(held)
-        if not docs["train"] or not docs["val"]:
-            raise SystemExit(f"error: source {source!r} gave {len(docs['train'])} training and {len(docs['val'])} validation documents; both splits need at least one")
-        say(f"data: {len(docs['train'])} training and {len(docs['val'])} validation documents from {source} ({time.time() - t0:.1f}s)")
-
+        docs = _read_splits(source, cache_dir, num_shards, say)
+        tokenizer = _load_or_train_tokenizer(docs["train"], source, profile, cache_dir, say)
         tok_dir = _tokenizer_dir(source, profile.vocab_size, cache_dir)
-        pkl = os.path.join(tok_dir, "tokenizer.pkl")
-        if os.path.exists(pkl):
-            with open(pkl, "rb") as f:
-                tokenizer = Tokenizer(pickle.load(f))
-        else:
-            t0 = time.time()
-            tokenizer = train_tokenizer(docs["train"], profile.vocab_size)
-            sample = "Hello world! Numbers: 123. Unicode: 你好"
-            assert tokenizer.decode(tokenizer.encode(sample)) == sample, "tokenizer round-trip failed"
-            os.makedirs(tok_dir, exist_ok=True)
-            with open(pkl + ".tmp", "wb") as f:
-                pickle.dump(tokenizer.enc, f)
-            os.replace(pkl + ".tmp", pkl)
-            say(f"tokenizer: BPE with {tokenizer.vocab_size} tokens trained in {time.time() - t0:.1f}s")
         _save_atomic(os.path.join(tok_dir, "token_bytes.npy"), token_byte_lengths(tokenizer))
-
         dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32
         for split, texts in docs.items():
             t0 = time.time()
@@ -392,6 +429,40 @@ def prepare(source=None, profile=None, cache_dir=None, num_shards=8, verbose=Tru
     say(f"data: prepared {source} for vocab {profile.vocab_size} in {root}")
     return root
 
+
+def _read_splits(source, cache_dir, num_shards, say):
+    t0 = time.time()
+    docs = {"train": [], "val": []}
+    for split, text in iter_documents(source, cache_dir, num_shards):
+        docs[split].append(text)
+    if not docs["val"] and len(docs["train"]) > 1:
+        # A small folder can miss the 1-in-FOLDER_VAL_EVERY hash split: hold out its lowest-hash document.
+        held = min(docs["train"], key=lambda t: hashlib.sha1(t.encode("utf-8")).digest())
+        docs["train"].remove(held)
+        docs["val"].append(held)
+    if not docs["train"] or not docs["val"]:
+        raise SystemExit(f"error: source {source!r} gave {len(docs['train'])} training and {len(docs['val'])} validation documents; both splits need at least one")
+    say(f"data: {len(docs['train'])} training and {len(docs['val'])} validation documents from {source} ({time.time() - t0:.1f}s)")
+    return docs
+
+
+def _load_or_train_tokenizer(train_texts, source, profile, cache_dir, say):
+    tok_dir = _tokenizer_dir(source, profile.vocab_size, cache_dir)
+    pkl = os.path.join(tok_dir, "tokenizer.pkl")
+    if os.path.exists(pkl):
+        with open(pkl, "rb") as f:
+            return Tokenizer(pickle.load(f))
+    t0 = time.time()
+    tokenizer = train_tokenizer(train_texts, profile.vocab_size)
+    sample = "Hello world! Numbers: 123. Unicode: 你好"
+    assert tokenizer.decode(tokenizer.encode(sample)) == sample, "tokenizer round-trip failed"
+    os.makedirs(tok_dir, exist_ok=True)
+    with open(pkl + ".tmp", "wb") as f:
+        pickle.dump(tokenizer.enc, f)
+    os.replace(pkl + ".tmp", pkl)
+    say(f"tokenizer: BPE with {tokenizer.vocab_size} tokens trained in {time.time() - t0:.1f}s")
+    return tokenizer
+
 # ---------------------------------------------------------------------------
 # Dataloader: BOS-aligned best-fit packing, no padding
 # ---------------------------------------------------------------------------
@@ -403,7 +474,7 @@ def load_segments(split, T, source=None, vocab_size=None, cache_dir=None):
     Every segment starts with BOS: a document longer than a row continues in the next
     segment behind a fresh BOS, so long documents are not thrown away by cropping."""
     source, vocab_size = source or DATA_SOURCE, vocab_size or VOCAB_SIZE
-    if not is_prepared(source, vocab_size, cache_dir):
+    if not is_prepared(source, vocab_size, cache_dir, splits=(split,)):
         prepare(source, get_profile(), cache_dir)
     tokens_path, offsets_path = _split_paths(source, vocab_size, split, cache_dir)
     tokens = np.load(tokens_path, mmap_mode="r")
@@ -420,16 +491,16 @@ def load_segments(split, T, source=None, vocab_size=None, cache_dir=None):
     return tokens, bos, seg_start.astype(np.int64), seg_len.astype(np.int64), k > 0
 
 
-def make_dataloader(tokenizer, B, T, split, *, device=None, seed=0, buffer_size=1000, source=None, cache_dir=None):
-    """Yield (inputs, targets, epoch) batches of shape (B, T) forever.
+def pack_rows(B, T, split, *, seed=0, buffer_size=1000, source=None, vocab_size=None, cache_dir=None):
+    """Yield (rows, epoch) forever: int64 arrays of shape (B, T + 1), packed best-fit.
 
-    Rows are packed best-fit from a buffer of segments: the longest segment that still
-    fits goes in next; when none fits, the shortest is cropped to fill the row exactly.
-    Every row starts with BOS and no position is padding. The training split is
-    shuffled per epoch from `seed`; the validation split is read in a fixed order."""
+    Rows are packed from a buffer of segments: the longest segment that still fits goes in
+    next; when none fits, the shortest is cropped to fill the row exactly. Every row starts
+    with BOS and no position is padding. The training split is shuffled per epoch from
+    `seed`; the validation split is read in a fixed order, so any batch size sees the same
+    rows. numpy only: the scorer packs its rows without torch."""
     assert split in ("train", "val")
-    device = torch.device(device or "cpu")
-    tokens, bos, starts, lengths, needs_bos = load_segments(split, T, source, tokenizer.vocab_size, cache_dir)
+    tokens, bos, starts, lengths, needs_bos = load_segments(split, T, source, vocab_size, cache_dir)
     row_len = T + 1
     rng = np.random.default_rng(seed)
 
@@ -447,10 +518,8 @@ def make_dataloader(tokenizer, B, T, split, *, device=None, seed=0, buffer_size=
     for j in range(buffer_size):
         buffer[j], epoch = next(stream)
     buffer_lens = lengths[buffer]
-    rows = np.empty((B, row_len), dtype=np.int64)
-    pin = device.type == "cuda"
-    host = torch.empty((2, B, T), dtype=torch.long)
     while True:
+        rows = np.empty((B, row_len), dtype=np.int64)
         for r in range(B):
             pos = 0
             while pos < row_len:
@@ -468,6 +537,17 @@ def make_dataloader(tokenizer, B, T, split, *, device=None, seed=0, buffer_size=
                 pos += n
                 buffer[k], epoch = next(stream)  # refill the slot in place
                 buffer_lens[k] = lengths[buffer[k]]
+        yield rows, epoch
+
+
+def make_dataloader(tokenizer, B, T, split, *, device=None, seed=0, buffer_size=1000, source=None, cache_dir=None):
+    """Yield (inputs, targets, epoch) batches of shape (B, T) forever, as torch tensors (see `pack_rows`)."""
+    import torch
+    device = torch.device(device or "cpu")
+    pin = device.type == "cuda"
+    host = torch.empty((2, B, T), dtype=torch.long)
+    for rows, epoch in pack_rows(B, T, split, seed=seed, buffer_size=buffer_size, source=source,
+                                 vocab_size=tokenizer.vocab_size, cache_dir=cache_dir):
         batch = torch.from_numpy(rows)
         if pin:
             # A fresh pinned buffer per batch: the caching host allocator does not hand it out
@@ -491,20 +571,21 @@ def eval_rows(T=None, source=None, vocab_size=None, cache_dir=None):
     """Validation rows scored per evaluation: EVAL_TOKENS, capped at one pass over the split.
 
     Rows come off the loader in an order that does not depend on the batch size, so any
-    EVAL_BATCH_SIZE scores exactly the same tokens."""
+    batch size scores exactly the same tokens."""
     T = T or MAX_SEQ_LEN
     tokens_path = _split_paths(source or DATA_SOURCE, vocab_size or VOCAB_SIZE, "val", cache_dir)[0]
     split_tokens = len(np.load(tokens_path, mmap_mode="r"))
     return max(1, min(EVAL_TOKENS, split_tokens) // T)
 
 
-@torch.no_grad()
 def evaluate_bpb(model, tokenizer, batch_size, *, device=None):
-    """Bits per byte of the model on the validation split: vocabulary-independent.
+    """Bits per byte of `model` on the validation split, computed in this process (a genome run by hand).
 
-    Calls model(inputs) for logits and computes the cross-entropy here, in the harness,
-    so a trial cannot change how it is scored. Sums per-token loss in nats and the UTF-8
-    bytes of the target tokens (special tokens count for neither), then converts to bits."""
+    Under the engine a trial is never scored in its own process: see the scorer below.
+    Sums per-token loss in nats and the UTF-8 bytes of the target tokens (special tokens
+    count for neither), then converts to bits."""
+    import torch
+    import torch.nn.functional as F
     if device is None:
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
@@ -515,49 +596,417 @@ def evaluate_bpb(model, tokenizer, batch_size, *, device=None):
     total_nats = torch.zeros((), dtype=torch.float64, device=device)
     total_bytes = torch.zeros((), dtype=torch.int64, device=device)
     rows = eval_rows(vocab_size=tokenizer.vocab_size)
-    for start in range(0, rows, batch_size):
-        x, y, _ = next(loader)
-        with autocast:
-            logits = model(x)  # always a full batch: a compiled model would recompile for a smaller one
-        n = min(batch_size, rows - start)  # the last batch may hold rows past the evaluated set: score only ours
-        logits, y = logits[:n], y[:n]
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none")
-        nbytes = token_bytes[y.reshape(-1)]
-        total_nats += (loss * (nbytes > 0)).sum(dtype=torch.float64)
-        total_bytes += nbytes.sum()
+    with torch.no_grad():
+        for start in range(0, rows, batch_size):
+            x, y, _ = next(loader)
+            with autocast:
+                logits = model(x)  # always a full batch: a compiled model would recompile for a smaller one
+            n = min(batch_size, rows - start)  # the last batch may hold rows past the evaluated set: score only ours
+            logits, y = logits[:n], y[:n]
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none")
+            nbytes = token_bytes[y.reshape(-1)]
+            total_nats += (loss * (nbytes > 0)).sum(dtype=torch.float64)
+            total_bytes += nbytes.sum()
     return (total_nats / (math.log(2) * total_bytes)).item()
+
+
+# ---------------------------------------------------------------------------
+# The hand-over: training ends by giving the model to the harness
+# ---------------------------------------------------------------------------
+
+MODEL_FILE, BUILD_FILE = "model.pt", "model.json"
+
+
+def save_model(model, build, config):
+    """Hand the trained model over to be scored: its weights, and how to build it again.
+
+    build: a function defined at the top level of train.py that returns a fresh model from
+        keyword arguments; its weights are then replaced by the saved ones.
+    config: those keyword arguments, JSON-serialisable.
+
+    Under the engine ($EVO_OUTPUT is set) this writes the files and returns None: the runner
+    scores the model in processes of its own, and nothing the genome does afterwards counts.
+    Run by hand, it scores the model in this process and returns val_bpb."""
+    import torch
+    name = getattr(build, "__name__", "")
+    if not callable(build) or getattr(build, "__qualname__", "") != name or "<" in name:
+        raise ValueError("save_model(model, build, config) needs `build`: a function defined at the top level of "
+                         "train.py such that build(**config) returns a fresh model")
+    try:
+        json.dumps(config)
+    except TypeError as e:
+        raise ValueError(f"save_model needs `config` as JSON-serialisable keyword arguments of {name}: {e}") from None
+    output = os.environ.get("EVO_OUTPUT")
+    if not output:
+        return evaluate_bpb(model, Tokenizer.load(), PROFILE.eval_batch_size)
+    os.makedirs(output, exist_ok=True)
+    state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
+    torch.save(state, os.path.join(output, MODEL_FILE + ".tmp"))
+    os.replace(os.path.join(output, MODEL_FILE + ".tmp"), os.path.join(output, MODEL_FILE))
+    record = {"build": name, "config": config, "values": int(sum(v.numel() for v in state.values())),
+              "budget_clock": round(budget_clock(), 3)}
+    with open(os.path.join(output, BUILD_FILE + ".tmp"), "w") as f:
+        json.dump(record, f)
+    os.replace(os.path.join(output, BUILD_FILE + ".tmp"), os.path.join(output, BUILD_FILE))  # written last: the signal
+    print(f"[harness] model handed over ({record['values']:,} values) after {record['budget_clock']:.1f}s "
+          "on the budget clock", flush=True)
+    return None
+
+# ---------------------------------------------------------------------------
+# The model process (untrusted): genome code in, logits out, nothing else
+# ---------------------------------------------------------------------------
+
+
+class _Channel:
+    """One end of the scorer <-> model socket pair: one JSON message per packet."""
+
+    LIMIT = 1 << 16
+
+    def __init__(self, fd):
+        import socket
+        self.socket = socket.socket(fileno=fd)
+
+    def send(self, message, fds=()):
+        import socket
+        data = json.dumps(message).encode()
+        if fds:
+            socket.send_fds(self.socket, [data], list(fds))
+        else:
+            self.socket.send(data)
+
+    def receive(self, with_fds=False):
+        import socket
+        if with_fds:
+            data, fds, _, _ = socket.recv_fds(self.socket, self.LIMIT, 4)
+        else:
+            data, fds = self.socket.recv(self.LIMIT), []
+        if not data:
+            raise EOFError("the other process closed the channel")
+        message = json.loads(data.decode())
+        if not isinstance(message, dict):
+            raise ValueError("a message that is not an object")
+        return (message, fds) if with_fds else message
+
+
+def _rebuild_model(genome, output, device):
+    import importlib
+    import torch
+    sys.path.insert(0, os.getcwd())
+    module = importlib.import_module(genome)
+    with open(os.path.join(output, BUILD_FILE)) as f:
+        record = json.load(f)
+    model = getattr(module, record["build"])(**record["config"])
+    state = torch.load(os.path.join(output, MODEL_FILE), map_location="cpu", weights_only=True)
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.to(device).eval()
+
+
+def _buffers(message, fds, device):
+    """The shared inputs (B, T) and logits (B, T, V) the scorer set up: host memory or CUDA IPC."""
+    import torch
+    B, T, V = message["B"], message["T"], message["V"]
+    if message["mode"] == "cuda":
+        rebuilt = [rebuild(*args) for rebuild, args in pickle.loads(bytes.fromhex(message["handles"]))]
+        return rebuilt[0], rebuilt[1]
+    import mmap
+    memory = mmap.mmap(fds[0], B * T * 8 + B * T * V * 4)
+    inputs = torch.frombuffer(memory, dtype=torch.int64, count=B * T).view(B, T)
+    logits = torch.frombuffer(memory, dtype=torch.float32, count=B * T * V, offset=B * T * 8).view(B, T, V)
+    return inputs, logits
+
+
+def serve_model(channel, *, genome="train"):
+    """Rebuild the genome's model and answer the scorer's batches until it says exit."""
+    import torch
+    device = torch.device(os.environ.get("EVO_DEVICE") or "cpu")
+    message, fds = channel.receive(with_fds=True)
+    try:
+        inputs, logits = _buffers(message, fds, device)
+    except Exception as e:
+        channel.send({"op": "error", "error": f"cuda-ipc: {type(e).__name__}: {e}"})
+        message, fds = channel.receive(with_fds=True)  # the scorer falls back to host memory
+        inputs, logits = _buffers(message, fds, device)
+    try:
+        model = _rebuild_model(genome, os.environ["EVO_OUTPUT"], device)
+    except BaseException as e:
+        channel.send({"op": "error", "error": f"could not rebuild the model: {type(e).__name__}: {e}"})
+        return 1
+    channel.send({"op": "ready"})
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    while True:
+        message = channel.receive()
+        if message.get("op") != "run":
+            return 0
+        try:
+            with torch.no_grad(), autocast:
+                out = model(inputs.clone().to(device))
+            if tuple(out.shape) != tuple(logits.shape):
+                raise ValueError(f"the model's forward gave shape {tuple(out.shape)} for inputs of shape "
+                                 f"{tuple(inputs.shape)}; logits of shape {tuple(logits.shape)} are needed")
+            logits.copy_(out.detach().float())
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        except Exception as e:
+            channel.send({"op": "error", "error": f"{type(e).__name__}: {e}"})
+            return 1
+        channel.send({"op": "done", "id": message["id"]})
+
+# ---------------------------------------------------------------------------
+# The scorer (trusted): never imports the genome, alone holds the targets
+# ---------------------------------------------------------------------------
+
+# How much a logit-derived number may move between two batches that must give the same answer
+# (max change of a target's log-probability in nats, mean advantage of the unchanged row in
+# nats, relative change of a random projection of the logits). On a CPU the same float32
+# arithmetic repeats to ~1e-6; on a GPU bfloat16 autocast and kernel choice move more.
+PROBE_TOLERANCE = {"cpu": (1e-3, 1e-4, 1e-3), "cuda": (0.1, 0.01, 0.05)}
+PROBE_SHARE = 0.05  # probe batches per evaluation batch (at least two)
+
+
+@dataclass
+class _Request:
+    kind: str            # "eval", "probe" or "repeat"
+    batch: int           # the evaluation batch it is made from
+    inputs: np.ndarray   # (B, T) int64
+    rows: np.ndarray     # (B,) the evaluation row each position holds (-1: a filler, not checked)
+    keep: np.ndarray     # (B,) positions 0..keep-1 must give the original row's answers
+
+
+def _plan_requests(batches, n_rows, rng):
+    """The evaluation batches in order, with probes and one repeat mixed in at random places.
+
+    A probe is an evaluation batch with its rows shuffled, a few rows swapped for rows of
+    other batches, and some rows' later tokens (after a random position t) replaced by the
+    same positions of another row: it looks like any evaluation batch."""
+    B, T = batches[0].shape[0], batches[0].shape[1] - 1
+    ids = np.arange(len(batches) * B).reshape(len(batches), B)
+    ids = np.where(ids < n_rows, ids, -1)
+    requests = [_Request("eval", b, batches[b][:, :-1], ids[b], np.full(B, T)) for b in range(len(batches))]
+    extras = []
+    for b in rng.choice(len(batches), size=min(len(batches), max(2, math.ceil(PROBE_SHARE * len(batches)))), replace=False):
+        perm = rng.permutation(B)
+        inputs, rows, keep = batches[b][perm, :-1].copy(), ids[b][perm].copy(), np.full(B, T)
+        others = [c for c in range(len(batches)) if c != b]
+        for j in rng.choice(B, size=max(1, B // 8), replace=False) if others else []:
+            donor = batches[rng.choice(others)][rng.integers(B)]
+            inputs[j], rows[j] = donor[:-1], -1
+        changeable = [j for j in range(B) if rows[j] >= 0]
+        for j in rng.choice(changeable, size=min(len(changeable), max(1, B // 4)), replace=False):
+            t = int(rng.integers(T // 4, 3 * T // 4))
+            donor = batches[rng.integers(len(batches))][rng.integers(B)]
+            inputs[j, t + 1:] = donor[t + 1:-1]
+            keep[j] = t + 1
+        extras.append(_Request("probe", int(b), inputs, rows, keep))
+    b = int(rng.integers(len(batches)))
+    extras.append(_Request("repeat", b, batches[b][:, :-1].copy(), ids[b].copy(), np.full(B, T)))
+    for extra in extras:
+        requests.insert(int(rng.integers(len(requests) + 1)), extra)
+    return requests
+
+
+class _Stats:
+    """Per-row numbers of one answer: log-probability of each target and a random projection of the logits."""
+
+    def __init__(self, device, V, rng):
+        self.device = device
+        self.projection = rng.standard_normal((V, 2)).astype(np.float32)
+        if device != "cpu":
+            import torch
+            self.torch_projection = torch.from_numpy(self.projection).to(device)
+        self.device = device
+
+    def of(self, logits, targets):
+        """(log p(target) (B, T) float64, projection (B, T, 2) float64, all finite?) of a (B, T, V) answer."""
+        if isinstance(logits, np.ndarray):
+            top = logits.max(axis=-1, keepdims=True)
+            lse = (top + np.log(np.exp(logits - top).sum(axis=-1, keepdims=True)))[..., 0]
+            picked = np.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+            finite = bool(np.isfinite(lse).all())
+            return (picked - lse).astype(np.float64), (logits @ self.projection).astype(np.float64), finite
+        import torch
+        y = torch.from_numpy(targets).to(self.device)
+        lse = torch.logsumexp(logits, dim=-1)
+        picked = logits.gather(-1, y[..., None])[..., 0]
+        finite = bool(torch.isfinite(lse).all())
+        return ((picked - lse).double().cpu().numpy(), (logits @ self.torch_projection).double().cpu().numpy(), finite)
+
+
+def _compare(requests, answers, device):
+    """The first broken promise among the probes and the repeat, as (verdict, reason, largest change in nats)."""
+    max_lp, mean_lp, proj_rel = PROBE_TOLERANCE["cpu" if device == "cpu" else "cuda"]
+    originals = {r.batch: (r, answers[i]) for i, r in enumerate(requests) if r.kind == "eval"}
+    largest, advantage = 0.0, []
+    for i, r in enumerate(requests):
+        if r.kind == "eval":
+            continue
+        (lp, proj), (base, (base_lp, base_proj)) = answers[i], originals[r.batch]
+        position_of = {int(row): k for k, row in enumerate(base.rows) if row >= 0}
+        for j, row in enumerate(r.rows):
+            if row < 0 or int(row) not in position_of:
+                continue
+            k, n = position_of[int(row)], int(r.keep[j])
+            d = lp[j, :n] - base_lp[k, :n]
+            moved = np.abs(proj[j, :n] - base_proj[k, :n]).max(axis=-1) / (1 + np.abs(base_proj[k, :n]).max(axis=-1))
+            largest = max(largest, float(np.abs(d).max()))
+            if n < lp.shape[1]:
+                advantage.extend((base_lp[k, :n] - lp[j, :n]).tolist())
+            if float(np.abs(d).max()) > max_lp or float(moved.max()) > proj_rel:
+                pos = int(np.argmax(np.abs(d))) if float(np.abs(d).max()) > max_lp else int(np.argmax(moved))
+                return "invalid", _broken(r.kind, pos, n, lp.shape[1], abs(float(d[pos]))), largest
+    if advantage and float(np.mean(advantage)) > mean_lp:
+        return "invalid", (f"non-causal: the original rows scored {np.mean(advantage):.3g} nats per token better than "
+                           "the same prefixes followed by other tokens"), largest
+    return "ok", "", largest
+
+
+def _broken(kind, pos, kept, T, change):
+    if kind == "repeat":
+        return f"stateful: the same batch gave different logits the second time (position {pos}, {change:.3g} nats)"
+    if kept < T:
+        return (f"non-causal: logits at position {pos} changed when only tokens after position {kept - 1} changed "
+                f"({change:.3g} nats)")
+    return (f"rows are not independent: a row's logits at position {pos} changed when the other rows of its batch "
+            f"changed ({change:.3g} nats)")
+
+
+def _targets(request, batches, B):
+    """The true next tokens for each position of a request (a filler's are never used)."""
+    if request.kind != "probe":
+        return batches[request.batch][:, 1:]
+    out = np.zeros_like(request.inputs)
+    for j, row in enumerate(request.rows):
+        if row >= 0:
+            out[j] = batches[row // B][row % B, 1:]
+    return out
+
+
+def _connect(channel, B, T, V, device):
+    """Share the inputs and logits buffers with the model process and wait until its model is built.
+
+    On a GPU the buffers live on the device and are shared by CUDA IPC (nothing is copied);
+    where the model process cannot open them, and on a CPU, they are one memfd both map."""
+    if device != "cpu":
+        import torch
+        from torch.multiprocessing.reductions import reduce_tensor
+        inputs = torch.zeros((B, T), dtype=torch.long, device=device)
+        logits = torch.zeros((B, T, V), dtype=torch.float32, device=device)
+        handles = pickle.dumps([reduce_tensor(inputs), reduce_tensor(logits)]).hex()
+        channel.send({"op": "load", "mode": "cuda", "B": B, "T": T, "V": V, "handles": handles})
+        reply = channel.receive()
+        if reply.get("op") == "ready":
+            return inputs, logits
+        if not str(reply.get("error", "")).startswith("cuda-ipc"):
+            raise RuntimeError(f"the model process failed: {str(reply.get('error', reply))[:300]}")
+    import mmap
+    size = B * T * 8 + B * T * V * 4
+    fd = os.memfd_create("evo-eval")
+    os.ftruncate(fd, size)
+    memory = mmap.mmap(fd, size)
+    inputs = np.ndarray((B, T), dtype=np.int64, buffer=memory)
+    logits = np.ndarray((B, T, V), dtype=np.float32, buffer=memory, offset=B * T * 8)
+    channel.send({"op": "load", "mode": "host", "B": B, "T": T, "V": V}, fds=[fd])
+    reply = channel.receive()
+    if reply.get("op") != "ready":
+        raise RuntimeError(f"the model process failed: {str(reply.get('error', reply))[:300]}")
+    return inputs, logits
+
+
+def score(channel, *, device="cpu", wait=None):
+    """Score the model the model process serves; return the result record.
+
+    wait: called once the batches are ready and before the model process is contacted (the
+    engine starts the scorer early and lets it go once the genome has handed its model over)."""
+    B, T, V = PROFILE.eval_batch_size, MAX_SEQ_LEN, VOCAB_SIZE
+    n_rows = eval_rows()
+    loader = pack_rows(B, T, "val")
+    batches = [next(loader)[0] for _ in range(math.ceil(n_rows / B))]
+    token_bytes = np.load(_token_bytes_path())
+    seed = int.from_bytes(os.urandom(8), "little")  # the genome cannot know where the probes are
+    rng = np.random.default_rng(seed)
+    requests = _plan_requests(batches, n_rows, rng)
+    stats = _Stats(device, V, rng)
+    if wait is not None:
+        wait()
+    t0 = time.time()
+    inputs, logits = _connect(channel, B, T, V, device)
+    answers, nats, nbytes, finite = [], 0.0, 0, True
+    for i, r in enumerate(requests):
+        if isinstance(inputs, np.ndarray):
+            inputs[...] = r.inputs
+        else:
+            import torch
+            inputs.copy_(torch.from_numpy(r.inputs))
+        channel.send({"op": "run", "id": i})
+        reply = channel.receive()
+        if reply.get("op") != "done" or reply.get("id") != i:
+            raise RuntimeError(f"the model process failed: {str(reply.get('error', reply))[:300]}")
+        targets = _targets(r, batches, B)
+        lp, proj, ok = stats.of(logits, targets)
+        finite = finite and ok
+        answers.append((lp, proj))
+        if r.kind == "eval":
+            scored = r.rows >= 0
+            counted = token_bytes[targets[scored]]
+            nats += float(-(lp[scored] * (counted > 0)).sum())
+            nbytes += int(counted.sum())
+    channel.send({"op": "exit"})
+    verdict, reason, largest = _compare(requests, answers, device)
+    if not finite:
+        verdict, reason = "invalid", "the model's logits are not finite (NaN or inf)"
+    return {"val_bpb": nats / (math.log(2) * nbytes), "verdict": verdict, "reason": reason, "scored_rows": n_rows,
+            "scored_bytes": nbytes, "requests": len(requests), "probe_batches": sum(r.kind == "probe" for r in requests),
+            "largest_change": largest, "probe_seed": seed, "eval_seconds": round(time.time() - t0, 3)}
 
 # ---------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------
 
 
+def describe(profile, source, cache_dir):
+    """The profile's fixed numbers and where its prepared files are, as the engine reads them."""
+    import torch
+    return {"profile": profile.name, "vocab_size": profile.vocab_size, "seq_len": profile.seq_len,
+            "eval_tokens": profile.eval_tokens, "time_budget": profile.time_budget,
+            "startup_allowance": profile.startup_allowance, "startup_grace": profile.startup_allowance,
+            "eval_batch_size": profile.eval_batch_size, "eval_limit": profile.eval_limit,
+            "evaluation": "harness", "data": source,
+            "data_files": data_files(source, profile.vocab_size, cache_dir), "cuda_devices": torch.cuda.device_count()}
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Prepare data and tokenizer for evoresearch trials (works offline on the embedded corpus).")
+    parser = argparse.ArgumentParser(description="Prepare data and tokenizer for evoresearch trials (works offline on "
+                                     "the embedded corpus); also the model process and the scorer of a trial.")
     parser.add_argument("--profile", choices=sorted(PROFILES), default=None,
-                        help=f"task profile (default: $EVO_PROFILE, else {default_profile_name()} on this machine)")
+                        help="task profile (default: $EVO_PROFILE, else gpu with CUDA, else cpu)")
     parser.add_argument("--source", default=None,
                         help="'shakespeare' (embedded, default), a folder of .txt/.parquet files, or 'climbmix' (downloads)")
     parser.add_argument("--cache-dir", default=None, help=f"cache folder (default: $EVO_CACHE, else {default_cache_dir()})")
     parser.add_argument("--num-shards", type=int, default=8, help="climbmix training shards to download (the validation shard is always added)")
     parser.add_argument("--describe", action="store_true", help="print the profile's fixed numbers as JSON and exit (prepares nothing)")
+    parser.add_argument("--serve-model", action="store_true", help="be a trial's model process (started by the engine)")
+    parser.add_argument("--score", action="store_true", help="be a trial's scorer (started by the engine)")
+    parser.add_argument("--genome", default="train", help="module of the genome the model process imports (default: train)")
     args = parser.parse_args(argv)
     if args.num_shards < 1:
         parser.error("--num-shards must be at least 1")
     profile = get_profile(args.profile)
     source = args.source or DATA_SOURCE
     if args.describe:
-        import json
-        print(json.dumps({"profile": profile.name, "vocab_size": profile.vocab_size, "seq_len": profile.seq_len,
-                          "eval_tokens": profile.eval_tokens, "time_budget": profile.time_budget,
-                          "startup_grace": profile.startup_grace, "data": source,
-                          "cuda_devices": torch.cuda.device_count()}))
-        return
+        print(json.dumps(describe(profile, source, args.cache_dir)))
+        return 0
+    if args.serve_model:
+        return serve_model(_Channel(int(os.environ["EVO_EVAL_SOCKET"])), genome=args.genome)
+    if args.score:
+        result = score(_Channel(int(os.environ["EVO_EVAL_SOCKET"])), device=os.environ.get("EVO_DEVICE") or "cpu",
+                       wait=lambda: sys.stdin.readline())
+        print("EVO_SCORE " + json.dumps(result), flush=True)
+        return 0
     t0 = time.time()
     root = prepare(source, profile, args.cache_dir, args.num_shards)
     print(f"ready: profile {profile.name} (vocab {profile.vocab_size}, seq_len {profile.seq_len}) on {source}; "
           f"files in {root} ({time.time() - t0:.1f}s)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

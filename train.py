@@ -9,6 +9,11 @@ Environment (set by the trial runner; all optional):
     EVO_SEED         random seed (default 0)
     EVO_DEVICE       cpu | cuda | cuda:N (default: cuda if available)
 Prints progress lines while training and a summary block at the end.
+
+Training ends by handing the model to the harness (`save_model`): under evoresearch the
+score is computed by the harness in separate processes, never by this file; run by hand,
+save_model scores it here and the summary shows val_bpb. The runner stops the process
+once STARTUP_ALLOWANCE + TIME_BUDGET seconds have passed on its clock without a model.
 """
 
 import gc
@@ -23,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from prepare import MAX_SEQ_LEN, PROFILE, TIME_BUDGET, Tokenizer, evaluate_bpb, make_dataloader
+from prepare import MAX_SEQ_LEN, PROFILE, TIME_BUDGET, Tokenizer, budget_clock, make_dataloader, save_model, time_left
 
 
 def per_profile(**values):
@@ -186,6 +191,12 @@ class GPT(nn.Module):
             return logits
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1, reduction=reduction)
 
+def build_model(**config):
+    """A fresh model from GPTConfig fields: how the harness rebuilds the trained model to score it."""
+    model = GPT(GPTConfig(**config))
+    model.init_weights()  # also makes the rotary tables, which are not saved with the weights
+    return model
+
 # ---------------------------------------------------------------------------
 # Optimizer: Muon for matrices, AdamW for embeddings, head and scalars
 # ---------------------------------------------------------------------------
@@ -313,9 +324,6 @@ WARMUP_RATIO = 0.0       # fraction of the time budget with a rising learning ra
 WARMDOWN_RATIO = 0.5     # fraction of the time budget with a falling learning rate
 FINAL_LR_FRAC = 0.0      # learning rate at the end, as a fraction of the peak
 
-# Evaluation
-EVAL_BATCH_SIZE = per_profile(tiny=32, cpu=32, gpu=64)
-
 # ---------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------
@@ -412,7 +420,7 @@ def main():
     while True:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        t0 = time.time()
+        t0 = budget_clock()  # the runner's clock: wall time on a GPU, CPU time / threads on a CPU
         for _ in range(accum_steps):
             with autocast:
                 loss = train_model(x, y)
@@ -434,7 +442,7 @@ def main():
             sys.exit(1)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        dt = time.time() - t0
+        dt = budget_clock() - t0
         if step >= untimed_steps:
             training_time += dt
         step += 1
@@ -442,7 +450,9 @@ def main():
         smooth_loss = 0.9 * smooth_loss + 0.1 * loss_value
         debiased = smooth_loss / (1 - 0.9**step)
         now = time.time()
-        done = step > untimed_steps and training_time >= TIME_BUDGET
+        # Stop at the budget, or earlier if start-up ate into it: the model must be handed over
+        # before the runner's deadline, with a little time left to save it.
+        done = step > untimed_steps and (training_time >= TIME_BUDGET or time_left() < max(1.0, 0.02 * TIME_BUDGET))
         if now - last_print >= 0.25 or done:  # progress lines for people and for the runner's pruner
             last_print = now
             mfu = 100 * flops_per_token * TOTAL_BATCH_SIZE / dt / peak if peak else 0.0
@@ -457,8 +467,7 @@ def main():
             break
 
     total_tokens = step * TOTAL_BATCH_SIZE
-    model.eval()
-    val_bpb = evaluate_bpb(train_model, tokenizer, EVAL_BATCH_SIZE)
+    val_bpb = save_model(model, build_model, asdict(config))  # None under the engine: the harness scores it
     timed_steps = max(step - untimed_steps, 1)
     mfu = 100 * flops_per_token * TOTAL_BATCH_SIZE * timed_steps / training_time / peak if peak and training_time else 0.0
     if device.type == "cuda":
@@ -466,7 +475,8 @@ def main():
     else:  # no device memory on a CPU: report the process's peak resident memory instead
         peak_memory_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("---")
-    print(f"val_bpb:          {val_bpb:.6f}")
+    if val_bpb is not None:
+        print(f"val_bpb:          {val_bpb:.6f}")
     print(f"training_seconds: {training_time:.1f}")
     print(f"total_seconds:    {time.time() - t_start:.1f}")
     print(f"peak_vram_mb:     {peak_memory_mb:.1f}")

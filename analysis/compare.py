@@ -23,11 +23,10 @@ import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 from analysis.progress import Progress, children, is_failure, progress
 from analysis.stats import Verdict, bootstrap_ci, verdict
-from population.lineage import MINIMIZE, Lineage, pooled_sd, strategy_of
+from population.lineage import MINIMIZE, Lineage, pooled_sd
 from population.search import Search
 from population.store import TrialRecord
 
@@ -43,9 +42,11 @@ class Run:
     name: str                     # the search's name
     trials: list[TrialRecord]
     config: dict = field(default_factory=dict)   # its fixed settings (SearchConfig fields)
+    metric: str = "val_bpb"
+    direction: str = MINIMIZE
 
     def __post_init__(self):
-        self.progress: Progress = progress(self.trials)
+        self.progress: Progress = progress(self.trials, direction=self.direction)
 
 
 def load_runs(groups: dict[str, list[str]], *, root: str | Path = "runs") -> list[Run]:
@@ -62,7 +63,8 @@ def load_runs(groups: dict[str, list[str]], *, root: str | Path = "runs") -> lis
             try:
                 cfg = search.config
                 config = {key: getattr(cfg, key) for key in (*COMPARABLE, "direction")}
-                runs.append(Run(label=label, name=name, trials=search.trials(), config=config))
+                runs.append(Run(label=label, name=name, trials=search.trials(), config=config, metric=cfg.metric,
+                                direction=cfg.direction))
             finally:
                 search.close()
     return runs
@@ -111,6 +113,7 @@ class ComparisonTable:
     problems: tuple[str, ...] = ()        # why the searches may not compare (see `comparability`)
     noise_sd: float | None = None         # single-evaluation noise, pooled over every search's re-evaluations
     direction: str = MINIMIZE
+    metric: str = "val_bpb"
 
 
 def compare_runs(runs: list[Run], *, reference: str = "greedy") -> ComparisonTable:
@@ -127,14 +130,15 @@ def compare_runs(runs: list[Run], *, reference: str = "greedy") -> ComparisonTab
     finals = [r.progress.final_best for r in by_label.get(ref, []) if r.progress.final_best is not None]
     target = statistics.fmean(finals) if finals else None
     rows = tuple(_row(label, by_label[label], target) for label in labels)
-    directions = {r.config.get("direction", MINIMIZE) for r in runs}
+    directions = {r.direction for r in runs}
     direction = directions.pop() if len(directions) == 1 else MINIMIZE
     ref_row = next((r for r in rows if r.label == ref), None)
     verdicts = tuple(verdict(r.label, r.finals, ref, ref_row.finals, direction=direction)
                      for r in rows if ref_row is not None and r.label != ref)
     noise = pooled_sd(ind.values for r in runs for ind in Lineage(r.trials).individuals)
     return ComparisonTable(rows=rows, reference=ref, target=target, verdicts=verdicts,
-                           problems=tuple(comparability(runs)), noise_sd=noise, direction=direction)
+                           problems=tuple(comparability(runs)), noise_sd=noise, direction=direction,
+                           metric=runs[0].metric if runs else "val_bpb")
 
 
 def _row(label: str, group: list[Run], target: float | None) -> GroupRow:
@@ -193,7 +197,7 @@ def render_table(table: ComparisonTable) -> str:
               else "none (the reference has no successful trial)")
     header = (f"{'strategy':12s} {'seeds':>5} {'trials':>6} {'final best (mean ± sd)':>24} {'95% CI of mean':>18} "
               f"{'trials to target':>17} {'device-h to target':>18} {'keep rate':>9} {'fail rate':>9} {'device-h':>9}")
-    lines += [f"target: val_bpb {target}", header, "-" * len(header)]
+    lines += [f"target: {table.metric} {target}", header, "-" * len(header)]
     lines += [_table_line(r, table) for r in table.rows]
     lines.append("trials/device-h to target: mean over the seeds that reached it (reached/seeds); 95% CI: bootstrap "
                  "over seeds; keep and fail rates: share of children, pooled over seeds; device-h: mean per search")
@@ -303,7 +307,8 @@ def plot_comparison(runs: list[Run], path: str | Path | None = None, *, title: s
     from analysis import _style
 
     fig, (left, right) = _style.new_figure(13, 5.4, ncols=2, sharey=True)
-    fig.suptitle(title or "best val_bpb so far, by strategy", x=0.01, ha="left", fontsize=13)
+    metric, direction = (runs[0].metric, runs[0].direction) if runs else ("val_bpb", MINIMIZE)
+    fig.suptitle(title or f"best {metric} so far, by strategy", x=0.01, ha="left", fontsize=13)
     labels = list(dict.fromkeys(r.label for r in runs))
     lows, highs = [], []
     for i, label in enumerate(labels):
@@ -320,8 +325,8 @@ def plot_comparison(runs: list[Run], path: str | Path | None = None, *, title: s
             if n > 1:
                 ax.fill_between(x, lo, hi, step="post", color=colour, alpha=0.18, linewidth=0,
                                 label=f"{label}: range across seeds")
-            lows.extend(lo)
-            highs.append(hi[0])
+            lows.extend(lo if direction == MINIMIZE else [hi[0]])   # the best end and the starting end
+            highs.append(hi[0] if direction == MINIMIZE else max(hi))
     if table is not None and table.target is not None:
         for ax in (left, right):
             ax.axhline(table.target, color="#424242", linestyle=":", linewidth=1.2,
@@ -332,7 +337,7 @@ def plot_comparison(runs: list[Run], path: str | Path | None = None, *, title: s
         left.set_ylim(low - pad, high + pad)
     left.set_xlabel("trials finished (seed included)")
     right.set_xlabel("device-hours spent")
-    left.set_ylabel("best val_bpb so far (lower is better)")
+    left.set_ylabel(f"best {metric} so far ({'lower' if direction == MINIMIZE else 'higher'} is better)")
     left.set_title("at equal trials", loc="left", fontsize=11)
     right.set_title("at equal compute", loc="left", fontsize=11)
     from matplotlib.ticker import MaxNLocator

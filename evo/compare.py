@@ -29,7 +29,8 @@ from typing import Callable
 from evo.devices import Slot
 from evo.loop import RunOptions, SearchLoop, StopKind, StopReason
 from evo.proposers import Proposer
-from evo.search import HARNESS, create_search, harness_sha256
+from evo.search import create_search, harness_sha256
+from evo.targets import HARNESS
 from evo.strategies import STRATEGIES, Strategy, make_strategy
 from population.lineage import strategy_of
 from population.search import Search, SearchError, check_name

@@ -43,7 +43,20 @@ def parse_devices(spec: str | None, cuda_devices: int = 0) -> list[Slot]:
 
 
 def default_slots(search) -> list[Slot]:
-    """Every GPU the search's harness sees, else one CPU slot (what `--devices` defaults to)."""
-    from evo.search import describe_harness
+    """Every GPU this machine has, else one CPU slot (what `--devices` defaults to).
 
-    return parse_devices(None, describe_harness(search.harness[0], search.config.profile)["cuda_devices"])
+    A search with evoresearch's harness asks it (it sees what its torch sees); any other
+    project is answered by nvidia-smi."""
+    if not search.config.target:
+        from evo.targets import describe_harness
+        return parse_devices(None, describe_harness(search.paths.harness / "prepare.py", search.config.profile)["cuda_devices"])
+    return parse_devices(None, _nvidia_gpus())
+
+
+def _nvidia_gpus() -> int:
+    import shutil
+    import subprocess
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    proc = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
+    return sum(1 for line in proc.stdout.splitlines() if line.startswith("GPU ")) if proc.returncode == 0 else 0

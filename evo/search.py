@@ -1,50 +1,32 @@
-"""Creating a search from a project: check the files, ask the harness for its facts, lay out the folder.
+"""The engine's side of a search: what a project and its harness are, and how its trials run.
 
 The folder itself (configuration, population, study, trial files) is the data layer's
-`population.Search`; this module is the engine's side of creation, the part that knows
-what a project and its harness are.
+`population.Search`. This module creates one from a project (checking the files, asking
+the harness for its facts, choosing the sandbox), builds the `TrialRunner` its trials run
+with, and checks that the harness and the data are still what they were before either is
+used.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import subprocess
+import shutil
 import sys
 from pathlib import Path
 
+from evo.runner import DataFiles, TrialRunner
+from evo.targets import data_cache_root, describe_harness, resolve_sandbox, target_of  # noqa: F401 (re-exported)
+from evo.targets._command import command_config, program_template
+from evo.targets._harness import harness_config
+from population.lineage import DIRECTIONS, MINIMIZE
 from population.search import LOCAL_STORAGE, Search, SearchConfig, SearchError, check_name
 
-HARNESS = ("prepare.py",)
+__all__ = ["DATA_ATTR", "DataCheck", "PROGRAM", "check_harness", "create_search", "data_cache_root",
+           "describe_harness", "harness_sha256", "resolve_sandbox", "target_of", "trial_runner"]
+
 PROGRAM = "program.md"
-
-
-def describe_harness(prepare_py: Path, profile: str | None, python: str = sys.executable) -> dict:
-    """Ask the harness (in a subprocess: the engine never imports torch) for a profile's fixed numbers.
-
-    The answer depends only on the file's content, the profile and the interpreter, and
-    costs a torch import (~2.5 s): a search's copy of the harness is answered from the
-    project's call rather than asked again."""
-    key = (hashlib.sha256(Path(prepare_py).read_bytes()).hexdigest(), profile, python)
-    if key not in _described:
-        _described[key] = _ask_harness(Path(prepare_py), profile, python)
-    return dict(_described[key])
-
-
-_described: dict[tuple, dict] = {}
-
-
-def _ask_harness(prepare_py: Path, profile: str | None, python: str) -> dict:
-    env = {**os.environ}
-    if profile:
-        env["EVO_PROFILE"] = profile
-    proc = subprocess.run([python, str(prepare_py), "--describe"] + (["--profile", profile] if profile else []),
-                          capture_output=True, text=True, env=env, cwd=prepare_py.parent)
-    if proc.returncode != 0:
-        message = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise SearchError(f"{prepare_py} --describe failed: {message}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+DATA_ATTR = "evo_data_sha256"  # study attribute: the data files' hashes, recorded by the first run
 
 
 def harness_sha256(files: dict[str, bytes]) -> str:
@@ -58,22 +40,44 @@ def harness_sha256(files: dict[str, bytes]) -> str:
 def create_search(name: str, *, root: str | Path = "runs", project: str | Path = ".", profile: str | None = None,
                   budget: float | None = None, mutable: list[str] | tuple[str, ...] = ("train.py",),
                   data: str | None = None, storage: str | None = None, cache_dir: str | None = None,
-                  seed: int = 0) -> Search:
-    """Create search `name` from the project's seed genome and harness, and return it open.
+                  seed: int = 0, sandbox: str = "auto", allow_network: bool = False, run: str | None = None,
+                  metric: str | None = None, direction: str | None = None, metric_pattern: str | None = None,
+                  evaluate: str | None = None, read: list[str] | tuple[str, ...] = (), remote: str | None = None,
+                  heartbeat: int = 10, grace: int = 60) -> Search:
+    """Create search `name` from a project's seed genome and fixed files, and return it open.
 
-    >>> search = create_search("demo", profile="tiny", budget=5)   # doctest: +SKIP
+    >>> search = create_search("demo", profile="tiny", budget=5)                              # doctest: +SKIP
+    >>> search = create_search("fast", project="examples/sort_speed", mutable=["solution.py"],
+    ...                        run="python bench.py", metric="ops_per_second", direction="maximize")  # doctest: +SKIP
+
+    Without `run` the project follows evoresearch's harness contract (prepare.py, train.py,
+    profiles, the harness's own scorer). With `run`, any project: the mutable files are the
+    genome, every other file the fixed harness, and the metric comes from the run's output or
+    from `evaluate`.
 
     Args:
         name: the search's name; its folder is `root/name`.
         root: the folder holding searches.
-        project: the folder with train.py, prepare.py and program.md.
+        project: the folder with the seed genome and the fixed files.
         profile: the harness's task profile (default: the harness's own default).
-        budget: seconds of counted training per trial (default: the profile's).
-        mutable: the files the search may change; the rest of the project is fixed.
+        budget: seconds of training per trial (harness), or of the whole run (any project; default 300).
+        mutable: the files (or globs, with `run`) the search may change; the rest of the project is fixed.
         data: the harness's data source (default: its embedded corpus).
         storage: an Optuna storage URL (default: SQLite in the search folder).
         cache_dir: the harness's data cache (default: its own).
         seed: the base random seed of the trials.
+        sandbox: bwrap (every trial in a bubblewrap sandbox), none (plain processes: scores
+            can be faked; every record says so), or auto (bwrap when a probe run works here).
+        allow_network: whether a trial's sandbox keeps the network (off: trials cannot reach it).
+        run: the command that runs a trial of any project (e.g. "uv run train.py").
+        metric: the score's name (default val_bpb); direction: minimize (default) or maximize.
+        metric_pattern: a regex whose first group is the score, instead of `metric: value` lines.
+        evaluate: a command of the project that scores a trial afterwards, apart from its code.
+        read: folders outside the project trials may read (e.g. a data cache).
+        remote: a git URL (path, file://, ssh://, git://) for a search shared by several hosts;
+            `storage` must then be PostgreSQL. A missing local path becomes a bare repository.
+        heartbeat, grace: for a shared search, seconds between a running trial's heartbeats, and
+            of silence after which another worker re-runs it.
 
     Raises:
         SearchError: with one line saying what to change; nothing is created then.
@@ -83,23 +87,137 @@ def create_search(name: str, *, root: str | Path = "runs", project: str | Path =
     if Search.exists(name, root=root):
         raise SearchError(f"search {name!r} already exists in {Path(root).resolve()}; open it with `evo run {name}` "
                           "or pick another name")
-    for f in HARNESS + ("train.py",):
-        if not (project / f).exists():
-            raise SearchError(f"{project} has no {f}; run evo from the project folder or pass --project")
-    mutable = list(dict.fromkeys(mutable))
-    for f in mutable:
-        if f in HARNESS:
-            raise SearchError(f"{f} is the fixed harness and cannot be mutable; drop it from --mutable")
-        if not (project / f).is_file():
-            raise SearchError(f"mutable file {f} does not exist in {project}")
-    if budget is not None and budget <= 0:
-        raise SearchError(f"--budget must be a positive number of seconds, not {budget:g}")
-    facts = describe_harness(project / "prepare.py", profile)
-    harness = {f: (project / f).read_bytes() for f in HARNESS}
-    config = SearchConfig(name=name, profile=facts["profile"], budget=float(budget or facts["time_budget"]),
-                          mutable=mutable, data=data or facts["data"], seed=seed, seq_len=facts["seq_len"],
-                          startup_grace=facts["startup_grace"], storage=storage or LOCAL_STORAGE, cache_dir=cache_dir,
-                          harness_sha256=harness_sha256(harness))
-    program = (project / PROGRAM).read_text() if (project / PROGRAM).exists() else None
+    direction = direction or MINIMIZE
+    _check_flags(budget=budget, direction=direction, read=read, remote=remote, storage=storage, heartbeat=heartbeat,
+                 grace=grace)
+    sandbox = resolve_sandbox(sandbox)
+    if run is None:
+        if metric not in (None, "val_bpb") or direction != MINIMIZE or metric_pattern or evaluate:
+            raise SearchError("--metric, --direction, --metric-pattern and --evaluate describe a project run by a "
+                              "command: give its command with --run (without --run, the harness scores val_bpb)")
+        mutable = list(dict.fromkeys(mutable))
+        for f in mutable:
+            if not (project / f).is_file():
+                raise SearchError(f"mutable file {f} does not exist in {project}")
+        fields, harness = harness_config(name, project, profile=profile, budget=budget, mutable=mutable, data=data,
+                                         cache_dir=cache_dir)
+    else:
+        fields, harness, mutable = command_config(project, run=run, metric=metric or "val_bpb", direction=direction,
+                                                  pattern=metric_pattern, evaluate=evaluate, budget=budget,
+                                                  mutable=list(mutable))
+    config = SearchConfig(name=name, mutable=mutable, seed=seed, storage=storage or LOCAL_STORAGE,
+                          harness_sha256=harness_sha256(harness), sandbox=sandbox, allow_network=allow_network,
+                          read=[str(Path(os.path.expanduser(r)).resolve()) for r in read], remote=remote or "",
+                          heartbeat=heartbeat, grace=grace, **fields)
+    program = _program(project, config)
     return Search.create(root, config, seed_files={f: (project / f).read_text() for f in mutable}, harness=harness,
                          program=program)
+
+
+def _check_flags(*, budget, direction, read, remote, storage, heartbeat, grace) -> None:
+    """Raise SearchError for a creation flag that cannot work, before anything is made."""
+    if budget is not None and budget <= 0:
+        raise SearchError(f"--budget must be a positive number of seconds, not {budget:g}")
+    if remote and not storage:
+        raise SearchError("a search shared through --remote needs its study in PostgreSQL too: add "
+                          "--storage postgresql://USER@HOST/DB")
+    if remote and grace <= 2 * heartbeat:
+        raise SearchError(f"--grace ({grace} s) must be more than twice --heartbeat ({heartbeat} s), or a "
+                          "busy worker's trials would be taken from it")
+    if direction not in DIRECTIONS:
+        raise SearchError(f"--direction must be minimize or maximize, not {direction!r}")
+    for folder in read:
+        if not Path(os.path.expanduser(folder)).exists():
+            raise SearchError(f"--read {folder}: no such file or folder")
+
+
+def _program(project: Path, config: SearchConfig) -> str | None:
+    """The project's program.md; for a command target without one, a template (written into the
+    search folder, never into the project: the user edits it there)."""
+    path = project / PROGRAM
+    if path.exists():
+        return path.read_text()
+    if config.target.get("kind") != "command":
+        return None
+    return program_template(run=config.target["run"], metric=config.metric, direction=config.direction,
+                            budget=config.budget, mutable=config.mutable, evaluate=config.target.get("evaluate"))
+
+
+def trial_runner(search: Search, *, python: str = sys.executable) -> TrialRunner:
+    """The runner the search's trials run with: its sandbox, its evaluator, its harness and data.
+
+    Raises SearchError when the search's sandbox cannot run on this machine."""
+    return target_of(search.config).runner(search, python=python)
+
+
+def check_harness(search: Search) -> None:
+    """Raise SearchError when the search's copy of the harness is not what `evo init` recorded."""
+    files = {str(p.relative_to(search.paths.harness)): p.read_bytes() for p in search.harness}
+    if search.config.harness_sha256 and harness_sha256(files) != search.config.harness_sha256:
+        raise SearchError(f"the harness in {search.paths.harness} has changed since the search was created (its "
+                          "SHA-256 no longer matches); every later score would be measured differently: copy the "
+                          "project's prepare.py back or start a new search")
+
+
+class DataCheck:
+    """The data files a search's trials read, hashed once and then watched for any change.
+
+    The first run records each file's SHA-256 in the study; every later run checks them
+    before any trial, and before each trial a cheap look at size and modification time
+    decides whether to hash again (a trial without a sandbox could have written them)."""
+
+    def __init__(self, search: Search, data: DataFiles):
+        self.search = search
+        # Keyed by role and name, not by path: the same data in a moved cache is the same data.
+        self.files = {f"{role}/{Path(p).name}": Path(p) for role, paths in
+                      (("tokenizer", data.tokenizer), ("train", data.train), ("val", data.val)) for p in paths}
+        self.stamps: dict[Path, tuple[int, int]] = {}
+
+    def verify(self) -> None:
+        """Hash every file and compare with the study's record (recording it the first time)."""
+        hashes = {key: _sha256_file(p) for key, p in self.files.items() if p.exists()}
+        recorded = self.search.store.attr(DATA_ATTR)
+        if recorded is None:
+            self.search.store.set_attr(DATA_ATTR, hashes)
+        else:
+            changed = sorted(k for k in recorded if hashes.get(k) != recorded[k])
+            if changed:
+                raise SearchError(f"the prepared data changed since this search started ({changed[0]} and "
+                                  f"{len(changed) - 1} more): scores would not be comparable; restore the cache or "
+                                  "start a new search")
+        self.stamps = {p: _stamp(p) for p in self.files.values() if p.exists()}
+
+    def quick(self) -> None:
+        """Hash again only if a file's size or modification time moved since the last check."""
+        if any(_stamp(p) != stamp for p, stamp in self.stamps.items()):
+            self.verify()
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    try:
+        st = path.stat()
+    except OSError:
+        return (-1, -1)
+    return (st.st_size, st.st_mtime_ns)
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def join_search(name: str, *, root: str | Path = "runs", storage: str, remote: str,
+                cache_dir: str | None = None) -> Search:
+    """Make this host's folder of shared search `name` (see `population.Search.join`) and check that
+    the harness it got from the remote is the one the search was created with."""
+    search = Search.join(name, root=root, storage=storage, remote=remote, cache_dir=cache_dir)
+    got = harness_sha256({str(p.relative_to(search.paths.harness)): p.read_bytes() for p in search.harness})
+    if got != search.config.harness_sha256:
+        search.close()
+        shutil.rmtree(search.folder, ignore_errors=True)  # nothing of it is worth keeping
+        raise SearchError(f"the harness on the remote {remote} is not the one search {name!r} was created with "
+                          f"(sha256 {got[:12]} != {search.config.harness_sha256[:12]})")
+    return search

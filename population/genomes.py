@@ -4,6 +4,10 @@ Every genome is a commit whose tree holds the mutable files and whose git parent
 its genetic parents (a crossover child is a merge commit). Commits are written straight
 into the object database through a temporary index, so no checkout is touched; trials
 run in per-device worktrees of the same repository. One process owns ref updates.
+
+A search shared by several hosts also has a remote: a bare repository every host pushes
+its genomes to and fetches the others' from (a path, file://, ssh:// or git://). Pushes
+only ever add refs that name one commit for good, so hosts never contend for a ref.
 """
 
 from __future__ import annotations
@@ -21,6 +25,23 @@ _IDENTITY = {
     "GIT_AUTHOR_NAME": "evoresearch", "GIT_AUTHOR_EMAIL": "evo@localhost",
     "GIT_COMMITTER_NAME": "evoresearch", "GIT_COMMITTER_EMAIL": "evo@localhost",
 }
+# The engine's git never runs anything a genome could have planted: no hooks, no fsmonitor, no
+# external diff or pager, no user or system config; GIT_* variables of the caller are dropped.
+SAFE_CONFIG = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "diff.external=",
+               "-c", "core.pager=cat", "-c", "protocol.ext.allow=never")
+
+
+def git_environment(extra: dict | None = None) -> dict[str, str]:
+    """The environment of the engine's git processes: the caller's minus GIT_*, with no global or system config."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env.update(GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_GLOBAL="/dev/null", GIT_TERMINAL_PROMPT="0", **_IDENTITY)
+    env.update(extra or {})
+    return env
+
+
+def safe_git(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    """Run git with SAFE_CONFIG and git_environment (see above)."""
+    return subprocess.run(["git", *SAFE_CONFIG, *args], env=git_environment(kwargs.pop("env", None)), **kwargs)
 
 
 @dataclass
@@ -32,6 +53,25 @@ class Genome:
     files: dict[str, str]
     description: str = ""
     score: float | None = None
+
+
+# Talking to a remote never waits for a person (no password prompt) nor forever on a dead host.
+REMOTE_TIMEOUT = 600
+_REMOTE_ENV = {"GIT_TERMINAL_PROMPT": "0",
+               "GIT_SSH_COMMAND": os.environ.get("GIT_SSH_COMMAND", "ssh -o BatchMode=yes -o ConnectTimeout=20")}
+
+
+class RemoteError(Exception):
+    """The git remote cannot be reached or refused a push; the message is one line."""
+
+
+def is_local_remote(url: str) -> bool:
+    """Whether `url` names a repository on a disk this host can see (a path or file://)."""
+    return url.startswith(("/", "./", "../", "file://")) or ("://" not in url and ":" not in url)
+
+
+def remote_path(url: str) -> Path:
+    return Path(url[len("file://"):] if url.startswith("file://") else url)
 
 
 class GenomeRepo:
@@ -59,10 +99,10 @@ class GenomeRepo:
     def close(self) -> None:
         self.repo.close()
 
-    def _git(self, *args: str, input: str | None = None, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-        full_env = {**os.environ, **_IDENTITY, **(env or {})}
-        proc = subprocess.run(["git", f"--git-dir={self.path}", *args], input=input, capture_output=True,
-                              encoding="utf-8", env=full_env)
+    def _git(self, *args: str, input: str | None = None, env: dict | None = None, check: bool = True,
+             timeout: float | None = None) -> subprocess.CompletedProcess:
+        proc = safe_git(f"--git-dir={self.path}", *args, input=input, capture_output=True, encoding="utf-8", env=env,
+                        timeout=timeout)
         if check and proc.returncode != 0:
             raise git.GitCommandError(["git", *args], proc.returncode, proc.stderr)
         return proc
@@ -94,7 +134,59 @@ class GenomeRepo:
     def has_branch(self, name: str) -> bool:
         return self._git("show-ref", "--verify", "--quiet", f"refs/heads/{name}", check=False).returncode == 0
 
+    def set_branches(self, branches: dict[str, str]) -> None:
+        """Point many branches at their commits with one git process."""
+        if branches:
+            self._git("update-ref", "--stdin", input="".join(f"update refs/heads/{name} {commit}\n"
+                                                             for name, commit in branches.items()))
+
+    # -- the remote -------------------------------------------------------------
+
+    def push(self, url: str, refspecs: list[str]) -> None:
+        """Push `refspecs` (commit:ref) to the remote at `url`; RemoteError with git's reason if it fails."""
+        if refspecs:
+            self._remote("push", "--quiet", "--no-verify", url, *refspecs)
+
+    def fetch(self, url: str, refspecs: list[str]) -> None:
+        """Fetch `refspecs` from the remote at `url` (objects and refs); RemoteError if it fails."""
+        self._remote("fetch", "--quiet", "--no-tags", "--no-write-fetch-head", url, *refspecs)
+
+    def _remote(self, *args: str) -> None:
+        try:
+            proc = self._git(*args, check=False, env=_REMOTE_ENV, timeout=REMOTE_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            raise RemoteError(f"git {args[0]} got no answer in {REMOTE_TIMEOUT} s") from None
+        if proc.returncode != 0:
+            raise RemoteError(_reason(proc.stderr) or f"git {args[0]} failed")
+
+    @staticmethod
+    def check_remote(url: str, *, create: bool = False) -> None:
+        """Raise RemoteError unless `url` answers as a git repository; with `create`, make a bare one
+        where a missing local path (or file:// URL) points."""
+        if create and is_local_remote(url) and not remote_path(url).exists():
+            git.Repo.init(remote_path(url), bare=True, initial_branch="main").close()
+        try:
+            proc = subprocess.run(["git", "ls-remote", "--heads", url, "evo-probe"], capture_output=True, text=True,
+                                  env={**os.environ, **_REMOTE_ENV}, timeout=60)
+        except subprocess.TimeoutExpired:
+            raise RemoteError(f"cannot reach the git remote {url}: no answer in 60 s") from None
+        if proc.returncode != 0:
+            raise RemoteError(f"cannot reach the git remote {url}: {_reason(proc.stderr) or 'no answer'}")
+
     # -- reading --------------------------------------------------------------
+
+    def missing(self, commits) -> set[str]:
+        """Those of `commits` this repository does not hold (one git process for all)."""
+        commits = [c for c in dict.fromkeys(commits) if c]
+        if not commits:
+            return set()
+        out = self._git("cat-file", "--batch-check", input="".join(f"{c}^{{commit}}\n" for c in commits)).stdout
+        return {c for c, line in zip(commits, out.splitlines()) if line.endswith("missing")}
+
+    def branches(self, prefix: str) -> dict[str, str]:
+        """Branch name -> commit for every branch under `prefix` (one git process)."""
+        out = self._git("for-each-ref", "--format=%(refname:lstrip=2) %(objectname)", f"refs/heads/{prefix}").stdout
+        return dict(line.split(" ", 1) for line in out.splitlines() if line)
 
     def tree_of(self, commit: str) -> str:
         return self._git("rev-parse", f"{commit}^{{tree}}").stdout.strip()
@@ -125,7 +217,7 @@ class GenomeRepo:
 
     def diff(self, old: str, new: str, context: int = 3) -> str:
         """Unified diff between two genomes."""
-        return self._git("diff", f"-U{context}", "--no-color", old, new).stdout
+        return self._git("diff", f"-U{context}", "--no-color", "--no-ext-diff", "--no-textconv", old, new).stdout
 
     # -- worktrees ------------------------------------------------------------
 
@@ -140,8 +232,8 @@ class GenomeRepo:
             self._git("worktree", "add", "--force", "--detach", str(worktree), commit)
         else:
             wt = ["-C", str(worktree)]
-            subprocess.run(["git", *wt, "checkout", "--force", "--detach", commit], check=True, capture_output=True)
-            subprocess.run(["git", *wt, "clean", "-fdqx"], check=True, capture_output=True)
+            safe_git(*wt, "checkout", "--force", "--detach", commit, check=True, capture_output=True)
+            safe_git(*wt, "clean", "-fdqx", check=True, capture_output=True)
         return worktree
 
     def _owns(self, worktree: Path) -> bool:
@@ -152,6 +244,15 @@ class GenomeRepo:
             return False
         gitdir = Path(text.partition("gitdir:")[2].strip())
         return gitdir.is_dir() and self.path.resolve() in gitdir.resolve().parents
+
+
+def _reason(stderr: str) -> str:
+    """The line of git's complaint that says what went wrong."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith(("fatal:", "error:")):
+            return line.split(":", 1)[1].strip()
+    return lines[0] if lines else ""
 
 
 def genome_hash(files: dict[str, str]) -> str:

@@ -55,6 +55,16 @@ def run_evo(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600
 
 @pytest.fixture
 def instant_project(project):
-    """The project with train.py replaced by a genome that scores its knobs at once."""
+    """The project with train.py replaced by a genome that scores its knobs at once, and prepare.py by a
+    harness without a scorer (so the engine believes the genome's summary): for testing the loop."""
     (project / "train.py").write_text((Path(__file__).parent / "data" / "instant_genome.py").read_text())
+    (project / "prepare.py").write_text((Path(__file__).parent / "data" / "instant_prepare.py").read_text())
     return project
+
+
+@pytest.fixture(autouse=True)
+def no_held_keys(monkeypatch):
+    """API keys a proposer took out of the environment live in process memory (evo.proposers._keys):
+    each test starts without any, as a fresh `evo` process would."""
+    from evo.proposers import _keys
+    monkeypatch.setattr(_keys, "_held", {})

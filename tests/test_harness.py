@@ -229,3 +229,49 @@ def test_unknown_source_fails_with_a_clear_message(harness, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="no .txt or .parquet files"):
         list(harness.iter_documents(str(tmp_path / "empty")))
+
+
+def _score_with_separate_processes(folder, handed, env):
+    """Run the harness's model process and scorer on a handed-over model, as the engine does (no sandbox)."""
+    import json
+    import socket
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    env = {**env, "EVO_OUTPUT": str(handed)}
+    model = subprocess.Popen([sys.executable, "prepare.py", "--serve-model"], cwd=folder, pass_fds=[theirs.fileno()],
+                             env={**env, "EVO_EVAL_SOCKET": str(theirs.fileno())})
+    scorer = subprocess.Popen([sys.executable, "prepare.py", "--score"], cwd=folder, pass_fds=[ours.fileno()],
+                              env={**env, "EVO_EVAL_SOCKET": str(ours.fileno())}, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    ours.close()
+    theirs.close()
+    out, _ = scorer.communicate("go\n", timeout=300)
+    model.wait(timeout=60)
+    return json.loads(next(l for l in out.splitlines() if l.startswith("EVO_SCORE "))[len("EVO_SCORE "):])
+
+
+@pytest.mark.slow
+def test_the_separate_scorer_agrees_with_the_in_process_evaluation_of_the_same_weights(harness, tmp_path):
+    import json
+    for name in ("train.py", "prepare.py"):
+        (tmp_path / name).write_text((ROOT / name).read_text())
+    env = {**os.environ, "EVO_PROFILE": "tiny", "EVO_TIME_BUDGET": "2", "EVO_DEVICE": "cpu",
+           "EVO_OUTPUT": str(tmp_path / "out")}
+    trained = subprocess.run([sys.executable, "train.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert trained.returncode == 0, trained.stdout[-1000:] + trained.stderr[-1000:]
+    assert "[harness] model handed over" in trained.stdout and "val_bpb:" not in trained.stdout
+    result = _score_with_separate_processes(tmp_path, tmp_path / "out", env)
+    assert result["verdict"] == "ok" and result["probe_batches"] >= 2, result
+    assert result["largest_change"] < 1e-4  # the honest seed answers shuffled and probed rows alike
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import train
+        train = importlib.reload(train)
+    finally:
+        sys.path.remove(str(tmp_path))
+    record = json.loads((tmp_path / "out" / "model.json").read_text())
+    model = getattr(train, record["build"])(**record["config"])
+    model.load_state_dict(torch.load(tmp_path / "out" / "model.pt", weights_only=True), assign=True)
+    in_process = harness.evaluate_bpb(model.eval(), harness.Tokenizer.load(), harness.PROFILE.eval_batch_size)
+    assert result["val_bpb"] == pytest.approx(in_process, abs=1e-4)

@@ -8,6 +8,7 @@ End-to-end tests run `evo run` as a user would and read the search folder it lea
 from __future__ import annotations
 
 import json
+import os
 import random
 import sys
 import time
@@ -471,3 +472,16 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def test_a_key_leaves_the_engines_environment_once_a_client_holds_it(monkeypatch):
+    from evo.proposers import AnthropicProposer, _keys
+    monkeypatch.setattr(_keys, "_held", {})
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-held-in-memory")
+    first = AnthropicProposer(base_url="http://127.0.0.1:9")
+    assert "ANTHROPIC_API_KEY" not in os.environ  # an unsandboxed trial reading /proc/<engine>/environ finds nothing
+    second = AnthropicProposer(base_url="http://127.0.0.1:9")  # e.g. the next member of an evo compare
+    assert first.client.api_key == second.client.api_key == "sk-ant-held-in-memory"
+    assert _keys.redact("log: sk-ant-held-in-memory") == "log: [redacted]"
+    first.close()
+    second.close()

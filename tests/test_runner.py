@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from evo.runner import run_trial, scrub_environment, trial_environment
+from evo.runner import allowed_environment, run_trial, trial_environment
 
 SUMMARY = textwrap.dedent("""
     print("---")
@@ -118,7 +118,8 @@ def test_child_environment_has_no_secrets_but_has_its_settings(tmp_path, monkeyp
                "DB_PASSWORD": "hunter2", "aws_secret_access_key": "aws", "MY_API_KEY": "k"}
     for name, value in secrets.items():
         monkeypatch.setenv(name, value)
-    env = trial_environment(profile="tiny", budget=3, seed=7, device="cuda:1", inductor_cache=tmp_path / "cache", threads=1)
+    monkeypatch.setenv("SOME_SETTING", "not for trials")
+    env = trial_environment(profile="tiny", budget=3, seed=7, device="cuda:1", threads=1)
     out = tmp_path / "env.json"
     result = run(child(tmp_path, f"import json; json.dump(dict(os.environ), open({str(out)!r}, 'w'))\n" + SUMMARY), env=env)
     assert result.status == "ok"
@@ -127,13 +128,18 @@ def test_child_environment_has_no_secrets_but_has_its_settings(tmp_path, monkeyp
     assert not any(v in json.dumps(seen) for v in ("sk-ant-xyz", "hunter2", "ghp"))
     assert seen["EVO_PROFILE"] == "tiny" and seen["EVO_SEED"] == "7" and seen["EVO_TIME_BUDGET"] == "3"
     assert seen["CUDA_VISIBLE_DEVICES"] == "1" and seen["EVO_DEVICE"] == "cuda"
-    assert seen["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "cache") and seen["TORCHINDUCTOR_FX_GRAPH_CACHE"] == "1"
+    # Each run compiles into a private copy of the cache: no trial sees what another wrote there.
+    assert seen["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "genome" / ".evo" / "inductor-cache")
+    assert seen["TORCHINDUCTOR_FX_GRAPH_CACHE"] == "1"
     assert seen["OMP_NUM_THREADS"] == "1"
+    assert "SOME_SETTING" not in seen  # an allow-list, not a deny-list
 
 
-def test_scrub_keeps_ordinary_variables():
-    env = scrub_environment({"PATH": "/bin", "HOME": "/root", "OPENAI_API_KEY": "x", "ANTHROPIC_MODEL": "m", "Session_Token": "t"})
-    assert env == {"PATH": "/bin", "HOME": "/root"}
+def test_only_allowed_variables_reach_a_trial():
+    env = allowed_environment({"PATH": "/bin", "HOME": "/root", "LANG": "C.UTF-8", "OPENAI_API_KEY": "x",
+                               "ANTHROPIC_MODEL": "m", "Session_Token": "t", "DATABASE_URL": "postgresql://u:p@h/db",
+                               "EVO_MY_SETTING": "3", "EVO_API_KEY": "k"})
+    assert env == {"PATH": "/bin", "LANG": "C.UTF-8", "EVO_MY_SETTING": "3"}
 
 
 def test_stop_event_interrupts_a_running_child(tmp_path):

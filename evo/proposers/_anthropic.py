@@ -9,10 +9,10 @@ answer with the tool; the proposer remembers that for the rest of the search.
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import TYPE_CHECKING
 
+from evo.proposers import _keys as keys
 from evo.proposers._base import ProposerError
 from evo.proposers._llm import CallFailed, ChatProposer, Reply
 from evo.proposers._pricing import DEFAULT_PRICES, Price, price_for
@@ -45,8 +45,9 @@ class AnthropicProposer(ChatProposer):
 
     Args:
         model: the Claude model id (``--model``).
-        api_key: the key; default $ANTHROPIC_API_KEY. Kept in memory only: never written
-            to an artifact, the store, or a trial's environment.
+        api_key: the key; default $ANTHROPIC_API_KEY, which is then removed from this
+            process's environment (see `_keys`). Kept in memory only: never written to an
+            artifact, the store, or a trial's environment.
         base_url: the API's address; default $ANTHROPIC_BASE_URL, else Anthropic's.
         prices: price table (see `load_prices`); the model's entry prices each call.
         timeout: seconds one HTTP call may take before it is abandoned (the SDK retries it
@@ -65,7 +66,7 @@ class AnthropicProposer(ChatProposer):
     def __init__(self, *, model: str = DEFAULT_MODEL, api_key: str | None = None, base_url: str | None = None,
                  prices: dict[str, Price] | None = None, timeout: float = 600.0, max_retries: int = 3,
                  backoff: tuple[float, ...] = (10.0, 30.0, 90.0), max_tokens: int = 16000, repairs: int = 1):
-        key = api_key or os.environ.get(KEY_ENV)
+        key = api_key or keys.take(KEY_ENV)
         if not key:
             raise ProposerError(f"{KEY_ENV} is not set: export your Anthropic API key to use --proposer anthropic")
         super().__init__(model=model, price=price_for(model, DEFAULT_PRICES if prices is None else prices),

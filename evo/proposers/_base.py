@@ -45,6 +45,8 @@ class ProposalContext:
     rng: seeded per child, so offline proposals are reproducible.
     is_known: whether a genome (path -> text) was already proposed or evaluated.
     scratch: a private folder for this proposal (the command proposer works there).
+    executor: how a proposer starts a process of its own (the search's sandbox: an
+        `evo.runner.Executor`); None runs it as a plain process.
     """
 
     program: str
@@ -54,6 +56,7 @@ class ProposalContext:
     rng: random.Random
     is_known: Callable[[dict[str, str]], bool] = lambda files: False
     scratch: Path | None = None
+    executor: object | None = None
 
 
 class ProposerError(RuntimeError):

@@ -8,9 +8,13 @@ anything else it writes is ignored. It may write a one-line description (then, o
 lines, its rationale) into the file named by $EVO_DESCRIPTION; without one the description
 is derived from the change. A timeout kills its whole process group.
 
-Environment of the agent: the engine's own (the agent is the user's trusted tool and may
-need its API key; trials never see it) plus EVO_TASK, EVO_DESCRIPTION, EVO_MUTABLE
-(space-separated) and EVO_PARENTS (trial numbers).
+Where the search runs trials in a sandbox, the agent runs in one too: the whole machine
+read-only (it needs its own binaries and runtime), its scratch folder writable, a private
+HOME and /tmp, and the network (it needs its API); the search folder is masked.
+Its environment is the engine's own plus the API keys the engine holds (the agent is the
+user's tool and may need them; trials never see them) plus EVO_TASK, EVO_DESCRIPTION,
+EVO_MUTABLE (space-separated) and EVO_PARENTS (trial numbers). Any held key that shows up
+in its output is redacted from agent.log.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from evo.proposers import _keys as keys
 from evo.proposers._base import Genome, Proposal, ProposalContext, Proposer, ProposerError
 from evo.proposers._edits import EditError, check_child
 from evo.proposers._hyperparams import find_hyperparameters
@@ -94,19 +99,30 @@ class CommandProposer(Proposer):
         finally:
             shutil.rmtree(folder, ignore_errors=True)  # what is worth keeping goes to the trial folder
 
+    def _start(self, folder: Path, env: dict, out, executor) -> subprocess.Popen:
+        if executor is None or executor.name == "none":
+            return subprocess.Popen(["bash", "-c", self.command], cwd=folder, env=env, stdin=subprocess.PIPE,
+                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        from evo.runner import View
+        # The agent is the user's tool: it sees the machine read-only, but not the search folder
+        # (the folder holding the scratch folders), and writes only its scratch copy.
+        view = View(write=(folder,), network=True, whole_system=True, hidden=(folder.parent.parent,))
+        return executor.start(["bash", "-c", self.command], cwd=folder, env=env, view=view, stdin=subprocess.PIPE,
+                              stdout=out)
+
     def _run_in(self, folder: Path, task: str, start: dict[str, str], ctx: ProposalContext, parents: list[int],
                 crossing: bool) -> Proposal:
         for path, text in start.items():
             (folder / path).parent.mkdir(parents=True, exist_ok=True)
             (folder / path).write_text(text)
         (folder / TASK_FILE).write_text(task)
-        env = {**os.environ, "EVO_TASK": str(folder / TASK_FILE), "EVO_DESCRIPTION": str(folder / DESCRIPTION_FILE),
-               "EVO_MUTABLE": " ".join(ctx.mutable), "EVO_PARENTS": " ".join(str(p) for p in parents)}
+        env = {**os.environ, **keys.held(), "EVO_TASK": str(folder / TASK_FILE),
+               "EVO_DESCRIPTION": str(folder / DESCRIPTION_FILE), "EVO_MUTABLE": " ".join(ctx.mutable),
+               "EVO_PARENTS": " ".join(str(p) for p in parents)}
         t0 = time.monotonic()
         with tempfile.TemporaryFile() as out:
             try:
-                proc = subprocess.Popen(["bash", "-c", self.command], cwd=folder, env=env, stdin=subprocess.PIPE,
-                                        stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                proc = self._start(folder, env, out, ctx.executor)
             except OSError as e:
                 raise ProposerError(f"cannot start the agent command: {e}") from None
             timed_out = False
@@ -121,7 +137,7 @@ class CommandProposer(Proposer):
                     pass
                 proc.wait()
             out.seek(0)
-            log = out.read().decode("utf-8", "replace")[-LOG_LIMIT:]
+            log = keys.redact(out.read().decode("utf-8", "replace")[-LOG_LIMIT:])
         seconds = time.monotonic() - t0
         artifacts = {"prompt.md": task, "agent.log": f"$ {self.command}\n# exit code {proc.returncode}, "
                      f"{seconds:.1f}s{' (killed: timeout)' if timed_out else ''}\n\n{log}"}

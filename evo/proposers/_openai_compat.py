@@ -11,7 +11,6 @@ library is used (urllib): no extra dependency.
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import threading
@@ -19,6 +18,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from evo.proposers import _keys as keys
 from evo.proposers._base import ProposerError
 from evo.proposers._llm import CallFailed, ChatProposer, Reply
 from evo.proposers._pricing import Price, price_for
@@ -88,7 +88,7 @@ class OpenAICompatibleProposer(ChatProposer):
                  max_tokens: int = 16000, repairs: int = 1):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
-        key = api_key if api_key is not None else os.environ.get(KEY_ENV, "")
+        key = api_key if api_key is not None else (keys.take(KEY_ENV) or "")
         super().__init__(model=model, price=price_for(model, prices or {}), repairs=repairs, secrets=(key,))
         self.url, self.timeout, self.backoff, self.max_tokens = _chat_url(base_url), timeout, tuple(backoff), max_tokens
         self._key = key

@@ -1,9 +1,12 @@
 """Run one genome under the fixed budget and classify what happened.
 
 The runner is the only part of the engine that executes mutated code. A `TrialRunner`
-copies the fixed harness next to the genome, starts the genome's command through an
-`Executor` (the isolation), reads its output with a `TrialOutput`, and asks an
-`Evaluator` for the score. It never raises because of what the genome did.
+copies the fixed harness next to the genome, starts the genome through an `Executor` (a
+bubblewrap sandbox, or a plain process where bwrap cannot run), measures it from outside
+(its budget clock, its memory, its output, its processes, its disk) and asks an
+`Evaluator` for the score: the harness's own scorer in separate processes, or, for a
+harness from before trusted evaluation, the summary block the genome printed. It never
+raises because of what the genome did.
 """
 
 from __future__ import annotations
@@ -12,21 +15,29 @@ import os
 import shutil
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from evo.runner._evaluate import Evaluation, Evaluator, SummaryEvaluator
+from evo.runner._evaluate import Evaluation, Evaluator, Session, SummaryEvaluator
+from evo.runner._harness import DataFiles, HarnessEvaluator, Run, harness_root
+from evo.runner._metric import CommandEvaluator, MetricEvaluator
 from evo.runner._output import SUMMARY_KEYS, Progress, TrialOutput
-from evo.runner._process import (EXIT_GRACE, FINISHED, INTERRUPTED, PRUNED, TIMEOUT, Execution, Executor,
-                                 LocalExecutor, Watch, supervise)
+from evo.runner._process import (EXIT_GRACE, INTERRUPTED, LIMIT, OOM, PRUNED, TIMEOUT, Execution, Executor,
+                                 Limits, Watch, supervise)
+from evo.runner._sandbox import BwrapExecutor, LocalExecutor, View, allowed_environment, bwrap_works
+from evo.runner._scan import suspicious
 
-STATUSES = ("ok", "crash", "timeout", "diverged", "no_metric", "pruned", "interrupted")
-_SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
+STATUSES = ("ok", "crash", "timeout", "diverged", "no_metric", "pruned", "interrupted", "oom", "limit", "invalid")
+# Keys of a genome's summary the engine measures itself: the genome's own values are kept as reported_*.
+MEASURED = ("val_bpb", "training_seconds", "peak_vram_mb")
 
-__all__ = ["STATUSES", "SUMMARY_KEYS", "EXIT_GRACE", "Evaluation", "Evaluator", "SummaryEvaluator", "Execution",
-           "Executor", "LocalExecutor", "Progress", "TrialOutput", "TrialResult", "TrialRunner", "Watch",
-           "install_harness", "run_trial", "scrub_environment", "trial_environment"]
+__all__ = ["STATUSES", "SUMMARY_KEYS", "EXIT_GRACE", "BwrapExecutor", "CommandEvaluator", "DataFiles", "Evaluation",
+           "Evaluator", "MetricEvaluator",
+           "Execution", "Executor", "HarnessEvaluator", "Limits", "LocalExecutor", "Progress", "Run", "Session",
+           "SummaryEvaluator", "TrialOutput", "TrialResult", "TrialRunner", "View", "Watch", "allowed_environment",
+           "bwrap_works", "install_harness", "run_trial", "suspicious", "trial_environment"]
 
 
 @dataclass
@@ -45,24 +56,20 @@ class TrialResult:
     def val_bpb(self) -> float | None:
         return self.metrics.get("val_bpb")
 
-
-def scrub_environment(env: dict[str, str]) -> dict[str, str]:
-    """A copy of `env` without anything that looks like a credential.
-
-    Removed: every variable whose name contains KEY, TOKEN, SECRET or PASSWORD (in any
-    case) and every ANTHROPIC_* variable. A trial runs model-written code; it gets no keys."""
-    return {name: value for name, value in env.items()
-            if not name.upper().startswith("ANTHROPIC_") and not any(w in name.upper() for w in _SECRET_WORDS)}
+    def value(self, metric: str) -> float | None:
+        """The score under `metric`'s name (val_bpb for evoresearch's own harness)."""
+        return self.metrics.get(metric)
 
 
 def trial_environment(*, profile: str, budget: float, seed: int, device: str, data: str | None = None,
-                      cache_dir: str | None = None, inductor_cache: str | None = None, threads: int | None = None,
+                      cache_dir: str | None = None, threads: int | None = None, allowance: float | None = None,
                       base: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment train.py runs with: scrubbed, plus the trial's fixed settings."""
-    env = scrub_environment(dict(os.environ if base is None else base))
+    """The environment a genome runs with: the allowed part of the engine's (no keys, whatever
+    they are called), plus the trial's fixed settings."""
+    env = allowed_environment(dict(os.environ if base is None else base))
     env.update(EVO_PROFILE=profile, EVO_TIME_BUDGET=f"{budget:g}", EVO_SEED=str(seed), PYTHONUNBUFFERED="1")
     if device.startswith("cuda:"):
-        # Pin the child to its GPU; inside, it is simply "cuda".
+        # Pin the trial to its GPU; inside, it is simply "cuda".
         env["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]
         env["EVO_DEVICE"] = "cuda"
     else:
@@ -71,22 +78,22 @@ def trial_environment(*, profile: str, budget: float, seed: int, device: str, da
         env["EVO_DATA"] = data
     if cache_dir:
         env["EVO_CACHE"] = str(cache_dir)
-    if inductor_cache:
-        # One compile cache for every trial of a search: an unchanged model compiles in
-        # seconds instead of a minute (measured on an H100: first step 47 s -> 6.6 s).
-        env["TORCHINDUCTOR_CACHE_DIR"] = str(inductor_cache)
-        env["TORCHINDUCTOR_FX_GRAPH_CACHE"] = "1"
-        env["TORCHINDUCTOR_AUTOGRAD_CACHE"] = "1"
+    if allowance is not None:
+        env["EVO_STARTUP_ALLOWANCE"] = f"{allowance:g}"
     if threads:
-        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "EVO_THREADS"):
             env[name] = str(threads)
     return env
 
 
 def install_harness(workdir: Path, harness: list[Path]) -> None:
-    """Copy the fixed harness files into the genome's folder, replacing whatever is there."""
+    """Copy the fixed harness files into the genome's folder, at their places relative to the harness
+    root, replacing whatever is there."""
+    root = harness_root(harness)
     for src in harness:
-        shutil.copyfile(src, Path(workdir) / Path(src).name)
+        target = Path(workdir) / Path(src).relative_to(root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, target)
 
 
 class TrialRunner:
@@ -96,53 +103,127 @@ class TrialRunner:
     >>> result = runner.run(worktree, log_path=..., env=..., timeout=65)     # doctest: +SKIP
 
     Args:
-        executor: how the genome's process starts (default: a local process group).
-        evaluator: what decides its score (default: the summary block it prints).
-        harness: fixed files copied into the genome's folder before each run.
-        script: the genome's entry point.
-        python: the interpreter that runs it.
+        executor: how processes start (default: a local process group, no sandbox).
+        evaluator: what decides the score (default: the summary block the genome prints).
+        harness: the fixed files, copied into the genome's folder before each run (and, in a
+            sandbox, bound read-only over those copies).
+        data: the harness's prepared files, so each sandbox sees only its share.
+        script: the genome's entry point, run with `python`.
+        command: the whole command instead (e.g. ["bash", "-c", "uv run train.py"]).
+        python: the interpreter.
+        read: folders besides the harness that every process of a run may read.
+        network: whether sandboxes keep the network.
+        eval_limit: seconds the scoring of one run may take.
     """
 
     def __init__(self, *, executor: Executor | None = None, evaluator: Evaluator | None = None,
-                 harness: list[Path] = (), script: str = "train.py", python: str = sys.executable):
+                 harness: list[Path] = (), data: DataFiles = DataFiles(), script: str = "train.py",
+                 command: list[str] | None = None, python: str = sys.executable, network: bool = False,
+                 eval_limit: float = 300.0, read: tuple[Path, ...] = ()):
         self.executor = executor or LocalExecutor()
         self.evaluator = evaluator or SummaryEvaluator()
-        self.harness, self.script, self.python = list(harness), script, python
+        self.harness, self.data, self.script, self.python = list(harness), data, script, python
+        self.command = list(command) if command else [python, script]
+        self.network, self.eval_limit, self.read = network, eval_limit, tuple(Path(p) for p in read)
 
     def run(self, workdir: str | Path, *, log_path: str | Path, env: dict[str, str], timeout: float,
             on_progress: Callable[[float, float], bool | None] | None = None, stop: threading.Event | None = None,
-            on_start: Callable[[int], None] | None = None) -> TrialResult:
+            on_start: Callable[[int], None] | None = None, clock: str = "wall", threads: int = 1,
+            limits: Limits | None = None, compile_cache: Path | None = None) -> TrialResult:
         """Run the genome in `workdir` and return a TrialResult; never raises because of the genome.
 
-        env:          the process's whole environment (see trial_environment).
-        timeout:      seconds of wall time before the process group is killed (budget + grace).
+        env:          the trial's environment (see trial_environment).
+        timeout:      seconds on the budget clock before the genome is stopped without a result.
         on_progress:  called with (fraction of the budget done, smoothed loss) for each progress
                       line; returning True stops the run and records it as ``pruned``.
         stop:         setting this event kills the run and records it as ``interrupted``.
         on_start:     called with the process id (also its process group id) once it runs.
+        clock:        "wall", or "cpu" (CPU seconds of the trial's processes / `threads`).
+        limits:       memory, processes, output and disk the trial may use.
+        compile_cache: a trusted compile cache to start from; the run works on a private copy.
         """
-        workdir = Path(workdir)
+        workdir, log_path = Path(workdir), Path(log_path)
         install_harness(workdir, self.harness)
-        output = TrialOutput()
-        watch = Watch(timeout=timeout, stop=stop, on_start=on_start, result_in=self.evaluator.result_in,
-                      on_progress=(lambda p: on_progress(p.fraction, p.loss)) if on_progress else None)
-        execution = supervise(self.executor, [self.python, self.script], cwd=workdir, env=env,
-                              log_path=Path(log_path), output=output, watch=watch)
+        run = Run(executor=self.executor, python=self.python, workdir=workdir, folder=log_path.parent,
+                  env=dict(env), harness=self.harness, data=self.data, device=env.get("EVO_DEVICE", "cpu"),
+                  network=self.network, stop=stop, eval_limit=self.eval_limit, read=self.read)
+        run.folder.mkdir(parents=True, exist_ok=True)
+        _private_cache(run, compile_cache)
+        env = {**env, "EVO_OUTPUT": str(run.output), "EVO_CLOCK": clock, "EVO_THREADS": str(threads),
+               "TORCHINDUCTOR_CACHE_DIR": str(run.compile_cache), "TORCHINDUCTOR_FX_GRAPH_CACHE": "1",
+               "TORCHINDUCTOR_AUTOGRAD_CACHE": "1"}
+        limits = limits or Limits()
+        limits = Limits(memory_mb=limits.memory_mb, processes=limits.processes, output_bytes=limits.output_bytes,
+                        disk_bytes=limits.disk_bytes, disk_paths=(workdir,))
+        session = self.evaluator.session(run)
+        try:
+            output = TrialOutput(watch=self.evaluator.watch)
+            watch = Watch(timeout=timeout, clock=clock, threads=threads, stop=stop, on_start=on_start,
+                          result_in=session.result_in, on_result=session.on_result, limits=limits,
+                          on_progress=(lambda p: on_progress(p.fraction, p.loss)) if on_progress else None)
+            view = run.training_view(sees_validation=self.evaluator.self_reported)
+            env["EVO_STARTED"] = f"{time.time():.6f}"
+            execution = supervise(self.executor, self.command, cwd=workdir, env=env, log_path=log_path,
+                                  output=output, watch=watch, view=view)
+            evaluation = None if execution.start_error else session.evaluate(output, execution)
+        finally:
+            session.close()
+        return self._result(run, output, execution, evaluation, timeout, clock)
+
+    def _result(self, run: Run, output: TrialOutput, execution: Execution, evaluation: Evaluation | None,
+                timeout: float, clock: str) -> TrialResult:
         if execution.start_error:
             return TrialResult("crash", error=execution.start_error, wall_seconds=execution.wall_seconds)
-        evaluation = self.evaluator.evaluate(output, execution)
-        status, error = classify(execution, output, evaluation, timeout=timeout)
-        metrics = evaluation.metrics if evaluation is not None else dict(output.summary)
-        provenance = {"sandbox": self.executor.name, **(evaluation.provenance if evaluation is not None else {})}
+        status, error = classify(execution, output, evaluation, timeout=timeout, clock=clock,
+                                 self_reported=self.evaluator.self_reported)
+        metrics = dict(output.summary)
+        if self.evaluator.self_reported:
+            metrics.update(evaluation.metrics if evaluation is not None else {})
+        else:
+            metrics = {(f"reported_{k}" if k in MEASURED else k): v for k, v in metrics.items()}
+            metrics.update(evaluation.metrics if evaluation is not None else {})
+            if execution.result_clock is not None:
+                metrics["training_seconds"] = execution.result_clock
+            metrics["peak_vram_mb"] = (metrics.get("reported_peak_vram_mb", execution.peak_memory_mb) if run.gpu
+                                       else execution.peak_memory_mb)
+        metrics.update(peak_memory_mb=execution.peak_memory_mb, cpu_seconds=execution.cpu_seconds)
+        provenance = {"sandbox": self.executor.name, "evaluator": self.evaluator.name, "clock": clock,
+                      "memory": "reported by the genome" if run.gpu else "measured by the engine",
+                      **(evaluation.provenance if evaluation is not None else {})}
+        flags = [flag for path in run.workdir.glob("**/*.py") if ".evo" not in path.parts and ".git" not in path.parts
+                 and not _is_harness(path, run) for flag in suspicious(path.read_text(errors="replace"))]
+        flags = list(dict.fromkeys(flags))
+        if flags:
+            provenance["suspicious"] = flags
         return TrialResult(status, metrics=metrics, error=error, log_tail="\n".join(output.tail),
                            returncode=execution.returncode, wall_seconds=execution.wall_seconds, provenance=provenance)
 
 
-def classify(execution: Execution, output: TrialOutput, evaluation: Evaluation | None, *,
-             timeout: float) -> tuple[str, str]:
-    """(status, error) of a run: a score stands first, then how the engine stopped it, then how it ended."""
+def _is_harness(path: Path, run: Run) -> bool:
+    root = harness_root(run.harness)
+    return any(run.workdir / h.relative_to(root) == path for h in run.harness)
+
+
+def _private_cache(run: Run, trusted: Path | None) -> None:
+    """Give the run its own copy of the trusted compile cache: what a trial writes there is never
+    seen by another trial (a shared cache would be a channel between them)."""
+    shutil.rmtree(run.compile_cache, ignore_errors=True)
+    if trusted is not None and trusted.is_dir() and any(trusted.iterdir()):
+        shutil.copytree(trusted, run.compile_cache, symlinks=True)
+    else:
+        run.compile_cache.mkdir(parents=True, exist_ok=True)
+
+
+def classify(execution: Execution, output: TrialOutput, evaluation: Evaluation | None, *, timeout: float,
+             clock: str = "wall", self_reported: bool = True) -> tuple[str, str]:
+    """(status, error) of a run: a score stands first, then what scoring concluded, then how the
+    engine stopped the genome, then how it ended."""
     if evaluation is not None and evaluation.ok:
         return "ok", ""
+    if evaluation is not None and evaluation.status in ("invalid", "crash", "timeout", "interrupted"):
+        return evaluation.status, evaluation.error
+    if execution.stopped in (OOM, LIMIT):
+        return execution.stopped, execution.limit
     if execution.stopped == PRUNED:
         return "pruned", "stopped early by the pruner"
     if execution.stopped == INTERRUPTED:
@@ -150,12 +231,15 @@ def classify(execution: Execution, output: TrialOutput, evaluation: Evaluation |
     if output.diverged or (evaluation is not None and evaluation.status == "diverged"):
         return "diverged", output.last_line(prefer="FAIL") or "loss became NaN or exploded"
     if execution.stopped == TIMEOUT:
-        return "timeout", f"no result after {timeout:.0f}s (budget plus start-up grace)"
+        what = "budget plus start-up allowance" + (" on the CPU clock" if clock == "cpu" else "")
+        return "timeout", f"no {'result' if self_reported else 'model handed over'} after {timeout:.0f}s ({what})"
     if execution.returncode != 0:
         return "crash", output.last_line() or f"exited with code {execution.returncode}"
     if evaluation is not None:
         return evaluation.status, evaluation.error
-    return "no_metric", "exited without printing a complete summary block"
+    if self_reported:
+        return "no_metric", "exited without printing a complete summary block"
+    return "no_metric", "exited without handing a model over (prepare.save_model)"
 
 
 def run_trial(workdir: str | Path, *, log_path: str | Path, env: dict[str, str], timeout: float,
