@@ -30,6 +30,7 @@ from analysis import _html
 from analysis._html import esc, num
 from analysis.noise import NoiseFloor, noise_floor, within_noise
 from analysis.summary import trust_line
+from analysis.promotion import RungRow, describe_rho, rung_rows
 from analysis.progress import (Progress, children, device_seconds, failure_rate, is_failure, keep_rate, plot_progress,
                                progress)
 from analysis.tree import TreeView, lineage_svg, plot_lineage, tree_view
@@ -84,6 +85,7 @@ class SearchFacts:
     flagged: int = 0             # trials whose code reaches past its model
     metric: str = "val_bpb"
     direction: str = MINIMIZE
+    rungs: tuple[RungRow, ...] = ()   # a search that promotes genomes: each rung, and how it predicted the next
 
     @property
     def gain(self) -> float | None:
@@ -139,7 +141,7 @@ def search_facts(search, trials: list[TrialRecord] | None = None) -> SearchFacts
         trust=trust_line(cfg.sandbox, cfg.evaluation),
         untrusted=cfg.sandbox == "none" or cfg.evaluation == "self-reported",
         flagged=sum(1 for t in trials if (t.attrs.get("provenance") or {}).get("suspicious")),
-        metric=cfg.metric, direction=cfg.direction)
+        metric=cfg.metric, direction=cfg.direction, rungs=tuple(rung_rows(lineage)))
 
 
 def write_report(search, *, out: str | Path | None = None, max_nodes: int = 70, interactive_nodes: int = 300,
@@ -199,6 +201,7 @@ def render_html(facts: SearchFacts, trials: list[TrialRecord], *, files: ReportF
     sections = [f"<h1>Search {esc(facts.name)}</h1>",
                 f'<p class="headline">{esc(facts.headline())}</p>',
                 _summary(facts),
+                _rungs(facts),
                 "<h2>Progress</h2>",
                 '<p class="muted">Every finished trial in the order its result arrived. The red line is the best '
                 "genome so far (its mean over re-evaluations); circled points made a new best and are labelled "
@@ -312,6 +315,20 @@ def _yields(rows: list[Yield], title: str) -> str:
     headers = [(title, False), ("children", True), ("improved on parent", True), ("yield", True), ("failed", True),
                ("mean gain", True), ("best gain", True)]
     return f"<h3>By {esc(title)}</h3>" + _html.table(headers, body)
+
+
+def _rungs(f: SearchFacts) -> str:
+    """The promotion ladder: what each rung scored and how well the rung below ranked the same genomes."""
+    if not f.rungs:
+        return ""
+    headers = [("rung", True), ("scale", False), ("genomes scored", True), ("trials", True),
+               (f"best {f.metric}", True), ("predicted by the rung below", False)]
+    rows = [(str(r.rung), esc(r.label), str(r.genomes), str(r.attempts), num(r.best, 4) if r.best is not None else "-",
+             esc(describe_rho(r))) for r in f.rungs]
+    return ("<h2>Promotion</h2>"
+            '<p class="muted">Genomes climb the ladder when they rank in the top of a rung. The last column is the '
+            "rank correlation between a rung and the one below over the genomes scored at both: how well the "
+            "cheaper scale predicted this one. Parents come from the highest rung.</p>" + _html.table(headers, rows))
 
 
 def _trials_table(trials: list[TrialRecord], prog: Progress, facts: SearchFacts) -> str:

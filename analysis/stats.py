@@ -147,3 +147,28 @@ def detectable(sigma: float, n_a: int, n_b: int) -> float:
     """The difference of means a two-sided test at ALPHA finds 80% of the time with these seeds and
     this spread: (z_0.975 + z_0.8) x sigma x sqrt(1/n_a + 1/n_b) = 2.8 sigma sqrt(...)."""
     return 2.8 * sigma * math.sqrt(1 / n_a + 1 / n_b)
+
+
+def spearman(xs, ys) -> float | None:
+    """Spearman's rank correlation of paired values (ties get their mean rank); None with fewer
+    than three pairs or when either side does not vary."""
+    if len(xs) != len(ys) or len(xs) < 3:
+        return None
+    rx, ry = _ranks(xs), _ranks(ys)
+    if statistics.pstdev(rx) == 0 or statistics.pstdev(ry) == 0:
+        return None
+    return statistics.correlation(rx, ry)
+
+
+def _ranks(values) -> list[float]:
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections import Counter
 
 from analysis.noise import noise_floor, within_noise
+from analysis.promotion import rung_rows
 from analysis.text import fmt
 from population.lineage import MIN_GAIN_ATTR, NOISE_MULTIPLE, Lineage, finish_order, min_gain_of
 from population.store import TrialRecord
+
 
 def summarize(search) -> dict:
     """Everything `evo status` shows, as plain data (`--json` prints exactly this)."""
@@ -46,6 +49,7 @@ def summarize(search) -> dict:
         "devices": devices,
         **_noise(lineage),
         "hosts": _hosts(trials),
+        "rungs": [dataclasses.asdict(r) for r in rung_rows(lineage)],
         "trials": [_trial_row(t, lineage) for t in lineage.trials],
     }
 
@@ -125,6 +129,10 @@ def render_status(s: dict, recent: int = 12) -> str:
     if s["keep_rate"] is not None:
         lines.append(f"keep rate: {100 * s['keep_rate']:.0f}% of children improved the best so far")
     lines += _noise_lines(s)
+    for r in s.get("rungs", []):
+        if r["rung"]:
+            rho = f"rho {r['rho']:+.2f} over {r['pairs']}" if r["rho"] is not None else f"rho n/a ({r['pairs']} pairs)"
+            lines.append(f"rung {r['rung']} ({r['label']}): {r['genomes']} genomes, best {fmt(r['best'])}, {rho}")
     if s["spend_usd"]:
         per = f", ${s['cost_per_kept_usd']:.2f} per kept improvement" if s["cost_per_kept_usd"] else ""
         lines.append(f"LLM spend: ${s['spend_usd']:.2f}{per}")

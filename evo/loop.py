@@ -36,6 +36,7 @@ import optuna
 from evo.devices import Slot, parse_devices
 from evo.hosts import OneHost, SharedHosts
 from evo.proposers import Genome, Proposal, ProposalContext, Proposer, ProposerError
+from evo.promotion import DEFAULT_TOP, LADDER_ATTR, RUNG_ATTRS, Rung, describe, next_promotion
 from evo.pruners import make_pruner
 from evo.runner import Limits, TrialResult, TrialRunner
 from evo.search import DataCheck, check_harness
@@ -117,6 +118,9 @@ class RunOptions:
     max_cost_usd: stop proposing once the LLM spend reaches this.
     since: when `hours` starts counting (epoch seconds; default: when the run starts). A shared
         search's workers count from its first trial.
+    promote: a ladder of larger scales (`evo.promotion.parse_ladder`); the top `promote_top`
+        fraction of the genomes scored at each rung is re-run at the next. Fixed for a search
+        once a run used it.
     """
 
     trials: int | None = None
@@ -130,8 +134,13 @@ class RunOptions:
     max_memory_gb: float | None = None
     max_cost_usd: float | None = None
     since: float | None = None
+    promote: tuple[Rung, ...] = ()
+    promote_top: float = DEFAULT_TOP
 
     def __post_init__(self):
+        if not 0 < self.promote_top < 1:
+            raise ValueError(f"--promote-top is the fraction of a rung promoted to the next: above 0 and below 1, "
+                             f"not {self.promote_top:g}")
         if self.min_gain == AUTO:
             if self.noise_runs < 1:
                 raise ValueError("--min-gain auto needs a measured noise floor: add --noise-runs K (e.g. 3), "
@@ -214,6 +223,7 @@ class SearchLoop:
     def run(self) -> StopReason:
         """Run until done; return why it stopped. Records survive any exception or signal."""
         check_runnable(self.search)
+        fix_ladder(self.search, self.options.promote)
         self.search.store.pruner = self.options.pruner_in_use()
         reason = INTERRUPTED_STOP
         with self.search.lock(), cf.ThreadPoolExecutor(max_workers=len(self.slots), thread_name_prefix="trial") as runs:
@@ -374,8 +384,8 @@ class SearchLoop:
             if t.status == INTERRUPTED and t.commit and t.number not in rerun:
                 self._ready.append(Child(t.operator, t.parents, commit=t.commit, seed=t.seed,
                                          island=int(t.attrs.get("island", 0)), rerun_of=t.number,
-                                         attrs={k: t.attrs[k] for k in ("description", "rationale", "proposer", "usage")
-                                                if k in t.attrs}))
+                                         attrs={k: t.attrs[k] for k in ("description", "rationale", "proposer", "usage",
+                                                                        *RUNG_ATTRS) if k in t.attrs}))
 
     # -- planning ---------------------------------------------------------------------
 
@@ -399,6 +409,10 @@ class SearchLoop:
             reeval = self._reeval_child(lineage)
             if reeval is not None:
                 self._ready.append(reeval)
+                continue
+            promotion = self._promote_child(lineage)
+            if promotion is not None:
+                self._ready.append(promotion)
                 continue
             if self._measuring_noise(lineage):
                 return  # children wait for the noise floor their min gain may be a multiple of
@@ -439,6 +453,27 @@ class SearchLoop:
         busy = sum(1 for b in self._running.values() if b.tree == ind.tree)
         busy += sum(1 for c in self._ready if c.operator == "reeval" and c.parents == [ind.trial])
         return done, busy
+
+    def _promote_child(self, lineage: Lineage) -> Child | None:
+        """The next genome to re-run at a larger scale (RunOptions.promote), or None."""
+        ladder = self.options.promote
+        if not ladder:
+            return None
+
+        def taken(ind, rung: int) -> bool:
+            return (any(t.operator == "promote" and t.tree == ind.tree and t.attrs.get("rung") == rung
+                        and (t.counts or t.state == "RUNNING") for t in lineage.trials)
+                    or any(c.operator == "promote" and c.commit == ind.commit and c.attrs.get("rung") == rung
+                           for c in self._ready))
+
+        found = next_promotion(lineage, ladder, top=self.options.promote_top, taken=taken)
+        if found is None:
+            return None
+        ind, rung = found
+        attrs = ladder[rung - 1].attrs(rung, self.search.config)
+        return Child("promote", [ind.trial], commit=ind.commit, seed=self.search.config.seed, island=ind.island,
+                     attrs={**attrs, "proposer": "promote",
+                            "description": f"promote #{ind.trial} to rung {rung} ({attrs['rung_label']})"})
 
     def _measuring_noise(self, lineage: Lineage) -> bool:
         """Whether the seed's noise runs (RunOptions.noise_runs) are still to finish."""
@@ -594,6 +629,11 @@ class SearchLoop:
             if done + running >= 1 + self.options.reeval:
                 return False
             child.seed = self.search.config.seed + done + running  # no two hosts pick the same new seed
+        if child.operator == "promote":  # once per genome and rung, whichever host gets there first
+            genome = lineage.individual(child.parents[0])
+            return not any(t.operator == "promote" and genome is not None and t.tree == genome.tree
+                           and t.attrs.get("rung") == child.attrs.get("rung") and (t.counts or t.state == "RUNNING")
+                           for t in trials)
         return True
 
     def _trial_attrs(self, child: Child) -> dict:
@@ -632,9 +672,10 @@ class SearchLoop:
         self._write_trial_files(number, child.proposal, child.commit, parent_commits)
         worktree = search.repo.checkout(search.paths.worktree(slot.name), child.commit)
         busy = _Busy(slot, number, tree)
-        env = self.target.environment(search, slot=slot, seed=child.seed)
+        target = self._target_at(child.attrs)
+        env = target.environment(search, slot=slot, seed=child.seed) | dict(child.attrs.get("rung_env") or {})
         future = self._runs.submit(self.runner.run, worktree, log_path=search.paths.trial(number).run_log, env=env,
-                                   timeout=self.target.timeout(), clock=self.target.clock(slot),
+                                   timeout=target.timeout(), clock=target.clock(slot),
                                    threads=slot.threads or os.cpu_count(),
                                    limits=self._limits(), compile_cache=search.paths.inductor_cache,
                                    on_progress=self._progress_callback(busy), stop=self.stop,
@@ -643,6 +684,12 @@ class SearchLoop:
         self._write_devices()
         self.on_event("started", {"trial": number, "slot": slot.name, "operator": child.operator,
                                   "parents": child.parents, "description": attrs.get("description", "")})
+
+    def _target_at(self, attrs: dict):
+        """The target at a trial's scale: the search's own, or a promoted rung's larger budget."""
+        if not attrs.get("rung_budget"):
+            return self.target
+        return target_of(dataclasses.replace(self.search.config, budget=float(attrs["rung_budget"])))
 
     def _limits(self) -> Limits:
         if self.options.max_memory_gb is not None:
@@ -792,3 +839,16 @@ def _kill_leftover(pid) -> None:
             os.killpg(int(pid), signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+def fix_ladder(search: Search, ladder: tuple[Rung, ...]) -> None:
+    """Record a search's promotion ladder the first time a run uses one; refuse another one later
+    (rungs that changed would compare scores made at different scales)."""
+    if not ladder:
+        return
+    fixed, given = search.store.attr(LADDER_ATTR), describe(ladder)
+    if fixed is None:
+        search.store.set_attr(LADDER_ATTR, given)
+    elif fixed != given:
+        raise SearchError(f"search {search.config.name!r} promotes along --promote {fixed}; give that ladder or "
+                          "none (its promoted trials keep their scale)")

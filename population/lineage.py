@@ -42,6 +42,9 @@ from population.store import TrialRecord
 
 # Operators that make a new genome from parents (the seed and re-evaluations do not).
 CHILD_OPERATORS = ("mutate", "crossover")
+# Operators that score a known genome again: on a new seed (reeval), or at a larger scale
+# (promote, see evo.promotion). Neither makes a new best at the search's own scale.
+RESCORE_OPERATORS = ("reeval", "promote")
 MINIMIZE, MAXIMIZE = "minimize", "maximize"
 DIRECTIONS = (MINIMIZE, MAXIMIZE)
 # The trial attribute holding the min gain the loop applied when the trial finished.
@@ -80,7 +83,7 @@ def is_improvement(value: float | None, best: float | None, *, operator: str, fe
                    direction: str = MINIMIZE, min_gain: float = 0.0) -> bool:
     """Whether a result makes a new best: fresh, feasible, finite, better than `best` (None: no best yet)
     by more than `min_gain` (0: strictly better)."""
-    if value is None or not math.isfinite(value) or not feasible or operator == "reeval":
+    if value is None or not math.isfinite(value) or not feasible or operator in RESCORE_OPERATORS:
         return False
     return best is None or gain(best, value, direction) > min_gain
 
@@ -121,10 +124,24 @@ class Individual:
     values: list[float] = field(default_factory=list)   # every ok evaluation, first one first
     evaluations: list[int] = field(default_factory=list)  # their trial numbers
     feasible: bool = True
+    rungs: dict[int, list[float]] = field(default_factory=dict)  # ok scores at promoted scales (rung >= 1)
 
     @property
     def score(self) -> float:
+        """The mean score at the search's own scale (rung 0)."""
         return statistics.fmean(self.values)
+
+    @property
+    def rung(self) -> int:
+        """The highest rung where this genome has a score (0: never promoted, or failed when it was)."""
+        return max(self.rungs, default=0)
+
+    def score_at(self, rung: int) -> float | None:
+        """The mean score at a rung (None where it has none)."""
+        if rung == 0:
+            return self.score if self.values else None
+        values = self.rungs.get(rung)
+        return statistics.fmean(values) if values else None
 
     @property
     def spread(self) -> float | None:
@@ -233,6 +250,11 @@ class Lineage:
             if not t.finished_ok:
                 continue
             ind = by_key.get(genome_key(t))
+            if t.operator == "promote":  # a score at a larger scale: ranked apart (see `rank_key`)
+                if ind is not None:
+                    ind.rungs.setdefault(int(t.attrs.get("rung", 1)), []).append(t.value)
+                    ind.feasible = ind.feasible and t.feasible
+                continue
             if ind is None:
                 ind = by_key[genome_key(t)] = Individual(trial=t.number, tree=t.tree, commit=t.commit,
                                                          parents=t.parents, operator=t.operator,
@@ -254,16 +276,22 @@ class Lineage:
             return sorted(self.individuals, key=lambda i: (self._sign * i.score, i.trial))
         return sorted((i for i in self.individuals if i.feasible), key=self.rank_key)
 
-    def rank_key(self, ind: Individual) -> tuple[bool, float, int]:
-        """Sort key putting the better individual first: the best, then by mean (ties: the earlier trial).
+    def rank_key(self, ind: Individual) -> tuple[bool, int, float, int]:
+        """Sort key putting the better individual first: the best, then the genomes scored at the
+        highest rung (promotion), each rung by mean there (ties: the earlier trial).
 
         Without a min gain the best already has the better mean; with one, a genome whose mean
         is better only by less than the min gain ranks second: it did not count as better."""
-        return (ind is not self.best, self._sign * ind.score, ind.trial)
+        return (ind is not self.best, -ind.rung, self._sign * ind.score_at(ind.rung), ind.trial)
 
     @cached_property
     def best(self) -> Individual | None:
-        """The best genome (see the module docstring); None before any feasible result."""
+        """The best genome (see the module docstring); None before any feasible result. In a search
+        that promotes genomes to larger scales, the best at the highest rung any genome reached."""
+        top = max((i.rung for i in self.individuals if i.feasible), default=0)
+        if top > 0:
+            return min((i for i in self.individuals if i.feasible and i.rung == top),
+                       key=lambda i: (self._sign * i.score_at(top), i.trial))
         key = self._replay.incumbent
         return self._by_key[key] if key is not None else None
 
@@ -305,7 +333,7 @@ class Lineage:
             min_gain: the gain it must beat the best by (record it on the trial: see MIN_GAIN_ATTR).
             key: its genome (`genome_key`), when it may have been evaluated before; default: a new one.
         """
-        if value is None or not math.isfinite(value) or operator == "reeval":
+        if value is None or not math.isfinite(value) or operator in RESCORE_OPERATORS:
             return False
         replay = self._replay.copy()
         return replay.step(key or "\0new", math.inf, value, operator=operator, feasible=feasible, min_gain=min_gain)
@@ -333,7 +361,7 @@ class Lineage:
         replay, out = _Replay(self.direction), []
         for t in finish_order(self.trials):
             kept, before = False, replay.best
-            if t.finished_ok:
+            if t.finished_ok and t.operator != "promote":  # another scale: not comparable with rung 0
                 kept = replay.step(genome_key(t), t.number, t.value, operator=t.operator, feasible=t.feasible,
                                    min_gain=min_gain_of(t))
             best = replay.best

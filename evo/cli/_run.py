@@ -13,7 +13,8 @@ from evo.cli._common import (UsageError, add_creation, add_noise_options, add_pr
                              positive_float, positive_int, stop_on_signals, strategy_options)
 from evo.devices import default_slots, parse_devices
 from evo.hosts import OneHost, SharedHosts
-from evo.loop import RunOptions, SearchLoop, StopKind
+from evo.loop import RunOptions, SearchLoop, StopKind, fix_ladder
+from evo.promotion import DEFAULT_TOP, LadderError, check_fits, parse_ladder
 from evo.search import create_search, join_search
 from evo.strategies import STRATEGIES, make_strategy
 from population.importer import check_runnable
@@ -85,6 +86,11 @@ def add_run_options(p, *, shared: bool = False) -> None:
     g.add_argument("--max-memory-gb", type=positive_float, help="memory one trial's processes may use before they are "
                    "stopped as oom (default: 85%% of this machine's memory shared among the devices)")
     g.add_argument("--max-cost-usd", type=positive_float, help="stop proposing once the LLM spend reaches this")
+    g.add_argument("--promote", metavar="LADDER", help="re-run the best genomes at larger scales: rungs separated by "
+                   "commas, each budget*K and/or env:NAME=VALUE joined by +, e.g. budget*5 or budget*3,budget*9; "
+                   "parents come from the highest rung (fixed for the search once used)")
+    g.add_argument("--promote-top", type=positive_float, default=DEFAULT_TOP, metavar="F",
+                   help="fraction of the genomes scored at a rung that climb to the next (default: 1/3)")
     g.add_argument("--quiet", action="store_true", help="print only the final line")
 
 
@@ -94,7 +100,8 @@ def run_options(args) -> RunOptions:
         return RunOptions(trials=args.trials, hours=args.hours, reeval=args.reeval, prune=args.prune,
                           noise_runs=args.noise_runs or 0, min_gain=0.0 if args.min_gain is None else args.min_gain,
                           max_vram_gb=args.max_vram_gb, max_memory_gb=args.max_memory_gb,
-                          max_cost_usd=args.max_cost_usd)
+                          max_cost_usd=args.max_cost_usd, promote_top=args.promote_top,
+                          promote=parse_ladder(args.promote) if args.promote else ())
     except ValueError as e:
         raise UsageError(str(e)) from None
 
@@ -245,12 +252,34 @@ def cmd_run(args) -> int:
     proposer = build_proposer(args.proposer, args)
     strategy = make_strategy(args.strategy, **strategy_options(args, args.strategy))
     slots = parse_devices(args.devices) if args.devices else None  # reject a bad device before creating anything
+    if options.promote and args.budget and not Search.exists(args.name, root=args.root):
+        check_ladder(options, budget=args.budget)
     search = open_or_create(args)
+    try:
+        check_ladder(options, search=search)
+    except UsageError:
+        search.close()
+        raise
     if search.config.shared:  # `evo run` on a shared search is this host's worker
         search.close()
         search = Search.open(args.name, root=args.root, worker=True)
         return run_loop(search, args, options, strategy, proposer, slots, SharedHosts(search))
     return run_loop(search, args, options, strategy, proposer, slots, OneHost())
+
+
+def check_ladder(options: RunOptions, *, search: Search | None = None, budget: float | None = None) -> None:
+    """A --promote ladder that cannot run here (too long for --hours, or not the search's own) is a UsageError."""
+    if not options.promote:
+        return
+    try:
+        if search is not None:
+            check_fits(options.promote, budget=search.config.budget, startup=search.config.startup_grace,
+                       hours=options.hours)
+            fix_ladder(search, options.promote)
+        else:
+            check_fits(options.promote, budget=budget, hours=options.hours)
+    except (LadderError, SearchError) as e:
+        raise UsageError(str(e)) from None
 
 
 def run_loop(search: Search, args, options: RunOptions, strategy, proposer, slots, hosts: OneHost) -> int:

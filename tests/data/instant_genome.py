@@ -14,12 +14,15 @@ def main():
     if noise:
         import random
         score += noise * random.Random(f"{os.environ.get('EVO_SEED', '0')}:{score!r}").gauss(0, 1)
+    budget = float(os.environ.get("EVO_TIME_BUDGET", "1"))
+    score -= 0.01 * math.log(budget)  # a larger budget (a promoted rung) trains a little further
     pace = float(os.environ.get("EVO_TEST_STEP_SLEEP", "0"))
     for i in range(1, 11):  # progress lines, as train.py prints them, so the pruner has something to judge
         print(f"step {i:05d} | {10.0 * i:5.1f}% | loss {score + 1.0 - 0.1 * i:.6f} | lrm 1.00", flush=True)
         time.sleep(pace)
     print("---")
-    for key, value in [("val_bpb", score), ("training_seconds", 0.0), ("total_seconds", 0.0), ("peak_vram_mb", 1.0),
+    # training_seconds: what it was given, as if it used it all
+    for key, value in [("val_bpb", score), ("training_seconds", budget), ("total_seconds", 0.0), ("peak_vram_mb", 1.0),
                        ("mfu_percent", 0.0), ("total_tokens_M", 0.0), ("num_steps", 1), ("num_params_M", 0.0), ("depth", DEPTH)]:
         print(f"{key}: {value}", flush=True)
 
