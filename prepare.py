@@ -29,7 +29,8 @@ Usage:
 
 Data and tokenizers are cached under ~/.cache/evoresearch (or $EVO_CACHE, or --cache-dir).
 train.py reads the profile, source, budget, seed and device from the environment the
-runner sets: EVO_PROFILE, EVO_DATA, EVO_TIME_BUDGET, EVO_SEED, EVO_DEVICE, EVO_CACHE.
+runner sets: EVO_PROFILE, EVO_DATA, EVO_TIME_BUDGET, EVO_SEED, EVO_DEVICE, EVO_CACHE (and EVO_STEP_BUDGET,
+when a budget counts optimizer steps instead of seconds).
 """
 
 import argparse
@@ -120,6 +121,10 @@ VOCAB_SIZE = PROFILE.vocab_size
 EVAL_TOKENS = PROFILE.eval_tokens
 TIME_BUDGET = float(os.environ.get("EVO_TIME_BUDGET") or PROFILE.time_budget)
 STARTUP_ALLOWANCE = float(os.environ.get("EVO_STARTUP_ALLOWANCE") or PROFILE.startup_allowance)
+# A budget in optimizer steps instead of seconds: the same genome on the same seed then
+# trains exactly as far on any machine and under any load, so its score repeats (the
+# strategy benchmark's deterministic mode). TIME_BUDGET still bounds the trial.
+STEP_BUDGET = int(os.environ.get("EVO_STEP_BUDGET") or 0)
 DATA_SOURCE = os.environ.get("EVO_DATA") or DEFAULT_SOURCE
 CACHE_DIR = default_cache_dir()
 
@@ -142,6 +147,14 @@ def budget_clock():
     if CLOCK == "cpu":
         return time.process_time() / _THREADS
     return time.time() - _STARTED
+
+
+def budget_progress(step, training_time):
+    """The fraction of the budget used after `step` optimizer steps and `training_time` counted
+    seconds: steps of STEP_BUDGET when it is set, else seconds of TIME_BUDGET."""
+    if STEP_BUDGET > 0:
+        return min(step / STEP_BUDGET, 1.0)
+    return min(training_time / TIME_BUDGET, 1.0)
 
 
 def time_left():

@@ -6,6 +6,7 @@ Usage: python train.py
 Environment (set by the trial runner; all optional):
     EVO_PROFILE      tiny | cpu | gpu  (default: gpu with CUDA, else cpu)
     EVO_TIME_BUDGET  seconds of counted training (default: the profile's)
+    EVO_STEP_BUDGET  optimizer steps instead (deterministic: the same on any machine); default: unset
     EVO_SEED         random seed (default 0)
     EVO_DEVICE       cpu | cuda | cuda:N (default: cuda if available)
 Prints progress lines while training and a summary block at the end.
@@ -28,7 +29,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from prepare import MAX_SEQ_LEN, PROFILE, TIME_BUDGET, Tokenizer, budget_clock, make_dataloader, save_model, time_left
+from prepare import (MAX_SEQ_LEN, PROFILE, TIME_BUDGET, Tokenizer, budget_clock, budget_progress, make_dataloader,
+                     save_model, time_left)
 
 
 def per_profile(**values):
@@ -427,7 +429,7 @@ def main():
             train_loss = loss.detach()
             (loss / accum_steps).backward()
             x, y, epoch = next(train_loader)
-        progress = min(training_time / TIME_BUDGET, 1.0)
+        progress = budget_progress(step, training_time)
         lrm = lr_multiplier(progress)
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"] * lrm
@@ -452,7 +454,8 @@ def main():
         now = time.time()
         # Stop at the budget, or earlier if start-up ate into it: the model must be handed over
         # before the runner's deadline, with a little time left to save it.
-        done = step > untimed_steps and (training_time >= TIME_BUDGET or time_left() < max(1.0, 0.02 * TIME_BUDGET))
+        done = step > untimed_steps and (budget_progress(step, training_time) >= 1 or
+                                         time_left() < max(1.0, 0.02 * TIME_BUDGET))
         if now - last_print >= 0.25 or done:  # progress lines for people and for the runner's pruner
             last_print = now
             mfu = 100 * flops_per_token * TOTAL_BATCH_SIZE / dt / peak if peak else 0.0
