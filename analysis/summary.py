@@ -39,6 +39,8 @@ def summarize(search) -> dict:
         "metric": search.config.metric,
         "direction": search.config.direction,
         "best_val_bpb": best.score if best else None,  # the metric's best, whatever its name (kept for scripts)
+        "best_rung": best.rung if best else 0,       # promoted searches: the rung the best is ranked at
+        "best_rung_score": best.score_at(best.rung) if best else None,
         "best_spread": best.spread if best else None,
         "best_description": best.description if best else None,
         "finished": sum(1 for t in trials if t.counts),
@@ -123,7 +125,9 @@ def render_status(s: dict, recent: int = 12) -> str:
                  + (f", {counts['interrupted']} interrupted" if counts.get("interrupted") else ""))
     if s["best"] is not None:
         spread = f" ± {s['best_spread']:.4f}" if s["best_spread"] is not None else ""
-        lines.append(f"best: {s['metric']} {s['best_val_bpb']:.6f}{spread} at trial #{s['best']}: {s['best_description']}")
+        rung = f" ({s['best_rung_score']:.6f} at rung {s['best_rung']})" if s.get("best_rung") else ""
+        lines.append(f"best: {s['metric']} {s['best_val_bpb']:.6f}{spread}{rung} at trial #{s['best']}: "
+                     f"{s['best_description']}")
     else:
         lines.append("best: none yet")
     if s["keep_rate"] is not None:

@@ -14,3 +14,11 @@ def shorten(text: str, limit: int) -> str:
     """`text` on one line, cut to `limit` characters with an ellipsis."""
     text = " ".join((text or "").split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def best_score(best, digits: int = 4) -> str:
+    """A best genome's score for a one-line view: its mean, and for a promoted genome the score at
+    its highest rung first (the one it is ranked by)."""
+    if getattr(best, "rung", 0):
+        return f"{fmt(best.score_at(best.rung), digits)} at rung {best.rung} ({fmt(best.score, digits)} at rung 0)"
+    return fmt(best.score, digits)

@@ -197,10 +197,10 @@ def duration(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
-def finished_line(info: dict, *, width: int = 70, metric: str = "val_bpb") -> str:
+def finished_line(info: dict, *, width: int = 70, metric: str = "val_bpb", kept: str = "new best") -> str:
     """The line a finished trial prints: number, operator, status, score, new-best mark, description, error."""
     status, value = info["status"], info.get("value")
-    mark = " * new best" if info.get("kept") else ""
+    mark = f" * {kept}" if info.get("kept") else ""
     what = info.get("description") or info.get("operator", "")
     line = f"#{info['trial']:<4} {info.get('operator', ''):9s} {status:9s} {metric} {fmt(value)}{mark}  {what[:width]}"
     if status not in ("ok", "duplicate") and info.get("error"):

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from evo.cli._common import (UsageError, add_creation, add_noise_options, add_proposer_options, add_root,
                              add_strategy_options,
-                             build_proposer, creation_kwargs, duration, finished_line, fmt, non_negative_int,
+                             build_proposer, creation_kwargs, duration, finished_line, non_negative_int,
                              positive_float, positive_int, stop_on_signals, strategy_options)
+from analysis.text import best_score
 from evo.devices import default_slots, parse_devices
 from evo.hosts import OneHost, SharedHosts
 from evo.loop import RunOptions, SearchLoop, StopKind, fix_ladder
@@ -138,7 +139,8 @@ class Reporter:
             best = self.search.lineage().best
         except Exception:  # a worker that lost its database still says why it stopped
             return "best unknown (the database does not answer)"
-        return f"best {self.search.config.metric} {fmt(best.score)} (trial #{best.trial}: {best.description})" if best else "no successful trial"
+        return (f"best {self.search.config.metric} {best_score(best)} (trial #{best.trial}: {best.description})" if best
+                else "no successful trial")
 
     def _finished(self, info: dict) -> str:
         self.finished_here += 1
@@ -150,8 +152,9 @@ class Reporter:
         if total and self.finished_here:
             per = (time.time() - self.started) / self.finished_here
             eta = f" | eta {duration(per * max(0, total - counted))}"
-        best_s = f" | best {fmt(best.score)} (#{best.trial})" if best else ""
-        return f"{count} {finished_line(info, metric=self.search.config.metric)}{best_s}{eta}"
+        best_s = f" | best {best_score(best)} (#{best.trial})" if best else ""
+        kept = "new rung-0 best" if self.options.promote else "new best"
+        return f"{count} {finished_line(info, metric=self.search.config.metric, kept=kept)}{best_s}{eta}"
 
 
 def _shared_event(kind: str, info: dict) -> str | None:
