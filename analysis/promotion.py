@@ -54,5 +54,6 @@ def describe_rho(row: RungRow) -> str:
         return ""
     if row.rho is None:
         return f"not measurable yet ({row.pairs} genome(s) scored at both rungs; 3 needed)"
-    strength = "strong" if row.rho >= 0.7 else "moderate" if row.rho >= 0.4 else "weak" if row.rho >= 0.1 else "none"
+    strength = ("strong" if row.rho >= 0.7 else "moderate" if row.rho >= 0.4 else "weak" if row.rho >= 0.1 else
+                "none" if row.rho > -0.1 else "reversed: the cheaper rung ranked them the other way")
     return f"Spearman rho {row.rho:+.2f} over {row.pairs} genomes ({strength})"
