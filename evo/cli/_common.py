@@ -208,6 +208,19 @@ def finished_line(info: dict, *, width: int = 70, metric: str = "val_bpb", kept:
     return line
 
 
+def exit_code(reason, command: str) -> int:
+    """The exit code of a run that stopped for `reason` (an evo.loop.StopReason): 130 when
+    interrupted, 1 with its one line on stderr for an error, else 0."""
+    from evo.loop import StopKind  # here, not at the top: this module stays light for every command
+
+    if reason.kind == StopKind.INTERRUPTED:
+        return 130
+    if reason.kind == StopKind.ERROR:
+        print(f"evo {command}: error: {reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
 # -- signals --------------------------------------------------------------------------------
 
 @contextlib.contextmanager

@@ -6,11 +6,10 @@ import sys
 
 from analysis.compare import compare_runs, load_runs, plot_comparison, render_table
 from evo.cli._common import (UsageError, add_creation, add_noise_options, add_proposer_options, add_root,
-                             add_strategy_options, build_proposer, creation_kwargs, finished_line, non_negative_int,
-                             positive_float, positive_int, stop_on_signals)
+                             add_strategy_options, build_proposer, creation_kwargs, exit_code, finished_line,
+                             non_negative_int, positive_float, positive_int, stop_on_signals)
 from evo.compare import CompareConfig, Comparison
 from evo.devices import default_slots, parse_devices
-from evo.loop import StopKind
 from evo.strategies import STRATEGIES, make_strategy
 from population.importer import import_results_tsv
 from population.search import Search, SearchError
@@ -184,12 +183,7 @@ def _run_members(args, comparison: Comparison) -> int:
                          "Ctrl-C again to quit at once"):
         reason = comparison.run(make_proposer=lambda: build_proposer(cfg.proposer, args), slots=slots, creation=creation,
                                 on_member=on_member, on_event=on_event)
-    if reason.kind == StopKind.INTERRUPTED:
-        return 130
-    if reason.kind == StopKind.ERROR:
-        print(f"evo compare: {reason}", file=sys.stderr)
-        return 1
-    return 0
+    return exit_code(reason, "compare")
 
 
 def cmd_compare(args) -> int:

@@ -9,12 +9,12 @@ from pathlib import Path
 
 from evo.cli._common import (UsageError, add_creation, add_noise_options, add_proposer_options, add_root,
                              add_strategy_options,
-                             build_proposer, creation_kwargs, duration, finished_line, non_negative_int,
+                             build_proposer, creation_kwargs, duration, exit_code, finished_line, non_negative_int,
                              positive_float, positive_int, stop_on_signals, strategy_options)
 from analysis.text import best_score
 from evo.devices import default_slots, parse_devices
 from evo.hosts import OneHost, SharedHosts
-from evo.loop import RunOptions, SearchLoop, StopKind, fix_ladder
+from evo.loop import RunOptions, SearchLoop, fix_ladder
 from evo.promotion import DEFAULT_TOP, LadderError, check_fits, parse_ladder
 from evo.search import create_search, join_search
 from evo.strategies import STRATEGIES, make_strategy
@@ -303,12 +303,7 @@ def run_loop(search: Search, args, options: RunOptions, strategy, proposer, slot
             reason = loop.run()
     finally:
         search.close()
-    if reason.kind == StopKind.INTERRUPTED:
-        return 130
-    if reason.kind == StopKind.ERROR:
-        print(f"evo {args.command}: error: {reason}", file=sys.stderr)
-        return 1
-    return 0
+    return exit_code(reason, args.command)
 
 
 def cmd_worker(args) -> int:
