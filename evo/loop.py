@@ -30,11 +30,11 @@ from typing import Callable
 
 import optuna
 
-from evo.devices import Slot, parse_devices
+from evo.devices import Slot, check_slots, parse_devices
 from evo.proposers import Genome, Proposal, ProposalContext, Proposer, ProposerError
 from evo.pruners import make_pruner
 from evo.runner import Limits, TrialResult, TrialRunner, trial_environment
-from evo.search import DataCheck, check_harness, data_cache_root, trial_runner
+from evo.search import DataCheck, check_harness, data_cache_root, describe_harness, trial_runner
 from evo.strategies import NoParentError, Plan, Strategy
 from population.genomes import genome_hash
 from population.importer import check_runnable
@@ -175,7 +175,10 @@ class SearchLoop:
     def run(self) -> StopReason:
         """Run until done; return why it stopped. Records survive any exception or signal."""
         check_runnable(self.search)
+        cfg = self.search.config
+        check_slots(self.slots, int(describe_harness(self.search.harness[0], cfg.profile).get("cuda_devices", 0)))
         self.search.store.pruner = self.options.pruner_in_use()
+        self.search.store.name_metric()  # a search made before metrics were named
         reason = INTERRUPTED_STOP
         with self.search.lock(), cf.ThreadPoolExecutor(max_workers=len(self.slots), thread_name_prefix="trial") as runs:
             # Not a `with` block: on a stop we must not wait for an LLM call still in flight.
@@ -294,7 +297,13 @@ class SearchLoop:
                                          island=int(t.attrs.get("island", 0)), rerun_of=t.number,
                                          attrs={k: t.attrs[k] for k in ("description", "rationale", "proposer", "usage")
                                                 if k in t.attrs}))
-        if not any(t.operator == "seed" and t.counts for t in trials) and not any(c.operator == "seed" for c in self._ready):
+        if not any(t.finished_ok for t in trials) and not any(c.operator == "seed" for c in self._ready):
+            # No genome has ever run successfully: nothing to breed from but the seed. A seed that
+            # failed before (a device that was not there, a bug since fixed by `evo reseed`) runs again.
+            failed = [t for t in trials if t.operator == "seed" and t.counts]
+            if failed:
+                self.on_event("seed", {"trial": failed[-1].number, "status": failed[-1].status,
+                                       "error": failed[-1].error, "replaced": failed[-1].commit != search.config.seed_commit})
             self._ready.insert(0, Child("seed", [], commit=search.config.seed_commit, seed=search.config.seed,
                                         attrs={"description": "seed genome", "proposer": "seed"}))
 
@@ -325,10 +334,22 @@ class SearchLoop:
                 plan = self.strategy.plan(lineage, rng)
             except NoParentError as e:
                 if not self._running and not self._pending and not self._ready:
-                    self._error = StopReason(StopKind.ERROR, f"cannot plan a child: {e}")
+                    self._error = StopReason(StopKind.ERROR, self._no_parent(lineage, e))
                 return
             self._plans += 1
             self._pending.append(self._proposals.submit(self._propose, plan, lineage, rng))
+
+    def _no_parent(self, lineage: Lineage, error: NoParentError) -> str:
+        """Why no child can be planned, and what to do about it."""
+        name = self.search.config.name
+        seeds = [t for t in lineage.trials if t.operator == "seed" and t.counts]
+        if seeds and not any(t.finished_ok for t in lineage.trials):
+            t = seeds[-1]
+            return (f"the seed genome failed (trial #{t.number}, {t.status}: {(t.error or 'no error line')[:160]}); "
+                    f"fix the cause and run `evo run {name}` again, which retries the seed (if train.py itself is at "
+                    f"fault, fix it in the project and run `evo reseed {name}` first; `evo show {name} {t.number}` "
+                    f"has its log; `evo rm {name} --yes` starts over)")
+        return f"cannot plan a child: {error}"
 
     def _reeval_child(self, lineage: Lineage) -> Child | None:
         """A re-evaluation of the best genome if it has fewer than 1 + reeval evaluations."""

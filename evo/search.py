@@ -19,6 +19,7 @@ from pathlib import Path
 from evo.runner import (BwrapExecutor, DataFiles, HarnessEvaluator, LocalExecutor, SummaryEvaluator, TrialRunner,
                         bwrap_works)
 from population.search import LOCAL_STORAGE, Search, SearchConfig, SearchError, check_name
+from population.store import SQLITE_PREFIX, StudyError, study_names
 
 HARNESS = ("prepare.py",)
 PROGRAM = "program.md"
@@ -92,6 +93,28 @@ def create_search(name: str, *, root: str | Path = "runs", project: str | Path =
     Raises:
         SearchError: with one line saying what to change; nothing is created then.
     """
+    project, mutable, data, sandbox = check_creation(name, root=root, project=project, mutable=mutable, budget=budget,
+                                                     data=data, storage=storage, sandbox=sandbox)
+    facts = describe_harness(project / "prepare.py", profile)
+    harness = {f: (project / f).read_bytes() for f in HARNESS}
+    config = SearchConfig(name=name, profile=facts["profile"], budget=float(budget or facts["time_budget"]),
+                          mutable=mutable, data=data or facts["data"], seed=seed, seq_len=facts["seq_len"],
+                          startup_grace=facts.get("startup_allowance", facts["startup_grace"]),
+                          storage=storage or LOCAL_STORAGE, cache_dir=cache_dir, harness_sha256=harness_sha256(harness),
+                          sandbox=sandbox, allow_network=allow_network,
+                          evaluation=facts.get("evaluation", "self-reported"), eval_limit=facts.get("eval_limit", 300.0))
+    program = (project / PROGRAM).read_text() if (project / PROGRAM).exists() else None
+    return Search.create(root, config, seed_files={f: (project / f).read_text() for f in mutable}, harness=harness,
+                         program=program)
+
+
+def check_creation(name: str, *, root: str | Path, project: str | Path, mutable, budget: float | None,
+                   data: str | None, storage: str | None, sandbox: str) -> tuple[Path, list[str], str | None, str]:
+    """Everything about a new search that can be checked before anything is created.
+
+    Returns the project folder, the mutable files, the data source and the sandbox, made
+    definite (absolute paths, duplicates dropped, auto resolved). Raises SearchError with
+    one line saying what to change: a search with a wrong fixed setting is a search for ever."""
     check_name(name)
     project = Path(project).resolve()
     if Search.exists(name, root=root):
@@ -106,20 +129,76 @@ def create_search(name: str, *, root: str | Path = "runs", project: str | Path =
             raise SearchError(f"{f} is the fixed harness and cannot be mutable; drop it from --mutable")
         if not (project / f).is_file():
             raise SearchError(f"mutable file {f} does not exist in {project}")
+        check_compiles(project / f)
     if budget is not None and budget <= 0:
         raise SearchError(f"--budget must be a positive number of seconds, not {budget:g}")
-    sandbox = resolve_sandbox(sandbox)
-    facts = describe_harness(project / "prepare.py", profile)
-    harness = {f: (project / f).read_bytes() for f in HARNESS}
-    config = SearchConfig(name=name, profile=facts["profile"], budget=float(budget or facts["time_budget"]),
-                          mutable=mutable, data=data or facts["data"], seed=seed, seq_len=facts["seq_len"],
-                          startup_grace=facts.get("startup_allowance", facts["startup_grace"]),
-                          storage=storage or LOCAL_STORAGE, cache_dir=cache_dir, harness_sha256=harness_sha256(harness),
-                          sandbox=sandbox, allow_network=allow_network,
-                          evaluation=facts.get("evaluation", "self-reported"), eval_limit=facts.get("eval_limit", 300.0))
-    program = (project / PROGRAM).read_text() if (project / PROGRAM).exists() else None
-    return Search.create(root, config, seed_files={f: (project / f).read_text() for f in mutable}, harness=harness,
-                         program=program)
+    check_storage(storage, name)
+    return project, mutable, check_data(data), resolve_sandbox(sandbox)
+
+
+NAMED_SOURCES = ("shakespeare", "climbmix")  # the data sources the harness knows by name; anything else is a folder
+
+
+def check_data(data: str | None) -> str | None:
+    """The data source as the search will record it: a name, or a folder made absolute (trials
+    start in other folders); a SearchError when it is neither a known name nor a folder of text."""
+    if data is None or data in NAMED_SOURCES:
+        return data
+    folder = Path(data).expanduser()
+    if not folder.is_dir():
+        raise SearchError(f"--data {data}: no such folder; pass {' or '.join(NAMED_SOURCES)}, or a folder of .txt "
+                          "or .parquet files")
+    if not any(p.suffix in (".txt", ".parquet") for p in folder.rglob("*") if p.is_file()):
+        raise SearchError(f"--data {data}: the folder holds no .txt or .parquet files; point it at one that does")
+    return str(folder.resolve())
+
+
+def check_compiles(path: Path) -> None:
+    """Raise SearchError when a mutable Python file of the seed does not compile (every trial would crash)."""
+    if path.suffix != ".py":
+        return
+    try:
+        compile(path.read_bytes(), str(path), "exec", dont_inherit=True)
+    except SyntaxError as e:
+        where = f"line {e.lineno}" if e.lineno else "somewhere"
+        raise SearchError(f"{path.name} does not compile ({e.msg} at {where}: {(e.text or '').strip()[:80]!r}); "
+                          "fix the seed before creating the search") from None
+    except ValueError as e:  # null bytes, a bad encoding declaration
+        raise SearchError(f"{path.name} does not compile ({e}); fix the seed before creating the search") from None
+
+
+def check_storage(storage: str | None, name: str) -> None:
+    """Raise SearchError when --storage cannot hold the new search: unreachable, unreadable, or
+    holding a study of that name already. Reads only: nothing is created on the way."""
+    if not storage:
+        return
+    if storage.startswith(SQLITE_PREFIX) and not Path(storage[len(SQLITE_PREFIX):]).parent.is_dir():
+        raise SearchError(f"--storage {storage}: the folder {Path(storage[len(SQLITE_PREFIX):]).parent} does not "
+                          "exist; create it or name another database")
+    try:
+        tables, studies = study_names(storage)
+    except StudyError as e:
+        raise SearchError(f"--storage: {e}; check the URL (e.g. postgresql+psycopg://user@host/db)") from None
+    if name in studies:
+        raise SearchError(f"--storage {storage.split('@')[-1]} already holds a study named {name!r}: pick another "
+                          "name, or open that search where its folder is")
+
+
+def reseed(search: Search, project: str | Path = ".") -> str:
+    """Replace the seed genome of `search` with the project's mutable files, for a seed that never
+    ran successfully (a bug in train.py found by its first trial); return the new commit.
+
+    Raises SearchError when the files do not compile, the search is running, or trials already
+    descend from the old seed."""
+    project = Path(project).resolve()
+    files = {}
+    for f in search.config.mutable:
+        if not (project / f).is_file():
+            raise SearchError(f"{project} has no {f}; pass the project folder holding the fixed seed with --project")
+        check_compiles(project / f)
+        files[f] = (project / f).read_text()
+    with search.lock():
+        return search.replace_seed(files, source=str(project))
 
 
 def resolve_sandbox(choice: str, python: str = sys.executable) -> str:

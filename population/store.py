@@ -9,10 +9,14 @@ runner's progress thread reports intermediate values while the loop tells result
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sqlite3
 import threading
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -20,6 +24,7 @@ from optuna.trial import TrialState
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
+METRIC = "val_bpb"  # the objective's name in the study
 CONFIG_ATTR = "evo_config"
 SPEND_ATTR = "evo_spend_usd"
 IMPORTED_ATTR = "evo_imported"  # set by `evo import`: the results.tsv a search was made from (it has no genomes)
@@ -102,6 +107,76 @@ class TrialRecord:
         return self.state != "RUNNING" and self.status != INTERRUPTED
 
 
+class StudyError(Exception):
+    """A study that cannot be opened (missing, empty, corrupt, foreign); the message says which and why."""
+
+
+SQLITE_PREFIX = "sqlite:///"
+
+
+def check_study(url: str, name: str) -> None:
+    """Raise StudyError unless `url` holds an Optuna study named `name`; write nothing, create nothing.
+
+    Opening a storage with Optuna creates its tables when they are missing, so a read-only
+    command would write a schema into an empty or foreign database: this look comes first."""
+    tables, studies = study_names(url)
+    if tables is None:
+        raise StudyError(f"the study database {_where(url)} is missing")
+    if not tables and url.startswith(SQLITE_PREFIX):
+        raise StudyError(f"the study database {_where(url)} is empty")
+    if not {"studies", "trials", "version_info"} <= set(tables):
+        raise StudyError(f"{_where(url)} is not an Optuna database (its tables: {', '.join(sorted(tables)) or 'none'})")
+    if name not in studies:
+        raise StudyError(f"{_where(url)} holds no study named {name!r}"
+                         + (f" (it holds: {', '.join(sorted(studies)[:5])})" if studies else " (it holds none)"))
+
+
+def study_names(url: str) -> tuple[list[str] | None, list[str]]:
+    """(the database's tables, the names of its studies), read without writing anything; the
+    tables are None for an SQLite file that does not exist. Raises StudyError when the database
+    cannot be read (corrupt, not a database, a server that does not answer)."""
+    if url.startswith(SQLITE_PREFIX):
+        return _sqlite_contents(Path(url[len(SQLITE_PREFIX):]))
+    return _server_contents(url)
+
+
+def _where(url: str) -> str:
+    return url[len(SQLITE_PREFIX):] if url.startswith(SQLITE_PREFIX) else url.split("@")[-1]
+
+
+def _sqlite_contents(path: Path) -> tuple[list[str] | None, list[str]]:
+    if not path.exists():
+        return None, []
+    if path.is_file() and path.stat().st_size == 0:
+        return [], []
+    try:  # read-only: a missing file is not created, nothing is written
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            studies = [r[0] for r in db.execute("SELECT study_name FROM studies")] if "studies" in tables else []
+    except sqlite3.DatabaseError as e:
+        raise StudyError(f"the study database {path} cannot be read: {e}") from None
+    return tables, studies
+
+
+def _server_contents(url: str) -> tuple[list[str], list[str]]:
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(url)
+        try:
+            tables = sqlalchemy.inspect(engine).get_table_names()
+            studies = []
+            if "studies" in tables:
+                with engine.connect() as connection:
+                    studies = [r[0] for r in connection.execute(sqlalchemy.text("SELECT study_name FROM studies"))]
+        finally:
+            engine.dispose()
+    except Exception as e:  # a bad URL, a missing driver, a server that does not answer
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise StudyError(f"cannot read the study database {_where(url)}: {first}") from None
+    return tables, studies
+
+
 class TrialStore:
     """One search's Optuna study.
 
@@ -124,11 +199,29 @@ class TrialStore:
         self._reported: dict[int, set[int]] = {}
 
     @classmethod
-    def create(cls, storage: str, name: str, config: dict, *, direction: str = "minimize") -> "TrialStore":
+    def create(cls, storage: str, name: str, config: dict, *, direction: str = "minimize",
+               metric: str = METRIC) -> "TrialStore":
         study = optuna.create_study(storage=storage, study_name=name, direction=direction)
         study.set_user_attr(CONFIG_ATTR, config)
         study.set_user_attr(SPEND_ATTR, 0.0)
-        return cls(storage, name)
+        store = cls(storage, name)
+        store.name_metric(metric)
+        return store
+
+    @staticmethod
+    def delete(storage: str, name: str) -> None:
+        """Delete the study `name` (a search that was never made, or one `evo rm` removes)."""
+        try:
+            optuna.delete_study(study_name=name, storage=storage)
+        except KeyError:
+            pass
+
+    def name_metric(self, metric: str = METRIC) -> None:
+        """Name the objective, so optuna-dashboard and `trials_dataframe` say val_bpb, not "Objective 0"."""
+        if self.study.metric_names != [metric]:
+            with warnings.catch_warnings():  # experimental in Optuna: its warning is not the user's business
+                warnings.simplefilter("ignore")
+                self.study.set_metric_names([metric])
 
     @classmethod
     def open(cls, storage: str, name: str) -> "TrialStore":

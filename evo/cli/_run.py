@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 from evo.cli._common import (UsageError, add_creation, add_proposer_options, add_root, add_strategy_options,
                              build_proposer, creation_kwargs, duration, finished_line, fmt, non_negative_int,
                              positive_float, positive_int, stop_on_signals, strategy_options)
-from evo.devices import default_slots, parse_devices
+from evo.devices import Slot, check_slots, default_slots, parse_devices
 from evo.loop import RunOptions, SearchLoop, StopKind
-from evo.search import create_search
+from evo.search import NAMED_SOURCES, create_search, describe_harness
 from evo.strategies import STRATEGIES, make_strategy
 from population.importer import check_runnable
 from population.search import Search
@@ -78,6 +79,10 @@ class Reporter:
             parents = ",".join(f"#{p}" for p in info.get("parents", []))
             line = (f"       #{info['trial']:<4} started on {info['slot']}: {info.get('operator', '')} {parents} "
                     f"{(info.get('description') or '')[:70]}")
+        elif kind == "seed":
+            what = "was replaced (evo reseed) and runs now" if info.get("replaced") else "runs again"
+            line = (f"the seed genome has not run successfully yet (trial #{info['trial']}, {info['status']}: "
+                    f"{(info.get('error') or '')[:100]}): it {what}")
         elif kind == "recovered":
             line = f"trial #{info['trial']} was left running by a stopped process: marked interrupted, will re-run"
         elif kind == "finished":
@@ -116,29 +121,41 @@ def cmd_init(args) -> int:
     return 0
 
 
-def open_or_create(args) -> Search:
-    """The search `evo run NAME` means: the existing one (its fixed settings unchanged) or a new one."""
+def open_or_create(args, slots: list[Slot] | None = None) -> Search:
+    """The search `evo run NAME` means: the existing one (its fixed settings unchanged) or a new one.
+    The devices asked for are checked against the GPUs the harness sees before either."""
     if not Search.exists(args.name, root=args.root):
+        prepare = Path(args.project) / "prepare.py"
+        if slots and prepare.exists():  # without it, create_search says what is missing
+            _check_devices(slots, describe_harness(prepare.resolve(), args.profile))
         return create_search(args.name, **creation_kwargs(args))
     search = Search.open(args.name, root=args.root)
     try:
         check_runnable(search)
         cfg = search.config
+        data = args.data if args.data in (None, *NAMED_SOURCES) else str(Path(args.data).expanduser().resolve())
         for flag, given, fixed in (("--profile", args.profile, cfg.profile), ("--budget", args.budget, cfg.budget),
-                                   ("--mutable", args.mutable, cfg.mutable), ("--data", args.data, cfg.data)):
+                                   ("--mutable", args.mutable, cfg.mutable), ("--data", data, cfg.data)):
             if given is not None and given != fixed:
                 raise UsageError(f"{flag} is fixed at {fixed!r} for search {cfg.name!r}; drop the flag or start a new search")
+        if slots:
+            _check_devices(slots, describe_harness(search.harness[0], cfg.profile))
     except Exception:
         search.close()
         raise
     return search
 
 
+def _check_devices(slots: list[Slot], facts: dict) -> None:
+    for warning in check_slots(slots, int(facts.get("cuda_devices", 0))):
+        print(f"warning: {warning}", file=sys.stderr)
+
+
 def cmd_run(args) -> int:
     proposer = build_proposer(args.proposer, args)
     strategy = make_strategy(args.strategy, **strategy_options(args, args.strategy))
     slots = parse_devices(args.devices) if args.devices else None  # reject a bad device before creating anything
-    search = open_or_create(args)
+    search = open_or_create(args, slots)
     slots = slots or default_slots(search)
     options = run_options(args)
     cfg = search.config
