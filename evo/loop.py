@@ -31,7 +31,7 @@ from typing import Callable
 import optuna
 
 from evo.devices import Slot, check_slots, parse_devices
-from evo.proposers import Genome, Proposal, ProposalContext, Proposer, ProposerError
+from evo.proposers import Genome, Proposal, ProposalContext, Proposer, ProposerError, ProposerUnavailable, cap_proposal
 from evo.pruners import make_pruner
 from evo.runner import Limits, TrialResult, TrialRunner, trial_environment
 from evo.search import DataCheck, check_harness, data_cache_root, describe_harness, trial_runner
@@ -102,6 +102,10 @@ class RunOptions:
     max_memory_gb: memory (RSS) one trial's processes may use before they are stopped as oom
         (default: 85% of the machine's memory shared among the slots).
     max_cost_usd: stop proposing once the LLM spend reaches this.
+    api_backoff: (first, longest) seconds to wait before asking a proposer's API again once it
+        stopped answering; each failed try doubles the wait. The search never stops for an outage.
+    reeval_while_waiting: while the API is down, idle devices re-evaluate the best genomes until
+        each has this many evaluations (0: they wait).
     """
 
     trials: int | None = None
@@ -112,6 +116,8 @@ class RunOptions:
     max_vram_gb: float | None = None
     max_memory_gb: float | None = None
     max_cost_usd: float | None = None
+    api_backoff: tuple[float, float] = (15.0, 600.0)
+    reeval_while_waiting: int = 3
 
     def pruner_in_use(self) -> optuna.pruners.BasePruner | None:
         """The pruner that decides, or None when this run does not prune."""
@@ -130,6 +136,17 @@ class _Busy:
     started: float = field(default_factory=time.time)
     fraction: float = 0.0
     loss: float | None = None
+    pid: int | None = None
+
+
+@dataclass
+class _Outage:
+    """The proposer's API stopped answering: since when, why, and when to ask it again."""
+
+    since: float
+    error: str
+    retry_at: float
+    tries: int = 1
 
 
 class SearchLoop:
@@ -143,7 +160,10 @@ class SearchLoop:
         strategy, proposer: who plans and who writes children.
         slots: where trials run (`parse_devices`).
         options: this run's limits and switches.
-        on_event: called as (kind, info) for "preparing", "recovered", "started", "finished", "stopped".
+        on_event: called as (kind, info) for "preparing", "recovered", "seed" (a failed seed runs again),
+            "started", "progress" (each running trial's fraction, loss and seconds, about once a
+            second), "finished", "waiting" (the API stopped answering), "resumed" (it answers
+            again) and "stopped".
         python: the interpreter that runs trials (default: this one).
         runner: runs one genome (default: a `TrialRunner` over the search's harness).
     """
@@ -164,6 +184,8 @@ class SearchLoop:
         self._plans = 0
         self._devices_written = 0.0
         self._error: StopReason | None = None
+        self._outage: _Outage | None = None
+        self._probe: cf.Future | None = None    # the proposal asking a down API again
 
     @property
     def error(self) -> str | None:
@@ -209,23 +231,59 @@ class SearchLoop:
                 self._plan_more()
                 if self._pending or self._ready:
                     continue
-            if not self._running and ((limit is not None and limit.halts) or (not self._pending and not self._ready)):
+            idle = not self._pending and not self._ready and self._outage is None
+            if not self._running and ((limit is not None and limit.halts) or idle):
                 return self._limit_reached() or StopReason(StopKind.EXHAUSTED, "nothing left to plan")
             self._wait()
 
     def _shut_down(self, proposals: cf.ThreadPoolExecutor) -> None:
         self.stop.set()  # kill whatever still runs; their trials are recorded as interrupted
-        self.proposer.close()  # interrupts a proposal waiting out a backoff
+        self.proposer.close()  # abandons LLM calls in flight and kills agents: their proposals end at once
         proposals.shutdown(wait=False, cancel_futures=True)
         for future in list(self._running):
             self._finish(future)
-        for future in self._pending:  # prepared but never run: their LLM cost still counts
+        cf.wait(self._pending, timeout=SHUTDOWN_WAIT)
+        for future in self._pending:  # prepared but never run: what an LLM was paid for is kept
             if future.done() and not future.cancelled() and future.exception() is None:
-                child = future.result()
-                if child.proposal is not None and child.proposal.usage.get("cost_usd"):
-                    self.search.store.add_spend(float(child.proposal.usage["cost_usd"]))
+                self._keep_unrun(future.result())
         self._pending.clear()
         self._write_devices()
+
+    def _keep_unrun(self, child: Child) -> None:
+        """A proposal the stop left unrun. An offline one costs nothing and goes; an LLM's was paid
+        for: its cost counts, a valid child is recorded as interrupted (the next run trains it)
+        and a failed one as invalid, with its prompt and response files either way."""
+        p = child.proposal
+        if p is None or not (p.usage.get("calls") or p.usage.get("aborted_calls")):
+            return
+        if p.usage.get("cost_usd"):
+            self.search.store.add_spend(float(p.usage["cost_usd"]))
+        lineage = self.search.lineage()
+        parent_commits = [lineage.by_number[n].commit for n in child.parents if n in lineage.by_number]
+        attrs = self._trial_attrs(child)
+        if not p.ok:
+            self._record_invalid(child, attrs, parent_commits)
+            return
+        commit = self.search.repo.commit(p.files, parents=parent_commits, message=_commit_message(child, p))
+        attrs.update(commit=commit, tree=self.search.repo.tree_of(commit))
+        number = self.search.store.start(attrs)
+        self.search.repo.set_branch(self.search.branch(number), commit)
+        self._write_trial_files(number, p, commit, parent_commits)
+        self.search.store.finish(number, status=INTERRUPTED, error="the search stopped before it ran; the next run "
+                                 "trains it")
+
+    def abandon(self) -> None:
+        """Kill everything this loop started, at once (a second Ctrl-C, before the process exits):
+        running trials and agents. Their trials stay RUNNING in the store; the next run marks
+        them interrupted and runs them again, as after a kill -9."""
+        self.stop.set()
+        self.proposer.close()
+        for busy in list(self._running.values()):
+            if busy.pid:
+                try:
+                    os.killpg(busy.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
 
     def _limit_reached(self) -> StopReason | None:
         """Why no new child should be planned, or None to go on."""
@@ -259,8 +317,9 @@ class SearchLoop:
         for future in done:
             if future in self._running:
                 self._finish(future)
-        if self._running and time.time() - self._devices_written > 2.0:
-            self._write_devices()  # keeps `evo status` showing each trial's progress
+        if (self._running or self._outage) and time.time() - self._devices_written > PROGRESS_SECONDS:
+            rows = self._write_devices()  # keeps `evo status` showing each trial's progress
+            self.on_event("progress", {"slots": rows, "waiting": self._waiting_info()})
 
     # -- start-up ---------------------------------------------------------------------
 
@@ -329,6 +388,15 @@ class SearchLoop:
             if reeval is not None:
                 self._ready.append(reeval)
                 continue
+            offline_only = self._outage is not None and (self._waiting_for_api() or self._probe in self._pending)
+            if offline_only and not self.proposer.offline_fallback:
+                # The API is asked again by one proposal once the wait is over; meanwhile devices re-evaluate.
+                if len(self._ready) < len(self._free_slots()):
+                    reeval = self._reeval_while_waiting(lineage)
+                    if reeval is not None:
+                        self._ready.append(reeval)
+                        continue
+                return
             rng = random.Random(f"{self.search.config.seed}:{len(lineage.trials)}:{self._plans}")
             try:
                 plan = self.strategy.plan(lineage, rng)
@@ -337,7 +405,10 @@ class SearchLoop:
                     self._error = StopReason(StopKind.ERROR, self._no_parent(lineage, e))
                 return
             self._plans += 1
-            self._pending.append(self._proposals.submit(self._propose, plan, lineage, rng))
+            future = self._proposals.submit(self._propose, plan, lineage, rng, offline_only)
+            self._pending.append(future)
+            if self._outage is not None and not offline_only:
+                self._probe = future  # the one proposal that asks the API whether it is back
 
     def _no_parent(self, lineage: Lineage, error: NoParentError) -> str:
         """Why no child can be planned, and what to do about it."""
@@ -366,7 +437,7 @@ class SearchLoop:
                      island=best.island, attrs={"description": f"re-evaluate #{best.trial} (seed {done + busy})",
                                                 "proposer": "reeval"})
 
-    def _propose(self, plan: Plan, lineage: Lineage, rng: random.Random) -> Child:
+    def _propose(self, plan: Plan, lineage: Lineage, rng: random.Random, offline_only: bool = False) -> Child:
         """Worker thread: turn a plan into a child. Reads git; writes neither git nor the store (the loop's own thread owns both)."""
         search = self.search
         parents = [search.genome(n, lineage) for n in plan.parents]
@@ -375,7 +446,8 @@ class SearchLoop:
                               settings={"profile": search.config.profile, "seq_len": search.config.seq_len,
                                         "budget": search.config.budget, "name": search.config.name},
                               lineage=lineage, rng=rng, is_known=lambda files: genome_hash(files) in known,
-                              scratch=search.paths.scratch(f"plan-{self._plans}"), executor=self.runner.executor)
+                              scratch=search.paths.scratch(f"plan-{self._plans}"), executor=self.runner.executor,
+                              offline_only=offline_only)
         try:
             if plan.operator == "crossover":
                 base_commit = search.repo.merge_base(parents[0].commit, parents[1].commit)
@@ -385,11 +457,13 @@ class SearchLoop:
                 proposal = self.proposer.crossover(parents[0], parents[1], base, ctx)
             else:
                 proposal = self.proposer.mutate(parents[0], ctx)
-        except ProposerError:
+        except (ProposerError, ProposerUnavailable):
             raise
         except Exception as e:  # a bug or an unexpected reply must not end the search
             proposal = Proposal(parents[0].files, "", ok=False, error=f"{type(e).__name__}: {e}")
         proposal.proposer = proposal.proposer or self.proposer.name
+        proposal.remote = proposal.remote and self.proposer.remote
+        cap_proposal(proposal)
         if proposal.ok:
             extra = set(proposal.files) - set(search.config.mutable)
             missing = set(search.config.mutable) - set(proposal.files)
@@ -406,15 +480,61 @@ class SearchLoop:
             return self._ready.pop(0)
         while self._pending and self._pending[0].done():
             future = self._pending.pop(0)
+            if future is self._probe:
+                self._probe = None
             try:
                 child = future.result()
             except ProposerError as e:
                 self._error = StopReason(StopKind.ERROR, f"proposer stopped the search: {e}")
                 return None
+            except ProposerUnavailable as e:
+                self._api_down(str(e))
+                continue
+            self._api_up(child)
             cost = float(child.proposal.usage.get("cost_usd", 0.0)) if child.proposal else 0.0
             if cost:
                 self.search.store.add_spend(cost)
             return child
+        return None
+
+    # -- an API that stopped answering ------------------------------------------------
+
+    def _api_down(self, error: str) -> None:
+        """A proposal found the API down: wait before asking again, longer each time it is still down."""
+        now = time.time()
+        first, longest = self.options.api_backoff
+        outage = self._outage
+        if outage is not None and now < outage.retry_at:
+            return  # a proposal asked before this wait began: no news
+        tries = outage.tries + 1 if outage is not None else 1
+        delay = min(longest, first * 2 ** (tries - 1))
+        self._outage = _Outage(since=outage.since if outage else now, error=error, retry_at=now + delay, tries=tries)
+        self._write_devices()
+        self.on_event("waiting", {"error": error, "seconds": delay, "since": self._outage.since, "tries": tries})
+
+    def _api_up(self, child: Child) -> None:
+        """A proposal came back: if the API wrote it (not the offline member of a mix), it answers again."""
+        if self._outage is not None and child.proposal is not None and child.proposal.remote:
+            down = time.time() - self._outage.since
+            self._outage = None
+            self._write_devices()
+            self.on_event("resumed", {"seconds": down})
+
+    def _waiting_for_api(self) -> bool:
+        return self._outage is not None and time.time() < self._outage.retry_at
+
+    def _reeval_while_waiting(self, lineage: Lineage) -> Child | None:
+        """While the API is down, a device with nothing to do re-evaluates a good genome on a new
+        seed (the best first) rather than idle: ranking by the mean only gets better for it."""
+        limit = self.options.reeval_while_waiting
+        for ind in lineage.ranked():
+            busy = sum(1 for b in self._running.values() if b.tree == ind.tree)
+            busy += sum(1 for c in self._ready if c.operator == "reeval" and c.parents == [ind.trial])
+            done = len(ind.values)
+            if done + busy < limit:
+                return Child("reeval", [ind.trial], commit=ind.commit, seed=self.search.config.seed + done + busy,
+                             island=ind.island, attrs={"description": f"re-evaluate #{ind.trial} while the API is "
+                                                       f"down (seed {done + busy})", "proposer": "reeval"})
         return None
 
     def _launch_ready(self) -> None:
@@ -454,6 +574,8 @@ class SearchLoop:
         p = child.proposal
         if p is not None:
             attrs.update(description=p.description, rationale=p.rationale, proposer=p.proposer, usage=p.usage)
+            if p.capped:
+                attrs["capped"] = p.capped
         return attrs
 
     def _record_invalid(self, child: Child, attrs: dict, parent_commits: list[str]) -> None:
@@ -496,11 +618,15 @@ class SearchLoop:
                                    timeout=self._timeout(), clock=self._clock(slot), threads=slot.threads or os.cpu_count(),
                                    limits=self._limits(), compile_cache=search.paths.inductor_cache,
                                    on_progress=self._progress_callback(busy), stop=self.stop,
-                                   on_start=lambda pid, n=number: store.set_attrs(n, {"pid": pid}))
+                                   on_start=lambda pid: self._started(busy, pid))
         self._running[future] = busy
         self._write_devices()
         self.on_event("started", {"trial": number, "slot": slot.name, "operator": child.operator,
                                   "parents": child.parents, "description": attrs.get("description", "")})
+
+    def _started(self, busy: _Busy, pid: int) -> None:
+        busy.pid = pid
+        self.search.store.set_attrs(busy.trial, {"pid": pid})  # what a resume kills if this process dies
 
     def _timeout(self) -> float:
         """Seconds on the budget clock before a trial without a result is stopped: the budget plus
@@ -587,7 +713,8 @@ class SearchLoop:
         folder = self.search.paths.trial(number).make()
         if proposal is not None:
             record = {"description": proposal.description, "rationale": proposal.rationale, "ok": proposal.ok,
-                      "error": proposal.error, "proposer": proposal.proposer, "usage": proposal.usage}
+                      "error": proposal.error, "proposer": proposal.proposer, "usage": proposal.usage,
+                      **({"capped": proposal.capped} if proposal.capped else {})}
             folder.proposal.write_text(json.dumps(record, indent=2) + "\n")
             for name, text in proposal.artifacts.items():
                 folder.artifact(name).write_text(text)
@@ -596,8 +723,8 @@ class SearchLoop:
             header = [f"# diff against parent {c[:10]}\n" for c in parent_commits]
             folder.diff.write_text("".join(h + d for h, d in zip(header, diffs)))
 
-    def _write_devices(self) -> None:
-        """What each device is doing, for `evo status` while the search runs."""
+    def _write_devices(self) -> list[dict]:
+        """What each device is doing, for `evo status` while the search runs (and returned)."""
         now = time.time()
         busy = {b.slot.name: b for b in self._running.values()}
         rows = []
@@ -607,13 +734,22 @@ class SearchLoop:
                          "seconds": round(now - b.started, 1) if b else None,
                          "fraction": b.fraction if b else None, "loss": b.loss if b else None})
         self._devices_written = now
+        run = {"target": self.options.trials, "hours": self.options.hours, "started": self.started}
         path = self.search.paths.devices
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"pid": os.getpid(), "updated": now, "slots": rows}))
+        tmp.write_text(json.dumps({"pid": os.getpid(), "updated": now, "slots": rows, "run": run,
+                                   "waiting": self._waiting_info()}))
         os.replace(tmp, path)
+        return rows
+
+    def _waiting_info(self) -> dict | None:
+        o = self._outage
+        return None if o is None else {"since": o.since, "retry_at": o.retry_at, "error": o.error, "tries": o.tries}
 
 
 DISK_LIMIT = 16 << 30  # bytes a trial may write into its folder
+PROGRESS_SECONDS = 1.0  # how often running trials' progress is written and sent as an event
+SHUTDOWN_WAIT = 5.0    # seconds a stop waits for proposals to end (an LLM call in flight is abandoned at once)
 
 
 def _memory_mb() -> float:

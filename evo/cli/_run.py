@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -54,12 +55,29 @@ def add_run_options(p) -> None:
     g.add_argument("--max-memory-gb", type=positive_float, help="memory one trial's processes may use before they are "
                    "stopped as oom (default: 85%% of this machine's memory shared among the devices)")
     g.add_argument("--max-cost-usd", type=positive_float, help="stop proposing once the LLM spend reaches this")
+    g.add_argument("--api-backoff", type=backoff, default=(15.0, 600.0), metavar="FIRST[,LONGEST]",
+                   help="seconds to wait before asking an LLM API again once it stopped answering, doubling up to "
+                   "LONGEST while it stays down (default: 15,600); meanwhile devices re-evaluate the best genomes "
+                   "or the offline member of a mix proposes, and the search never stops for an outage")
     g.add_argument("--quiet", action="store_true", help="print only the final line")
+
+
+def backoff(text: str) -> tuple[float, float]:
+    """FIRST[,LONGEST] seconds, 0 < FIRST <= LONGEST."""
+    parts = text.split(",")
+    try:
+        first, longest = float(parts[0]), float(parts[-1])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected FIRST[,LONGEST] in seconds, got {text!r}") from None
+    if len(parts) > 2 or not (0 < first <= longest < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected FIRST[,LONGEST] seconds with 0 < FIRST <= LONGEST, got {text!r}")
+    return first, longest
 
 
 def run_options(args) -> RunOptions:
     return RunOptions(trials=args.trials, hours=args.hours, reeval=args.reeval, prune=args.prune,
-                      max_vram_gb=args.max_vram_gb, max_memory_gb=args.max_memory_gb, max_cost_usd=args.max_cost_usd)
+                      max_vram_gb=args.max_vram_gb, max_memory_gb=args.max_memory_gb, max_cost_usd=args.max_cost_usd,
+                      api_backoff=args.api_backoff)
 
 
 class Reporter:
@@ -87,6 +105,11 @@ class Reporter:
             line = f"trial #{info['trial']} was left running by a stopped process: marked interrupted, will re-run"
         elif kind == "finished":
             line = self._finished(info)
+        elif kind == "waiting":
+            line = (f"waiting for the API (retry in {duration(info['seconds'])}; down for "
+                    f"{duration(time.time() - info['since'])}): {info['error'][:120]}")
+        elif kind == "resumed":
+            line = f"the API answers again (it was down for {duration(info['seconds'])})"
         elif kind == "stopped":
             best = self.search.lineage().best
             best_s = f"best val_bpb {fmt(best.score)} (trial #{best.trial}: {best.description})" if best else "no successful trial"
@@ -165,7 +188,8 @@ def cmd_run(args) -> int:
     loop = SearchLoop(search, strategy, proposer, slots, options, on_event=Reporter(search, options, quiet=args.quiet))
     try:
         with stop_on_signals(loop.stop.set, loop.stop.is_set,
-                             "stopping: killing running trials (they re-run on resume); Ctrl-C again to quit at once"):
+                             "stopping: killing running trials (they re-run on resume); Ctrl-C again to quit at once",
+                             abandon=loop.abandon):
             reason = loop.run()
     finally:
         search.close()
