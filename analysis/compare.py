@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from analysis.progress import Progress, children, is_failure, progress
+from population.lineage import MINIMIZE
 from population.search import Search
 from population.store import TrialRecord
 
@@ -31,9 +32,11 @@ class Run:
     label: str                    # its group, e.g. the strategy
     name: str                     # the search's name
     trials: list[TrialRecord]
+    metric: str = "val_bpb"
+    direction: str = MINIMIZE
 
     def __post_init__(self):
-        self.progress: Progress = progress(self.trials)
+        self.progress: Progress = progress(self.trials, direction=self.direction)
 
 
 def load_runs(groups: dict[str, list[str]], *, root: str | Path = "runs") -> list[Run]:
@@ -48,7 +51,8 @@ def load_runs(groups: dict[str, list[str]], *, root: str | Path = "runs") -> lis
         for name in names:
             search = Search.open(name, root=root)
             try:
-                runs.append(Run(label=label, name=name, trials=search.trials()))
+                runs.append(Run(label=label, name=name, trials=search.trials(), metric=search.config.metric,
+                                direction=search.config.direction))
             finally:
                 search.close()
     return runs
@@ -87,6 +91,7 @@ class ComparisonTable:
     rows: tuple[GroupRow, ...]
     reference: str | None           # the label whose mean final best is the target
     target: float | None
+    metric: str = "val_bpb"
 
 
 def compare_runs(runs: list[Run], *, reference: str = "greedy") -> ComparisonTable:
@@ -116,7 +121,7 @@ def compare_runs(runs: list[Run], *, reference: str = "greedy") -> ComparisonTab
             keep_rate=kept / len(kids) if kids else None,
             failure_rate=sum(1 for t in kids if is_failure(t)) / len(kids) if kids else None,
             device_hours=tuple(r.progress.hours for r in group)))
-    return ComparisonTable(rows=tuple(rows), reference=ref, target=target)
+    return ComparisonTable(rows=tuple(rows), reference=ref, target=target, metric=runs[0].metric if runs else "val_bpb")
 
 
 def render_table(table: ComparisonTable) -> str:
@@ -131,7 +136,7 @@ def render_table(table: ComparisonTable) -> str:
               else "none (the reference has no successful trial)")
     header = (f"{'strategy':12s} {'seeds':>5} {'trials':>6} {'final best (mean ± sd)':>24} "
               f"{'trials to target':>17} {'keep rate':>9} {'fail rate':>9} {'device-h':>9}")
-    lines = [f"target: val_bpb {target}", header, "-" * len(header)]
+    lines = [f"target: {table.metric} {target}", header, "-" * len(header)]
     for r in table.rows:
         best = "-" if r.mean is None else f"{r.mean:.4f} ± {r.sd:.4f}" if r.sd is not None else f"{r.mean:.4f}"
         reach = "-" if table.target is None else (
@@ -220,7 +225,8 @@ def plot_comparison(runs: list[Run], path: str | Path | None = None, *, title: s
     from analysis import _style
 
     fig, (left, right) = _style.new_figure(13, 5.4, ncols=2, sharey=True)
-    fig.suptitle(title or "best val_bpb so far, by strategy", x=0.01, ha="left", fontsize=13)
+    metric, direction = (runs[0].metric, runs[0].direction) if runs else ("val_bpb", MINIMIZE)
+    fig.suptitle(title or f"best {metric} so far, by strategy", x=0.01, ha="left", fontsize=13)
     labels = list(dict.fromkeys(r.label for r in runs))
     lows, highs = [], []
     for i, label in enumerate(labels):
@@ -237,8 +243,8 @@ def plot_comparison(runs: list[Run], path: str | Path | None = None, *, title: s
             if n > 1:
                 ax.fill_between(x, lo, hi, step="post", color=colour, alpha=0.18, linewidth=0,
                                 label=f"{label}: range across seeds")
-            lows.extend(lo)
-            highs.append(hi[0])
+            lows.extend(lo if direction == MINIMIZE else [hi[0]])   # the best end and the starting end
+            highs.append(hi[0] if direction == MINIMIZE else max(hi))
     if table is not None and table.target is not None:
         for ax in (left, right):
             ax.axhline(table.target, color="#424242", linestyle=":", linewidth=1.2,
@@ -249,7 +255,7 @@ def plot_comparison(runs: list[Run], path: str | Path | None = None, *, title: s
         left.set_ylim(low - pad, high + pad)
     left.set_xlabel("trials finished (seed included)")
     right.set_xlabel("device-hours spent")
-    left.set_ylabel("best val_bpb so far (lower is better)")
+    left.set_ylabel(f"best {metric} so far ({'lower' if direction == MINIMIZE else 'higher'} is better)")
     left.set_title("at equal trials", loc="left", fontsize=11)
     right.set_title("at equal compute", loc="left", fontsize=11)
     from matplotlib.ticker import MaxNLocator

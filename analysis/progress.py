@@ -17,12 +17,12 @@ re-measured worse, so the curve may step *up*: that is the noise-aware answer, n
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable
 
 from analysis.text import shorten
-from population.lineage import CHILD_OPERATORS, Lineage
+from population.lineage import CHILD_OPERATORS, MINIMIZE, Lineage, better, sign
 from population.store import DUPLICATE, INTERRUPTED, INVALID, OK, TrialRecord
 
 # Finished without a val_bpb of their own, and not because the search chose to stop them
@@ -65,7 +65,7 @@ class Point:
     index: int              # 1-based position among finished trials: the x of the plots
     trial: TrialRecord
     hours: float            # device-hours spent up to and including this trial
-    best: float             # best genome's mean val_bpb after this trial (inf before any result)
+    best: float             # best genome's mean score after this trial (±inf before any result)
     improved: bool          # this trial made a new genome the best (a "keep")
 
 
@@ -74,6 +74,11 @@ class Progress:
     """The best-so-far curve of one search and the events on it."""
 
     points: list[Point]
+    direction: str = MINIMIZE
+
+    def reached(self, best: float, target: float) -> bool:
+        """Whether a best so far is at least as good as `target`."""
+        return not better(target, best, self.direction)
 
     @property
     def improvements(self) -> list[Point]:
@@ -86,7 +91,7 @@ class Progress:
 
     @property
     def final_best(self) -> float | None:
-        """The best genome's mean val_bpb at the end (None when no trial succeeded)."""
+        """The best genome's mean score at the end (None when no trial succeeded)."""
         if not self.points or not math.isfinite(self.points[-1].best):
             return None
         return self.points[-1].best
@@ -97,23 +102,23 @@ class Progress:
         return self.points[-1].hours if self.points else 0.0
 
     def trials_to_reach(self, target: float) -> int | None:
-        """How many finished trials it took until the best so far was at or below `target` (None: never).
+        """How many finished trials it took until the best so far was as good as `target` (None: never).
 
         Args:
-            target: a val_bpb to reach, e.g. another strategy's final best.
+            target: a score to reach, e.g. another strategy's final best.
         """
-        return next((p.index for p in self.points if p.best <= target), None)
+        return next((p.index for p in self.points if self.reached(p.best, target)), None)
 
     def hours_to_reach(self, target: float) -> float | None:
-        """Device-hours spent until the best so far was at or below `target` (None: never).
+        """Device-hours spent until the best so far was as good as `target` (None: never).
 
         Args:
-            target: a val_bpb to reach.
+            target: a score to reach.
         """
-        return next((p.hours for p in self.points if p.best <= target), None)
+        return next((p.hours for p in self.points if self.reached(p.best, target)), None)
 
 
-def progress(trials: Iterable[TrialRecord]) -> Progress:
+def progress(trials: Iterable[TrialRecord], *, direction: str = MINIMIZE) -> Progress:
     """Replay a search's finished trials and compute the best genome after each one.
 
     A trial improves the best exactly when the lineage says it was kept (see
@@ -121,13 +126,14 @@ def progress(trials: Iterable[TrialRecord]) -> Progress:
 
     Args:
         trials: the trials of one search (any order; running and interrupted ones are skipped).
+        direction: whether the search minimises its metric (val_bpb) or maximises it.
     """
     points: list[Point] = []
     seconds = 0.0
-    for index, r in enumerate(Lineage(list(trials)).history(), start=1):
+    for index, r in enumerate(Lineage(list(trials), direction=direction).history(), start=1):
         seconds += device_seconds(r.trial)
         points.append(Point(index=index, trial=r.trial, hours=seconds / 3600, best=r.best, improved=r.kept))
-    return Progress(points)
+    return Progress(points, direction)
 
 
 def children(trials: Iterable[TrialRecord]) -> list[TrialRecord]:
@@ -139,7 +145,7 @@ def children(trials: Iterable[TrialRecord]) -> list[TrialRecord]:
     return [t for t in trials if t.counts and t.operator in CHILD_OPERATORS]
 
 
-def keep_rate(trials: Iterable[TrialRecord]) -> float | None:
+def keep_rate(trials: Iterable[TrialRecord], *, direction: str = MINIMIZE) -> float | None:
     """Share of children that improved the best so far (None without children).
 
     Args:
@@ -149,7 +155,7 @@ def keep_rate(trials: Iterable[TrialRecord]) -> float | None:
     kids = {t.number for t in children(trials)}
     if not kids:
         return None
-    kept = sum(1 for p in progress(trials).points if p.improved and p.trial.number in kids)
+    kept = sum(1 for p in progress(trials, direction=direction).points if p.improved and p.trial.number in kids)
     return kept / len(kids)
 
 
@@ -166,7 +172,8 @@ def failure_rate(trials: Iterable[TrialRecord]) -> float | None:
 # -- the figure ------------------------------------------------------------------------------
 
 def plot_progress(trials: Iterable[TrialRecord], path: str | Path | None = None, *, title: str = "",
-                  noise_sd: float | None = None, max_labels: int = 14, label_chars: int = 46):
+                  noise_sd: float | None = None, max_labels: int = 14, label_chars: int = 46, metric: str = "val_bpb",
+                  direction: str = MINIMIZE):
     """Draw the progress figure: every trial as a faint dot, the best-so-far step line, the
     improvements highlighted and labelled, failures marked on the x axis.
 
@@ -182,16 +189,23 @@ def plot_progress(trials: Iterable[TrialRecord], path: str | Path | None = None,
             around the best-so-far line when given.
         max_labels: label at most this many improvements (the largest gains win).
         label_chars: truncate labels to this many characters.
+        metric, direction: the score's name and whether it is minimised or maximised. A
+            maximised metric is drawn with better values on top, as a minimised one.
 
     Returns:
         The matplotlib Figure.
     """
     from analysis import _style
-    prog = progress(trials)
+    prog = _lower_is_better(progress(trials, direction=direction))
     fig, ax = _style.new_figure(11, 6)
-    ax.set_title(title or "val_bpb over the search", loc="left")
+    ax.set_title(title or f"{metric} over the search", loc="left")
     ax.set_xlabel("trials finished (in the order results arrived)")
-    ax.set_ylabel("validation bits per byte (val_bpb, lower is better)")
+    better_word = "lower" if direction == MINIMIZE else "higher"
+    ax.set_ylabel(f"validation bits per byte (val_bpb, {better_word} is better)" if metric == "val_bpb"
+                  else f"{metric} ({better_word} is better)")
+    if direction != MINIMIZE:  # drawn in "lower is better" terms: flip the axis back, relabel the ticks
+        from matplotlib.ticker import FuncFormatter
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{-v:g}"))
     if not prog.points:
         ax.text(0.5, 0.5, "no finished trials yet", transform=ax.transAxes, ha="center", va="center")
         return _style.finish(fig, path)
@@ -231,7 +245,21 @@ def plot_progress(trials: Iterable[TrialRecord], path: str | Path | None = None,
     from matplotlib.ticker import MaxNLocator
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     _label_improvements(ax, fig, prog, best=best, top=ymax, max_labels=max_labels, label_chars=label_chars)
+    if direction != MINIMIZE:
+        ax.invert_yaxis()
     return _style.finish(fig, path)
+
+
+def _lower_is_better(prog: Progress) -> Progress:
+    """The same progress with every score negated when the metric is maximised, so the figure's
+    layout (the best at the bottom, labels in the free band below it) serves both directions."""
+    if prog.direction == MINIMIZE:
+        return prog
+    s = sign(prog.direction)
+    points = [replace(p, best=s * p.best,
+                      trial=replace(p.trial, value=s * p.trial.value) if p.trial.value is not None else p.trial)
+              for p in prog.points]
+    return Progress(points, MINIMIZE)
 
 
 def _scatter_trials(ax, prog: Progress, valued: list[Point], proposers: dict[str, str], ymax: float) -> None:
@@ -309,7 +337,7 @@ def _label_improvements(ax, fig, prog: Progress, *, best: float, top: float, max
         y_text = bottom + (rank + 0.5) * row
         gain = gains[p.index]
         label = f"#{p.trial.number} {shorten(p.trial.description or p.trial.operator, label_chars)}" + (
-            f"  (−{gain:.4f})" if math.isfinite(gain) else "")
+            f"  (+{gain:.4g} better)" if math.isfinite(gain) else "")
         ann = ax.annotate(label, xy=(p.index, p.trial.value), xytext=(p.index + 2 * x_per_pt, y_text),
                           ha="left", va="center", fontsize=8, color="#222222", zorder=6,
                           arrowprops=dict(arrowstyle="-", color="#999999", linewidth=0.6, shrinkA=0, shrinkB=4,

@@ -2,8 +2,11 @@
 
 `write_report(search)` writes into `runs/NAME/report/`:
 
-    progress.png   val_bpb of every trial, the best-so-far line, improvements labelled
-    lineage.png    the lineage tree, coloured by val_bpb, the path to the best in red
+    progress.png   the score of every trial, the best-so-far line, improvements labelled
+    lineage.png    the lineage tree, coloured by score, the path to the best in red
+
+Every change between two scores is shown as a gain: positive means better, whether the
+metric is minimised (val_bpb) or maximised.
     report.html    summary, both figures, an interactive lineage, the best-lineage walk with
                    diffs, yield by operator and proposer, and a sortable table of trials
 
@@ -32,7 +35,7 @@ from analysis.progress import (Progress, children, device_seconds, failure_rate,
 from analysis.tree import TreeView, lineage_svg, plot_lineage, tree_view
 from analysis.walk import Step, best_lineage
 from analysis.yields import Yield, gains, yield_by
-from population.lineage import Lineage
+from population.lineage import MINIMIZE, Lineage, gain, sign
 from population.store import IMPORTED_ATTR, TrialRecord
 
 
@@ -77,21 +80,24 @@ class SearchFacts:
     trust: str = ""              # how trials ran and who scored them (analysis.summary.trust_line)
     untrusted: bool = False      # no sandbox, or scores the genomes reported themselves
     flagged: int = 0             # trials whose code reaches past its model
+    metric: str = "val_bpb"
+    direction: str = MINIMIZE
 
     @property
     def gain(self) -> float | None:
-        """How far the best is below the seed (positive: better)."""
+        """How much better the best is than the seed (positive: better)."""
         if self.best_score is None or self.seed_score is None:
             return None
-        return self.seed_score - self.best_score
+        return gain(self.seed_score, self.best_score, self.direction)
 
     def headline(self) -> str:
         """One sentence: where the search got to and at what cost."""
         if self.best is None:
             return f"No successful trial yet ({self.finished} finished)."
-        text = f"Best val_bpb {self.best_score:.4f} (trial #{self.best}: {self.best_description or '-'})"
-        if self.gain is not None and self.seed_score:
-            text += f", {self.gain:.4f} ({100 * self.gain / self.seed_score:.2f}%) below the seed's {self.seed_score:.4f}"
+        text = f"Best {self.metric} {self.best_score:.4f} (trial #{self.best}: {self.best_description or '-'})"
+        if self.gain is not None and self.seed_score and self.best_score != self.seed_score:
+            text += (f", {self.gain:.4f} ({100 * self.gain / abs(self.seed_score):.2f}%) better than the seed's "
+                     f"{self.seed_score:.4f}")
         text += f", after {self.finished} trials and {self.device_hours:.2f} device-hours"
         if self.keep_rate is not None:
             kept = round(self.keep_rate * self.children)
@@ -107,12 +113,12 @@ def search_facts(search, trials: list[TrialRecord] | None = None) -> SearchFacts
         trials: its trials, when already read (saves reading the store again).
     """
     trials = search.trials() if trials is None else trials
-    lineage = Lineage(trials)
+    cfg = search.config
+    lineage = Lineage(trials, direction=cfg.direction)
     best = lineage.best
     seed = lineage.seed
     seed_ind = lineage.individual(seed.number) if seed else None
     counted = [t for t in trials if t.counts]
-    cfg = search.config
     return SearchFacts(
         name=cfg.name, profile=cfg.profile, budget=cfg.budget, data=cfg.data, created=cfg.created,
         strategies=dict(Counter(t.attrs.get("strategy", "") for t in counted if t.attrs.get("strategy"))),
@@ -121,14 +127,15 @@ def search_facts(search, trials: list[TrialRecord] | None = None) -> SearchFacts
         best=best.trial if best else None, best_score=best.score if best else None,
         best_spread=best.spread if best else None, best_evaluations=len(best.values) if best else 0,
         best_description=best.description if best else "", seed_score=seed_ind.score if seed_ind else None,
-        keep_rate=keep_rate(trials), failure_rate=failure_rate(trials), children=len(children(trials)),
+        keep_rate=keep_rate(trials, direction=cfg.direction), failure_rate=failure_rate(trials), children=len(children(trials)),
         device_hours=sum(device_seconds(t) for t in counted) / 3600,
         first_start=min((t.started for t in trials if t.started), default=None),
         last_finish=max((t.finished for t in trials if t.finished), default=None),
         spend_usd=search.store.spend_usd, noise=noise_floor(lineage),
         imported=search.store.attr(IMPORTED_ATTR), trust=trust_line(cfg.sandbox, cfg.evaluation),
-        untrusted=cfg.sandbox == "none" or cfg.evaluation != "harness",
-        flagged=sum(1 for t in trials if (t.attrs.get("provenance") or {}).get("suspicious")))
+        untrusted=cfg.sandbox == "none" or cfg.evaluation == "self-reported",
+        flagged=sum(1 for t in trials if (t.attrs.get("provenance") or {}).get("suspicious")),
+        metric=cfg.metric, direction=cfg.direction)
 
 
 def write_report(search, *, out: str | Path | None = None, max_nodes: int = 70, interactive_nodes: int = 300,
@@ -150,19 +157,22 @@ def write_report(search, *, out: str | Path | None = None, max_nodes: int = 70, 
     folder.mkdir(parents=True, exist_ok=True)
     trials = search.trials()
     facts = search_facts(search, trials)
-    lineage = Lineage(trials)
+    lineage = search.lineage()
+    scale = dict(direction=facts.direction, metric=facts.metric)
     files = ReportFiles(folder=folder, html=folder / "report.html", progress=folder / "progress.png",
                         lineage=folder / "lineage.png")
     best = f" (best {facts.best_score:.4f} at #{facts.best})" if facts.best is not None else ""
-    plot_progress(trials, files.progress, title=f"{facts.name}: val_bpb over {facts.finished} trials{best}",
-                  noise_sd=facts.noise.sd if facts.noise else None)
-    view = tree_view(trials, max_nodes=max_nodes, engine=engine)
+    plot_progress(trials, files.progress, title=f"{facts.name}: {facts.metric} over {facts.finished} trials{best}",
+                  noise_sd=facts.noise.sd if facts.noise else None, **scale)
+    view = tree_view(trials, max_nodes=max_nodes, engine=engine, **scale)
     plot_lineage(trials, files.lineage, title=f"{facts.name}: lineage", view=view)
-    big_view = view if interactive_nodes <= max_nodes else tree_view(trials, max_nodes=interactive_nodes, engine=engine)
+    big_view = view if interactive_nodes <= max_nodes else tree_view(trials, max_nodes=interactive_nodes,
+                                                                      engine=engine, **scale)
     steps = best_lineage(lineage, diff=search.repo.diff)
     files.html.write_text(render_html(facts, trials, files=files, steps=steps, view=big_view,
-                                      by_operator=yield_by(trials, key="operator"),
-                                      by_proposer=yield_by(trials, key="proposer"), prog=progress(trials)))
+                                      by_operator=yield_by(trials, key="operator", direction=facts.direction),
+                                      by_proposer=yield_by(trials, key="proposer", direction=facts.direction),
+                                      prog=progress(trials, direction=facts.direction)))
     return files
 
 
@@ -188,11 +198,12 @@ def render_html(facts: SearchFacts, trials: list[TrialRecord], *, files: ReportF
                 "<h2>Progress</h2>",
                 '<p class="muted">Every finished trial in the order its result arrived. The red line is the best '
                 "genome so far (its mean over re-evaluations); circled points made a new best and are labelled "
-                "with their change; crosses on the axis are trials that produced no val_bpb.</p>",
-                _html.image(files.progress, "val_bpb progress"),
+                f"with their gain; crosses on the axis are trials that produced no {esc(facts.metric)}.</p>",
+                _html.image(files.progress, f"{facts.metric} progress"),
                 "<h2>Lineage</h2>",
                 '<p class="muted">Each trial is a node, drawn from its parent (a crossover also from its second '
-                "parent, dashed). Colour is the genome's val_bpb; the red line is the path from the seed to the best."
+                f"parent, dashed). Colour is the genome's {esc(facts.metric)}; the red line is the path from the seed "
+                "to the best."
                 " Grey squares stand for branches folded away (their trial count, failures and best).</p>",
                 _html.image(files.lineage, "lineage tree"),
                 "<h3>Interactive lineage</h3>",
@@ -202,14 +213,14 @@ def render_html(facts: SearchFacts, trials: list[TrialRecord], *, files: ReportF
                 "<h2>The best lineage: what worked</h2>",
                 _walk(steps, facts),
                 "<h2>Yield: which operators and proposers pay off</h2>",
-                '<p class="muted">A child improves when its genome\'s val_bpb is below its parent\'s (the better '
-                "parent's for a crossover). Gain = parent − child, positive is better; means are over children with "
-                "a result.</p>",
+                f'<p class="muted">A child improves when its genome\'s {esc(facts.metric)} is better than its '
+                "parent's (the better parent's for a crossover). The gain says by how much, positive is better; "
+                "means are over children with a result.</p>",
                 _yields(by_operator, "operator"),
                 _yields(by_proposer, "proposer") if len(by_proposer) > 1 or by_proposer else "",
                 "<h2>All trials</h2>",
                 '<p class="muted">Click a header to sort. Highlighted rows made a new best.</p>',
-                _trials_table(trials, prog)]
+                _trials_table(trials, prog, facts)]
     return _html.page(f"evo report: {facts.name}", "\n".join(s for s in sections if s))
 
 
@@ -221,7 +232,7 @@ def _summary(f: SearchFacts) -> str:
             ("proposers", ", ".join(f"{k} ({v} children)" for k, v in f.proposers.items()) or "-"),
             ("trials", f"{f.finished} finished: " + ", ".join(f"{v} {k}" for k, v in sorted(f.counts.items()))),
             ("best", "-" if f.best is None else
-             f"#{f.best}: val_bpb {f.best_score:.6f}"
+             f"#{f.best}: {f.metric} {f.best_score:.6f}"
              + (f" ± {f.best_spread:.6f} over {f.best_evaluations} evaluations" if f.best_spread is not None else
                 " (one evaluation)") + f" — {f.best_description}"),
             ("seed", num(f.seed_score, 6)),
@@ -261,7 +272,8 @@ def _walk(steps: list[Step], facts: SearchFacts) -> str:
     rows = []
     for i, s in enumerate(steps):
         via = " × ".join(f'<a href="#trial-{p}">#{p}</a>' for p in s.parents)
-        delta_cls = "good" if s.delta is not None and s.delta < 0 else ("bad" if s.delta is not None and s.delta > 0 else "")
+        step_gain = -sign(facts.direction) * s.delta if s.delta is not None else None
+        delta_cls = "good" if step_gain is not None and step_gain > 0 else ("bad" if step_gain is not None and step_gain < 0 else "")
         change = esc(s.description or s.operator)
         if s.diff:
             lines = sum(1 for line in s.diff.splitlines() if line[:1] in "+-" and line[:3] not in ("+++", "---"))
@@ -270,12 +282,13 @@ def _walk(steps: list[Step], facts: SearchFacts) -> str:
             change += ' <span class="muted">(no diff: genome not in the population repository)</span>'
         rows.append((str(i), f'<a href="#trial-{s.trial}">#{s.trial}</a>', esc(s.operator) + (f" of {via}" if via else ""),
                      num(s.score, 6) + (f' <span class="muted">({s.evaluations}×)</span>' if s.evaluations > 1 else ""),
-                     f'<span class="{delta_cls}">{num(s.delta, 6, signed=True)}</span>', change))
+                     f'<span class="{delta_cls}">{num(step_gain, 6, signed=True)}</span>', change))
     intro = (f'<p class="muted">{len(steps) - 1} steps from the seed to the best genome, following first parents. '
-             "Δ is the change in val_bpb from the step before (negative is better)"
+             f"The gain is how much better the step's {esc(facts.metric)} is than the step before (positive is better)"
              + (f"; with a noise floor of {facts.noise.sd:.4f}, steps smaller than ~{2 * facts.noise.sd:.4f} "
                 "may be luck" if facts.noise else "") + ".</p>")
-    headers = [("step", True), ("trial", False), ("operator", False), ("val_bpb", True), ("Δ", True), ("change", False)]
+    headers = [("step", True), ("trial", False), ("operator", False), (facts.metric, True), ("gain", True),
+               ("change", False)]
     return intro + '<div class="walk">' + _html.table(headers, rows) + "</div>"
 
 
@@ -289,10 +302,10 @@ def _yields(rows: list[Yield], title: str) -> str:
     return f"<h3>By {esc(title)}</h3>" + _html.table(headers, body)
 
 
-def _trials_table(trials: list[TrialRecord], prog: Progress) -> str:
-    lineage = Lineage(trials)
+def _trials_table(trials: list[TrialRecord], prog: Progress, facts: SearchFacts) -> str:
+    lineage = Lineage(trials, direction=facts.direction)
     order = {p.trial.number: p for p in prog.points}
-    delta = gains(trials)
+    delta = gains(trials, direction=facts.direction)
     rows, attrs = [], []
     for t in sorted(trials, key=lambda t: t.number):
         point = order.get(t.number)
@@ -319,6 +332,6 @@ def _trials_table(trials: list[TrialRecord], prog: Progress) -> str:
         cls = "kept" if kept else ("failed" if is_failure(t) else "")
         attrs.append(f' id="trial-{t.number}"' + (f' class="{cls}"' if cls else ""))
     headers = [("#", True), ("order", True), ("operator", False), ("parents", False), ("proposer", False),
-               ("status", False), ("val_bpb", True), ("genome mean", True), ("gain vs parent", True), ("new best", False),
+               ("status", False), (facts.metric, True), ("genome mean", True), ("gain vs parent", True), ("new best", False),
                ("device s", True), ("description / error", False)]
     return _html.table(headers, rows, cls="sortable", row_attrs=attrs)

@@ -13,7 +13,7 @@ from population.store import TrialRecord
 def summarize(search) -> dict:
     """Everything `evo status` shows, as plain data (`--json` prints exactly this)."""
     trials = search.trials()
-    lineage = Lineage(trials)
+    lineage = search.lineage()
     best = lineage.best
     counts = Counter(t.status for t in trials)
     children = lineage.children()
@@ -32,7 +32,9 @@ def summarize(search) -> dict:
         "flagged": sum(1 for t in trials if t.attrs.get("provenance", {}).get("suspicious")),
         "running": search.is_running(),
         "best": best.trial if best else None,
-        "best_val_bpb": best.score if best else None,
+        "metric": search.config.metric,
+        "direction": search.config.direction,
+        "best_val_bpb": best.score if best else None,  # the metric's best, whatever its name (kept for scripts)
         "best_spread": best.spread if best else None,
         "best_description": best.description if best else None,
         "finished": sum(1 for t in trials if t.counts),
@@ -41,8 +43,20 @@ def summarize(search) -> dict:
         "spend_usd": spend,
         "cost_per_kept_usd": spend / kept if kept and spend else None,
         "devices": devices,
+        "hosts": _hosts(trials),
         "trials": [_trial_row(t, lineage) for t in lineage.trials],
     }
+
+
+def _hosts(trials: list[TrialRecord]) -> dict[str, dict]:
+    """For a shared search: per host, how many trials it ran and how many it runs now."""
+    hosts: dict[str, dict] = {}
+    for t in trials:
+        if t.host:
+            row = hosts.setdefault(t.host, {"trials": 0, "running": 0})
+            row["trials"] += 1
+            row["running"] += t.state == "RUNNING"
+    return hosts
 
 
 def _devices(search) -> list[dict]:
@@ -72,15 +86,16 @@ def trust_line(sandbox: str, evaluation: str) -> str:
     """How far a search's scores can be trusted, in one sentence."""
     where = {"bwrap": "in a bubblewrap sandbox", "none": "WITHOUT A SANDBOX (a genome can read the validation data, "
              "fake its score or change the search folder)"}.get(sandbox, "in a bubblewrap sandbox where bwrap works")
-    how = ("scored by the harness in separate processes (causality and statelessness probed)" if evaluation == "harness"
-           else "scored by the summary the genome prints itself (self-reported: a harness from before trusted scoring)")
+    how = {"harness": "scored by the harness in separate processes (causality and statelessness probed)",
+           "evaluated": "scored by the project's evaluation command, run apart from the genome (evaluated)"}.get(
+        evaluation, "scored by what each run prints itself (self-reported)")
     return f"trials run {where}; {how}"
 
 
 def render_status(s: dict, recent: int = 12) -> str:
     lines = [f"search {s['name']} ({'running' if s['running'] else 'stopped'}): profile {s['profile']}, "
              f"budget {s['budget']:g}s, folder {s['folder']}"]
-    lines.append(("WARNING: " if s["sandbox"] == "none" or s["evaluation"] != "harness" else "") + s["trust"])
+    lines.append(("WARNING: " if s["sandbox"] == "none" or s["evaluation"] == "self-reported" else "") + s["trust"])
     if s["flagged"]:
         lines.append(f"flagged: {s['flagged']} trial(s) reach for frames, gc, sys.modules, ctypes or the harness "
                      "(see evo show)")
@@ -91,7 +106,7 @@ def render_status(s: dict, recent: int = 12) -> str:
                  + (f", {counts['interrupted']} interrupted" if counts.get("interrupted") else ""))
     if s["best"] is not None:
         spread = f" ± {s['best_spread']:.4f}" if s["best_spread"] is not None else ""
-        lines.append(f"best: val_bpb {s['best_val_bpb']:.6f}{spread} at trial #{s['best']}: {s['best_description']}")
+        lines.append(f"best: {s['metric']} {s['best_val_bpb']:.6f}{spread} at trial #{s['best']}: {s['best_description']}")
     else:
         lines.append("best: none yet")
     if s["keep_rate"] is not None:
@@ -99,6 +114,9 @@ def render_status(s: dict, recent: int = 12) -> str:
     if s["spend_usd"]:
         per = f", ${s['cost_per_kept_usd']:.2f} per kept improvement" if s["cost_per_kept_usd"] else ""
         lines.append(f"LLM spend: ${s['spend_usd']:.2f}{per}")
+    if s.get("hosts"):
+        lines.append("hosts: " + ", ".join(f"{h} ({v['trials']} trials" + (f", {v['running']} running)" if v["running"] else ")")
+                                           for h, v in sorted(s["hosts"].items())))
     for d in s["devices"]:
         if d.get("trial") is None:
             lines.append(f"  {d['slot']:8s} idle")
@@ -106,11 +124,11 @@ def render_status(s: dict, recent: int = 12) -> str:
             loss = f", loss {d['loss']:.3f}" if d.get("loss") is not None else ""
             lines.append(f"  {d['slot']:8s} trial #{d['trial']}: {100 * (d.get('fraction') or 0):.0f}% of budget{loss}, {d['seconds']:.0f}s")
     lines.append("")
-    lines.append(f"{'#':>4}  {'operator':9s} {'parents':9s} {'status':16s} {'val_bpb':>8}  description")
+    lines.append(f"{'#':>4}  {'operator':9s} {'parents':9s} {'status':16s} {s['metric'][:12]:>12}  description")
     for row in s["trials"][-recent:]:
         parents = ",".join(str(p) for p in row["parents"]) or "-"
         mark = "*" if row["kept"] else " "
-        lines.append(f"{row['number']:>4}{mark} {row['operator']:9s} {parents:9s} {row['status']:16s} {fmt(row['val_bpb']):>8}  "
+        lines.append(f"{row['number']:>4}{mark} {row['operator']:9s} {parents:9s} {row['status']:16s} {fmt(row['val_bpb']):>12}  "
                      f"{(row['description'] or row['error'] or '')[:80]}")
     return "\n".join(lines)
 
@@ -121,14 +139,14 @@ def render_trial(search, number: int) -> str:
         last = max(trials) if trials else None
         raise LookupError(f"search {search.config.name!r} has no trial #{number}" + (f" (trials 0..{last})" if last is not None else ""))
     t = trials[number]
-    lineage = Lineage(list(trials.values()))
+    lineage = Lineage(list(trials.values()), direction=search.config.direction)
     folder = search.paths.trial(number)
     lines = [f"trial #{t.number} of {search.config.name}: {t.status}" + (" (kept: improved the best)" if lineage.kept(number) else ""),
              f"operator: {t.operator}" + (f" of {', '.join('#' + str(p) for p in t.parents)}" if t.parents else ""),
              f"proposer: {t.proposer or '-'}   seed: {t.seed}   commit: {t.commit[:12] or '-'}   branch: {search.branch(number)}"]
     if t.value is not None:
         scorer = (t.attrs.get("provenance") or {}).get("evaluator", "self-reported")
-        lines.append(f"val_bpb: {t.value:.6f} ({'scored by the harness' if scorer == 'harness' else scorer})")
+        lines.append(f"{search.config.metric}: {t.value:.6f} ({'scored by the harness' if scorer == 'harness' else scorer})")
     if t.description:
         lines.append(f"description: {t.description}")
     if t.rationale:
@@ -146,13 +164,16 @@ def render_trial(search, number: int) -> str:
     usage = t.attrs.get("usage") or {}
     if usage:
         lines.append("LLM usage: " + ", ".join(f"{k} {v}" for k, v in usage.items()))
-    diff = folder.diff
-    if diff.exists() and diff.read_text().strip():
-        lines += ["", "diff against parent(s):", diff.read_text().rstrip()]
+    diff = folder.diff.read_text() if folder.diff.exists() else _diff_from_git(search, t, trials)
+    if diff.strip():
+        lines += ["", "diff against parent(s):", diff.rstrip()]
     log = folder.run_log
     if log.exists():
         tail = log.read_text(errors="replace").splitlines()[-15:]
         lines += ["", f"log tail ({log}):"] + tail
+    elif t.attrs.get("log_tail"):  # run by another host of a shared search: its full log stayed there
+        where = f"{t.host}:{folder.run_log}" if t.host else str(folder.run_log)
+        lines += ["", f"log tail (the full log is on {where}):"] + t.attrs["log_tail"].splitlines()[-15:]
     return "\n".join(lines)
 
 
@@ -177,3 +198,11 @@ def provenance_lines(p: dict) -> list[str]:
     for flag in p.get("suspicious", []):
         lines.append(f"flagged: {flag}")
     return lines
+
+
+def _diff_from_git(search, t: TrialRecord, trials: dict) -> str:
+    """The diff of a trial whose files another host wrote, from the genomes themselves."""
+    parents = [trials[n].commit for n in t.parents if n in trials and trials[n].commit]
+    if not t.commit or not parents or search.repo.missing([t.commit, *parents]):
+        return ""
+    return "".join(f"# diff against parent {c[:10]}\n" + search.repo.diff(c, t.commit) for c in parents)

@@ -28,33 +28,37 @@ import networkx as nx
 
 from analysis.progress import is_failure
 from analysis.text import shorten
-from population.lineage import Lineage
+from population.lineage import MINIMIZE, Lineage, sign
 from population.store import DUPLICATE, TrialRecord
 
 Node = int | str  # a trial number, or "+N" for the folded branches under trial N
 
 
-def lineage_graph(trials: Iterable[TrialRecord]) -> nx.DiGraph:
+def lineage_graph(trials: Iterable[TrialRecord], *, direction: str = MINIMIZE, metric: str = "val_bpb") -> nx.DiGraph:
     """The full DAG of a search's trials.
 
     Node attributes: operator, status, description, proposer, value (the trial's own
-    val_bpb), score (its genome's mean over evaluations, None without a result), failed,
+    score), score (its genome's mean over evaluations, None without a result), rank (the
+    score with the sign that makes lower better, for ordering), failed,
     duplicate, evaluations (how many times the genome was measured), first_parent,
     generation (longest chain of parents back to a root). Edge attribute: second (True for
     a crossover's second parent).
 
     Args:
         trials: the trials of one search.
+        direction, metric: the search's metric (graph attributes, for ordering and labels).
     """
-    lineage = Lineage(list(trials))
-    g = nx.DiGraph()
+    lineage = Lineage(list(trials), direction=direction)
+    g = nx.DiGraph(direction=direction, metric=metric)
+    s = sign(direction)
     for t in lineage.trials:
         if not t.counts or t.operator == "reeval":
             continue
         ind = lineage.individual(t.number) if t.finished_ok else None
         home = ind is not None and ind.trial == t.number
         g.add_node(t.number, operator=t.operator, status=t.status, description=t.description, proposer=t.proposer,
-                   value=t.value, score=ind.score if home else None, failed=is_failure(t),
+                   value=t.value, score=ind.score if home else None, rank=s * ind.score if home else None,
+                   failed=is_failure(t),
                    duplicate=t.status == DUPLICATE or (ind is not None and not home),
                    evaluations=len(ind.values) if home else 0, first_parent=None)
     for n in list(g.nodes):
@@ -69,12 +73,12 @@ def lineage_graph(trials: Iterable[TrialRecord]) -> nx.DiGraph:
 
 
 def best_node(g: nx.DiGraph) -> int | None:
-    """The trial of the best genome in `g` (lowest mean val_bpb; ties to the earlier trial).
+    """The trial of the best genome in `g` (best mean score; ties to the earlier trial).
 
     Args:
         g: a graph from `lineage_graph`.
     """
-    scored = [(d["score"], n) for n, d in g.nodes(data=True) if isinstance(n, int) and d.get("score") is not None]
+    scored = [(d["rank"], n) for n, d in g.nodes(data=True) if isinstance(n, int) and d.get("rank") is not None]
     return min(scored)[1] if scored else None
 
 
@@ -114,7 +118,7 @@ def thin(g: nx.DiGraph, *, max_nodes: int = 70, top: int | None = None) -> tuple
     """
     if g.number_of_nodes() <= max_nodes and top is None:
         return g.copy(), 0
-    ranked = sorted((d["score"], n) for n, d in g.nodes(data=True) if d.get("score") is not None)
+    ranked = sorted((d["rank"], n) for n, d in g.nodes(data=True) if d.get("rank") is not None)
     must = {n for n in g if g.in_degree(n) == 0}
     if ranked:
         must |= {ranked[0][1]} | nx.ancestors(g, ranked[0][1])
@@ -146,16 +150,16 @@ def thin(g: nx.DiGraph, *, max_nodes: int = 70, top: int | None = None) -> tuple
         anchor = _anchor(g, n, keep)
         sid = f"+{anchor}"
         if sid not in out:
-            out.add_node(sid, summary=True, count=0, failed=0, score=None, first_parent=anchor,
+            out.add_node(sid, summary=True, count=0, failed=0, score=None, rank=None, first_parent=anchor,
                          generation=g.nodes[anchor]["generation"] + 1, operator="", status="folded",
                          description="", duplicate=False, evaluations=0, value=None, proposer="")
             out.add_edge(anchor, sid, second=False)
         s = out.nodes[sid]
         s["count"] += 1
         s["failed"] += int(g.nodes[n]["failed"])
-        score = g.nodes[n].get("score")
-        if score is not None and (s["score"] is None or score < s["score"]):
-            s["score"] = score
+        rank = g.nodes[n].get("rank")
+        if rank is not None and (s["rank"] is None or rank < s["rank"]):
+            s["score"], s["rank"] = g.nodes[n]["score"], rank
     return out, folded
 
 
@@ -178,7 +182,8 @@ class TreeView:
     engine: str                                  # "tree" (our layered layout) or "dot" (graphviz)
 
 
-def tree_view(trials: Iterable[TrialRecord], *, max_nodes: int = 70, engine: str = "auto") -> TreeView:
+def tree_view(trials: Iterable[TrialRecord], *, max_nodes: int = 70, engine: str = "auto",
+              direction: str = MINIMIZE, metric: str = "val_bpb") -> TreeView:
     """Build, thin and lay out the lineage of a search.
 
     Args:
@@ -186,8 +191,9 @@ def tree_view(trials: Iterable[TrialRecord], *, max_nodes: int = 70, engine: str
         max_nodes: thin the graph to about this many nodes (see `thin`).
         engine: "tree" for our layered layout by generation, "dot" for graphviz (must be
             installed), "auto" for dot when the `dot` program is on PATH, else tree.
+        direction, metric: the search's metric.
     """
-    full = lineage_graph(trials)
+    full = lineage_graph(trials, direction=direction, metric=metric)
     path = first_parent_path(full, best_node(full))
     g, folded = thin(full, max_nodes=max_nodes)
     use_dot = engine == "dot" or (engine == "auto" and shutil.which("dot") is not None)
@@ -212,7 +218,7 @@ def _tree_layout(g: nx.DiGraph, on_path: set) -> dict[Node, tuple[float, float]]
         (kids[d["first_parent"]] if d.get("first_parent") in kids else roots).append(n)
     best_below: dict[Node, float] = {}
     for n in reversed(list(nx.topological_sort(g))):  # children before parents
-        own = g.nodes[n].get("score")
+        own = g.nodes[n].get("rank")
         below = [best_below[c] for c in kids[n]] + ([own] if own is not None else [])
         best_below[n] = min(below, default=math.inf)
 
@@ -270,31 +276,36 @@ def _dot_layout(g: nx.DiGraph) -> dict[Node, tuple[float, float]] | None:
 # -- colours ------------------------------------------------------------------------------------
 
 def score_norm(g: nx.DiGraph):
-    """The colour scale of val_bpb: from the best genome to a cap above the seed.
+    """The colour scale of the score: from the best genome to a cap on the worse side of the seed.
 
     The cap (the seed's score plus twice the search's total gain, or the median genome
-    when that is higher, but no more than the 90th percentile) keeps one diverged genome
-    from washing every other node into one colour.
+    when that is worse, but no worse than the 90th percentile) keeps one diverged genome
+    from washing every other node into one colour. Worked out in rank terms (lower is
+    better), so a maximised metric gets the same scale mirrored.
 
     Args:
         g: a (possibly thinned) lineage graph.
     """
     from matplotlib.colors import Normalize
 
-    scores = sorted(d["score"] for d in g.nodes.values() if d.get("score") is not None)
-    if not scores:
+    s = sign(g.graph.get("direction", MINIMIZE))
+    ranks = sorted(d["rank"] for d in g.nodes.values() if d.get("rank") is not None)
+    if not ranks:
         return Normalize(0, 1)
-    best = scores[0]
-    roots = [d["score"] for n, d in g.nodes(data=True) if g.in_degree(n) == 0 and d.get("score") is not None]
-    seed = roots[0] if roots else scores[len(scores) // 2]
-    q90 = scores[int(0.9 * (len(scores) - 1))]
-    median = scores[len(scores) // 2]
+    best = ranks[0]
+    roots = [d["rank"] for n, d in g.nodes(data=True) if g.in_degree(n) == 0 and d.get("rank") is not None]
+    seed = roots[0] if roots else ranks[len(ranks) // 2]
+    q90 = ranks[int(0.9 * (len(ranks) - 1))]
+    median = ranks[len(ranks) // 2]
     # Wide enough for half the genomes, even when the search barely moved from the seed.
     top = max(min(max(seed + 2 * max(seed - best, 1e-3), median), max(q90, seed)), best + 1e-3)
-    return Normalize(best, top)
+    return Normalize(min(s * best, s * top), max(s * best, s * top))
 
 
-CMAP = "viridis_r"  # low val_bpb (good) is bright yellow-green, high is dark blue
+def colour_map(g: nx.DiGraph):
+    """The colour map: the best genomes bright yellow-green, the worst dark blue, in either direction."""
+    from matplotlib import colormaps
+    return colormaps["viridis_r" if g.graph.get("direction", MINIMIZE) == MINIMIZE else "viridis"]
 
 
 def node_colour(d: dict, norm, cmap) -> str:
@@ -315,8 +326,9 @@ def node_colour(d: dict, norm, cmap) -> str:
 # -- the figure --------------------------------------------------------------------------------
 
 def plot_lineage(trials: Iterable[TrialRecord], path: str | Path | None = None, *, title: str = "",
-                 max_nodes: int = 70, engine: str = "auto", view: TreeView | None = None):
-    """Draw the lineage tree: nodes coloured by val_bpb, failures grey, the path to the best in red.
+                 max_nodes: int = 70, engine: str = "auto", view: TreeView | None = None,
+                 direction: str = MINIMIZE, metric: str = "val_bpb"):
+    """Draw the lineage tree: nodes coloured by score, failures grey, the path to the best in red.
 
     Args:
         trials: the trials of one search.
@@ -324,17 +336,17 @@ def plot_lineage(trials: Iterable[TrialRecord], path: str | Path | None = None, 
         title: the figure's title (default: a generic one with the counts).
         max_nodes: thin larger searches to about this many nodes.
         engine: layout engine, see `tree_view`.
-        view: a ready TreeView (then `max_nodes` and `engine` are not used).
+        view: a ready TreeView (then `max_nodes`, `engine`, `direction` and `metric` are not used).
+        direction, metric: the search's metric.
 
     Returns:
         The matplotlib Figure.
     """
-    from matplotlib import colormaps
     from matplotlib.cm import ScalarMappable
 
     from analysis import _style
 
-    view = view or tree_view(trials, max_nodes=max_nodes, engine=engine)
+    view = view or tree_view(trials, max_nodes=max_nodes, engine=engine, direction=direction, metric=metric)
     g = view.graph
     frame = _Frame.of(view)
     fig, ax = _style.new_figure(frame.width, frame.height)
@@ -343,14 +355,16 @@ def plot_lineage(trials: Iterable[TrialRecord], path: str | Path | None = None, 
         ax.text(0.5, 0.5, "no finished trials yet", transform=ax.transAxes, ha="center", va="center")
         ax.set_axis_off()
         return _style.finish(fig, path)
-    cmap, norm = colormaps[CMAP], score_norm(g)
+    cmap, norm = colour_map(g), score_norm(g)
     _draw_edges(ax, view)
     kinds = _draw_nodes(ax, view, norm, cmap)
     _label_nodes(ax, view, frame)
     _set_axes(ax, view)
     bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, shrink=1.0 if frame.height < 6 else 0.6,
-                       pad=0.01, extend="max", location="right")
-    bar.set_label("val_bpb (genome mean; lower is better)")
+                       pad=0.01, extend="max" if g.graph.get("direction", MINIMIZE) == MINIMIZE else "min",
+                       location="right")
+    bar.set_label(f"{g.graph.get('metric', 'val_bpb')} (genome mean; "
+                  f"{'lower' if g.graph.get('direction', MINIMIZE) == MINIMIZE else 'higher'} is better)")
     handles = _legend(view, kinds)
     fig.legend(handles=handles, loc="outside lower left", ncols=min(4, len(handles)), frameon=False, fontsize=8.5)
     return _style.finish(fig, path)
@@ -382,7 +396,7 @@ def _heading(view: TreeView, title: str) -> str:
     shown = sum(1 for n in g if not isinstance(n, str))
     sub = f"{view.total} trials" + (f"; {shown} shown, {view.folded} in folded branches (+n)" if view.folded else "")
     if best is not None:
-        sub += f"; best #{best}, val_bpb {g.nodes[best]['score']:.4f}"
+        sub += f"; best #{best}, {g.graph.get('metric', 'val_bpb')} {g.nodes[best]['score']:.4f}"
     return f"{title or 'lineage of the search'}\n{sub}"
 
 
@@ -535,7 +549,6 @@ def lineage_svg(view: TreeView, *, link: Callable[[Node], str] = lambda n: f"#tr
         view: a TreeView from `tree_view`.
         link: the href of a trial node (default: the report's table row anchor).
     """
-    from matplotlib import colormaps
 
     g, pos = view.graph, view.positions
     if not g:
@@ -545,7 +558,7 @@ def lineage_svg(view: TreeView, *, link: Callable[[Node], str] = lambda n: f"#tr
     ys = [-p[1] * sy for p in pos.values()]
     x0, y0 = min(xs) - 30, min(ys) - 20
     w, h = max(xs) - x0 + 260, max(ys) - y0 + 30
-    cmap, norm = colormaps[CMAP], score_norm(g)
+    cmap, norm = colour_map(g), score_norm(g)
 
     def xy(n):
         return pos[n][0] * sx - x0, -pos[n][1] * sy - y0
@@ -567,13 +580,13 @@ def lineage_svg(view: TreeView, *, link: Callable[[Node], str] = lambda n: f"#tr
         x, y = xy(n)
         if d.get("summary"):
             tip = f"{d['count']} more trials under #{str(n)[1:]} ({d['failed']} failed)" + (
-                f", best val_bpb {d['score']:.4f}" if d.get("score") is not None else "")
+                f", best {g.graph.get('metric', 'val_bpb')} {d['score']:.4f}" if d.get("score") is not None else "")
             parts.append(f'<g class="fold"><title>{html.escape(tip)}</title><rect x="{x - 5:.1f}" y="{y - 5:.1f}" '
                          f'width="10" height="10"/><text x="{x + 9:.1f}" y="{y + 4:.1f}">+{d["count"]}</text></g>')
             continue
         value = f"{d['score']:.4f}" + (f" (mean of {d['evaluations']})" if d["evaluations"] > 1 else "") \
             if d.get("score") is not None else d["status"]
-        tip = f"#{n} {d['operator']}: {d['description'] or '-'}\nval_bpb {value}\nproposer {d['proposer'] or '-'}"
+        tip = f"#{n} {d['operator']}: {d['description'] or '-'}\n{g.graph.get('metric', 'val_bpb')} {value}\nproposer {d['proposer'] or '-'}"
         cls = "node" + (" failed" if d.get("failed") else "") + (" onpath" if n in view.path else "") + \
             (" dup" if d.get("duplicate") and d.get("score") is None else "")
         fill = node_colour(d, norm, cmap) if not d.get("failed") else "#c8c8c8"

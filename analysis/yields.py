@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from analysis.progress import children, is_failure
-from population.lineage import Lineage
+from population.lineage import MINIMIZE, Lineage, gain
 from population.store import TrialRecord
 
 
@@ -40,25 +40,27 @@ class Yield:
         return self.improved / self.children if self.children else None
 
 
-def gains(trials: Iterable[TrialRecord]) -> dict[int, float]:
-    """Parent score minus child score for every freshly evaluated child (positive: it improved).
+def gains(trials: Iterable[TrialRecord], *, direction: str = MINIMIZE) -> dict[int, float]:
+    """How much better each freshly evaluated child is than its parent (positive: it improved).
 
     Args:
         trials: the trials of one search.
+        direction: whether the metric is minimised (gain = parent - child) or maximised.
     """
     trials = list(trials)
-    lineage = Lineage(trials)
+    lineage = Lineage(trials, direction=direction)
     out = {}
     for t in children(trials):
         if not t.finished_ok:
             continue
         parent, own = lineage.parent_score(t), lineage.score_of(t.number)
         if parent is not None and own is not None:
-            out[t.number] = parent - own
+            out[t.number] = gain(parent, own, direction)
     return out
 
 
-def yield_by(trials: Iterable[TrialRecord], *, key: str | Callable[[TrialRecord], str] = "operator") -> list[Yield]:
+def yield_by(trials: Iterable[TrialRecord], *, key: str | Callable[[TrialRecord], str] = "operator",
+             direction: str = MINIMIZE) -> list[Yield]:
     """Yield of children grouped by operator, proposer or any function of the trial.
 
     Args:
@@ -70,7 +72,7 @@ def yield_by(trials: Iterable[TrialRecord], *, key: str | Callable[[TrialRecord]
     """
     trials = list(trials)
     group_of = key if callable(key) else (lambda t: getattr(t, key) or "unknown")
-    delta = gains(trials)
+    delta = gains(trials, direction=direction)
     groups: dict[str, list[TrialRecord]] = {}
     for t in children(trials):
         groups.setdefault(group_of(t), []).append(t)

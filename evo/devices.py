@@ -74,7 +74,27 @@ def check_slots(slots: list[Slot], cuda_devices: int) -> list[str]:
 
 
 def default_slots(search) -> list[Slot]:
-    """Every GPU the search's harness sees, else one CPU slot (what `--devices` defaults to)."""
-    from evo.search import describe_harness
+    """Every GPU this machine has, else one CPU slot (what `--devices` defaults to).
 
-    return parse_devices(None, describe_harness(search.harness[0], search.config.profile)["cuda_devices"])
+    A search with evoresearch's harness asks it (it sees what its torch sees); any other
+    project is answered by nvidia-smi."""
+    return parse_devices(None, visible_gpus(search))
+
+
+def visible_gpus(search) -> int:
+    """How many GPUs a search's trials can use here: what its harness's torch sees, or for any
+    other project what nvidia-smi lists."""
+    if not search.config.target:
+        from evo.targets import describe_harness
+        return int(describe_harness(search.paths.harness / "prepare.py", search.config.profile).get("cuda_devices", 0))
+    return nvidia_gpus()
+
+
+def nvidia_gpus() -> int:
+    """The GPUs nvidia-smi lists (0 without it)."""
+    import shutil
+    import subprocess
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    proc = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
+    return sum(1 for line in proc.stdout.splitlines() if line.startswith("GPU ")) if proc.returncode == 0 else 0

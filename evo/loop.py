@@ -7,6 +7,10 @@ busy (unless the strategy asks for exact sequential semantics), committed to the
 population repository by this thread alone, run by the runner in the device's worktree,
 and told to the store. All state lives in the store and git, so `run` after any kind of
 stop continues where the search left off.
+
+The same loop is a worker of a search shared by several hosts (`evo.hosts.SharedHosts`):
+then a child becomes a trial only inside the store's claim, after a fresh look at the
+study (the trial limit, a genome another host is training, a re-run someone already took).
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ import os
 import random
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -30,11 +33,13 @@ from typing import Callable
 
 import optuna
 
-from evo.devices import Slot, check_slots, parse_devices
+from evo.devices import Slot, check_slots, parse_devices, visible_gpus
+from evo.hosts import OneHost, SharedHosts
 from evo.proposers import Genome, Proposal, ProposalContext, Proposer, ProposerError, ProposerUnavailable, cap_proposal
 from evo.pruners import make_pruner
-from evo.runner import Limits, TrialResult, TrialRunner, trial_environment
-from evo.search import DataCheck, check_harness, data_cache_root, describe_harness, trial_runner
+from evo.runner import Limits, TrialResult, TrialRunner
+from evo.search import DataCheck, check_harness
+from evo.targets import target_of
 from evo.strategies import NoParentError, Plan, Strategy
 from population.genomes import genome_hash
 from population.importer import check_runnable
@@ -87,6 +92,7 @@ class Child:
     island: int = 0
     rerun_of: int | None = None
     attrs: dict = field(default_factory=dict)
+    published: bool = False             # its commit is on a shared search's remote
 
 
 @dataclass(kw_only=True)
@@ -94,7 +100,7 @@ class RunOptions:
     """How long and how a search runs this time (not fixed: each `evo run` may change them).
 
     trials: total finished trials in the search, seed included.
-    hours: wall-clock limit of this run.
+    hours: wall-clock limit of this run (counted from `since`).
     reeval: extra seeds for a genome that becomes the best.
     prune: stop children whose loss is clearly behind (with `pruner`, or the default rule).
     pruner: the Optuna pruner `prune` uses (default: `evo.pruners.make_pruner()`).
@@ -102,6 +108,8 @@ class RunOptions:
     max_memory_gb: memory (RSS) one trial's processes may use before they are stopped as oom
         (default: 85% of the machine's memory shared among the slots).
     max_cost_usd: stop proposing once the LLM spend reaches this.
+    since: when `hours` starts counting (epoch seconds; default: when the run starts). A shared
+        search's workers count from its first trial.
     api_backoff: (first, longest) seconds to wait before asking a proposer's API again once it
         stopped answering; each failed try doubles the wait. The search never stops for an outage.
     reeval_while_waiting: while the API is down, idle devices re-evaluate the best genomes until
@@ -116,6 +124,7 @@ class RunOptions:
     max_vram_gb: float | None = None
     max_memory_gb: float | None = None
     max_cost_usd: float | None = None
+    since: float | None = None
     api_backoff: tuple[float, float] = (15.0, 600.0)
     reeval_while_waiting: int = 3
 
@@ -166,16 +175,23 @@ class SearchLoop:
             again) and "stopped".
         python: the interpreter that runs trials (default: this one).
         runner: runs one genome (default: a `TrialRunner` over the search's harness).
+        hosts: who else works on the search (default: `SharedHosts` for a shared search, which must be
+            opened with `Search.open(name, worker=True)`; else nobody, `OneHost`).
     """
 
     def __init__(self, search: Search, strategy: Strategy, proposer: Proposer, slots: list[Slot], options: RunOptions,
                  *, on_event: Callable[[str, dict], None] | None = None, python: str | None = None,
-                 runner: TrialRunner | None = None):
+                 runner: TrialRunner | None = None, hosts: OneHost | None = None):
         self.search, self.strategy, self.proposer, self.slots, self.options = search, strategy, proposer, slots, options
         self.on_event = on_event or (lambda kind, info: None)
         self.python = python or sys.executable
-        self.runner = runner or trial_runner(search, python=self.python)
+        self.target = target_of(search.config)
+        self.runner = runner or self.target.runner(search, python=self.python)
         self.data_check = DataCheck(search, self.runner.data)
+        # A shared search's study has other writers: treating it as this host's alone would fail their trials.
+        self.hosts = hosts or (SharedHosts(search) if search.config.shared else OneHost())
+        self._recovered = False
+        self._snapshot, self._snapshot_at = None, 0.0   # see _trials
         self.stop = threading.Event()          # set on Ctrl-C: stop planning, kill running trials
         self.started = time.time()
         self._pending: list[cf.Future] = []     # proposals being prepared (FIFO)
@@ -197,10 +213,9 @@ class SearchLoop:
     def run(self) -> StopReason:
         """Run until done; return why it stopped. Records survive any exception or signal."""
         check_runnable(self.search)
-        cfg = self.search.config
-        check_slots(self.slots, int(describe_harness(self.search.harness[0], cfg.profile).get("cuda_devices", 0)))
+        check_slots(self.slots, visible_gpus(self.search))
         self.search.store.pruner = self.options.pruner_in_use()
-        self.search.store.name_metric()  # a search made before metrics were named
+        self.search.store.name_metric(self.search.config.metric)  # a search made before metrics were named
         reason = INTERRUPTED_STOP
         with self.search.lock(), cf.ThreadPoolExecutor(max_workers=len(self.slots), thread_name_prefix="trial") as runs:
             # Not a `with` block: on a stop we must not wait for an LLM call still in flight.
@@ -210,16 +225,38 @@ class SearchLoop:
                 self._prepare_data()
                 check_harness(self.search)
                 self.data_check.verify()
-                self._recover()
-                reason = self._steady_state()
+                self.hosts.begin(self)
+                reason = self._outlast_outages()
             finally:
                 self._shut_down(proposals)
+                self.hosts.end(self)
         self.on_event("stopped", {"reason": str(reason), "kind": reason.kind.value})
         return reason
+
+    def _outlast_outages(self) -> StopReason:
+        """Recover, then run the steady state; a shared search's worker waits out a lost database or remote."""
+        while True:
+            try:
+                if not self._recovered:
+                    self._recover()
+                    self._recovered = True
+                return self._steady_state()
+            except Exception as e:
+                if not self.hosts.transient(e):
+                    raise
+                gave_up = self.hosts.wait_out(e, self)
+                if self.stop.is_set():  # stopped while waiting: leave now, the rest is the other workers'
+                    return INTERRUPTED_STOP
+                if gave_up is not None:
+                    self._error = StopReason(StopKind.ERROR, gave_up)
+                    return self._error
 
     def _steady_state(self) -> StopReason:
         """Plan, launch and finish trials until a limit says stop and nothing runs any more."""
         while True:
+            if self.hosts.trials_max_age is None:
+                self._snapshot = None
+            self.hosts.poll(self)
             limit = self._limit_reached()
             if limit is None:
                 self._plan_more()
@@ -233,7 +270,8 @@ class SearchLoop:
                     continue
             idle = not self._pending and not self._ready and self._outage is None
             if not self._running and ((limit is not None and limit.halts) or idle):
-                return self._limit_reached() or StopReason(StopKind.EXHAUSTED, "nothing left to plan")
+                if limit is not None or not self.hosts.others_running(self.search, set()):
+                    return self._limit_reached() or StopReason(StopKind.EXHAUSTED, "nothing left to plan")
             self._wait()
 
     def _shut_down(self, proposals: cf.ThreadPoolExecutor) -> None:
@@ -241,36 +279,42 @@ class SearchLoop:
         self.proposer.close()  # abandons LLM calls in flight and kills agents: their proposals end at once
         proposals.shutdown(wait=False, cancel_futures=True)
         for future in list(self._running):
-            self._finish(future)
+            self._unless_away(self._finish, future)
         cf.wait(self._pending, timeout=SHUTDOWN_WAIT)
         for future in self._pending:  # prepared but never run: what an LLM was paid for is kept
             if future.done() and not future.cancelled() and future.exception() is None:
-                self._keep_unrun(future.result())
+                self._unless_away(self._keep_unrun, future.result())
         self._pending.clear()
         self._write_devices()
 
     def _keep_unrun(self, child: Child) -> None:
         """A proposal the stop left unrun. An offline one costs nothing and goes; an LLM's was paid
-        for: its cost counts, a valid child is recorded as interrupted (the next run trains it)
-        and a failed one as invalid, with its prompt and response files either way."""
+        for: its cost counts, and it is recorded (a valid child as interrupted, so the next run
+        trains it; a failed one as invalid) with its prompt and response files."""
         p = child.proposal
         if p is None or not (p.usage.get("calls") or p.usage.get("aborted_calls")):
             return
         if p.usage.get("cost_usd"):
             self.search.store.add_spend(float(p.usage["cost_usd"]))
-        lineage = self.search.lineage()
+        search = self.search
+        lineage = search.lineage()
         parent_commits = [lineage.by_number[n].commit for n in child.parents if n in lineage.by_number]
         attrs = self._trial_attrs(child)
-        if not p.ok:
-            self._record_invalid(child, attrs, parent_commits)
-            return
-        commit = self.search.repo.commit(p.files, parents=parent_commits, message=_commit_message(child, p))
-        attrs.update(commit=commit, tree=self.search.repo.tree_of(commit))
-        number = self.search.store.start(attrs)
-        self.search.repo.set_branch(self.search.branch(number), commit)
-        self._write_trial_files(number, p, commit, parent_commits)
-        self.search.store.finish(number, status=INTERRUPTED, error="the search stopped before it ran; the next run "
-                                 "trains it")
+        if p.ok:
+            child.commit = child.commit or search.repo.commit(p.files, parents=parent_commits,
+                                                              message=_commit_message(child, p))
+            if not child.published:
+                self.hosts.publish(search, child.commit)
+            attrs.update(commit=child.commit, tree=search.repo.tree_of(child.commit))
+        with search.store.claim():
+            number = search.store.start({**attrs, "seed": child.seed})
+        self._write_trial_files(number, p, child.commit if p.ok else None, parent_commits)
+        if p.ok:
+            search.repo.set_branch(search.branch(number), child.commit)
+            search.store.finish(number, status=INTERRUPTED, error="the search stopped before it ran; the next run "
+                                "trains it")
+        else:
+            search.store.finish(number, status=INVALID, error=p.error)
 
     def abandon(self) -> None:
         """Kill everything this loop started, at once (a second Ctrl-C, before the process exits):
@@ -285,6 +329,15 @@ class SearchLoop:
                 except (ProcessLookupError, PermissionError):
                     pass
 
+    def _unless_away(self, action, *args) -> None:
+        """Do `action` while stopping; a shared worker whose database is away leaves it undone (its
+        trials go stale and are re-run elsewhere) instead of failing the stop."""
+        try:
+            action(*args)
+        except Exception as e:
+            if not self.hosts.transient(e):
+                raise
+
     def _limit_reached(self) -> StopReason | None:
         """Why no new child should be planned, or None to go on."""
         o = self.options
@@ -294,17 +347,27 @@ class SearchLoop:
             return self._error
         if o.trials is not None and self._counted() >= o.trials:
             return StopReason(StopKind.TRIALS, f"reached {o.trials} trials")
-        if o.hours is not None and time.time() - self.started >= o.hours * 3600:
+        if o.hours is not None and time.time() - (o.since or self.started) >= o.hours * 3600:
             return StopReason(StopKind.HOURS, f"reached the {o.hours:g} h limit")
         if o.max_cost_usd is not None and self.search.store.spend_usd >= o.max_cost_usd:
             return StopReason(StopKind.COST, f"LLM spend reached the ${o.max_cost_usd:g} cap")
         return None
 
     def _counted(self) -> int:
-        return sum(1 for t in self.search.trials() if t.counts)
+        return sum(1 for t in self._trials() if t.counts)
 
-    def _in_flight(self) -> int:
-        return len(self._running) + len(self._pending) + len(self._ready)
+    def _trials(self):
+        """The trials as the limit check and the planner see them: read again after this loop wrote, and
+        on one host at every turn; a shared search's worker re-reads what others did every few seconds
+        (`hosts.trials_max_age`) rather than every second while its trials run. Whatever it decides
+        from them is checked again against a fresh read under the claim."""
+        age = self.hosts.trials_max_age
+        if self._snapshot is None or (age is not None and time.monotonic() - self._snapshot_at > age):
+            self._snapshot, self._snapshot_at = self.search.trials(), time.monotonic()
+        return self._snapshot
+
+    def _queued(self) -> int:
+        return len(self._pending) + len(self._ready)
 
     def _wait(self) -> None:
         """Sleep until a trial ends or a proposal becomes ready (a ready one waits for a device, not us)."""
@@ -313,7 +376,7 @@ class SearchLoop:
             done, _ = cf.wait(waiting, timeout=1.0, return_when=cf.FIRST_COMPLETED)
         else:
             done = set()
-            self.stop.wait(0.2)
+            self.stop.wait(self.hosts.idle_wait)
         for future in done:
             if future in self._running:
                 self._finish(future)
@@ -324,38 +387,18 @@ class SearchLoop:
     # -- start-up ---------------------------------------------------------------------
 
     def _prepare_data(self) -> None:
-        """Run the harness's preparation once before any trial (a no-op when the cache has it)."""
+        """The target's preparation before any trial (a harness prepares its data; a no-op when cached)."""
         cfg = self.search.config
-        env = trial_environment(profile=cfg.profile, budget=cfg.budget, seed=cfg.seed, device="cpu",
-                                data=cfg.data, cache_dir=str(data_cache_root(cfg)), base=dict(os.environ))
         self.on_event("preparing", {"profile": cfg.profile, "data": cfg.data})
-        proc = subprocess.Popen([self.python, str(self.search.harness[0]), "--profile", cfg.profile,
-                                 "--source", cfg.data], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, cwd=self.search.paths.harness)
-        lines = []
-        for line in proc.stdout:  # a download can take a while: pass its progress on as it comes
-            lines.append(line.rstrip())
-            self.on_event("preparing", {"line": line.rstrip()})
-        if proc.wait() != 0:
-            raise SearchError(f"preparing data failed: {(lines or ['no output'])[-1]}")
+        self.target.prepare(self.search, python=self.python, say=lambda line: self.on_event("preparing", {"line": line}))
 
     def _recover(self) -> None:
         """Make the store and git agree after a crash, and queue what was left unfinished."""
         search = self.search
-        for orphan in search.store.fail_running():
-            _kill_leftover(orphan.attrs.get("pid"))
-            self.on_event("recovered", {"trial": orphan.number})
+        self.recover_orphans()
         trials = search.trials()
-        for t in trials:  # a trial asked for just before a crash may lack its branch
-            if t.commit and not search.repo.has_branch(search.branch(t.number)):
-                search.repo.set_branch(search.branch(t.number), t.commit)
-        rerun = {t.attrs.get("rerun_of") for t in trials if t.attrs.get("rerun_of") is not None}
-        for t in trials:
-            if t.status == INTERRUPTED and t.commit and t.number not in rerun:
-                self._ready.append(Child(t.operator, t.parents, commit=t.commit, seed=t.seed,
-                                         island=int(t.attrs.get("island", 0)), rerun_of=t.number,
-                                         attrs={k: t.attrs[k] for k in ("description", "rationale", "proposer", "usage")
-                                                if k in t.attrs}))
+        self.hosts.sync(search, trials)
+        self.queue_reruns(trials)
         if not any(t.finished_ok for t in trials) and not any(c.operator == "seed" for c in self._ready):
             # No genome has ever run successfully: nothing to breed from but the seed. A seed that
             # failed before (a device that was not there, a bug since fixed by `evo reseed`) runs again.
@@ -366,6 +409,24 @@ class SearchLoop:
             self._ready.insert(0, Child("seed", [], commit=search.config.seed_commit, seed=search.config.seed,
                                         attrs={"description": "seed genome", "proposer": "seed"}))
 
+    def recover_orphans(self) -> None:
+        """Mark trials whose worker is gone as interrupted; kill what they left running on this host."""
+        for orphan in self.hosts.fail_orphans(self.search):
+            if self.hosts.is_here(orphan):
+                _kill_leftover(orphan.attrs.get("pid"))
+            self.on_event("recovered", {"trial": orphan.number, "host": orphan.host})
+
+    def queue_reruns(self, trials) -> None:
+        """Queue a re-run of every interrupted trial nobody has re-run (nor queued here) yet."""
+        rerun = {t.attrs.get("rerun_of") for t in trials if t.attrs.get("rerun_of") is not None}
+        rerun |= {c.rerun_of for c in self._ready if c.rerun_of is not None}
+        for t in trials:
+            if t.status == INTERRUPTED and t.commit and t.number not in rerun:
+                self._ready.append(Child(t.operator, t.parents, commit=t.commit, seed=t.seed,
+                                         island=int(t.attrs.get("island", 0)), rerun_of=t.number,
+                                         attrs={k: t.attrs[k] for k in ("description", "rationale", "proposer", "usage")
+                                                if k in t.attrs}))
+
     # -- planning ---------------------------------------------------------------------
 
     def _free_slots(self) -> list[Slot]:
@@ -373,17 +434,18 @@ class SearchLoop:
         return [s for s in self.slots if s.name not in busy]
 
     def _plan_more(self) -> None:
-        limit = self.options.trials
         while True:
-            if limit is not None and self._counted() + self._in_flight() >= limit:
-                return
             if self.strategy.prefetch:
                 # One prepared child per device, so a freed device never waits on a proposal.
                 if len(self._pending) + len(self._ready) >= len(self.slots):
                     return
             elif len(self._pending) + len(self._ready) >= len(self._free_slots()):
                 return  # sequential semantics: plan only for a device that is free now
-            lineage = self.search.lineage()
+            limit = self.options.trials
+            trials = self._trials()
+            if limit is not None and sum(1 for t in trials if t.counts or t.state == "RUNNING") + self._queued() >= limit:
+                return
+            lineage = Lineage(trials, direction=self.search.config.direction)
             reeval = self._reeval_child(lineage)
             if reeval is not None:
                 self._ready.append(reeval)
@@ -391,19 +453,20 @@ class SearchLoop:
             offline_only = self._outage is not None and (self._waiting_for_api() or self._probe in self._pending)
             if offline_only and not self.proposer.offline_fallback:
                 # The API is asked again by one proposal once the wait is over; meanwhile devices re-evaluate.
-                if len(self._ready) < len(self._free_slots()):
-                    reeval = self._reeval_while_waiting(lineage)
-                    if reeval is not None:
-                        self._ready.append(reeval)
-                        continue
-                return
-            rng = random.Random(f"{self.search.config.seed}:{len(lineage.trials)}:{self._plans}")
+                reeval = self._reeval_while_waiting(lineage) if len(self._ready) < len(self._free_slots()) else None
+                if reeval is None:
+                    return
+                self._ready.append(reeval)
+                continue
+            rng = random.Random(f"{self.search.config.seed}:{len(lineage.trials)}:{self._plans}{self.hosts.salt}")
             try:
                 plan = self.strategy.plan(lineage, rng)
             except NoParentError as e:
-                if not self._running and not self._pending and not self._ready:
+                running = any(t.state == "RUNNING" for t in trials)  # elsewhere: its result may be a parent
+                if not self._running and not self._pending and not self._ready and not running:
                     self._error = StopReason(StopKind.ERROR, self._no_parent(lineage, e))
                 return
+            self.hosts.ensure(self.search, [lineage.by_number[n].commit for n in plan.parents if n in lineage.by_number])
             self._plans += 1
             future = self._proposals.submit(self._propose, plan, lineage, rng, offline_only)
             self._pending.append(future)
@@ -417,7 +480,7 @@ class SearchLoop:
         if seeds and not any(t.finished_ok for t in lineage.trials):
             t = seeds[-1]
             return (f"the seed genome failed (trial #{t.number}, {t.status}: {(t.error or 'no error line')[:160]}); "
-                    f"fix the cause and run `evo run {name}` again, which retries the seed (if train.py itself is at "
+                    f"fix the cause and run `evo run {name}` again, which retries the seed (if the seed itself is at "
                     f"fault, fix it in the project and run `evo reseed {name}` first; `evo show {name} {t.number}` "
                     f"has its log; `evo rm {name} --yes` starts over)")
         return f"cannot plan a child: {error}"
@@ -438,13 +501,15 @@ class SearchLoop:
                                                 "proposer": "reeval"})
 
     def _propose(self, plan: Plan, lineage: Lineage, rng: random.Random, offline_only: bool = False) -> Child:
-        """Worker thread: turn a plan into a child. Reads git; writes neither git nor the store (the loop's own thread owns both)."""
+        """Worker thread: turn a plan into a child. Reads git; writes neither git refs nor the store (the loop's
+        own thread owns both); a shared search's worker also commits and pushes the child here (`_publish_early`)."""
         search = self.search
         parents = [search.genome(n, lineage) for n in plan.parents]
         known = {t.tree for t in lineage.trials if t.tree}
         ctx = ProposalContext(program=search.program, mutable=search.config.mutable,
                               settings={"profile": search.config.profile, "seq_len": search.config.seq_len,
-                                        "budget": search.config.budget, "name": search.config.name},
+                                        "budget": search.config.budget, "name": search.config.name,
+                                        "metric": search.config.metric, "direction": search.config.direction},
                               lineage=lineage, rng=rng, is_known=lambda files: genome_hash(files) in known,
                               scratch=search.paths.scratch(f"plan-{self._plans}"), executor=self.runner.executor,
                               offline_only=offline_only)
@@ -471,7 +536,22 @@ class SearchLoop:
                 proposal.ok = False
                 proposal.error = (f"proposal touches files outside the mutable set: {sorted(extra)}" if extra
                                   else f"proposal lacks mutable files: {sorted(missing)}")
-        return Child(plan.operator, list(plan.parents), proposal=proposal, island=plan.island, seed=search.config.seed)
+        child = Child(plan.operator, list(plan.parents), proposal=proposal, island=plan.island, seed=search.config.seed)
+        if proposal.ok and self.hosts.shared:
+            self._publish_early(child, [g.commit for g in parents])
+        return child
+
+    def _publish_early(self, child: Child, parent_commits: list[str]) -> None:
+        """Worker thread of a shared search: commit the child (objects only, no ref) and push it while the
+        devices are busy, so neither costs a freed device time. A failed push is tried again at `_start`."""
+        try:
+            child.commit = self.search.repo.commit(child.proposal.files, parents=parent_commits,
+                                                   message=_commit_message(child, child.proposal))
+            self.hosts.publish(self.search, child.commit)
+            child.published = True
+        except Exception as e:
+            if not self.hosts.transient(e):
+                raise
 
     # -- launching --------------------------------------------------------------------
 
@@ -545,32 +625,84 @@ class SearchLoop:
             self._start(child)
 
     def _start(self, child: Child) -> None:
-        """Record the child as a trial and run it, unless it is an invalid proposal or a known genome."""
+        """Record the child as a trial and run it, unless it is an invalid proposal, a known genome, or
+        no longer wanted (the trial limit is full, or another worker already took its re-run)."""
         search, repo = self.search, self.search.repo
+        try:  # a trial without a sandbox could have changed them since the last one
+            check_harness(search)
+            self.data_check.quick()
+        except SearchError as e:
+            self._error = StopReason(StopKind.ERROR, str(e))
+            return
+        self._snapshot = None
         lineage = search.lineage()
         parent_commits = [lineage.by_number[n].commit for n in child.parents if n in lineage.by_number]
         attrs = self._trial_attrs(child)
         p = child.proposal
+        tree = original = None
+        try:
+            if p is not None and p.ok:
+                if child.commit is None:
+                    child.commit = repo.commit(p.files, parents=parent_commits, message=_commit_message(child, p))
+                if not child.published:
+                    self.hosts.publish(search, child.commit)  # on the remote before its trial exists
+                    child.published = True
+            elif child.commit is not None:  # the seed, a re-run or a re-evaluation: maybe another host's genome
+                self.hosts.ensure(search, [child.commit, *parent_commits])
+            if child.commit is not None:
+                tree = repo.tree_of(child.commit)
+                attrs.update(commit=child.commit, tree=tree)
+            with search.store.claim():
+                if self.hosts.shared:
+                    lineage = search.lineage()  # as other workers left it, and no one changes it until we are done
+                if not self._admit(child, lineage):
+                    return
+                if tree is not None and child.operator in ("mutate", "crossover") and child.rerun_of is None:
+                    original = next((t for t in lineage.trials if t.tree == tree and t.operator != "reeval"
+                                     and t.status not in (INVALID, INTERRUPTED)), None)
+                number = search.store.start({**attrs, "seed": child.seed})
+        except Exception as e:
+            if self.hosts.transient(e):  # not recorded: try again once the database or remote is back
+                self._ready.insert(0, child)
+            raise
+        self._snapshot = None
+        self.hosts.started(number, child.commit)
         if p is not None and not p.ok:
-            self._record_invalid(child, attrs, parent_commits)
-            return
-        if child.commit is None:
-            child.commit = repo.commit(p.files, parents=parent_commits, message=_commit_message(child, p))
-        tree = repo.tree_of(child.commit)
-        attrs.update(commit=child.commit, tree=tree)
-        if child.operator in ("mutate", "crossover") and child.rerun_of is None:
-            original = next((t for t in lineage.trials if t.tree == tree and t.status not in (INVALID, INTERRUPTED)
-                             and t.operator != "reeval"), None)
-            if original is not None:  # identical genome: reuse, never train twice
-                self._record_duplicate(child, attrs, parent_commits, original, lineage)
-                return
-        self._launch(child, attrs, parent_commits, tree)
+            self._record_invalid(child, attrs, parent_commits, number)
+        elif original is not None:  # identical genome (trained, or training on some host): reuse, never train twice
+            self._record_duplicate(child, attrs, parent_commits, original, lineage, number)
+        else:
+            self._launch(child, attrs, parent_commits, tree, number)
+
+    def _admit(self, child: Child, lineage: Lineage) -> bool:
+        """Whether `child` should still become a trial, judged from the study as it is now (inside the claim).
+
+        On one host the loop's own bookkeeping already made sure of all this; with other
+        workers it is where the trial limit holds across hosts, a re-run is taken once, the
+        seed is trained once, and re-evaluations stop at the number asked for."""
+        trials, limit = lineage.trials, self.options.trials
+        if limit is not None and sum(1 for t in trials if t.counts or t.state == "RUNNING") >= limit:
+            return False
+        if child.rerun_of is not None:
+            return not any(t.attrs.get("rerun_of") == child.rerun_of for t in trials)
+        if child.operator == "seed":  # a seed that failed runs again (after its cause was fixed)
+            return not any(t.operator == "seed" and (t.finished_ok or t.state == "RUNNING") for t in trials)
+        if child.operator == "reeval" and self.hosts.shared:
+            genome = lineage.individual(child.parents[0])
+            tree = genome.tree if genome else None
+            done = len(genome.values) if genome else 0
+            running = sum(1 for t in trials if t.state == "RUNNING" and t.tree == tree)
+            if done + running >= 1 + self.options.reeval:
+                return False
+            child.seed = self.search.config.seed + done + running  # no two hosts pick the same new seed
+        return True
 
     def _trial_attrs(self, child: Child) -> dict:
         attrs = {"operator": child.operator, "parents": child.parents, "seed": child.seed, "island": child.island,
                  "strategy": self.strategy.name, **child.attrs}
         if child.rerun_of is not None:
             attrs["rerun_of"] = child.rerun_of
+        attrs.update(self.hosts.trial_attrs())
         p = child.proposal
         if p is not None:
             attrs.update(description=p.description, rationale=p.rationale, proposer=p.proposer, usage=p.usage)
@@ -578,17 +710,16 @@ class SearchLoop:
                 attrs["capped"] = p.capped
         return attrs
 
-    def _record_invalid(self, child: Child, attrs: dict, parent_commits: list[str]) -> None:
+    def _record_invalid(self, child: Child, attrs: dict, parent_commits: list[str], number: int) -> None:
         p = child.proposal
-        number = self.search.store.start(attrs)
         self._write_trial_files(number, p, None, parent_commits)
         self.search.store.finish(number, status=INVALID, error=p.error)
         self.on_event("finished", {"trial": number, "status": INVALID, "error": p.error, "operator": child.operator,
                                    "description": p.description})
 
-    def _record_duplicate(self, child: Child, attrs: dict, parent_commits: list[str], original, lineage: Lineage) -> None:
+    def _record_duplicate(self, child: Child, attrs: dict, parent_commits: list[str], original, lineage: Lineage,
+                          number: int) -> None:
         store = self.search.store
-        number = store.start(attrs)
         self.search.repo.set_branch(self.search.branch(number), child.commit)
         self._write_trial_files(number, child.proposal, child.commit, parent_commits)
         value = lineage.score_of(original.number) if original.finished_ok else None
@@ -597,25 +728,17 @@ class SearchLoop:
         self.on_event("finished", {"trial": number, "status": DUPLICATE, "duplicate_of": original.number,
                                    "value": value, "operator": child.operator, "description": attrs.get("description", "")})
 
-    def _launch(self, child: Child, attrs: dict, parent_commits: list[str], tree: str) -> None:
-        search, store, cfg = self.search, self.search.store, self.search.config
-        try:  # a trial without a sandbox could have changed them since the last one
-            check_harness(search)
-            self.data_check.quick()
-        except SearchError as e:
-            self._error = StopReason(StopKind.ERROR, str(e))
-            return
+    def _launch(self, child: Child, attrs: dict, parent_commits: list[str], tree: str, number: int) -> None:
+        search = self.search
         slot = self._free_slots()[0]
-        number = store.start(attrs)
         search.repo.set_branch(search.branch(number), child.commit)
         self._write_trial_files(number, child.proposal, child.commit, parent_commits)
         worktree = search.repo.checkout(search.paths.worktree(slot.name), child.commit)
         busy = _Busy(slot, number, tree)
-        env = trial_environment(profile=cfg.profile, budget=cfg.budget, seed=child.seed, device=slot.device,
-                                data=cfg.data, cache_dir=str(data_cache_root(cfg)), threads=slot.threads,
-                                allowance=cfg.startup_grace)
+        env = self.target.environment(search, slot=slot, seed=child.seed)
         future = self._runs.submit(self.runner.run, worktree, log_path=search.paths.trial(number).run_log, env=env,
-                                   timeout=self._timeout(), clock=self._clock(slot), threads=slot.threads or os.cpu_count(),
+                                   timeout=self.target.timeout(), clock=self.target.clock(slot),
+                                   threads=slot.threads or os.cpu_count(),
                                    limits=self._limits(), compile_cache=search.paths.inductor_cache,
                                    on_progress=self._progress_callback(busy), stop=self.stop,
                                    on_start=lambda pid: self._started(busy, pid))
@@ -627,19 +750,6 @@ class SearchLoop:
     def _started(self, busy: _Busy, pid: int) -> None:
         busy.pid = pid
         self.search.store.set_attrs(busy.trial, {"pid": pid})  # what a resume kills if this process dies
-
-    def _timeout(self) -> float:
-        """Seconds on the budget clock before a trial without a result is stopped: the budget plus
-        the profile's start-up allowance, plus a moment to hand the model over."""
-        cfg = self.search.config
-        if cfg.evaluation == "harness":
-            return cfg.budget + cfg.startup_grace + max(2.0, 0.02 * cfg.budget)
-        return cfg.budget + cfg.startup_grace
-
-    def _clock(self, slot: Slot) -> str:
-        """The budget clock: CPU time on a CPU slot (load cannot bend it), wall time on a GPU. A
-        harness from before trusted evaluation only knows wall time."""
-        return "cpu" if slot.device == "cpu" and self.search.config.evaluation == "harness" else "wall"
 
     def _limits(self) -> Limits:
         if self.options.max_memory_gb is not None:
@@ -654,36 +764,52 @@ class SearchLoop:
         def on_progress(fraction: float, loss: float) -> bool:
             busy.fraction, busy.loss = fraction, loss
             should_prune = store.report(busy.trial, int(round(fraction * 100)), loss)
-            return bool(prune and should_prune)
+            return bool(prune and should_prune) or store.lost(busy.trial)  # another worker re-runs a lost one
         return on_progress
 
     # -- finishing ---------------------------------------------------------------------
 
     def _finish(self, future: cf.Future) -> None:
+        self._snapshot = None
         busy = self._running.pop(future)
-        number = busy.trial
         try:
             result: TrialResult = future.result()
         except Exception as e:  # the runner itself failed: record it, keep going
             result = TrialResult("crash", error=f"runner error: {type(e).__name__}: {e}")
-        search = self.search
+        try:
+            self._tell(busy, result)
+        except Exception as e:
+            if self.hosts.transient(e):  # keep the result: it is told once the database is back
+                self._running[future] = busy
+            raise
+
+    def _tell(self, busy: _Busy, result: TrialResult) -> None:
+        """Record a finished trial's result in the study and its folder (may be called again for the
+        same result after the database of a shared search came back)."""
+        search, number = self.search, busy.trial
         result = self._after_trial(busy, result)
-        value = result.val_bpb if result.status == OK else None
+        value = result.value(search.config.metric) if result.status == OK else None
         constraints = {}
         peak_mb = result.metrics.get("peak_vram_mb")
         if self.options.max_vram_gb is not None and peak_mb is not None and math.isfinite(peak_mb):
             constraints["vram_gb"] = peak_mb / 1024 - self.options.max_vram_gb
-        lineage = search.lineage()
-        trial = lineage.by_number.get(number)
         feasible = all(v <= 0 for v in constraints.values())
-        kept = trial is not None and lineage.would_keep(value, operator=trial.operator, feasible=feasible)
-        search.store.finish(number, status=result.status, value=value, metrics=result.metrics, constraints=constraints,
-                            error=result.error, log_tail=result.log_tail[-2000:],
-                            wall_seconds=round(result.wall_seconds, 2), kept=kept, provenance=result.provenance,
-                            **({"reported_val_bpb": result.metrics["reported_val_bpb"]}
-                               if "reported_val_bpb" in result.metrics else {}))
+        with search.store.claim():  # the best as every host left it, and no result told in between
+            lineage = search.lineage()
+            trial = lineage.by_number.get(number)
+            kept = trial is not None and lineage.would_keep(value, operator=trial.operator, feasible=feasible)
+            told = search.store.finish(number, status=result.status, value=value, metrics=result.metrics,
+                                       constraints=constraints, error=result.error,
+                                       log_tail=result.log_tail[-2000:], wall_seconds=round(result.wall_seconds, 2),
+                                       kept=kept, provenance=result.provenance,
+                                       **{k: v for k, v in result.metrics.items()
+                                          if k == f"reported_{search.config.metric}"})
         search.paths.trial(number).make().result.write_text(json.dumps(dataclasses.asdict(result), indent=2) + "\n")
+        self._snapshot = None
         self._write_devices()
+        if not told:
+            self.on_event("lost", {"trial": number, "status": result.status})
+            return
         self.on_event("finished", {"trial": number, "status": result.status, "value": value, "kept": kept,
                                    "error": result.error, "operator": trial.operator if trial else "",
                                    "description": trial.description if trial else "", "feasible": feasible,

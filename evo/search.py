@@ -10,53 +10,25 @@ used.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import subprocess
+import shutil
 import sys
 from pathlib import Path
 
-from evo.runner import (BwrapExecutor, DataFiles, HarnessEvaluator, LocalExecutor, SummaryEvaluator, TrialRunner,
-                        bwrap_works)
+from evo.runner import DataFiles, TrialRunner
+from evo.targets import data_cache_root, describe_harness, resolve_sandbox, target_of  # noqa: F401 (re-exported)
+from evo.targets._command import command_config, program_template
+from evo.targets._harness import harness_config
+from population.lineage import DIRECTIONS, MINIMIZE
 from population.search import LOCAL_STORAGE, Search, SearchConfig, SearchError, check_name
 from population.store import SQLITE_PREFIX, StudyError, study_names
 
-HARNESS = ("prepare.py",)
+__all__ = ["DATA_ATTR", "DataCheck", "NAMED_SOURCES", "PROGRAM", "check_compiles", "check_data", "check_harness",
+           "check_storage", "create_search", "data_cache_root", "describe_harness", "harness_sha256", "reseed",
+           "resolve_sandbox", "target_of", "trial_runner"]
+
 PROGRAM = "program.md"
-SANDBOXES = ("auto", "bwrap", "none")
 DATA_ATTR = "evo_data_sha256"  # study attribute: the data files' hashes, recorded by the first run
-
-
-def describe_harness(prepare_py: Path, profile: str | None, python: str = sys.executable, *, source: str | None = None,
-                     cache_dir: str | None = None) -> dict:
-    """Ask the harness (in a subprocess: the engine never imports torch) for a profile's fixed numbers.
-
-    The answer depends only on the file's content, the profile, the data source and cache,
-    and the interpreter, and costs a torch import (~2.5 s): a search's copy of the harness
-    is answered from the project's call rather than asked again."""
-    key = (hashlib.sha256(Path(prepare_py).read_bytes()).hexdigest(), profile, python, source, cache_dir,
-           os.environ.get("EVO_CACHE"))
-    if key not in _described:
-        _described[key] = _ask_harness(Path(prepare_py), profile, python, source, cache_dir)
-    return dict(_described[key])
-
-
-_described: dict[tuple, dict] = {}
-
-
-def _ask_harness(prepare_py: Path, profile: str | None, python: str, source: str | None, cache_dir: str | None) -> dict:
-    env = {**os.environ}
-    if profile:
-        env["EVO_PROFILE"] = profile
-    args = ["--profile", profile] if profile else []
-    args += ["--source", source] if source else []
-    args += ["--cache-dir", cache_dir] if cache_dir else []
-    proc = subprocess.run([python, str(prepare_py), "--describe", *args],
-                          capture_output=True, text=True, env=env, cwd=prepare_py.parent)
-    if proc.returncode != 0:
-        message = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise SearchError(f"{prepare_py} --describe failed: {message}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def harness_sha256(files: dict[str, bytes]) -> str:
@@ -70,18 +42,28 @@ def harness_sha256(files: dict[str, bytes]) -> str:
 def create_search(name: str, *, root: str | Path = "runs", project: str | Path = ".", profile: str | None = None,
                   budget: float | None = None, mutable: list[str] | tuple[str, ...] = ("train.py",),
                   data: str | None = None, storage: str | None = None, cache_dir: str | None = None,
-                  seed: int = 0, sandbox: str = "auto", allow_network: bool = False) -> Search:
-    """Create search `name` from the project's seed genome and harness, and return it open.
+                  seed: int = 0, sandbox: str = "auto", allow_network: bool = False, run: str | None = None,
+                  metric: str | None = None, direction: str | None = None, metric_pattern: str | None = None,
+                  evaluate: str | None = None, read: list[str] | tuple[str, ...] = (), remote: str | None = None,
+                  heartbeat: int = 10, grace: int = 60) -> Search:
+    """Create search `name` from a project's seed genome and fixed files, and return it open.
 
-    >>> search = create_search("demo", profile="tiny", budget=5)   # doctest: +SKIP
+    >>> search = create_search("demo", profile="tiny", budget=5)                              # doctest: +SKIP
+    >>> search = create_search("fast", project="examples/sort_speed", mutable=["solution.py"],
+    ...                        run="python bench.py", metric="ops_per_second", direction="maximize")  # doctest: +SKIP
+
+    Without `run` the project follows evoresearch's harness contract (prepare.py, train.py,
+    profiles, the harness's own scorer). With `run`, any project: the mutable files are the
+    genome, every other file the fixed harness, and the metric comes from the run's output or
+    from `evaluate`.
 
     Args:
         name: the search's name; its folder is `root/name`.
         root: the folder holding searches.
-        project: the folder with train.py, prepare.py and program.md.
+        project: the folder with the seed genome and the fixed files.
         profile: the harness's task profile (default: the harness's own default).
-        budget: seconds of counted training per trial (default: the profile's).
-        mutable: the files the search may change; the rest of the project is fixed.
+        budget: seconds of training per trial (harness), or of the whole run (any project; default 300).
+        mutable: the files (or globs, with `run`) the search may change; the rest of the project is fixed.
         data: the harness's data source (default: its embedded corpus).
         storage: an Optuna storage URL (default: SQLite in the search folder).
         cache_dir: the harness's data cache (default: its own).
@@ -89,51 +71,51 @@ def create_search(name: str, *, root: str | Path = "runs", project: str | Path =
         sandbox: bwrap (every trial in a bubblewrap sandbox), none (plain processes: scores
             can be faked; every record says so), or auto (bwrap when a probe run works here).
         allow_network: whether a trial's sandbox keeps the network (off: trials cannot reach it).
+        run: the command that runs a trial of any project (e.g. "uv run train.py").
+        metric: the score's name (default val_bpb); direction: minimize (default) or maximize.
+        metric_pattern: a regex whose first group is the score, instead of `metric: value` lines.
+        evaluate: a command of the project that scores a trial afterwards, apart from its code.
+        read: folders outside the project trials may read (e.g. a data cache).
+        remote: a git URL (path, file://, ssh://, git://) for a search shared by several hosts;
+            `storage` must then be PostgreSQL. A missing local path becomes a bare repository.
+        heartbeat, grace: for a shared search, seconds between a running trial's heartbeats, and
+            of silence after which another worker re-runs it.
 
     Raises:
         SearchError: with one line saying what to change; nothing is created then.
     """
-    project, mutable, data, sandbox = check_creation(name, root=root, project=project, mutable=mutable, budget=budget,
-                                                     data=data, storage=storage, sandbox=sandbox)
-    facts = describe_harness(project / "prepare.py", profile)
-    harness = {f: (project / f).read_bytes() for f in HARNESS}
-    config = SearchConfig(name=name, profile=facts["profile"], budget=float(budget or facts["time_budget"]),
-                          mutable=mutable, data=data or facts["data"], seed=seed, seq_len=facts["seq_len"],
-                          startup_grace=facts.get("startup_allowance", facts["startup_grace"]),
-                          storage=storage or LOCAL_STORAGE, cache_dir=cache_dir, harness_sha256=harness_sha256(harness),
-                          sandbox=sandbox, allow_network=allow_network,
-                          evaluation=facts.get("evaluation", "self-reported"), eval_limit=facts.get("eval_limit", 300.0))
-    program = (project / PROGRAM).read_text() if (project / PROGRAM).exists() else None
-    return Search.create(root, config, seed_files={f: (project / f).read_text() for f in mutable}, harness=harness,
-                         program=program)
-
-
-def check_creation(name: str, *, root: str | Path, project: str | Path, mutable, budget: float | None,
-                   data: str | None, storage: str | None, sandbox: str) -> tuple[Path, list[str], str | None, str]:
-    """Everything about a new search that can be checked before anything is created.
-
-    Returns the project folder, the mutable files, the data source and the sandbox, made
-    definite (absolute paths, duplicates dropped, auto resolved). Raises SearchError with
-    one line saying what to change: a search with a wrong fixed setting is a search for ever."""
     check_name(name)
     project = Path(project).resolve()
     if Search.exists(name, root=root):
         raise SearchError(f"search {name!r} already exists in {Path(root).resolve()}; open it with `evo run {name}` "
                           "or pick another name")
-    for f in HARNESS + ("train.py",):
-        if not (project / f).exists():
-            raise SearchError(f"{project} has no {f}; run evo from the project folder or pass --project")
-    mutable = list(dict.fromkeys(mutable))
-    for f in mutable:
-        if f in HARNESS:
-            raise SearchError(f"{f} is the fixed harness and cannot be mutable; drop it from --mutable")
-        if not (project / f).is_file():
-            raise SearchError(f"mutable file {f} does not exist in {project}")
-        check_compiles(project / f)
-    if budget is not None and budget <= 0:
-        raise SearchError(f"--budget must be a positive number of seconds, not {budget:g}")
+    direction = direction or MINIMIZE
+    _check_flags(budget=budget, direction=direction, read=read, remote=remote, storage=storage, heartbeat=heartbeat,
+                 grace=grace)
     check_storage(storage, name)
-    return project, mutable, check_data(data), resolve_sandbox(sandbox)
+    sandbox = resolve_sandbox(sandbox)
+    if run is None:
+        if metric not in (None, "val_bpb") or direction != MINIMIZE or metric_pattern or evaluate:
+            raise SearchError("--metric, --direction, --metric-pattern and --evaluate describe a project run by a "
+                              "command: give its command with --run (without --run, the harness scores val_bpb)")
+        mutable = list(dict.fromkeys(mutable))
+        for f in mutable:
+            if not (project / f).is_file():
+                raise SearchError(f"mutable file {f} does not exist in {project}")
+            check_compiles(project / f)
+        fields, harness = harness_config(name, project, profile=profile, budget=budget, mutable=mutable,
+                                         data=check_data(data), cache_dir=cache_dir)
+    else:
+        fields, harness, mutable = command_config(project, run=run, metric=metric or "val_bpb", direction=direction,
+                                                  pattern=metric_pattern, evaluate=evaluate, budget=budget,
+                                                  mutable=list(mutable))
+    config = SearchConfig(name=name, mutable=mutable, seed=seed, storage=storage or LOCAL_STORAGE,
+                          harness_sha256=harness_sha256(harness), sandbox=sandbox, allow_network=allow_network,
+                          read=[str(Path(os.path.expanduser(r)).resolve()) for r in read], remote=remote or "",
+                          heartbeat=heartbeat, grace=grace, **fields)
+    program = _program(project, config)
+    return Search.create(root, config, seed_files={f: (project / f).read_text() for f in mutable}, harness=harness,
+                         program=program)
 
 
 NAMED_SOURCES = ("shakespeare", "climbmix")  # the data sources the harness knows by name; anything else is a folder
@@ -201,46 +183,45 @@ def reseed(search: Search, project: str | Path = ".") -> str:
         return search.replace_seed(files, source=str(project))
 
 
-def resolve_sandbox(choice: str, python: str = sys.executable) -> str:
-    """bwrap or none, from --sandbox auto|bwrap|none; a bwrap that cannot run is a SearchError."""
-    if choice not in SANDBOXES:
-        raise SearchError(f"--sandbox must be one of {', '.join(SANDBOXES)}, not {choice!r}")
-    if choice == "none":
-        return "none"
-    why = bwrap_works(python)
-    if choice == "bwrap" and why:
-        raise SearchError(f"--sandbox bwrap: {why}; or create the search with --sandbox none (scores can then be faked)")
-    return "none" if why else "bwrap"
+def _check_flags(*, budget, direction, read, remote, storage, heartbeat, grace) -> None:
+    """Raise SearchError for a creation flag that cannot work, before anything is made."""
+    if budget is not None and budget <= 0:
+        raise SearchError(f"--budget must be a positive number of seconds, not {budget:g}")
+    if remote and not storage:
+        raise SearchError("a search shared through --remote needs its study in PostgreSQL too: add "
+                          "--storage postgresql://USER@HOST/DB")
+    if remote and grace <= 2 * heartbeat:
+        raise SearchError(f"--grace ({grace} s) must be more than twice --heartbeat ({heartbeat} s), or a "
+                          "busy worker's trials would be taken from it")
+    if direction not in DIRECTIONS:
+        raise SearchError(f"--direction must be minimize or maximize, not {direction!r}")
+    for folder in read:
+        if not Path(os.path.expanduser(folder)).exists():
+            raise SearchError(f"--read {folder}: no such file or folder")
 
 
-def data_cache_root(config: SearchConfig) -> Path:
-    """The harness's data cache folder for this search (its --cache-dir, $EVO_CACHE, or the default)."""
-    return Path(config.cache_dir or os.environ.get("EVO_CACHE") or Path.home() / ".cache" / "evoresearch")
+def _program(project: Path, config: SearchConfig) -> str | None:
+    """The project's program.md; for a command target without one, a template (written into the
+    search folder, never into the project: the user edits it there)."""
+    path = project / PROGRAM
+    if path.exists():
+        return path.read_text()
+    if config.target.get("kind") != "command":
+        return None
+    return program_template(run=config.target["run"], metric=config.metric, direction=config.direction,
+                            budget=config.budget, mutable=config.mutable, evaluate=config.target.get("evaluate"))
 
 
 def trial_runner(search: Search, *, python: str = sys.executable) -> TrialRunner:
     """The runner the search's trials run with: its sandbox, its evaluator, its harness and data.
 
     Raises SearchError when the search's sandbox cannot run on this machine."""
-    cfg = search.config
-    sandbox = cfg.sandbox if cfg.sandbox != "auto" else resolve_sandbox("auto", python)
-    if sandbox == "bwrap":
-        why = bwrap_works(python)
-        if why:
-            raise SearchError(f"search {cfg.name!r} runs its trials in a bwrap sandbox, but here {why}")
-        executor = BwrapExecutor(hidden=(search.folder.parent,), python=python)
-    else:
-        executor = LocalExecutor()
-    facts = describe_harness(search.harness[0], cfg.profile, python, source=cfg.data, cache_dir=cfg.cache_dir)
-    evaluator = HarnessEvaluator() if cfg.evaluation == "harness" else SummaryEvaluator()
-    return TrialRunner(executor=executor, evaluator=evaluator, harness=search.harness,
-                       data=DataFiles.from_describe(facts, data_cache_root(cfg)), python=python,
-                       network=cfg.allow_network, eval_limit=cfg.eval_limit)
+    return target_of(search.config).runner(search, python=python)
 
 
 def check_harness(search: Search) -> None:
     """Raise SearchError when the search's copy of the harness is not what `evo init` recorded."""
-    files = {p.name: p.read_bytes() for p in search.harness}
+    files = {str(p.relative_to(search.paths.harness)): p.read_bytes() for p in search.harness}
     if search.config.harness_sha256 and harness_sha256(files) != search.config.harness_sha256:
         raise SearchError(f"the harness in {search.paths.harness} has changed since the search was created (its "
                           "SHA-256 no longer matches); every later score would be measured differently: copy the "
@@ -295,3 +276,17 @@ def _sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def join_search(name: str, *, root: str | Path = "runs", storage: str, remote: str,
+                cache_dir: str | None = None) -> Search:
+    """Make this host's folder of shared search `name` (see `population.Search.join`) and check that
+    the harness it got from the remote is the one the search was created with."""
+    search = Search.join(name, root=root, storage=storage, remote=remote, cache_dir=cache_dir)
+    got = harness_sha256({str(p.relative_to(search.paths.harness)): p.read_bytes() for p in search.harness})
+    if got != search.config.harness_sha256:
+        search.close()
+        shutil.rmtree(search.folder, ignore_errors=True)  # nothing of it is worth keeping
+        raise SearchError(f"the harness on the remote {remote} is not the one search {name!r} was created with "
+                          f"(sha256 {got[:12]} != {search.config.harness_sha256[:12]})")
+    return search

@@ -5,14 +5,14 @@ classes and the read-only views (`analysis`) read through them.
 """
 
 from population.folder import SearchFolder, TrialFolder
-from population.genomes import Genome, GenomeRepo, genome_hash, merge_texts
+from population.genomes import Genome, GenomeRepo, RemoteError, genome_hash, merge_texts
 from population.importer import import_results_tsv, is_imported
 from population.lineage import Individual, Lineage, Result, finish_order, is_improvement, strategy_of
 from population.results_tsv import TsvError, parse_results_tsv, results_tsv
 from population.search import Search, SearchConfig, SearchError
-from population.store import TrialRecord, TrialStore
+from population.store import StoreUnreachable, TrialRecord, TrialStore, is_transient
 
-__all__ = ["SearchFolder", "TrialFolder", "Genome", "GenomeRepo", "genome_hash", "merge_texts",
+__all__ = ["SearchFolder", "TrialFolder", "Genome", "GenomeRepo", "RemoteError", "genome_hash", "merge_texts",
            "import_results_tsv", "is_imported", "Individual", "Lineage", "Result", "finish_order", "is_improvement",
            "strategy_of", "TsvError", "parse_results_tsv", "results_tsv", "Search", "SearchConfig", "SearchError",
-           "TrialRecord", "TrialStore"]
+           "StoreUnreachable", "TrialRecord", "TrialStore", "is_transient"]

@@ -4,6 +4,10 @@ Every genome is a commit whose tree holds the mutable files and whose git parent
 its genetic parents (a crossover child is a merge commit). Commits are written straight
 into the object database through a temporary index, so no checkout is touched; trials
 run in per-device worktrees of the same repository. One process owns ref updates.
+
+A search shared by several hosts also has a remote: a bare repository every host pushes
+its genomes to and fetches the others' from (a path, file://, ssh:// or git://). Pushes
+only ever add refs that name one commit for good, so hosts never contend for a ref.
 """
 
 from __future__ import annotations
@@ -51,6 +55,25 @@ class Genome:
     score: float | None = None
 
 
+# Talking to a remote never waits for a person (no password prompt) nor forever on a dead host.
+REMOTE_TIMEOUT = 600
+_REMOTE_ENV = {"GIT_TERMINAL_PROMPT": "0",
+               "GIT_SSH_COMMAND": os.environ.get("GIT_SSH_COMMAND", "ssh -o BatchMode=yes -o ConnectTimeout=20")}
+
+
+class RemoteError(Exception):
+    """The git remote cannot be reached or refused a push; the message is one line."""
+
+
+def is_local_remote(url: str) -> bool:
+    """Whether `url` names a repository on a disk this host can see (a path or file://)."""
+    return url.startswith(("/", "./", "../", "file://")) or ("://" not in url and ":" not in url)
+
+
+def remote_path(url: str) -> Path:
+    return Path(url[len("file://"):] if url.startswith("file://") else url)
+
+
 class GenomeRepo:
     """A bare git repository holding one search's genomes.
 
@@ -76,8 +99,10 @@ class GenomeRepo:
     def close(self) -> None:
         self.repo.close()
 
-    def _git(self, *args: str, input: str | None = None, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-        proc = safe_git(f"--git-dir={self.path}", *args, input=input, capture_output=True, encoding="utf-8", env=env)
+    def _git(self, *args: str, input: str | None = None, env: dict | None = None, check: bool = True,
+             timeout: float | None = None) -> subprocess.CompletedProcess:
+        proc = safe_git(f"--git-dir={self.path}", *args, input=input, capture_output=True, encoding="utf-8", env=env,
+                        timeout=timeout)
         if check and proc.returncode != 0:
             raise git.GitCommandError(["git", *args], proc.returncode, proc.stderr)
         return proc
@@ -109,7 +134,59 @@ class GenomeRepo:
     def has_branch(self, name: str) -> bool:
         return self._git("show-ref", "--verify", "--quiet", f"refs/heads/{name}", check=False).returncode == 0
 
+    def set_branches(self, branches: dict[str, str]) -> None:
+        """Point many branches at their commits with one git process."""
+        if branches:
+            self._git("update-ref", "--stdin", input="".join(f"update refs/heads/{name} {commit}\n"
+                                                             for name, commit in branches.items()))
+
+    # -- the remote -------------------------------------------------------------
+
+    def push(self, url: str, refspecs: list[str]) -> None:
+        """Push `refspecs` (commit:ref) to the remote at `url`; RemoteError with git's reason if it fails."""
+        if refspecs:
+            self._remote("push", "--quiet", "--no-verify", url, *refspecs)
+
+    def fetch(self, url: str, refspecs: list[str]) -> None:
+        """Fetch `refspecs` from the remote at `url` (objects and refs); RemoteError if it fails."""
+        self._remote("fetch", "--quiet", "--no-tags", "--no-write-fetch-head", url, *refspecs)
+
+    def _remote(self, *args: str) -> None:
+        try:
+            proc = self._git(*args, check=False, env=_REMOTE_ENV, timeout=REMOTE_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            raise RemoteError(f"git {args[0]} got no answer in {REMOTE_TIMEOUT} s") from None
+        if proc.returncode != 0:
+            raise RemoteError(_reason(proc.stderr) or f"git {args[0]} failed")
+
+    @staticmethod
+    def check_remote(url: str, *, create: bool = False) -> None:
+        """Raise RemoteError unless `url` answers as a git repository; with `create`, make a bare one
+        where a missing local path (or file:// URL) points."""
+        if create and is_local_remote(url) and not remote_path(url).exists():
+            git.Repo.init(remote_path(url), bare=True, initial_branch="main").close()
+        try:
+            proc = subprocess.run(["git", "ls-remote", "--heads", url, "evo-probe"], capture_output=True, text=True,
+                                  env={**os.environ, **_REMOTE_ENV}, timeout=60)
+        except subprocess.TimeoutExpired:
+            raise RemoteError(f"cannot reach the git remote {url}: no answer in 60 s") from None
+        if proc.returncode != 0:
+            raise RemoteError(f"cannot reach the git remote {url}: {_reason(proc.stderr) or 'no answer'}")
+
     # -- reading --------------------------------------------------------------
+
+    def missing(self, commits) -> set[str]:
+        """Those of `commits` this repository does not hold (one git process for all)."""
+        commits = [c for c in dict.fromkeys(commits) if c]
+        if not commits:
+            return set()
+        out = self._git("cat-file", "--batch-check", input="".join(f"{c}^{{commit}}\n" for c in commits)).stdout
+        return {c for c, line in zip(commits, out.splitlines()) if line.endswith("missing")}
+
+    def branches(self, prefix: str) -> dict[str, str]:
+        """Branch name -> commit for every branch under `prefix` (one git process)."""
+        out = self._git("for-each-ref", "--format=%(refname:lstrip=2) %(objectname)", f"refs/heads/{prefix}").stdout
+        return dict(line.split(" ", 1) for line in out.splitlines() if line)
 
     def tree_of(self, commit: str) -> str:
         return self._git("rev-parse", f"{commit}^{{tree}}").stdout.strip()
@@ -167,6 +244,15 @@ class GenomeRepo:
             return False
         gitdir = Path(text.partition("gitdir:")[2].strip())
         return gitdir.is_dir() and self.path.resolve() in gitdir.resolve().parents
+
+
+def _reason(stderr: str) -> str:
+    """The line of git's complaint that says what went wrong."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith(("fatal:", "error:")):
+            return line.split(":", 1)[1].strip()
+    return lines[0] if lines else ""
 
 
 def genome_hash(files: dict[str, str]) -> str:

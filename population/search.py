@@ -8,6 +8,18 @@ project (asking the harness for its facts, checking the files) is the engine's j
 A search folder is relocatable: its own study database is named by the folder, not by
 an absolute path, so a moved or copied folder opens its own study (a copy is a new,
 independent search, never a second writer of the original's database).
+
+A *shared* search (one with a `remote`) lives in a PostgreSQL study and a bare git
+remote; every host that works on it has a folder of its own (a clone of the population,
+its worktrees and logs), built by `Search.join` from those two alone: the fixed
+configuration comes from the study, the harness and the genomes from the remote. On the
+remote, the refs of search NAME are
+
+    refs/heads/evo/NAME/seed       the seed genome
+    refs/heads/evo/NAME/harness    prepare.py and program.md as the search was created
+    refs/evo/NAME/genomes/<commit> every genome, pushed before its first trial starts
+    refs/heads/evo/NAME/<n>        trial n's genome (pushed by its host when convenient; any
+                                   host can rebuild them from the study)
 """
 
 from __future__ import annotations
@@ -24,9 +36,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from population.folder import SearchFolder
-from population.genomes import Genome, GenomeRepo
+from population.genomes import Genome, GenomeRepo, RemoteError
 from population.lineage import MINIMIZE, Lineage
-from population.store import CONFIG_ATTR, StudyError, TrialRecord, TrialStore, check_study
+from population.store import (CONFIG_ATTR, SQLITE_PREFIX, StoreUnreachable, StudyError, TrialRecord, TrialStore,
+                              check_study, is_postgres, open_storage, redact)
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # `storage` value meaning "the study.db in the search's own folder" (relocatable).
@@ -66,6 +79,19 @@ class SearchConfig:
     allow_network: bool = False
     evaluation: str = "self-reported"  # harness: scored by the harness's scorer; self-reported: by the summary
     eval_limit: float = 300.0          # seconds the scoring of one trial may take
+    # What the search evolves: empty for a project with evoresearch's own harness (prepare.py and
+    # train.py, what every search before targets evolved), else {"kind": "command", "run": ...}.
+    target: dict = field(default_factory=dict)
+    metric: str = "val_bpb"            # the name of the score, as the project prints it
+    read: list[str] = field(default_factory=list)  # folders besides the harness that trials may read
+    remote: str = ""                  # git URL of the shared population ("" for a search on one host)
+    heartbeat: int = 10               # shared searches: seconds between a running trial's heartbeats
+    grace: int = 60                   # shared searches: seconds of silence before another worker re-runs a trial
+
+    @property
+    def shared(self) -> bool:
+        """Whether several hosts work on this search (a PostgreSQL study and a git remote)."""
+        return bool(self.remote)
 
     @classmethod
     def from_dict(cls, data: dict) -> "SearchConfig":
@@ -99,6 +125,43 @@ def _open_repo(paths: SearchFolder) -> GenomeRepo:
     except Exception as e:
         raise SearchError(f"the population repository {paths.population} cannot be read ({type(e).__name__}: "
                           f"{e}); restore it from a backup") from None
+
+
+def _shield(action):
+    """Run `action`, turning an unreachable database or remote into a SearchError (one line, no traceback)."""
+    try:
+        return action()
+    except (StoreUnreachable, RemoteError) as e:
+        raise SearchError(str(e)) from None
+    except KeyError as e:
+        raise SearchError(f"{e.args[0] if e.args else e}; create it with `evo init` and --storage/--remote") from None
+
+
+def _check_shared_free(config: SearchConfig) -> None:
+    """Before a shared search is created: its database answers and holds no search of that name, its remote answers."""
+    if not is_postgres(config.storage):
+        raise SearchError(f"a search shared through --remote needs a PostgreSQL --storage (postgresql://...), "
+                          f"not {redact(config.storage) or 'the local SQLite file'}")
+    if Search.in_database(config.storage, config.name):
+        raise SearchError(f"search {config.name!r} already exists in that database; join it with "
+                          f"`evo worker {config.name} --storage ... --remote ...` or pick another name")
+    _shield(lambda: GenomeRepo.check_remote(config.remote, create=True))
+
+
+def _publish_creation(repo: GenomeRepo, config: SearchConfig, harness: dict[str, bytes], program: str | None) -> None:
+    """Push the seed genome and the harness, so a host that joins later finds them on the remote."""
+    files = {name: content.decode("utf-8") for name, content in harness.items()}
+    if program is not None:
+        files["program.md"] = program
+    fixed = repo.commit(files, parents=[], message=f"harness of search {config.name}\n\n"
+                        f"Harness-SHA256: {config.harness_sha256}\n")
+    prefix = f"refs/heads/evo/{config.name}"
+    repo.set_branch(f"evo/{config.name}/harness", fixed)
+    specs = [f"+{fixed}:{prefix}/harness"]
+    if config.seed_commit:
+        specs += [f"+{config.seed_commit}:{prefix}/seed",
+                  f"+{config.seed_commit}:refs/evo/{config.name}/genomes/{config.seed_commit}"]
+    _shield(lambda: repo.push(config.remote, specs))
 
 
 class Search:
@@ -153,28 +216,38 @@ class Search:
         paths.root.mkdir(parents=True, exist_ok=True)
         paths.harness.mkdir(exist_ok=True)
         for name, content in (harness or {}).items():
+            (paths.harness / name).parent.mkdir(parents=True, exist_ok=True)
             (paths.harness / name).write_bytes(content)
         if program is not None:
             paths.program.write_text(program)
+        if config.shared:
+            _check_shared_free(config)
         repo = GenomeRepo.init(paths.population)
         if seed_files is not None:
             config.seed_commit = repo.commit(seed_files, parents=[], message=f"seed genome of search {config.name}\n\n"
                                              f"Evo-Operator: seed\nHarness-SHA256: {config.harness_sha256}\n")
             repo.set_branch(f"evo/{config.name}/seed", config.seed_commit)
+        if config.shared:
+            _publish_creation(repo, config, harness or {}, program)
+        recorded = {**asdict(config), "storage": redact(config.storage)}
         url = config.storage_url(paths)
-        store = TrialStore.create(url, config.name, asdict(config), direction=config.direction)
+        store = _shield(lambda: TrialStore.create(url, config.name, recorded, direction=config.direction,
+                                                  metric=config.metric))
         try:
             for key, value in (study_attrs or {}).items():
                 store.set_attr(key, value)
             paths.config.write_text(json.dumps(asdict(config), indent=2) + "\n")
         except BaseException:
             if config.storage != LOCAL_STORAGE:  # a shared database keeps no study of a search that was never made
+                store.close()
                 TrialStore.delete(url, config.name)
             raise
         return cls(paths, config, store, repo)
 
     @classmethod
-    def open(cls, name: str, *, root: str | Path = "runs") -> "Search":
+    def open(cls, name: str, *, root: str | Path = "runs", worker: bool = False) -> "Search":
+        """Open search `name` in `root`. `worker`: this process will run trials of a shared search,
+        so its store beats for them (a view needs no heartbeats)."""
         paths = SearchFolder(Path(root).resolve() / name)
         if not paths.exists():
             known = sorted(p.parent.name for p in Path(root).glob("*/search.json")) if Path(root).exists() else []
@@ -186,22 +259,76 @@ class Search:
             raise SearchError(f"cannot read {paths.config}: {e}; restore it from a backup (the study also holds the "
                               "configuration, in its evo_config attribute)") from None
         url = config.storage_url(paths)
+        beats = dict(heartbeat=config.heartbeat, grace=config.grace) if config.shared and worker else {}
         try:
-            check_study(url, config.name)  # before Optuna, which would write a schema into an empty file
-            store = TrialStore.open(url, config.name)
+            if url.startswith(SQLITE_PREFIX):
+                check_study(url, config.name)  # before Optuna, which would write a schema into an empty file
+            store = _shield(lambda: TrialStore.open(url, config.name, **beats))
         except StudyError as e:
             raise SearchError(f"cannot open search {name!r}: {e}; restore the database from a backup") from None
+        except SearchError:
+            raise
         except Exception as e:  # SQLAlchemy's and Optuna's errors run to dozens of lines: keep the first
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
             raise SearchError(f"cannot open the study of search {name!r} ({type(e).__name__}: {first})") from None
         return cls(paths, config, store, _open_repo(paths))
 
     @classmethod
+    def join(cls, name: str, *, root: str | Path = "runs", storage: str, remote: str,
+             cache_dir: str | None = None) -> "Search":
+        """Build this host's folder of the shared search `name` from its study and its git remote alone.
+
+        The fixed configuration comes from the study; `storage` and `remote` are how this
+        host reaches them (they may differ between hosts: addresses, user names);
+        `cache_dir` is this host's data cache. The harness and program.md come from the
+        remote as the search was created. search.json is written last, as in `create`."""
+        check_name(name)
+        paths = SearchFolder(Path(root).resolve() / name)
+        if paths.exists():
+            raise SearchError(f"{paths.root} already holds search {name!r}; open it instead")
+        store = _shield(lambda: TrialStore.open(storage, name))
+        try:
+            recorded = store.config
+        finally:
+            store.close()
+        if not recorded.get("remote"):
+            raise SearchError(f"search {name!r} in that database was not created for several hosts (no remote); "
+                              "run it where it was made with `evo run`")
+        config = SearchConfig.from_dict({**recorded, "storage": storage, "remote": remote, "cache_dir": cache_dir})
+        _shield(lambda: GenomeRepo.check_remote(remote))
+        paths.root.mkdir(parents=True, exist_ok=True)
+        repo = GenomeRepo.init(paths.population)
+        prefix = f"evo/{name}"
+        _shield(lambda: repo.fetch(remote, [f"+refs/heads/{prefix}/seed:refs/heads/{prefix}/seed",
+                                            f"+refs/heads/{prefix}/harness:refs/heads/{prefix}/harness"]))
+        if repo.missing([config.seed_commit]):
+            raise SearchError(f"the remote {remote} lacks the seed genome of search {name!r} "
+                              f"({config.seed_commit[:12]}): is it the remote the search was created with?")
+        paths.harness.mkdir(exist_ok=True)
+        for file, text in repo.files(f"refs/heads/{prefix}/harness").items():
+            (paths.program if file == "program.md" else paths.harness / file).write_text(text)
+        search = cls(paths, config, _shield(lambda: TrialStore.open(storage, name)), repo)
+        search.sync()
+        paths.config.write_text(json.dumps(asdict(config), indent=2) + "\n")
+        return search
+
+    @classmethod
     def exists(cls, name: str, *, root: str | Path = "runs") -> bool:
         return SearchFolder(Path(root) / name).exists()
 
+    @staticmethod
+    def in_database(storage: str, name: str) -> bool:
+        """Whether the database at `storage` holds a search called `name` (SearchError if it does not answer)."""
+        opened = _shield(lambda: open_storage(storage))
+        try:
+            return any(s.study_name == name for s in opened.get_all_studies())
+        finally:
+            if getattr(opened, "engine", None) is not None:
+                opened.engine.dispose()
+
     def close(self) -> None:
         self.repo.close()
+        self.store.close()
 
     def __enter__(self) -> "Search":
         return self
@@ -213,8 +340,9 @@ class Search:
 
     @property
     def harness(self) -> list[Path]:
-        """The fixed harness files copied at creation."""
-        return sorted(p for p in self.paths.harness.iterdir() if p.is_file()) if self.paths.harness.exists() else []
+        """The fixed harness files copied at creation (every file under harness/, in any folder)."""
+        root = self.paths.harness
+        return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
 
     @property
     def program(self) -> str:
@@ -222,6 +350,35 @@ class Search:
 
     def branch(self, number: int) -> str:
         return f"evo/{self.config.name}/{number}"
+
+    # -- the remote of a shared search --------------------------------------------
+
+    def genome_ref(self, commit: str) -> str:
+        return f"refs/evo/{self.config.name}/genomes/{commit}"
+
+    def publish(self, commits: list[str], *, trials: dict[int, str] | None = None) -> None:
+        """Push genomes (and trial branches number -> commit) to the remote in one push. RemoteError if it fails."""
+        specs = [f"{c}:{self.genome_ref(c)}" for c in dict.fromkeys(commits)]
+        specs += [f"{c}:refs/heads/{self.branch(n)}" for n, c in (trials or {}).items()]
+        self.repo.push(self.config.remote, specs)
+
+    def publish_branches(self) -> None:
+        """Push every trial branch this host knows (those of workers that died included)."""
+        prefix = f"refs/heads/evo/{self.config.name}/"
+        self.repo.push(self.config.remote, [f"{prefix}*:{prefix}*"])
+
+    def sync(self, trials: list[TrialRecord] | None = None) -> None:
+        """Fetch the genomes other hosts pushed and give every trial its local branch. RemoteError if the
+        remote cannot be reached; a search on one host has nothing to fetch."""
+        trials = self.trials() if trials is None else trials
+        if self.config.shared:
+            refs = f"refs/evo/{self.config.name}/genomes/"
+            if self.repo.missing(t.commit for t in trials):
+                self.repo.fetch(self.config.remote, [f"+{refs}*:{refs}*"])
+        have = self.repo.branches(f"evo/{self.config.name}/")
+        wanted = {self.branch(t.number): t.commit for t in trials if t.commit and self.branch(t.number) not in have}
+        missing = self.repo.missing(wanted.values())
+        self.repo.set_branches({b: c for b, c in wanted.items() if c not in missing})
 
     @contextlib.contextmanager
     def lock(self):
@@ -283,7 +440,12 @@ class Search:
     def delete(self) -> None:
         """Delete the search for good: its folder, and its study when that lives in a shared database.
 
-        Raises SearchError while a process runs it."""
+        Raises SearchError while a process runs it, and for a search shared by several hosts
+        (its study and remote are theirs too)."""
+        if self.config.shared:
+            raise SearchError(f"search {self.config.name!r} is shared by several hosts through {self.config.remote}: "
+                              f"delete this host's folder ({self.paths.root}) by hand, and the study with Optuna's "
+                              "delete_study when no host needs it")
         if self.is_running():
             raise SearchError(f"search {self.config.name!r} is running in another process; stop it first")
         url = self.config.storage_url(self.paths)

@@ -148,3 +148,30 @@ def test_lineage_ancestry_follows_both_parents_of_a_crossover():
     assert lineage.ancestors(5) == {4, 3, 2, 1, 0}
     assert lineage.related(5, 2) and not lineage.related(3, 2)
     assert lineage.path_to(5) == [0, 1, 3, 4, 5]
+
+
+def test_store_reads_only_what_changed_and_still_sees_every_trial_as_a_full_read_does(tmp_path):
+    """Finished trials are read once and kept; another process's new, running and finished trials still show."""
+    url = f"sqlite:///{tmp_path / 'i.db'}"
+    writer = TrialStore.create(url, "i", {})
+    reader = TrialStore.open(url, "i")
+
+    def same() -> None:
+        full = TrialStore.open(url, "i").trials()
+        got = reader.trials()
+        assert [(t.number, t.state, t.value, t.attrs) for t in got] == [(t.number, t.state, t.value, t.attrs) for t in full]
+
+    same()
+    a = writer.start({"operator": "seed"})
+    same()
+    writer.finish(a, status="ok", value=2.0)
+    b, c = writer.start({"operator": "mutate"}), writer.start({"operator": "mutate"})
+    same()
+    writer.set_attrs(b, {"pid": 42})        # a running trial's attributes change: seen on the next read
+    writer.finish(c, status="crash", error="boom")
+    d = writer.start({"operator": "crossover"})
+    same()
+    writer.finish(b, status="ok", value=1.5)
+    writer.finish(d, status="pruned")
+    same()
+    assert [t.status for t in reader.trials()] == ["ok", "ok", "crash", "pruned"]

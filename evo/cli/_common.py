@@ -60,9 +60,17 @@ def add_creation(p) -> None:
     g = p.add_argument_group("fixed when the search is created")
     g.add_argument("--profile", choices=("tiny", "cpu", "gpu"), help="task profile (default: gpu with CUDA, else cpu)")
     g.add_argument("--budget", type=positive_float, help="seconds of counted training per trial (default: the profile's)")
-    g.add_argument("--mutable", nargs="+", metavar="FILE", help="files the search may change (default: train.py)")
+    g.add_argument("--mutable", nargs="+", metavar="FILE", help="files (or quoted globs, with --run) the search may "
+                   "change (default: train.py); every other file of the project is the fixed harness")
     g.add_argument("--data", help="data source: shakespeare (embedded, default), a folder of .txt/.parquet, or climbmix")
     g.add_argument("--storage", help="Optuna storage URL (default: sqlite in the search folder; postgresql://... to share)")
+    g.add_argument("--remote", metavar="GIT_URL", help="share the search between hosts: the population's git remote "
+                   "(a path on a shared disk, file://, ssh:// or git://; a missing local path becomes a bare repository); "
+                   "needs a postgresql:// --storage; each host then runs `evo worker NAME`")
+    g.add_argument("--heartbeat", type=positive_int, default=10, metavar="SECONDS",
+                   help="with --remote: seconds between heartbeats of a running trial (default: 10)")
+    g.add_argument("--grace", type=positive_int, default=60, metavar="SECONDS",
+                   help="with --remote: seconds without a heartbeat before another worker re-runs a trial (default: 60)")
     g.add_argument("--project", default=".", help="folder with train.py, prepare.py and program.md (default: .)")
     g.add_argument("--cache-dir", help="data and tokenizer cache (default: $EVO_CACHE or ~/.cache/evoresearch)")
     g.add_argument("--seed", type=non_negative_int, default=0, help="base random seed of the trials (default: 0)")
@@ -71,13 +79,30 @@ def add_creation(p) -> None:
                    "visible), none (plain processes: a genome could fake its score; every record says so), auto "
                    "(default: bwrap when it works on this machine)")
     g.add_argument("--allow-network", action="store_true", help="let trials reach the network (off by default)")
+    g.add_argument("--read", action="append", default=[], metavar="FOLDER",
+                   help="a folder outside the project that trials may read, e.g. ~/.cache/autoresearch (repeatable)")
+    t = p.add_argument_group("any project (instead of evoresearch's harness)",
+                             "evolve your own files with your own command and metric, e.g. an autoresearch fork: "
+                             "--run 'python train.py' --metric val_bpb --budget 600 --read ~/.cache/autoresearch")
+    t.add_argument("--run", metavar="CMD", help="the command that runs a trial, in the project's copy (e.g. "
+                   "'uv run train.py'); the budget (--budget, default 300 s) covers the whole run")
+    t.add_argument("--metric", help="the score's name (default: val_bpb), read from 'NAME: value' lines of the output")
+    t.add_argument("--direction", choices=("minimize", "maximize"), help="minimize (default) or maximize the metric")
+    t.add_argument("--metric-pattern", metavar="REGEX", help="read the metric with this regex instead (its one "
+                   "group is the number), e.g. 'score=([0-9.]+)'")
+    t.add_argument("--evaluate", metavar="CMD", help="a command of the project that scores a trial afterwards, in a "
+                   "sandbox of its own over the trial's folder (read-only); its output gives the metric ('evaluated' "
+                   "instead of 'self-reported')")
 
 
 def creation_kwargs(args) -> dict:
     """`evo.create_search` keyword arguments from the creation flags."""
     return dict(root=args.root, project=args.project, profile=args.profile, budget=args.budget,
                 mutable=args.mutable or ["train.py"], data=args.data, storage=args.storage, cache_dir=args.cache_dir,
-                seed=args.seed if args.seed is not None else 0, sandbox=args.sandbox, allow_network=args.allow_network)
+                seed=args.seed if args.seed is not None else 0, sandbox=args.sandbox, allow_network=args.allow_network,
+                run=args.run, metric=args.metric, direction=args.direction, metric_pattern=args.metric_pattern,
+                evaluate=args.evaluate, read=args.read,
+                remote=args.remote, heartbeat=args.heartbeat, grace=args.grace)
 
 
 def add_strategy_options(p) -> None:
@@ -157,14 +182,14 @@ def duration(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
-def finished_line(info: dict, *, width: int = 70) -> str:
-    """The line a finished trial prints: number, operator, status, val_bpb, new-best mark, description, error."""
+def finished_line(info: dict, *, width: int = 70, metric: str = "val_bpb") -> str:
+    """The line a finished trial prints: number, operator, status, score, new-best mark, description, error."""
     status, value = info["status"], info.get("value")
     mark = " * new best" if info.get("kept") else ""
     what = info.get("description") or info.get("operator", "")
-    line = f"#{info['trial']:<4} {info.get('operator', ''):9s} {status:9s} val_bpb {fmt(value)}{mark}  {what[:width]}"
+    line = f"#{info['trial']:<4} {info.get('operator', ''):9s} {status:9s} {metric} {fmt(value)}{mark}  {what[:width]}"
     if status not in ("ok", "duplicate") and info.get("error"):
-        line += f"  ({info['error'][:80]})"
+        line += f"  ({info['error'][:160]})"
     return line
 
 

@@ -174,7 +174,7 @@ def cmd_compare(args) -> int:
     text = render_table(table)
     figure = comparison.folder / "compare.png"
     seeds = max(len(v) for v in groups.values())
-    title = f"{cfg.name}: best val_bpb so far ({', '.join(groups)}; {seeds} seed{'s' if seeds != 1 else ''} each)"
+    title = f"{cfg.name}: best {runs[0].metric} so far ({', '.join(groups)}; {seeds} seed{'s' if seeds != 1 else ''} each)"
     plot_comparison(runs, figure, title=title, table=table)
     (comparison.folder / "compare.txt").write_text(text + "\n")
     print(text)

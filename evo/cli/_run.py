@@ -1,8 +1,9 @@
-"""`evo init` and `evo run`: create a search, run or resume it."""
+"""`evo init`, `evo run` and `evo worker`: create a search, run or resume it, work on a shared one."""
 
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 import time
 from pathlib import Path
@@ -10,12 +11,14 @@ from pathlib import Path
 from evo.cli._common import (UsageError, add_creation, add_proposer_options, add_root, add_strategy_options,
                              build_proposer, creation_kwargs, duration, finished_line, fmt, non_negative_int,
                              positive_float, positive_int, stop_on_signals, strategy_options)
-from evo.devices import Slot, check_slots, default_slots, parse_devices
+from evo.devices import Slot, check_slots, default_slots, nvidia_gpus, parse_devices
+from evo.hosts import OneHost, SharedHosts
 from evo.loop import RunOptions, SearchLoop, StopKind
-from evo.search import NAMED_SOURCES, create_search, describe_harness
+from evo.search import NAMED_SOURCES, create_search, describe_harness, join_search
 from evo.strategies import STRATEGIES, make_strategy
 from population.importer import check_runnable
-from population.search import Search
+from population.search import Search, SearchError
+from population.store import redact
 
 
 def add_parsers(sub) -> None:
@@ -37,11 +40,36 @@ def add_parsers(sub) -> None:
     add_root(p)
     p.set_defaults(handler=cmd_run)
 
+    p = sub.add_parser("worker", help="work on a search shared by several hosts",
+                       description="Join a shared search (made with `evo init NAME --storage postgresql://... --remote "
+                       "GIT_URL`) and take its trials until its --trials/--hours limit is reached across all workers. "
+                       "Run one per host (or per folder): by hand, over ssh, or as a SLURM job array. The first time "
+                       "on a host it builds runs/NAME from the database and the remote; later, `evo worker NAME` alone "
+                       "resumes. A worker killed in any way leaves its trials to the others after the grace period.")
+    p.add_argument("name", help="name of the search")
+    p.add_argument("--storage", help="the search's PostgreSQL URL as this host reaches it (needed the first time on a host)")
+    p.add_argument("--remote", metavar="GIT_URL", help="the population's git remote as this host reaches it "
+                   "(needed the first time on a host)")
+    p.add_argument("--patience", type=positive_float, default=600.0, metavar="SECONDS",
+                   help="how long to keep retrying a lost database or remote before stopping (default: 600)")
+    p.add_argument("--cache-dir", help="this host's data and tokenizer cache (default: $EVO_CACHE or ~/.cache/evoresearch)")
+    add_run_options(p, shared=True)
+    add_strategy_options(p)
+    add_proposer_options(p)
+    add_root(p)
+    p.set_defaults(handler=cmd_worker)
 
-def add_run_options(p) -> None:
+
+def add_run_options(p, *, shared: bool = False) -> None:
     g = p.add_argument_group("this run")
-    g.add_argument("--trials", type=positive_int, help="stop when the search has this many finished trials, seed included")
-    g.add_argument("--hours", type=positive_float, help="stop starting trials after this many hours")
+    if shared:
+        g.add_argument("--trials", type=positive_int, help="the search's limit: finished trials across all workers, seed "
+                       "included (sets it for every worker; default: the limit already set)")
+        g.add_argument("--hours", type=positive_float, help="the search's limit: stop starting trials this many hours "
+                       "after its first trial (sets it for every worker; default: the limit already set)")
+    else:
+        g.add_argument("--trials", type=positive_int, help="stop when the search has this many finished trials, seed included")
+        g.add_argument("--hours", type=positive_float, help="stop starting trials after this many hours")
     g.add_argument("--devices", help="cuda:0,cuda:1 | cpu | cpu:N (default: every visible GPU, else one CPU slot)")
     g.add_argument("--strategy", choices=tuple(STRATEGIES), default="evolve",
                    help="evolve (default): tournament + crossover; greedy: autoresearch's hill-climb; random: best-of-N from the seed")
@@ -101,8 +129,6 @@ class Reporter:
             what = "was replaced (evo reseed) and runs now" if info.get("replaced") else "runs again"
             line = (f"the seed genome has not run successfully yet (trial #{info['trial']}, {info['status']}: "
                     f"{(info.get('error') or '')[:100]}): it {what}")
-        elif kind == "recovered":
-            line = f"trial #{info['trial']} was left running by a stopped process: marked interrupted, will re-run"
         elif kind == "finished":
             line = self._finished(info)
         elif kind == "waiting":
@@ -111,12 +137,19 @@ class Reporter:
         elif kind == "resumed":
             line = f"the API answers again (it was down for {duration(info['seconds'])})"
         elif kind == "stopped":
-            best = self.search.lineage().best
-            best_s = f"best val_bpb {fmt(best.score)} (trial #{best.trial}: {best.description})" if best else "no successful trial"
-            line = f"stopped: {info['reason']}; {best_s}"
+            line = f"stopped: {info['reason']}; {self._best()}"
         else:
-            return
+            line = _shared_event(kind, info)
+            if line is None:
+                return
         print(line, file=self.out, flush=True)
+
+    def _best(self) -> str:
+        try:
+            best = self.search.lineage().best
+        except Exception:  # a worker that lost its database still says why it stopped
+            return "best unknown (the database does not answer)"
+        return f"best {self.search.config.metric} {fmt(best.score)} (trial #{best.trial}: {best.description})" if best else "no successful trial"
 
     def _finished(self, info: dict) -> str:
         self.finished_here += 1
@@ -129,48 +162,101 @@ class Reporter:
             per = (time.time() - self.started) / self.finished_here
             eta = f" | eta {duration(per * max(0, total - counted))}"
         best_s = f" | best {fmt(best.score)} (#{best.trial})" if best else ""
-        return f"{count} {finished_line(info)}{best_s}{eta}"
+        return f"{count} {finished_line(info, metric=self.search.config.metric)}{best_s}{eta}"
+
+
+def _shared_event(kind: str, info: dict) -> str | None:
+    """The line of an event about trials left behind, lost, or the database and remote coming and going."""
+    if kind == "recovered":
+        where = f" on {info['host']}" if info.get("host") else ""
+        return f"trial #{info['trial']} was left running by a stopped worker{where}: marked interrupted, will re-run"
+    if kind == "lost":
+        return (f"trial #{info['trial']} was taken over by another worker while this one could not beat for it: "
+                "its result is dropped here")
+    if kind == "outage":
+        return f"lost {info['what']} ({info['error']}); retrying for up to {info['patience']:g} s"
+    if kind == "reconnected":
+        return f"{info['what']} is back; carrying on"
+    return None
+
+
+def check_fixed(args, search: Search) -> None:
+    """A creation flag given again must say what the search already fixed."""
+    cfg = search.config
+    data = args.data if args.data in (None, *NAMED_SOURCES) else str(Path(args.data).expanduser().resolve())
+    for flag, given, fixed in (("--profile", args.profile, cfg.profile), ("--budget", args.budget, cfg.budget),
+                               ("--mutable", args.mutable, cfg.mutable), ("--data", data, cfg.data),
+                               ("--run", args.run, cfg.target.get("run")), ("--metric", args.metric, cfg.metric),
+                               ("--direction", args.direction, cfg.direction),
+                               ("--evaluate", args.evaluate, cfg.target.get("evaluate"))):
+        if given is not None and given != fixed:
+            raise UsageError(f"{flag} is fixed at {fixed!r} for search {cfg.name!r}; drop the flag or start a new search")
 
 
 def cmd_init(args) -> int:
-    search = create_search(args.name, **creation_kwargs(args))
-    cfg = search.config
-    print(f"created search {cfg.name} in {search.folder} (profile {cfg.profile}, budget {cfg.budget:g}s, "
-          f"mutable {', '.join(cfg.mutable)}, data {cfg.data}, sandbox {cfg.sandbox}, scored by {cfg.evaluation})")
-    if cfg.sandbox == "none":
-        print("warning: trials run without a sandbox: a genome can read the validation data, fake its score or "
-              "change the search folder (install bubblewrap: apt-get install bubblewrap)", file=sys.stderr)
+    if args.remote and args.storage and not Search.exists(args.name, root=args.root) \
+            and Search.in_database(args.storage, args.name):
+        search = join_search(args.name, root=args.root, storage=args.storage, remote=args.remote,
+                             cache_dir=args.cache_dir)
+        try:
+            check_fixed(args, search)
+        except UsageError:
+            search.close()
+            raise
+        print(f"joined shared search {search.config.name} in {search.folder} (study {redact(search.config.storage)}, "
+              f"population {search.config.remote})")
+    else:
+        search = create(args)
+    if search.config.shared:
+        cfg = search.config
+        print(f"start one worker per host: evo worker {cfg.name} --storage '{redact(cfg.storage)}' --remote "
+              f"'{cfg.remote}' --trials N")
     search.close()
     return 0
 
 
+def create(args) -> Search:
+    """Create the search the flags describe and say what was made (and what the user should know)."""
+    had_program = (Path(args.project) / "program.md").exists()
+    search = create_search(args.name, **creation_kwargs(args))
+    cfg = search.config
+    what = (f"profile {cfg.profile}, data {cfg.data}" if not cfg.target else
+            f"run '{cfg.target['run']}', {cfg.direction} {cfg.metric}")
+    where = f"; study {redact(cfg.storage)}, population {cfg.remote}" if cfg.shared else ""
+    print(f"created search {cfg.name} in {search.folder} ({what}, budget {cfg.budget:g}s, mutable "
+          f"{', '.join(cfg.mutable)}, sandbox {cfg.sandbox}, scored {cfg.evaluation.replace('harness', 'by the harness')}"
+          f"{where})")
+    if not had_program and search.paths.program.exists():
+        print(f"the project has no program.md: wrote {search.paths.program} from a template; edit it to tell LLM "
+              "proposers what to try", file=sys.stderr)
+    if cfg.sandbox == "none":
+        print("warning: trials run without a sandbox: a genome can read the validation data, fake its score or "
+              "change the search folder (install bubblewrap: apt-get install bubblewrap)", file=sys.stderr)
+    return search
+
+
 def open_or_create(args, slots: list[Slot] | None = None) -> Search:
     """The search `evo run NAME` means: the existing one (its fixed settings unchanged) or a new one.
-    The devices asked for are checked against the GPUs the harness sees before either."""
+    The devices asked for are checked against the GPUs trials would see before either."""
     if not Search.exists(args.name, root=args.root):
         prepare = Path(args.project) / "prepare.py"
-        if slots and prepare.exists():  # without it, create_search says what is missing
-            _check_devices(slots, describe_harness(prepare.resolve(), args.profile))
-        return create_search(args.name, **creation_kwargs(args))
+        if slots and args.run is None and prepare.exists():  # without it, creation says what is missing
+            _check_devices(slots, int(describe_harness(prepare.resolve(), args.profile).get("cuda_devices", 0)))
+        elif slots:
+            _check_devices(slots, nvidia_gpus())
+        return create(args)
     search = Search.open(args.name, root=args.root)
     try:
         check_runnable(search)
-        cfg = search.config
-        data = args.data if args.data in (None, *NAMED_SOURCES) else str(Path(args.data).expanduser().resolve())
-        for flag, given, fixed in (("--profile", args.profile, cfg.profile), ("--budget", args.budget, cfg.budget),
-                                   ("--mutable", args.mutable, cfg.mutable), ("--data", data, cfg.data)):
-            if given is not None and given != fixed:
-                raise UsageError(f"{flag} is fixed at {fixed!r} for search {cfg.name!r}; drop the flag or start a new search")
-        if slots:
-            _check_devices(slots, describe_harness(search.harness[0], cfg.profile))
+        check_fixed(args, search)
     except Exception:
         search.close()
         raise
     return search
 
 
-def _check_devices(slots: list[Slot], facts: dict) -> None:
-    for warning in check_slots(slots, int(facts.get("cuda_devices", 0))):
+def _check_devices(slots: list[Slot], gpus: int) -> None:
+    for warning in check_slots(slots, gpus):
         print(f"warning: {warning}", file=sys.stderr)
 
 
@@ -179,20 +265,61 @@ def cmd_run(args) -> int:
     strategy = make_strategy(args.strategy, **strategy_options(args, args.strategy))
     slots = parse_devices(args.devices) if args.devices else None  # reject a bad device before creating anything
     search = open_or_create(args, slots)
+    if search.config.shared:  # `evo run` on a shared search is this host's worker
+        search.close()
+        search = Search.open(args.name, root=args.root, worker=True)
+        return run_loop(search, args, strategy, proposer, slots, SharedHosts(search))
+    return run_loop(search, args, strategy, proposer, slots, OneHost())
+
+
+def run_loop(search: Search, args, strategy, proposer, slots, hosts: OneHost) -> int:
+    """Run the loop until it stops; the exit code says how (0 done, 1 error, 130 interrupted)."""
     slots = slots or default_slots(search)
     options = run_options(args)
     cfg = search.config
     if not args.quiet:
-        print(f"search {cfg.name}: profile {cfg.profile}, budget {cfg.budget:g}s, strategy {strategy.describe()}, "
+        who = f"worker on {socket.gethostname()} of shared search" if hosts.shared else "search"
+        print(f"{who} {cfg.name}: profile {cfg.profile}, budget {cfg.budget:g}s, strategy {strategy.describe()}, "
               f"proposer {proposer.name}, devices {', '.join(s.name for s in slots)}; folder {search.folder}", flush=True)
-    loop = SearchLoop(search, strategy, proposer, slots, options, on_event=Reporter(search, options, quiet=args.quiet))
+    loop = SearchLoop(search, strategy, proposer, slots, options, on_event=Reporter(search, options, quiet=args.quiet),
+                      hosts=hosts)
+    leave = ("stopping: killing running trials (other workers re-run them)" if hosts.shared else
+             "stopping: killing running trials (they re-run on resume)")
     try:
-        with stop_on_signals(loop.stop.set, loop.stop.is_set,
-                             "stopping: killing running trials (they re-run on resume); Ctrl-C again to quit at once",
+        with stop_on_signals(loop.stop.set, loop.stop.is_set, f"{leave}; Ctrl-C again to quit at once",
                              abandon=loop.abandon):
             reason = loop.run()
     finally:
         search.close()
     if reason.kind == StopKind.INTERRUPTED:
         return 130
-    return 1 if reason.kind == StopKind.ERROR else 0
+    if reason.kind == StopKind.ERROR:
+        print(f"evo {args.command}: error: {reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_worker(args) -> int:
+    proposer = build_proposer(args.proposer, args)
+    strategy = make_strategy(args.strategy, **strategy_options(args, args.strategy))
+    slots = parse_devices(args.devices) if args.devices else None
+    if not Search.exists(args.name, root=args.root):
+        if not args.storage or not args.remote:
+            raise UsageError(f"no folder for search {args.name!r} in {Path(args.root).resolve()} yet: give --storage "
+                             "postgresql://... and --remote GIT_URL the first time on a host")
+        join_search(args.name, root=args.root, storage=args.storage, remote=args.remote, cache_dir=args.cache_dir).close()
+    search = Search.open(args.name, root=args.root, worker=True)
+    try:
+        cfg = search.config
+        if not cfg.shared:
+            raise SearchError(f"search {cfg.name!r} in {search.folder} runs on one host: run it with `evo run {cfg.name}`")
+        for flag, given, known in (("--storage", args.storage, cfg.storage), ("--remote", args.remote, cfg.remote)):
+            if given and given != known:
+                raise UsageError(f"{search.folder} was joined with {flag} {redact(known)}; drop the flag, or use "
+                                 "another --root for another search")
+        check_runnable(search)
+        hosts = SharedHosts(search, patience=args.patience)
+    except Exception:
+        search.close()
+        raise
+    return run_loop(search, args, strategy, proposer, slots, hosts)

@@ -11,6 +11,7 @@ from analysis.report import search_facts, write_report
 from analysis.summary import render_status, render_trial, summarize
 from analysis.walk import best_lineage, render_walk
 from evo.cli._common import UsageError, add_root, positive_float, positive_int, resolve_name
+from population.genomes import RemoteError
 from population.results_tsv import results_tsv
 from population.search import Search
 
@@ -32,7 +33,7 @@ def add_parsers(sub) -> None:
     p.set_defaults(handler=cmd_show)
 
     p = sub.add_parser("best", help="write the best genome's files", description="Write the files of the best genome "
-                       "(lowest mean val_bpb among feasible trials) into a folder.")
+                       "(the best mean score among feasible trials) into a folder.")
     p.add_argument("name", nargs="?", help="name of the search (optional when there is only one)")
     p.add_argument("--out", default=None, help="folder to write into (default: runs/NAME/best)")
     add_root(p)
@@ -58,6 +59,19 @@ def add_parsers(sub) -> None:
                    help="lineage layout: tree (layered by generation), dot (graphviz), auto: dot when installed")
     add_root(p)
     p.set_defaults(handler=cmd_report)
+
+
+def open_synced(name: str, root: str) -> Search:
+    """Open a search to read its genomes: a shared one first fetches what other hosts pushed
+    (if its remote does not answer, say so in one line and show what this host has)."""
+    search = Search.open(name, root=root)
+    if search.config.shared:
+        try:
+            search.sync()
+        except RemoteError as e:
+            print(f"warning: could not fetch from {search.config.remote} ({e}); showing the genomes this host has",
+                  file=sys.stderr)
+    return search
 
 
 def cmd_status(args) -> int:
@@ -92,14 +106,14 @@ def cmd_show(args) -> int:
         number = int(number)
     except ValueError:
         raise UsageError(f"trial number must be a whole number, not {number!r}")
-    with Search.open(name, root=args.root) as search:
+    with open_synced(name, args.root) as search:
         print(render_trial(search, number))
     return 0
 
 
 def cmd_best(args) -> int:
     name = resolve_name(args.name, args.root)
-    with Search.open(name, root=args.root) as search:
+    with open_synced(name, args.root) as search:
         best = search.lineage().best
         if best is None:
             raise UsageError(f"search {name!r} has no successful trial yet")
@@ -109,7 +123,7 @@ def cmd_best(args) -> int:
             (out / path).parent.mkdir(parents=True, exist_ok=True)
             (out / path).write_text(text)
         spread = f" ± {best.spread:.4f} over {len(best.values)} seeds" if best.spread is not None else ""
-        print(f"trial #{best.trial} (val_bpb {best.score:.6f}{spread}; {best.description}) -> {out}")
+        print(f"trial #{best.trial} ({search.config.metric} {best.score:.6f}{spread}; {best.description}) -> {out}")
     return 0
 
 
@@ -127,7 +141,7 @@ def cmd_export(args) -> int:
 
 def cmd_report(args) -> int:
     name = resolve_name(args.name, args.root)
-    with Search.open(name, root=args.root) as search:
+    with open_synced(name, args.root) as search:
         files = write_report(search, out=args.out, max_nodes=args.max_nodes, engine=args.layout)
         print(search_facts(search).headline())
         steps = best_lineage(search.lineage())

@@ -29,7 +29,7 @@ def _bpb(value: float | None) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{value:.4f}"
 
 
-def outcome(t: TrialRecord, lineage: Lineage) -> str:
+def outcome(t: TrialRecord, lineage: Lineage, metric: str = "val_bpb") -> str:
     """How one trial went, in a few words: what a researcher would write in a lab notebook."""
     status = t.status
     if status == OK and t.value is not None:
@@ -43,7 +43,7 @@ def outcome(t: TrialRecord, lineage: Lineage) -> str:
             verdict = "worse"
         if not t.feasible:
             verdict += ", over the memory limit"
-        return f"{verdict}: val_bpb {_bpb(t.value)}{delta}"
+        return f"{verdict}: {metric} {_bpb(t.value)}{delta}"
     if status == DUPLICATE:
         return f"duplicate of #{t.attrs.get('duplicate_of', '?')} (same genome, not re-run)"
     if status == INVALID:
@@ -68,7 +68,7 @@ def _step(t: TrialRecord) -> str:
     return t.operator or "?"
 
 
-def ancestry(number: int, lineage: Lineage) -> list[str]:
+def ancestry(number: int, lineage: Lineage, metric: str = "val_bpb") -> list[str]:
     """One line per step from the seed to trial `number` (first parents), with val_bpb and its change."""
     lines, previous = [], None
     for n in lineage.path_to(number):
@@ -83,12 +83,13 @@ def ancestry(number: int, lineage: Lineage) -> list[str]:
             what = t.description  # it already names both parents
         else:
             what = f"{_step(t)}: {t.description or '(no description)'}"
-        lines.append(f"- #{n} {what} | val_bpb {_bpb(score)}{change}")
+        lines.append(f"- #{n} {what} | {metric} {_bpb(score)}{change}")
         previous = score if score is not None else previous
     return lines
 
 
-def search_memory(parents: list[int], lineage: Lineage, *, recent: int = 30, failures: int = 40) -> str:
+def search_memory(parents: list[int], lineage: Lineage, *, recent: int = 30, failures: int = 40,
+                  metric: str = "val_bpb") -> str:
     """The memory block of a prompt: ancestry of each parent, recent ideas, older failures, the best.
 
     parents: the trial numbers of the genome(s) the child starts from.
@@ -97,7 +98,7 @@ def search_memory(parents: list[int], lineage: Lineage, *, recent: int = 30, fai
     failures: how many older failed ideas to name besides those."""
     parts = []
     for n in parents:
-        steps = ancestry(n, lineage)
+        steps = ancestry(n, lineage, metric)
         if steps:
             parts.append(f"## How #{n} came about (from the seed)\n\n" + "\n".join(steps))
 
@@ -105,7 +106,7 @@ def search_memory(parents: list[int], lineage: Lineage, *, recent: int = 30, fai
     shown, older = ideas[-recent:] if recent else [], ideas[:-recent] if recent else ideas
     if shown:
         rows = [f"- #{t.number} from {', '.join(f'#{p}' for p in t.parents) or '-'}"
-                f"{f' [{t.proposer}]' if t.proposer else ''}: {t.description or '(no description)'} | {outcome(t, lineage)}"
+                f"{f' [{t.proposer}]' if t.proposer else ''}: {t.description or '(no description)'} | {outcome(t, lineage, metric)}"
                 for t in shown]
         parts.append(f"## Recent ideas across the population ({len(shown)} of {len(ideas)}, oldest first)\n\n"
                      + "\n".join(rows))
@@ -118,7 +119,7 @@ def search_memory(parents: list[int], lineage: Lineage, *, recent: int = 30, fai
             break
         if _failed(t, lineage) and t.description and t.description not in seen:
             seen.add(t.description)
-            named.append(f"- #{t.number}: {t.description} | {outcome(t, lineage)}")
+            named.append(f"- #{t.number}: {t.description} | {outcome(t, lineage, metric)}")
     if named:
         parts.append("## Earlier ideas that did not work (do not retry them without saying why they would work now)\n\n"
                      + "\n".join(reversed(named)))
@@ -129,10 +130,10 @@ def search_memory(parents: list[int], lineage: Lineage, *, recent: int = 30, fai
         seed = lineage.seed
         seed_score = lineage.score_of(seed.number) if seed is not None else None
         gain = f", {best.score - seed_score:+.4f} vs the seed" if seed_score is not None and best.trial != seed.number else ""
-        lines = [f"Best so far: #{best.trial}, val_bpb {_bpb(best.score)}{spread}{gain}: {best.description}"]
+        lines = [f"Best so far: #{best.trial}, {metric} {_bpb(best.score)}{spread}{gain}: {best.description}"]
         noisy = [i.spread for i in lineage.individuals if i.spread is not None]
         if noisy:
-            lines.append(f"Noise: the same genome on new seeds varies by about ±{max(noisy):.4f} val_bpb; "
+            lines.append(f"Noise: the same genome on new seeds varies by about ±{max(noisy):.4f} {metric}; "
                          f"smaller differences are not evidence.")
         parts.append("## Current best\n\n" + "\n".join(lines))
     return "\n\n".join(parts)

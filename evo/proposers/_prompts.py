@@ -29,7 +29,7 @@ TOOL_SCHEMA = {
     "properties": {
         "description": {"type": "string", "description": "one line, e.g. 'raise MATRIX_LR 0.04 -> 0.05' or "
                         "'swap ReLU² for SwiGLU'; it becomes the commit subject and the label in every plot"},
-        "rationale": {"type": "string", "description": "why this should lower val_bpb under this time budget, "
+        "rationale": {"type": "string", "description": "why this should improve the search's score under this budget, "
                       "in a few sentences; say why it differs from ideas that already failed"},
         "edits": {"type": "array", "description": "exact search/replace pairs on the mutable files",
                   "items": {"type": "object", "properties": {
@@ -48,6 +48,14 @@ TOOL_SCHEMA = {
 
 ROLE = ("You are one researcher in an evolutionary search over a small GPT training script. You propose one "
         "child genome at a time; it is trained under a fixed time budget and scored by val_bpb (lower is better).")
+ROLE_ANY = ("You are one researcher in an evolutionary search over a project's files. You propose one child genome "
+            "(a version of the mutable files) at a time; it is run under a fixed time budget and scored by {metric} "
+            "({better} is better).")
+
+
+def objective(ctx: ProposalContext) -> tuple[str, str]:
+    """(the metric's name, "lower" or "higher"): what the search optimises."""
+    return ctx.settings.get("metric", "val_bpb"), "higher" if ctx.settings.get("direction") == "maximize" else "lower"
 
 ANSWER_WITH_TOOL = (f"Answer by calling the `{TOOL_NAME}` tool exactly once, with the edits written against the "
                     "starting files shown above.")
@@ -126,7 +134,9 @@ def _settings(ctx: ProposalContext) -> str:
 
 
 def _system(ctx: ProposalContext) -> list[Block]:
-    return [Block(ROLE), Block("# Research program (program.md)\n\n" + ctx.program.strip(), cache=True)]
+    metric, better = objective(ctx)
+    role = ROLE if (metric, better) == ("val_bpb", "lower") else ROLE_ANY.format(metric=metric, better=better)
+    return [Block(role), Block("# Research program (program.md)\n\n" + ctx.program.strip(), cache=True)]
 
 
 def mutation_prompt(parent: Genome, ctx: ProposalContext, *, answer: str = ANSWER_WITH_TOOL,
@@ -135,14 +145,16 @@ def mutation_prompt(parent: Genome, ctx: ProposalContext, *, answer: str = ANSWE
 
     answer: how the model must answer (tool call, JSON, or edit the files in a folder).
     show_files: include the parent's files (False when they are in the agent's folder instead)."""
-    score = f", val_bpb {parent.score:.4f}" if parent.score is not None else ""
+    metric, better = objective(ctx)
+    score = f", {metric} {parent.score:.4f}" if parent.score is not None else ""
     user = []
     if show_files:
         user.append(Block(files_block(f"Parent genome #{parent.trial}{score}: the starting files", parent.files), cache=True))
     task = (f"# Your task\n\n{_settings(ctx)}\n\nPropose one child of #{parent.trial}{score} "
-            f"({parent.description or 'no description'}): one focused idea that should lower val_bpb within the "
-            f"budget. Read the memory above first: build on what improved, and do not repeat what failed.\n\n{answer}")
-    user.append(Block("# What the search has learned\n\n" + search_memory([parent.trial], ctx.lineage) + "\n\n" + task))
+            f"({parent.description or 'no description'}): one focused idea that should make {metric} {better} within "
+            f"the budget. Read the memory above first: build on what improved, and do not repeat what failed.\n\n{answer}")
+    memory = search_memory([parent.trial], ctx.lineage, metric=metric)
+    user.append(Block("# What the search has learned\n\n" + memory + "\n\n" + task))
     return Prompt(_system(ctx), user), dict(parent.files)
 
 
@@ -167,7 +179,7 @@ def crossover_prompt(a: Genome, b: Genome, base: Genome | None, ctx: ProposalCon
             conflicts.append(path)
 
     def score(g: Genome) -> str:
-        return f"val_bpb {g.score:.4f}" if g.score is not None else "no score"
+        return f"{objective(ctx)[0]} {g.score:.4f}" if g.score is not None else "no score"
 
     where = "shown below" if show_files else "in the current folder"
     parts = [f"# Crossover of #{a.trial} ({score(a)}: {a.description}) and #{b.trial} ({score(b)}: {b.description})"]
@@ -187,7 +199,7 @@ def crossover_prompt(a: Genome, b: Genome, base: Genome | None, ctx: ProposalCon
     task = (f"# Your task\n\n{_settings(ctx)}\n\nPropose one child that keeps the strengths of both parents. "
             f"{'Resolve every conflict. ' if conflicts else ''}Say in the description what it takes from each "
             f"(e.g. 'cross #{a.trial} x #{b.trial}: LR schedule of #{a.trial} + SwiGLU of #{b.trial}').\n\n{answer}")
-    memory = search_memory([a.trial, b.trial], ctx.lineage)
+    memory = search_memory([a.trial, b.trial], ctx.lineage, metric=objective(ctx)[0])
     # Not cached: a pair of parents rarely meets twice, and a cache write costs more than plain input.
     user = [Block("\n\n".join(parts)), Block("# What the search has learned\n\n" + memory + "\n\n" + task)]
     return Prompt(_system(ctx), user), start

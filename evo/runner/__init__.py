@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Callable
 
 from evo.runner._evaluate import Evaluation, Evaluator, Session, SummaryEvaluator
-from evo.runner._harness import DataFiles, HarnessEvaluator, Run
+from evo.runner._harness import DataFiles, HarnessEvaluator, Run, harness_root
+from evo.runner._metric import CommandEvaluator, MetricEvaluator
 from evo.runner._output import SUMMARY_KEYS, Progress, TrialOutput
 from evo.runner._process import (EXIT_GRACE, INTERRUPTED, LIMIT, OOM, PRUNED, TIMEOUT, Execution, Executor,
                                  Limits, Watch, supervise)
@@ -32,7 +33,8 @@ STATUSES = ("ok", "crash", "timeout", "diverged", "no_metric", "pruned", "interr
 # Keys of a genome's summary the engine measures itself: the genome's own values are kept as reported_*.
 MEASURED = ("val_bpb", "training_seconds", "peak_vram_mb")
 
-__all__ = ["STATUSES", "SUMMARY_KEYS", "EXIT_GRACE", "BwrapExecutor", "DataFiles", "Evaluation", "Evaluator",
+__all__ = ["STATUSES", "SUMMARY_KEYS", "EXIT_GRACE", "BwrapExecutor", "CommandEvaluator", "DataFiles", "Evaluation",
+           "Evaluator", "MetricEvaluator",
            "Execution", "Executor", "HarnessEvaluator", "Limits", "LocalExecutor", "Progress", "Run", "Session",
            "SummaryEvaluator", "TrialOutput", "TrialResult", "TrialRunner", "View", "Watch", "allowed_environment",
            "bwrap_works", "install_harness", "run_trial", "suspicious", "trial_environment"]
@@ -53,6 +55,10 @@ class TrialResult:
     @property
     def val_bpb(self) -> float | None:
         return self.metrics.get("val_bpb")
+
+    def value(self, metric: str) -> float | None:
+        """The score under `metric`'s name (val_bpb for evoresearch's own harness)."""
+        return self.metrics.get(metric)
 
 
 def trial_environment(*, profile: str, budget: float, seed: int, device: str, data: str | None = None,
@@ -81,9 +87,13 @@ def trial_environment(*, profile: str, budget: float, seed: int, device: str, da
 
 
 def install_harness(workdir: Path, harness: list[Path]) -> None:
-    """Copy the fixed harness files into the genome's folder, replacing whatever is there."""
+    """Copy the fixed harness files into the genome's folder, at their places relative to the harness
+    root, replacing whatever is there."""
+    root = harness_root(harness)
     for src in harness:
-        shutil.copyfile(src, Path(workdir) / Path(src).name)
+        target = Path(workdir) / Path(src).relative_to(root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, target)
 
 
 class TrialRunner:
@@ -98,19 +108,23 @@ class TrialRunner:
         harness: the fixed files, copied into the genome's folder before each run (and, in a
             sandbox, bound read-only over those copies).
         data: the harness's prepared files, so each sandbox sees only its share.
-        script: the genome's entry point.
-        python: the interpreter that runs it.
+        script: the genome's entry point, run with `python`.
+        command: the whole command instead (e.g. ["bash", "-c", "uv run train.py"]).
+        python: the interpreter.
+        read: folders besides the harness that every process of a run may read.
         network: whether sandboxes keep the network.
         eval_limit: seconds the scoring of one run may take.
     """
 
     def __init__(self, *, executor: Executor | None = None, evaluator: Evaluator | None = None,
                  harness: list[Path] = (), data: DataFiles = DataFiles(), script: str = "train.py",
-                 python: str = sys.executable, network: bool = False, eval_limit: float = 300.0):
+                 command: list[str] | None = None, python: str = sys.executable, network: bool = False,
+                 eval_limit: float = 300.0, read: tuple[Path, ...] = ()):
         self.executor = executor or LocalExecutor()
         self.evaluator = evaluator or SummaryEvaluator()
         self.harness, self.data, self.script, self.python = list(harness), data, script, python
-        self.network, self.eval_limit = network, eval_limit
+        self.command = list(command) if command else [python, script]
+        self.network, self.eval_limit, self.read = network, eval_limit, tuple(Path(p) for p in read)
 
     def run(self, workdir: str | Path, *, log_path: str | Path, env: dict[str, str], timeout: float,
             on_progress: Callable[[float, float], bool | None] | None = None, stop: threading.Event | None = None,
@@ -132,7 +146,7 @@ class TrialRunner:
         install_harness(workdir, self.harness)
         run = Run(executor=self.executor, python=self.python, workdir=workdir, folder=log_path.parent,
                   env=dict(env), harness=self.harness, data=self.data, device=env.get("EVO_DEVICE", "cpu"),
-                  network=self.network, stop=stop, eval_limit=self.eval_limit)
+                  network=self.network, stop=stop, eval_limit=self.eval_limit, read=self.read)
         run.folder.mkdir(parents=True, exist_ok=True)
         _private_cache(run, compile_cache)
         env = {**env, "EVO_OUTPUT": str(run.output), "EVO_CLOCK": clock, "EVO_THREADS": str(threads),
@@ -143,13 +157,13 @@ class TrialRunner:
                         disk_bytes=limits.disk_bytes, disk_paths=(workdir,))
         session = self.evaluator.session(run)
         try:
-            output = TrialOutput()
+            output = TrialOutput(watch=self.evaluator.watch)
             watch = Watch(timeout=timeout, clock=clock, threads=threads, stop=stop, on_start=on_start,
                           result_in=session.result_in, on_result=session.on_result, limits=limits,
                           on_progress=(lambda p: on_progress(p.fraction, p.loss)) if on_progress else None)
-            view = run.training_view(sees_validation=isinstance(self.evaluator, SummaryEvaluator))
+            view = run.training_view(sees_validation=self.evaluator.self_reported)
             env["EVO_STARTED"] = f"{time.time():.6f}"
-            execution = supervise(self.executor, [self.python, self.script], cwd=workdir, env=env, log_path=log_path,
+            execution = supervise(self.executor, self.command, cwd=workdir, env=env, log_path=log_path,
                                   output=output, watch=watch, view=view)
             evaluation = None if execution.start_error else session.evaluate(output, execution)
         finally:
@@ -161,9 +175,9 @@ class TrialRunner:
         if execution.start_error:
             return TrialResult("crash", error=execution.start_error, wall_seconds=execution.wall_seconds)
         status, error = classify(execution, output, evaluation, timeout=timeout, clock=clock,
-                                 self_reported=isinstance(self.evaluator, SummaryEvaluator))
+                                 self_reported=self.evaluator.self_reported)
         metrics = dict(output.summary)
-        if isinstance(self.evaluator, SummaryEvaluator):
+        if self.evaluator.self_reported:
             metrics.update(evaluation.metrics if evaluation is not None else {})
         else:
             metrics = {(f"reported_{k}" if k in MEASURED else k): v for k, v in metrics.items()}
@@ -176,12 +190,18 @@ class TrialRunner:
         provenance = {"sandbox": self.executor.name, "evaluator": self.evaluator.name, "clock": clock,
                       "memory": "reported by the genome" if run.gpu else "measured by the engine",
                       **(evaluation.provenance if evaluation is not None else {})}
-        source = run.workdir / self.script
-        flags = suspicious(source.read_text(errors="replace")) if source.exists() else []
+        flags = [flag for path in run.workdir.glob("**/*.py") if ".evo" not in path.parts and ".git" not in path.parts
+                 and not _is_harness(path, run) for flag in suspicious(path.read_text(errors="replace"))]
+        flags = list(dict.fromkeys(flags))
         if flags:
             provenance["suspicious"] = flags
         return TrialResult(status, metrics=metrics, error=error, log_tail="\n".join(output.tail),
                            returncode=execution.returncode, wall_seconds=execution.wall_seconds, provenance=provenance)
+
+
+def _is_harness(path: Path, run: Run) -> bool:
+    root = harness_root(run.harness)
+    return any(run.workdir / h.relative_to(root) == path for h in run.harness)
 
 
 def _private_cache(run: Run, trusted: Path | None) -> None:

@@ -51,12 +51,17 @@ class Session:
 class Evaluator:
     """Base class: makes a `Session` per run.
 
-    name: recorded in each trial's provenance ("self-reported" or "harness").
+    name: recorded in each trial's provenance ("self-reported", "harness" or "evaluated").
     metric: the key of the score in `Evaluation.metrics` (what the search optimises).
+    self_reported: whether the score is what the genome's own process printed (then its
+        training process may see everything the harness holds, validation data included).
+    watch: (name, pattern) pairs the run's output is searched for (see TrialOutput).
     """
 
     name = "base"
     metric = "val_bpb"
+    self_reported = True
+    watch: tuple = ()
 
     def session(self, run) -> Session:
         raise NotImplementedError

@@ -21,6 +21,7 @@ GPU) that the scorer creates and passes over the socket, so nothing is copied.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -36,6 +37,11 @@ from evo.runner._sandbox import View
 
 EVAL_LOG_LIMIT = 2 << 20  # bytes of the model process's and the scorer's output kept in eval.log
 SCORE_PREFIX = "EVO_SCORE "
+
+
+def harness_root(harness: list[Path]) -> Path:
+    """The folder the harness files are relative to (their common folder)."""
+    return Path(os.path.commonpath([str(Path(h).parent) for h in harness])) if harness else Path(".")
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,7 @@ class Run:
     network: bool = False
     stop: threading.Event | None = None
     eval_limit: float = 300.0
+    read: tuple[Path, ...] = ()  # folders besides the harness every process of the run may read
 
     @property
     def output(self) -> Path:
@@ -101,8 +108,12 @@ class Run:
             read += [*data.val]
         if data.root is not None:
             read.append(data.root)
-        return View(write=(self.workdir,), read=tuple(read), place=self._harness_over_genome(), network=self.network,
-                    gpu=self.gpu)
+        return View(write=(self.workdir,), read=(*read, *self.read), place=self._harness_over_genome(),
+                    network=self.network, gpu=self.gpu)
+
+    def evaluation_view(self) -> View:
+        """A trusted evaluation command's view: the trial's folder, read-only, and the extra folders."""
+        return View(read=(self.workdir, *self.read), place=self._harness_over_genome(), gpu=self.gpu)
 
     def model_view(self) -> View:
         self.compile_cache.mkdir(parents=True, exist_ok=True)
@@ -111,16 +122,19 @@ class Run:
 
     def scorer_view(self) -> View:
         data = self.data
-        return View(read=(self.harness[0].parent, *data.tokenizer, *data.val), gpu=self.gpu)
+        return View(read=(harness_root(self.harness), *data.tokenizer, *data.val), gpu=self.gpu)
 
     def _harness_over_genome(self) -> tuple[tuple[Path, Path], ...]:
-        return tuple((h, self.workdir / h.name) for h in self.harness)
+        """Each harness file bound read-only over its copy in the genome's folder."""
+        root = harness_root(self.harness)
+        return tuple((h, self.workdir / h.relative_to(root)) for h in self.harness)
 
 
 class HarnessEvaluator(Evaluator):
     """Scores the model the genome handed over with the harness's scorer (see the module docstring)."""
 
     name = "harness"
+    self_reported = False
 
     def session(self, run: Run) -> Session:
         return _HarnessSession(run)
@@ -144,7 +158,7 @@ class _HarnessSession(Session):
                 env={**env, "EVO_EVAL_SOCKET": str(theirs.fileno()), "TORCHINDUCTOR_CACHE_DIR": str(run.compile_cache)},
                 pass_fds=[theirs.fileno()])
             self.scorer = run.executor.start(
-                [run.python, "prepare.py", "--score"], cwd=run.harness[0].parent, view=run.scorer_view(),
+                [run.python, "prepare.py", "--score"], cwd=harness_root(run.harness), view=run.scorer_view(),
                 env={**env, "EVO_EVAL_SOCKET": str(ours.fileno())}, pass_fds=[ours.fileno()], stdin=subprocess.PIPE)
         finally:
             ours.close()

@@ -19,6 +19,15 @@ TAIL_LINES = 30
 
 _PROGRESS = re.compile(r"^step\s+\d+\s*\|\s*([\d.]+)%\s*\|\s*loss\s+(\S+)")
 _SUMMARY = re.compile(r"^(\w+):\s+(\S+)\s*$")
+_NUMBER = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?inf|nan)"
+
+
+def metric_pattern(metric: str, pattern: str | None = None) -> re.Pattern:
+    """The regex that finds a metric in a line: `pattern` (its first group is the number), or a
+    `metric: value` / `metric = value` line by default."""
+    if pattern:
+        return re.compile(pattern)
+    return re.compile(rf"^\s*{re.escape(metric)}\s*[:=]\s*{_NUMBER}\s*$")
 
 
 @dataclass(frozen=True)
@@ -40,9 +49,14 @@ class TrialOutput:
     {'val_bpb': 1.5}
 
     summary_keys: the keys of the summary block; the last one completes it.
+    watch: (name, pattern) pairs looked for in every line; `found[name]` keeps the last match
+        (first group, as a float) and `found_in_summary` the names last seen after a `---` line.
     """
 
     summary_keys: tuple[str, ...] = SUMMARY_KEYS
+    watch: tuple[tuple[str, re.Pattern], ...] = ()
+    found: dict[str, float] = field(default_factory=dict)
+    found_in_summary: set[str] = field(default_factory=set)
     summary: dict[str, float] = field(default_factory=dict)
     diverged: bool = False               # a FAIL line, or a progress line with a non-finite loss
     complete_at: float | None = None     # when the summary's last key arrived
@@ -61,6 +75,10 @@ class TrialOutput:
         del self.tail[:-TAIL_LINES]
         if line.startswith("FAIL"):
             self.diverged = True
+        for name, pattern in self.watch:
+            m = pattern.search(line)
+            if m:
+                self._found(name, m.group(1) if m.groups() else m.group(0))
         if line.strip() == "---":
             self._in_summary = True
             return None
@@ -68,6 +86,16 @@ class TrialOutput:
             self._summary_line(line, now)
             return None
         return self._progress_line(line)
+
+    def _found(self, name: str, text: str) -> None:
+        try:
+            self.found[name] = float(text)
+        except ValueError:
+            self.found[name] = math.nan
+        if self._in_summary:
+            self.found_in_summary.add(name)
+        else:
+            self.found_in_summary.discard(name)
 
     def _summary_line(self, line: str, now: float) -> None:
         m = _SUMMARY.match(line)

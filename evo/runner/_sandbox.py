@@ -122,9 +122,12 @@ class BwrapExecutor(Executor):
             args += ["--ro-bind", "/", "/"]
             for p in view.hidden:
                 args += ["--tmpfs", str(p)]
-        private = _private_root(view)
-        args += ["--proc", "/proc", "--dev", "/dev", "--size", str(self.tmp_size), "--tmpfs", private,
-                 "--dir", f"{private}/home", "--dir", f"{private}/tmp"]
+        private, home = _private_root(view), _home(view)
+        args += ["--proc", "/proc", "--dev", "/dev", "--size", str(self.tmp_size), "--tmpfs", private]
+        if view.whole_system:
+            args += ["--dir", home]
+        else:  # at the user's own path, so ~/.cache/... means what the project expects; --read folders bound inside
+            args += ["--size", str(self.tmp_size), "--tmpfs", home]
         if not view.whole_system:
             for d in SYSTEM_DIRS:
                 if os.path.isdir(d):
@@ -147,11 +150,19 @@ class BwrapExecutor(Executor):
 
     def start(self, argv, *, cwd, env, view=None, pass_fds=(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE):
         view = view or View()
-        private = _private_root(view)
-        env = {**env, "HOME": f"{private}/home", "TMPDIR": f"{private}/tmp"}
+        env = {**env, "HOME": _home(view), "TMPDIR": _private_root(view)}
         return subprocess.Popen(self.command(argv, cwd=cwd, env=env, view=view), env=env, stdin=stdin,
                                 stdout=stdout, stderr=subprocess.STDOUT, start_new_session=True,
                                 pass_fds=tuple(pass_fds))
+
+
+def _home(view: View) -> str:
+    """HOME in the sandbox: a private tmpfs at the user's own home path for a trial (what a project
+    finds at ~/... is what --read binds there), a private folder for a whole-system view."""
+    home = str(Path.home())
+    if view.whole_system or home in ("/", "", "/tmp") or home.startswith(("/proc", "/dev")):
+        return f"{_private_root(view)}/home" if view.whole_system else "/tmp/home"
+    return home
 
 
 def _private_root(view: View) -> str:
