@@ -268,8 +268,10 @@ class SearchLoop:
                 self._plan_more()
                 if self._pending or self._ready:
                     continue
-            idle = not self._pending and not self._ready and self._outage is None
-            if not self._running and ((limit is not None and limit.halts) or idle):
+            drained = not self._pending and not self._ready
+            # Done when a limit says so, or when nothing is left to plan (an API outage holds proposals back: wait).
+            done = limit is not None and (limit.halts or drained) or drained and self._outage is None
+            if not self._running and done:
                 if limit is not None or not self.hosts.others_running(self.search, set()):
                     return self._limit_reached() or StopReason(StopKind.EXHAUSTED, "nothing left to plan")
             self._wait()

@@ -167,3 +167,20 @@ def test_an_api_outage_in_the_middle_waits_keeps_devices_busy_and_the_search_fin
     assert not any("kept failing" in (t.error or "") for t in trials)  # an outage is no trial's failure
     assert any(t.operator == "reeval" for t in trials)  # the device re-evaluated while the API was down
     assert sum(1 for t in trials if t.operator == "mutate" and t.status == "ok") >= 3  # and mutated once it was back
+
+
+def test_a_mix_keeps_proposing_offline_while_its_api_cannot_be_reached(instant_project):
+    import socket
+    with socket.socket() as s:  # a port nothing listens on: every connection is refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "ANTHROPIC_API_KEY": KEY, "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{port}"}
+    proc = subprocess.run([sys.executable, "-m", "evo.cli", "run", "mix", *RUN, "--trials", "8", "--proposer",
+                           "offline:0.5,anthropic:0.5", "--api-backoff", "0.2,1"], cwd=instant_project, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "waiting for the API (retry in" in proc.stdout and "connection error" in proc.stdout
+    trials = trials_of(instant_project, "mix")
+    assert sum(1 for t in trials if t.counts) == 8
+    assert {t.proposer for t in trials if t.operator != "seed"} == {"offline"}  # the offline half did all the work
+    assert not any(t.status == "invalid_proposal" for t in trials)
