@@ -201,6 +201,7 @@ class SearchLoop:
         self._devices_written = 0.0
         self._error: StopReason | None = None
         self._outage: _Outage | None = None
+        self._finished_here = 0                  # trials this run told (for the pace `evo status` shows)
         self._probe: cf.Future | None = None    # the proposal asking a down API again
 
     @property
@@ -812,6 +813,7 @@ class SearchLoop:
         if not told:
             self.on_event("lost", {"trial": number, "status": result.status})
             return
+        self._finished_here += 1
         self.on_event("finished", {"trial": number, "status": result.status, "value": value, "kept": kept,
                                    "error": result.error, "operator": trial.operator if trial else "",
                                    "description": trial.description if trial else "", "feasible": feasible,
@@ -862,7 +864,8 @@ class SearchLoop:
                          "seconds": round(now - b.started, 1) if b else None,
                          "fraction": b.fraction if b else None, "loss": b.loss if b else None})
         self._devices_written = now
-        run = {"target": self.options.trials, "hours": self.options.hours, "started": self.started}
+        run = {"target": self.options.trials, "hours": self.options.hours, "started": self.options.since or self.started,
+               "finished": self._finished_here, "stopping": self.stop.is_set()}
         path = self.search.paths.devices
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"pid": os.getpid(), "updated": now, "slots": rows, "run": run,

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import socket
 import sys
-import time
 from pathlib import Path
 
 from evo.cli._common import (UsageError, add_creation, add_proposer_options, add_root, add_strategy_options,
-                             build_proposer, creation_kwargs, duration, finished_line, fmt, non_negative_int,
-                             positive_float, positive_int, stop_on_signals, strategy_options)
+                             build_proposer, creation_kwargs, non_negative_int, positive_float, positive_int,
+                             stop_on_signals, strategy_options)
+from evo.cli._progress import make_reporter
 from evo.devices import Slot, check_slots, default_slots, nvidia_gpus, parse_devices
 from evo.hosts import OneHost, SharedHosts
 from evo.loop import RunOptions, SearchLoop, StopKind
@@ -106,78 +106,6 @@ def run_options(args) -> RunOptions:
     return RunOptions(trials=args.trials, hours=args.hours, reeval=args.reeval, prune=args.prune,
                       max_vram_gb=args.max_vram_gb, max_memory_gb=args.max_memory_gb, max_cost_usd=args.max_cost_usd,
                       api_backoff=args.api_backoff)
-
-
-class Reporter:
-    """Prints one line per finished trial with the count, the best so far and an ETA."""
-
-    def __init__(self, search: Search, options: RunOptions, quiet: bool = False, out=sys.stdout):
-        self.search, self.options, self.quiet, self.out = search, options, quiet, out
-        self.started = time.time()
-        self.finished_here = 0
-
-    def __call__(self, kind: str, info: dict) -> None:
-        if self.quiet and kind != "stopped":
-            return
-        if kind == "preparing":
-            line = f"  {info['line']}" if "line" in info else f"preparing data: {info['data']} for profile {info['profile']}"
-        elif kind == "started":
-            parents = ",".join(f"#{p}" for p in info.get("parents", []))
-            line = (f"       #{info['trial']:<4} started on {info['slot']}: {info.get('operator', '')} {parents} "
-                    f"{(info.get('description') or '')[:70]}")
-        elif kind == "seed":
-            what = "was replaced (evo reseed) and runs now" if info.get("replaced") else "runs again"
-            line = (f"the seed genome has not run successfully yet (trial #{info['trial']}, {info['status']}: "
-                    f"{(info.get('error') or '')[:100]}): it {what}")
-        elif kind == "finished":
-            line = self._finished(info)
-        elif kind == "waiting":
-            line = (f"waiting for the API (retry in {duration(info['seconds'])}; down for "
-                    f"{duration(time.time() - info['since'])}): {info['error'][:120]}")
-        elif kind == "resumed":
-            line = f"the API answers again (it was down for {duration(info['seconds'])})"
-        elif kind == "stopped":
-            line = f"stopped: {info['reason']}; {self._best()}"
-        else:
-            line = _shared_event(kind, info)
-            if line is None:
-                return
-        print(line, file=self.out, flush=True)
-
-    def _best(self) -> str:
-        try:
-            best = self.search.lineage().best
-        except Exception:  # a worker that lost its database still says why it stopped
-            return "best unknown (the database does not answer)"
-        return f"best {self.search.config.metric} {fmt(best.score)} (trial #{best.trial}: {best.description})" if best else "no successful trial"
-
-    def _finished(self, info: dict) -> str:
-        self.finished_here += 1
-        lineage = self.search.lineage()
-        counted = sum(1 for t in lineage.trials if t.counts)
-        best, total = lineage.best, self.options.trials
-        count = f"[{counted:>3}/{total}]" if total else f"[{counted:>3}]"
-        eta = ""
-        if total and self.finished_here:
-            per = (time.time() - self.started) / self.finished_here
-            eta = f" | eta {duration(per * max(0, total - counted))}"
-        best_s = f" | best {fmt(best.score)} (#{best.trial})" if best else ""
-        return f"{count} {finished_line(info, metric=self.search.config.metric)}{best_s}{eta}"
-
-
-def _shared_event(kind: str, info: dict) -> str | None:
-    """The line of an event about trials left behind, lost, or the database and remote coming and going."""
-    if kind == "recovered":
-        where = f" on {info['host']}" if info.get("host") else ""
-        return f"trial #{info['trial']} was left running by a stopped worker{where}: marked interrupted, will re-run"
-    if kind == "lost":
-        return (f"trial #{info['trial']} was taken over by another worker while this one could not beat for it: "
-                "its result is dropped here")
-    if kind == "outage":
-        return f"lost {info['what']} ({info['error']}); retrying for up to {info['patience']:g} s"
-    if kind == "reconnected":
-        return f"{info['what']} is back; carrying on"
-    return None
 
 
 def check_fixed(args, search: Search) -> None:
@@ -281,13 +209,14 @@ def run_loop(search: Search, args, strategy, proposer, slots, hosts: OneHost) ->
         who = f"worker on {socket.gethostname()} of shared search" if hosts.shared else "search"
         print(f"{who} {cfg.name}: profile {cfg.profile}, budget {cfg.budget:g}s, strategy {strategy.describe()}, "
               f"proposer {proposer.name}, devices {', '.join(s.name for s in slots)}; folder {search.folder}", flush=True)
-    loop = SearchLoop(search, strategy, proposer, slots, options, on_event=Reporter(search, options, quiet=args.quiet),
-                      hosts=hosts)
+    reporter = make_reporter(search, options, quiet=args.quiet, strategy=strategy.name, proposer=proposer.name)
+    loop = SearchLoop(search, strategy, proposer, slots, options, on_event=reporter, hosts=hosts)
+    reporter.stopping = loop.stop.is_set
     leave = ("stopping: killing running trials (other workers re-run them)" if hosts.shared else
              "stopping: killing running trials (they re-run on resume)")
     try:
-        with stop_on_signals(loop.stop.set, loop.stop.is_set, f"{leave}; Ctrl-C again to quit at once",
-                             abandon=loop.abandon):
+        with reporter, stop_on_signals(loop.stop.set, loop.stop.is_set, f"{leave}; Ctrl-C again to quit at once",
+                                       abandon=loop.abandon):
             reason = loop.run()
     finally:
         search.close()
