@@ -35,7 +35,8 @@ import optuna
 
 from evo.devices import Slot, check_slots, parse_devices, visible_gpus
 from evo.hosts import OneHost, SharedHosts
-from evo.proposers import Genome, Proposal, ProposalContext, Proposer, ProposerError, ProposerUnavailable, cap_proposal
+from evo.proposers import (Genome, Proposal, ProposalContext, Proposer, ProposerError, ProposerUnavailable, cap_proposal,
+                           hyperparameter_values)
 from evo.pruners import make_pruner
 from evo.runner import Limits, TrialResult, TrialRunner
 from evo.search import DataCheck, check_harness
@@ -310,7 +311,7 @@ class SearchLoop:
                 self.hosts.publish(search, child.commit)
             attrs.update(commit=child.commit, tree=search.repo.tree_of(child.commit))
         with search.store.claim():
-            number = search.store.start({**attrs, "seed": child.seed})
+            number = search.store.start({**attrs, "seed": child.seed}, params=self._params(child))
         self._write_trial_files(number, p, child.commit if p.ok else None, parent_commits)
         if p.ok:
             search.repo.set_branch(search.branch(number), child.commit)
@@ -655,6 +656,7 @@ class SearchLoop:
             if child.commit is not None:
                 tree = repo.tree_of(child.commit)
                 attrs.update(commit=child.commit, tree=tree)
+            params = self._params(child)
             with search.store.claim():
                 if self.hosts.shared:
                     lineage = search.lineage()  # as other workers left it, and no one changes it until we are done
@@ -663,7 +665,7 @@ class SearchLoop:
                 if tree is not None and child.operator in ("mutate", "crossover") and child.rerun_of is None:
                     original = next((t for t in lineage.trials if t.tree == tree and t.operator != "reeval"
                                      and t.status not in (INVALID, INTERRUPTED)), None)
-                number = search.store.start({**attrs, "seed": child.seed})
+                number = search.store.start({**attrs, "seed": child.seed}, params=params)
         except Exception as e:
             if self.hosts.transient(e):  # not recorded: try again once the database or remote is back
                 self._ready.insert(0, child)
@@ -676,6 +678,14 @@ class SearchLoop:
             self._record_duplicate(child, attrs, parent_commits, original, lineage, number)
         else:
             self._launch(child, attrs, parent_commits, tree, number)
+
+    def _params(self, child: Child) -> dict:
+        """The child genome's UPPERCASE hyperparameters, recorded as the trial's Optuna params."""
+        if child.commit is None or (child.proposal is not None and not child.proposal.ok):
+            return {}
+        cfg = self.search.config
+        files = child.proposal.files if child.proposal is not None else self.search.repo.files(child.commit, cfg.mutable)
+        return hyperparameter_values(files, cfg.profile)
 
     def _admit(self, child: Child, lineage: Lineage) -> bool:
         """Whether `child` should still become a trial, judged from the study as it is now (inside the claim).

@@ -36,10 +36,13 @@ import sqlalchemy.exc
 from optuna.exceptions import ExperimentalWarning, StorageInternalError, UpdateFinishedTrialError
 from optuna.trial import TrialState
 
+from population.params import PARAM_SPACE_ATTR, as_params
+
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 METRIC = "val_bpb"  # the objective's name in the study
 CONFIG_ATTR = "evo_config"
+METRICS_PREFIX = "metrics."    # a trial attribute per metric: metrics.val_bpb, metrics.peak_vram_mb, ...
 SPEND_ATTR = "evo_spend_usd"
 LIMITS_ATTR = "evo_limits"      # a shared search's limits: {"trials": N, "hours": H}, hours from its first trial
 IMPORTED_ATTR = "evo_imported"  # set by `evo import`: the results.tsv a search was made from (it has no genomes)
@@ -99,7 +102,10 @@ class TrialRecord:
 
     @property
     def metrics(self) -> dict[str, float]:
-        return dict(self.attrs.get("metrics", {}))
+        """The run's metrics: one `metrics.NAME` attribute each, or (searches before that) one `metrics` dict."""
+        found = dict(self.attrs.get("metrics") or {})
+        found.update({k[len(METRICS_PREFIX):]: v for k, v in self.attrs.items() if k.startswith(METRICS_PREFIX)})
+        return found
 
     @property
     def error(self) -> str:
@@ -407,15 +413,19 @@ class TrialStore:
 
     # -- writing --------------------------------------------------------------
 
-    def start(self, attrs: dict[str, Any]) -> int:
+    def start(self, attrs: dict[str, Any], params: dict[str, Any] | None = None) -> int:
         """Create a RUNNING trial holding `attrs` in one write, and return its number.
 
+        `params`: the genome's hyperparameters (name -> value), recorded as Optuna params with
+        one distribution per name for the whole study (`population.params`).
         On a shared study the trial's first heartbeat is recorded and marked before the
         claim is let go, so every RUNNING trial another worker sees is either beating or
         an orphan of a worker that died in between (see `fail_stale`)."""
         with self.claim(), self._lock:
             user_attrs = {"status": INTERRUPTED, **attrs} if self.shared else dict(attrs)
-            template = optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs=user_attrs)
+            values, distributions = self._as_params(params or {})
+            template = optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs=user_attrs, params=values,
+                                                 distributions=distributions)
             trial_id = self.storage.create_new_trial(self._study_id, template_trial=template)
             if self.shared:
                 self.storage.record_heartbeat(trial_id)
@@ -423,6 +433,16 @@ class TrialStore:
             number = self.storage.get_trial_number_from_id(trial_id)
             self._live[number] = trial_id
             return number
+
+    def _as_params(self, values: dict[str, Any]) -> tuple[dict, dict]:
+        """Params and distributions for a new trial; a name seen for the first time is added to the study's space."""
+        if not values:
+            return {}, {}
+        space = self.attr(PARAM_SPACE_ATTR, {})
+        params, distributions, new = as_params(values, space)
+        if new:
+            self.storage.set_study_user_attr(self._study_id, PARAM_SPACE_ATTR, {**space, **new})
+        return params, distributions
 
     def set_attrs(self, number: int, attrs: dict[str, Any]) -> None:
         """Write user attributes of a trial (this process's or another's; a finished one only on SQLite)."""
@@ -470,8 +490,8 @@ class TrialStore:
             if trial_id is None:
                 trial_id = self._trial_id(number)
             record = dict(attrs)
-            if metrics is not None:
-                record["metrics"] = metrics
+            # One attribute per metric (metrics.val_bpb, ...): numbers Optuna's tools can show and sort.
+            record.update({f"{METRICS_PREFIX}{k}": v for k, v in (metrics or {}).items()})
             record["status"] = status
             try:
                 for key, v in record.items():

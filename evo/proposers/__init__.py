@@ -6,6 +6,7 @@ or construct a class directly.
 
 from evo.proposers._base import (CAPS, Genome, Proposal, ProposalContext, Proposer, ProposerError, ProposerUnavailable,
                                  cap_proposal)
+from evo.proposers._hyperparams import hyperparameter_values
 from evo.proposers._offline import OfflineProposer
 from evo.proposers._anthropic import AnthropicProposer
 from evo.proposers._command import CommandProposer
@@ -14,7 +15,7 @@ from evo.proposers._openai_compat import OpenAICompatibleProposer
 from evo.proposers._pricing import Price, load_prices
 from evo.proposers._spec import PROPOSERS, SpecError, from_spec, parse_spec
 
-__all__ = ["CAPS", "Genome", "Proposal", "ProposalContext", "Proposer", "ProposerError", "ProposerUnavailable",
+__all__ = ["hyperparameter_values", "CAPS", "Genome", "Proposal", "ProposalContext", "Proposer", "ProposerError", "ProposerUnavailable",
            "cap_proposal", "OfflineProposer",
            "AnthropicProposer", "CommandProposer", "MixedProposer", "OpenAICompatibleProposer", "Price", "load_prices",
            "PROPOSERS", "SpecError", "from_spec", "parse_spec"]
