@@ -44,6 +44,9 @@ class RunView:
     by the caller from the store); done_here, failed_here: finished by this run.
     best: (score, trial number, description) of the best genome, or None.
     stopping: Ctrl-C was pressed: the run only winds down (no ETA any more).
+    estimate: a trial's share of the budget may be estimated from the time it has run, until
+        its output reports one (right for a project whose budget covers the whole run; a
+        harness trial's budget starts after its start-up, so it waits for the report).
     """
 
     name: str = ""
@@ -63,6 +66,7 @@ class RunView:
     waiting: dict | None = None
     stopping: bool = False
     stopped: str = ""
+    estimate: bool = True
 
     def record(self, kind: str, info: dict, *, now: float) -> None:
         """Take one event of the run into the view."""
@@ -110,7 +114,7 @@ class RunView:
         """(fraction of the budget done, whether it is estimated from the time run so far)."""
         if run.fraction:
             return min(1.0, run.fraction), False
-        if self.budget:
+        if self.budget and self.estimate:
             return min(1.0, (now - run.started) / self.budget), True
         return None, False
 

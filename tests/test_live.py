@@ -57,6 +57,10 @@ def test_the_live_view_fits_80_columns_and_shows_each_device_the_trials_the_best
     assert "#8" in cuda0 and "62%" in cuda0 and "3.012" in cuda0 and "30s" in cuda0 and "…" in cuda0
     cuda1 = next(line for line in lines if line.startswith("cuda1"))
     assert "#9" in cuda1 and "~3%" in cuda1 and "10s" in cuda1  # no progress line yet: 10 s of a 300 s budget
+    harness = busy_view()
+    harness.estimate = False  # a harness trial's budget starts after its start-up: no guess before its report
+    cuda1 = next(line for line in screen(render_live(harness, now=1070.0)) if line.startswith("cuda1"))
+    assert "#9" in cuda1 and "%" not in cuda1 and "10s" in cuda1
 
 
 def test_after_ctrl_c_the_view_says_stopping_and_no_eta():

@@ -31,7 +31,8 @@ class Reporter:
         self.search, self.options, self.quiet, self.out, self.clock = search, options, quiet, out, clock
         cfg = search.config
         self.view = RunView(name=cfg.name, metric=cfg.metric, strategy=strategy, proposer=proposer, budget=cfg.budget,
-                            target=options.trials, hours=options.hours, started=clock())
+                            target=options.trials, hours=options.hours, started=clock(),
+                            estimate=bool(cfg.target))  # any project's budget covers its whole run
         self.every = every if every is not None else float(os.environ.get("EVO_PROGRESS_SECONDS",
                                                                           PLAIN_PROGRESS_SECONDS))
         self.stopping = lambda: False      # the loop's stop flag, once there is a loop
