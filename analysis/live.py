@@ -139,9 +139,9 @@ def waiting_line(view: RunView, now: float) -> str | None:
     w = view.waiting
     if w is None:
         return None
-    retry = max(0.0, w["retry_at"] - now)
-    return (f"waiting for the API (retry in {duration(retry)}; down {duration(now - w['since'])}): "
-            f"{' '.join(str(w['error']).split())}")
+    retry = w["retry_at"] - now
+    when = f"retry in {duration(retry)}" if retry >= 1 else "asking again now"
+    return f"waiting for the API ({when}; down {duration(now - w['since'])}): {' '.join(str(w['error']).split())}"
 
 
 def device_text(view: RunView, slot: str, now: float) -> str:

@@ -79,6 +79,7 @@ def test_a_wait_for_the_api_shows_in_the_view_and_the_line():
     assert any(line.startswith("waiting for the API (retry in 45s; down 1m15s)") for line in lines)
     assert all(len(line) <= 80 for line in lines)
     assert "waiting for the API (retry in 45s" in progress_line(view, now=1085.0)
+    assert "asking again now" in progress_line(view, now=1130.5)  # the wait is over: a probe is on its way
     view.record("resumed", {"seconds": 80}, now=1090.0)
     assert "waiting" not in "\n".join(screen(render_live(view, now=1090.0)))
 
