@@ -36,7 +36,7 @@ from analysis.progress import (Progress, children, device_seconds, failure_rate,
 from analysis.tree import TreeView, lineage_svg, plot_lineage, tree_view
 from analysis.walk import Step, best_lineage
 from analysis.yields import Yield, gains, yield_by
-from population.lineage import MIN_GAIN_ATTR, MINIMIZE, NOISE_MULTIPLE, Lineage, finish_order, gain, min_gain_of, sign
+from population.lineage import MIN_GAIN_ATTR, MINIMIZE, NOISE_MULTIPLE, Lineage, finish_order, gain, min_gain_of
 from population.store import IMPORTED_ATTR, TrialRecord
 
 
@@ -287,7 +287,7 @@ def _walk(steps: list[Step], facts: SearchFacts) -> str:
     rows = []
     for i, s in enumerate(steps):
         via = " × ".join(f'<a href="#trial-{p}">#{p}</a>' for p in s.parents)
-        step_gain = -sign(facts.direction) * s.delta if s.delta is not None else None
+        step_gain = s.gain
         delta_cls = "good" if step_gain is not None and step_gain > 0 else ("bad" if step_gain is not None and step_gain < 0 else "")
         change = esc(s.description or s.operator)
         if s.diff:

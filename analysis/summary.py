@@ -9,7 +9,7 @@ from collections import Counter
 
 from analysis.noise import noise_floor, within_noise
 from analysis.promotion import rung_rows
-from analysis.text import fmt
+from analysis.text import crop, duration, fmt
 from population.lineage import MIN_GAIN_ATTR, NOISE_MULTIPLE, Lineage, finish_order, min_gain_of
 from population.store import TrialRecord
 
@@ -23,7 +23,8 @@ def summarize(search) -> dict:
     children = lineage.children()
     kept = sum(1 for t in children if lineage.kept(t.number))
     spend = search.store.spend_usd
-    devices = _devices(search)
+    devices, run = _devices(search)
+    finished = sum(1 for t in trials if t.counts)
     return {
         "name": search.config.name,
         "folder": str(search.folder),
@@ -43,7 +44,8 @@ def summarize(search) -> dict:
         "best_rung_score": best.score_at(best.rung) if best else None,
         "best_spread": best.spread if best else None,
         "best_description": best.description if best else None,
-        "finished": sum(1 for t in trials if t.counts),
+        "finished": finished,
+        "run": _run_line_facts(run, finished),
         "counts": dict(counts),
         "keep_rate": kept / len(children) if children else None,
         "spend_usd": spend,
@@ -78,20 +80,44 @@ def _hosts(trials: list[TrialRecord]) -> dict[str, dict]:
     return hosts
 
 
-def _devices(search) -> list[dict]:
+def _devices(search) -> tuple[list[dict], dict]:
+    """What each device of the running process is doing, and that run's limits and pace
+    (devices.json, written by the loop); nothing when no process runs the search."""
     path = search.paths.devices
     if not path.exists() or not search.is_running():
-        return []
+        return [], {}
     try:
         state = json.loads(path.read_text())
     except (OSError, ValueError):
-        return []
+        return [], {}
     rows = state.get("slots", [])
     age = time.time() - state.get("updated", time.time())
     for row in rows:  # seconds since the snapshot was written
         if row.get("seconds") is not None:
             row["seconds"] = round(row["seconds"] + age, 1)
-    return rows
+    run = dict(state.get("run") or {})
+    run["waiting"] = state.get("waiting")
+    return rows, run
+
+
+def _run_line_facts(run: dict, finished: int) -> dict | None:
+    """The running process's target, elapsed time and ETA (None once it is stopping or unknown)."""
+    if not run.get("started"):
+        return None
+    now = time.time()
+    elapsed = now - run["started"]
+    eta = None
+    if not run.get("stopping") and run.get("finished"):
+        left = []
+        if run.get("target"):
+            left.append(elapsed / run["finished"] * max(0, run["target"] - finished))
+        if run.get("hours"):
+            left.append(max(0.0, run["hours"] * 3600 - elapsed))
+        eta = min(left) if left else None
+    waiting = run.get("waiting")
+    return {"target": run.get("target"), "elapsed": elapsed, "eta": eta, "stopping": bool(run.get("stopping")),
+            "waiting": None if not waiting else {"retry_in": max(0.0, waiting["retry_at"] - now),
+                                                  "error": waiting.get("error", "")}}
 
 
 def _trial_row(t: TrialRecord, lineage: Lineage) -> dict:
@@ -111,52 +137,80 @@ def trust_line(sandbox: str, evaluation: str) -> str:
     return f"trials run {where}; {how}"
 
 
-def render_status(s: dict, recent: int = 12) -> str:
-    lines = [f"search {s['name']} ({'running' if s['running'] else 'stopped'}): profile {s['profile']}, "
-             f"budget {s['budget']:g}s, folder {s['folder']}"]
-    lines.append(("WARNING: " if s["sandbox"] == "none" or s["evaluation"] == "self-reported" else "") + s["trust"])
-    if s["flagged"]:
-        lines.append(f"flagged: {s['flagged']} trial(s) reach for frames, gc, sys.modules, ctypes or the harness "
-                     "(see evo show)")
-    counts = s["counts"]
-    failed = sum(v for k, v in counts.items() if k not in ("ok", "duplicate", "running", "interrupted"))
-    lines.append(f"trials: {s['finished']} finished ({counts.get('ok', 0)} ok, {failed} failed, "
-                 f"{counts.get('duplicate', 0)} duplicate), {counts.get('running', 0)} running"
-                 + (f", {counts['interrupted']} interrupted" if counts.get("interrupted") else ""))
-    if s["best"] is not None:
-        spread = f" ± {s['best_spread']:.4f}" if s["best_spread"] is not None else ""
-        rung = f" ({s['best_rung_score']:.6f} at rung {s['best_rung']})" if s.get("best_rung") else ""
-        lines.append(f"best: {s['metric']} {s['best_val_bpb']:.6f}{spread}{rung} at trial #{s['best']}: "
-                     f"{s['best_description']}")
-    else:
-        lines.append("best: none yet")
-    if s["keep_rate"] is not None:
-        lines.append(f"keep rate: {100 * s['keep_rate']:.0f}% of children improved the best so far")
-    lines += _noise_lines(s)
-    for r in s.get("rungs", []):
-        if r["rung"]:
-            rho = f"rho {r['rho']:+.2f} over {r['pairs']}" if r["rho"] is not None else f"rho n/a ({r['pairs']} pairs)"
-            lines.append(f"rung {r['rung']} ({r['label']}): {r['genomes']} genomes, best {fmt(r['best'])}, {rho}")
-    if s["spend_usd"]:
-        per = f", ${s['cost_per_kept_usd']:.2f} per kept improvement" if s["cost_per_kept_usd"] else ""
-        lines.append(f"LLM spend: ${s['spend_usd']:.2f}{per}")
-    if s.get("hosts"):
-        lines.append("hosts: " + ", ".join(f"{h} ({v['trials']} trials" + (f", {v['running']} running)" if v["running"] else ")")
-                                           for h, v in sorted(s["hosts"].items())))
-    for d in s["devices"]:
-        if d.get("trial") is None:
-            lines.append(f"  {d['slot']:8s} idle")
-        else:
-            loss = f", loss {d['loss']:.3f}" if d.get("loss") is not None else ""
-            lines.append(f"  {d['slot']:8s} trial #{d['trial']}: {100 * (d.get('fraction') or 0):.0f}% of budget{loss}, {d['seconds']:.0f}s")
-    lines.append("")
-    lines.append(f"{'#':>4}  {'operator':9s} {'parents':9s} {'status':16s} {s['metric'][:12]:>12}  description")
+def render_status(s: dict, recent: int = 12, *, width: int | None = None, height: int | None = None) -> str:
+    """The text of `evo status`. With `width` and `height` (a terminal's, for --watch) every line is
+    cut to the width, never wrapped, and the recent trials give way first, then the lesser lines,
+    so the search's name, its trials and pace, the best and the devices always show."""
+    head = _status_head(s)
+    devices = [_device_line(d) for d in s["devices"]]
+    table = [f"{'#':>4}  {'operator':9s} {'parents':9s} {'status':16s} {s['metric'][:12]:>12}  description"]
     for row in s["trials"][-recent:]:
         parents = ",".join(str(p) for p in row["parents"]) or "-"
         mark = ("?" if row["number"] in s.get("within_noise", ()) else "*") if row["kept"] else " "
-        lines.append(f"{row['number']:>4}{mark} {row['operator']:9s} {parents:9s} {row['status']:16s} {fmt(row['val_bpb']):>12}  "
-                     f"{(row['description'] or row['error'] or '')[:80]}")
-    return "\n".join(lines)
+        table.append(f"{row['number']:>4}{mark} {row['operator']:9s} {parents:9s} {row['status']:16s} "
+                     f"{fmt(row['val_bpb']):>12}  {' '.join((row['description'] or row['error'] or '').split())[:80]}")
+    if height is not None:
+        room = height - len(devices)  # lines for the summary and the table
+        while len(head) > room - 3 and any(rank for rank, _ in head):  # lesser lines give way, highest rank first
+            worst = max(rank for rank, _ in head)
+            head.pop(max(i for i, (rank, _) in enumerate(head) if rank == worst))
+        rows = room - len(head) - 2  # below a blank line and the table's header
+        table = [table[0], *table[1:][-rows:]] if rows >= 1 else []
+    lines = [text for _, text in head] + devices + ([""] + table if table else [])
+    return "\n".join(crop(line, width) for line in lines)
+
+
+def _status_head(s: dict) -> list[tuple[int, str]]:
+    """The summary lines of `evo status`, each with its rank: 0 must show, higher gives way first."""
+    head = [(0, f"search {s['name']} ({'running' if s['running'] else 'stopped'}): profile {s['profile']}, "
+                f"budget {s['budget']:g}s, folder {s['folder']}"),
+            (3, ("WARNING: " if s["sandbox"] == "none" or s["evaluation"] == "self-reported" else "") + s["trust"])]
+    if s["flagged"]:
+        head.append((2, f"flagged: {s['flagged']} trial(s) reach for frames, gc, sys.modules, ctypes or the harness "
+                        "(see evo show)"))
+    counts = s["counts"]
+    failed = sum(v for k, v in counts.items() if k not in ("ok", "duplicate", "running", "interrupted"))
+    head.append((0, f"trials: {s['finished']} finished ({counts.get('ok', 0)} ok, {failed} failed, "
+                    f"{counts.get('duplicate', 0)} duplicate), {counts.get('running', 0)} running"
+                    + (f", {counts['interrupted']} interrupted" if counts.get("interrupted") else "")))
+    run = s.get("run")
+    if run and s["running"]:
+        pace = f"this run: {s['finished']}/{run['target']} trials" if run.get("target") else "this run:"
+        pace += f", elapsed {duration(run['elapsed'])}"
+        pace += ", stopping" if run["stopping"] else (f", eta {duration(run['eta'])}" if run["eta"] is not None else "")
+        head.append((0, pace))
+        if run.get("waiting"):
+            head.append((0, f"waiting for the API (retry in {duration(run['waiting']['retry_in'])}): "
+                            f"{run['waiting']['error']}"))
+    if s["best"] is not None:
+        spread = f" ± {s['best_spread']:.4f}" if s["best_spread"] is not None else ""
+        rung = f" ({s['best_rung_score']:.6f} at rung {s['best_rung']})" if s.get("best_rung") else ""
+        best = f"best: {s['metric']} {s['best_val_bpb']:.6f}{spread}{rung} at trial #{s['best']}: {s['best_description']}"
+        head.append((0, " ".join(best.split())))
+    else:
+        head.append((0, "best: none yet"))
+    if s["keep_rate"] is not None:
+        head.append((1, f"keep rate: {100 * s['keep_rate']:.0f}% of children improved the best so far"))
+    head += [(1, line) for line in _noise_lines(s)]
+    for r in s.get("rungs", []):
+        if r["rung"]:
+            rho = f"rho {r['rho']:+.2f} over {r['pairs']}" if r["rho"] is not None else f"rho n/a ({r['pairs']} pairs)"
+            head.append((1, f"rung {r['rung']} ({r['label']}): {r['genomes']} genomes, best {fmt(r['best'])}, {rho}"))
+    if s["spend_usd"]:
+        per = f", ${s['cost_per_kept_usd']:.2f} per kept improvement" if s["cost_per_kept_usd"] else ""
+        head.append((1, f"LLM spend: ${s['spend_usd']:.2f}{per}"))
+    if s.get("hosts"):
+        head.append((2, "hosts: " + ", ".join(f"{h} ({v['trials']} trials" + (f", {v['running']} running)"
+                                                                          if v["running"] else ")")
+                                              for h, v in sorted(s["hosts"].items()))))
+    return head
+
+
+def _device_line(d: dict) -> str:
+    if d.get("trial") is None:
+        return f"  {d['slot']:8s} idle"
+    loss = f", loss {d['loss']:.3f}" if d.get("loss") is not None else ""
+    return f"  {d['slot']:8s} trial #{d['trial']}: {100 * (d.get('fraction') or 0):.0f}% of budget{loss}, {d['seconds']:.0f}s"
 
 
 def _noise_lines(s: dict) -> list[str]:

@@ -22,3 +22,16 @@ def best_score(best, digits: int = 4) -> str:
     if getattr(best, "rung", 0):
         return f"{fmt(best.score_at(best.rung), digits)} at rung {best.rung} ({fmt(best.score, digits)} at rung 0)"
     return fmt(best.score, digits)
+
+
+def duration(seconds: float) -> str:
+    """1h02m, 3m05s or 42s."""
+    seconds = int(max(0, seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def crop(line: str, width: int | None) -> str:
+    """`line` cut to `width` characters with an ellipsis (never wrapped); whole when width is None."""
+    return line if width is None or len(line) <= width else line[: max(0, width - 1)] + "…"

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from population.lineage import Lineage
+from population.lineage import Lineage, gain
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,8 @@ class Step:
     proposer: str
     score: float | None          # the genome's mean val_bpb
     evaluations: int             # how many evaluations the mean is over
-    delta: float | None          # score minus the previous step's score (negative: it improved)
+    delta: float | None          # score minus the previous step's score (raw; its sign depends on the direction)
+    gain: float | None           # how much better than the previous step: positive is better, in either direction
     commit: str
     parent_commit: str           # the previous step's commit ("" for the first step)
     diff: str | None             # unified diff from the previous step (None: first step or not available)
@@ -57,7 +58,9 @@ def best_lineage(lineage: Lineage, *, diff: Callable[[str, str], str] | None = N
         t = lineage.by_number[number]
         ind = lineage.individual(number)
         score = ind.score if ind else None
-        delta = score - previous.score if previous and score is not None and previous.score is not None else None
+        known = previous is not None and score is not None and previous.score is not None
+        delta = score - previous.score if known else None
+        step_gain = gain(previous.score, score, lineage.direction) if known else None
         text = None
         if diff is not None and previous is not None and previous.commit and t.commit:
             try:
@@ -65,7 +68,7 @@ def best_lineage(lineage: Lineage, *, diff: Callable[[str, str], str] | None = N
             except Exception:  # the genome is not in git (imported results): the walk goes on without it
                 text = None
         step = Step(trial=number, operator=t.operator, description=t.description, parents=tuple(t.parents),
-                    proposer=t.proposer, score=score, evaluations=len(ind.values) if ind else 0, delta=delta,
+                    proposer=t.proposer, score=score, evaluations=len(ind.values) if ind else 0, delta=delta, gain=step_gain,
                     commit=t.commit, parent_commit=previous.commit if previous else "", diff=text)
         steps.append(step)
         previous = step
@@ -73,16 +76,17 @@ def best_lineage(lineage: Lineage, *, diff: Callable[[str, str], str] | None = N
 
 
 def render_walk(steps: list[Step], *, diffs: bool = False) -> str:
-    """The walk as plain text, one line per step (and the diffs when asked).
+    """The walk as plain text, one line per step (and the diffs when asked): the score and the gain
+    over the step before, positive when it got better (as everywhere in the report).
 
     Args:
         steps: from `best_lineage`.
         diffs: include each step's diff under its line.
     """
-    lines = []
+    lines = [f"{'trial':6s} {'operator':22s} {'score':>9} {'gain':>10}  change"] if steps else []
     for s in steps:
         score = f"{s.score:.6f}" if s.score is not None else "-"
-        delta = f"{s.delta:+.6f}" if s.delta is not None else ""
+        delta = f"{s.gain:+.6f}" if s.gain is not None else ""
         via = f" of {' x '.join('#' + str(p) for p in s.parents)}" if s.parents else ""
         lines.append(f"#{s.trial:<5} {s.operator + via:22s} {score:>9} {delta:>10}  {s.description}")
         if diffs and s.diff:

@@ -33,9 +33,10 @@ from typing import Callable
 
 import optuna
 
-from evo.devices import Slot, parse_devices
+from evo.devices import Slot, check_slots, parse_devices, visible_gpus
 from evo.hosts import OneHost, SharedHosts
-from evo.proposers import Genome, Proposal, ProposalContext, Proposer, ProposerError
+from evo.proposers import (Genome, Proposal, ProposalContext, Proposer, ProposerError, ProposerUnavailable, cap_proposal,
+                           hyperparameter_values)
 from evo.promotion import DEFAULT_TOP, LADDER_ATTR, RUNG_ATTRS, Rung, describe, next_promotion
 from evo.pruners import make_pruner
 from evo.runner import Limits, TrialResult, TrialRunner
@@ -121,6 +122,10 @@ class RunOptions:
     promote: a ladder of larger scales (`evo.promotion.parse_ladder`); the top `promote_top`
         fraction of the genomes scored at each rung is re-run at the next. Fixed for a search
         once a run used it.
+    api_backoff: (first, longest) seconds to wait before asking a proposer's API again once it
+        stopped answering; each failed try doubles the wait. The search never stops for an outage.
+    reeval_while_waiting: while the API is down, idle devices re-evaluate the best genomes until
+        each has this many evaluations (0: they wait).
     """
 
     trials: int | None = None
@@ -136,6 +141,8 @@ class RunOptions:
     since: float | None = None
     promote: tuple[Rung, ...] = ()
     promote_top: float = DEFAULT_TOP
+    api_backoff: tuple[float, float] = (15.0, 600.0)
+    reeval_while_waiting: int = 3
 
     def __post_init__(self):
         if not 0 < self.promote_top < 1:
@@ -171,6 +178,17 @@ class _Busy:
     started: float = field(default_factory=time.time)
     fraction: float = 0.0
     loss: float | None = None
+    pid: int | None = None
+
+
+@dataclass
+class _Outage:
+    """The proposer's API stopped answering: since when, why, and when to ask it again."""
+
+    since: float
+    error: str
+    retry_at: float
+    tries: int = 1
 
 
 class SearchLoop:
@@ -184,7 +202,10 @@ class SearchLoop:
         strategy, proposer: who plans and who writes children.
         slots: where trials run (`parse_devices`).
         options: this run's limits and switches.
-        on_event: called as (kind, info) for "preparing", "recovered", "started", "finished", "stopped".
+        on_event: called as (kind, info) for "preparing", "recovered", "seed" (a failed seed runs again),
+            "started", "progress" (each running trial's fraction, loss and seconds, about once a
+            second), "finished", "waiting" (the API stopped answering), "resumed" (it answers
+            again) and "stopped".
         python: the interpreter that runs trials (default: this one).
         runner: runs one genome (default: a `TrialRunner` over the search's harness).
         hosts: who else works on the search (default: `SharedHosts` for a shared search, which must be
@@ -212,6 +233,9 @@ class SearchLoop:
         self._plans = 0
         self._devices_written = 0.0
         self._error: StopReason | None = None
+        self._outage: _Outage | None = None
+        self._finished_here = 0                  # trials this run told (for the pace `evo status` shows)
+        self._probe: cf.Future | None = None    # the proposal asking a down API again
 
     @property
     def error(self) -> str | None:
@@ -224,7 +248,9 @@ class SearchLoop:
         """Run until done; return why it stopped. Records survive any exception or signal."""
         check_runnable(self.search)
         fix_ladder(self.search, self.options.promote)
+        check_slots(self.slots, visible_gpus(self.search))
         self.search.store.pruner = self.options.pruner_in_use()
+        self.search.store.name_metric(self.search.config.metric)  # a search made before metrics were named
         reason = INTERRUPTED_STOP
         with self.search.lock(), cf.ThreadPoolExecutor(max_workers=len(self.slots), thread_name_prefix="trial") as runs:
             # Not a `with` block: on a stop we must not wait for an LLM call still in flight.
@@ -277,24 +303,68 @@ class SearchLoop:
                 self._plan_more()
                 if self._pending or self._ready:
                     continue
-            if not self._running and ((limit is not None and limit.halts) or (not self._pending and not self._ready)):
+            drained = not self._pending and not self._ready
+            # Done when a limit says so, or when nothing is left to plan (an API outage holds proposals back: wait).
+            done = limit is not None and (limit.halts or drained) or drained and self._outage is None
+            if not self._running and done:
                 if limit is not None or not self.hosts.others_running(self.search, set()):
                     return self._limit_reached() or StopReason(StopKind.EXHAUSTED, "nothing left to plan")
             self._wait()
 
     def _shut_down(self, proposals: cf.ThreadPoolExecutor) -> None:
         self.stop.set()  # kill whatever still runs; their trials are recorded as interrupted
-        self.proposer.close()  # interrupts a proposal waiting out a backoff
+        self.proposer.close()  # abandons LLM calls in flight and kills agents: their proposals end at once
         proposals.shutdown(wait=False, cancel_futures=True)
         for future in list(self._running):
             self._unless_away(self._finish, future)
-        for future in self._pending:  # prepared but never run: their LLM cost still counts
+        cf.wait(self._pending, timeout=SHUTDOWN_WAIT)
+        for future in self._pending:  # prepared but never run: what an LLM was paid for is kept
             if future.done() and not future.cancelled() and future.exception() is None:
-                child = future.result()
-                if child.proposal is not None and child.proposal.usage.get("cost_usd"):
-                    self._unless_away(self.search.store.add_spend, float(child.proposal.usage["cost_usd"]))
+                self._unless_away(self._keep_unrun, future.result())
         self._pending.clear()
         self._write_devices()
+
+    def _keep_unrun(self, child: Child) -> None:
+        """A proposal the stop left unrun. An offline one costs nothing and goes; an LLM's was paid
+        for: its cost counts, and it is recorded (a valid child as interrupted, so the next run
+        trains it; a failed one as invalid) with its prompt and response files."""
+        p = child.proposal
+        if p is None or not (p.usage.get("calls") or p.usage.get("aborted_calls")):
+            return
+        if p.usage.get("cost_usd"):
+            self.search.store.add_spend(float(p.usage["cost_usd"]))
+        search = self.search
+        lineage = search.lineage()
+        parent_commits = [lineage.by_number[n].commit for n in child.parents if n in lineage.by_number]
+        attrs = self._trial_attrs(child)
+        if p.ok:
+            child.commit = child.commit or search.repo.commit(p.files, parents=parent_commits,
+                                                              message=_commit_message(child, p))
+            if not child.published:
+                self.hosts.publish(search, child.commit)
+            attrs.update(commit=child.commit, tree=search.repo.tree_of(child.commit))
+        with search.store.claim():
+            number = search.store.start({**attrs, "seed": child.seed}, params=self._params(child))
+        self._write_trial_files(number, p, child.commit if p.ok else None, parent_commits)
+        if p.ok:
+            search.repo.set_branch(search.branch(number), child.commit)
+            search.store.finish(number, status=INTERRUPTED, error="the search stopped before it ran; the next run "
+                                "trains it")
+        else:
+            search.store.finish(number, status=INVALID, error=p.error)
+
+    def abandon(self) -> None:
+        """Kill everything this loop started, at once (a second Ctrl-C, before the process exits):
+        running trials and agents. Their trials stay RUNNING in the store; the next run marks
+        them interrupted and runs them again, as after a kill -9."""
+        self.stop.set()
+        self.proposer.close()
+        for busy in list(self._running.values()):
+            if busy.pid:
+                try:
+                    os.killpg(busy.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
 
     def _unless_away(self, action, *args) -> None:
         """Do `action` while stopping; a shared worker whose database is away leaves it undone (its
@@ -347,8 +417,9 @@ class SearchLoop:
         for future in done:
             if future in self._running:
                 self._finish(future)
-        if self._running and time.time() - self._devices_written > 2.0:
-            self._write_devices()  # keeps `evo status` showing each trial's progress
+        if (self._running or self._outage) and time.time() - self._devices_written > PROGRESS_SECONDS:
+            rows = self._write_devices()  # keeps `evo status` showing each trial's progress
+            self.on_event("progress", {"slots": rows, "waiting": self._waiting_info()})
 
     # -- start-up ---------------------------------------------------------------------
 
@@ -365,7 +436,13 @@ class SearchLoop:
         trials = search.trials()
         self.hosts.sync(search, trials)
         self.queue_reruns(trials)
-        if not any(t.operator == "seed" and t.counts for t in trials) and not any(c.operator == "seed" for c in self._ready):
+        if not any(t.finished_ok for t in trials) and not any(c.operator == "seed" for c in self._ready):
+            # No genome has ever run successfully: nothing to breed from but the seed. A seed that
+            # failed before (a device that was not there, a bug since fixed by `evo reseed`) runs again.
+            failed = [t for t in trials if t.operator == "seed" and t.counts]
+            if failed:
+                self.on_event("seed", {"trial": failed[-1].number, "status": failed[-1].status,
+                                       "error": failed[-1].error, "replaced": failed[-1].commit != search.config.seed_commit})
             self._ready.insert(0, Child("seed", [], commit=search.config.seed_commit, seed=search.config.seed,
                                         attrs={"description": "seed genome", "proposer": "seed"}))
 
@@ -416,17 +493,40 @@ class SearchLoop:
                 continue
             if self._measuring_noise(lineage):
                 return  # children wait for the noise floor their min gain may be a multiple of
+            offline_only = self._outage is not None and (self._waiting_for_api() or self._probe in self._pending)
+            if offline_only and not self.proposer.offline_fallback:
+                # The API is asked again by one proposal once the wait is over; meanwhile devices re-evaluate.
+                reeval = self._reeval_while_waiting(lineage) if len(self._ready) < len(self._free_slots()) else None
+                if reeval is None:
+                    return
+                self._ready.append(reeval)
+                continue
             rng = random.Random(f"{self.search.config.seed}:{len(lineage.trials)}:{self._plans}{self.hosts.salt}")
             try:
                 plan = self.strategy.plan(lineage, rng)
             except NoParentError as e:
                 running = any(t.state == "RUNNING" for t in trials)  # elsewhere: its result may be a parent
                 if not self._running and not self._pending and not self._ready and not running:
-                    self._error = StopReason(StopKind.ERROR, f"cannot plan a child: {e}")
+                    self._error = StopReason(StopKind.ERROR, self._no_parent(lineage, e))
                 return
             self.hosts.ensure(self.search, [lineage.by_number[n].commit for n in plan.parents if n in lineage.by_number])
             self._plans += 1
-            self._pending.append(self._proposals.submit(self._propose, plan, lineage, rng))
+            future = self._proposals.submit(self._propose, plan, lineage, rng, offline_only)
+            self._pending.append(future)
+            if self._outage is not None and not offline_only:
+                self._probe = future  # the one proposal that asks the API whether it is back
+
+    def _no_parent(self, lineage: Lineage, error: NoParentError) -> str:
+        """Why no child can be planned, and what to do about it."""
+        name = self.search.config.name
+        seeds = [t for t in lineage.trials if t.operator == "seed" and t.counts]
+        if seeds and not any(t.finished_ok for t in lineage.trials):
+            t = seeds[-1]
+            return (f"the seed genome failed (trial #{t.number}, {t.status}: {(t.error or 'no error line')[:160]}); "
+                    f"fix the cause and run `evo run {name}` again, which retries the seed (if the seed itself is at "
+                    f"fault, fix it in the project and run `evo reseed {name}` first; `evo show {name} {t.number}` "
+                    f"has its log; `evo rm {name} --yes` starts over)")
+        return f"cannot plan a child: {error}"
 
     def _reeval_child(self, lineage: Lineage) -> Child | None:
         """A re-evaluation the search still owes: the seed's noise runs, then the best's re-evaluations.
@@ -483,7 +583,7 @@ class SearchLoop:
         done, _ = self._evaluations(lineage, lineage.individual(seed.number))
         return done < 1 + self.options.noise_runs
 
-    def _propose(self, plan: Plan, lineage: Lineage, rng: random.Random) -> Child:
+    def _propose(self, plan: Plan, lineage: Lineage, rng: random.Random, offline_only: bool = False) -> Child:
         """Worker thread: turn a plan into a child. Reads git; writes neither git refs nor the store (the loop's
         own thread owns both); a shared search's worker also commits and pushes the child here (`_publish_early`)."""
         search = self.search
@@ -494,7 +594,8 @@ class SearchLoop:
                                         "budget": search.config.budget, "name": search.config.name,
                                         "metric": search.config.metric, "direction": search.config.direction},
                               lineage=lineage, rng=rng, is_known=lambda files: genome_hash(files) in known,
-                              scratch=search.paths.scratch(f"plan-{self._plans}"), executor=self.runner.executor)
+                              scratch=search.paths.scratch(f"plan-{self._plans}"), executor=self.runner.executor,
+                              offline_only=offline_only)
         try:
             if plan.operator == "crossover":
                 base_commit = search.repo.merge_base(parents[0].commit, parents[1].commit)
@@ -504,11 +605,13 @@ class SearchLoop:
                 proposal = self.proposer.crossover(parents[0], parents[1], base, ctx)
             else:
                 proposal = self.proposer.mutate(parents[0], ctx)
-        except ProposerError:
+        except (ProposerError, ProposerUnavailable):
             raise
         except Exception as e:  # a bug or an unexpected reply must not end the search
             proposal = Proposal(parents[0].files, "", ok=False, error=f"{type(e).__name__}: {e}")
         proposal.proposer = proposal.proposer or self.proposer.name
+        proposal.remote = proposal.remote and self.proposer.remote
+        cap_proposal(proposal)
         if proposal.ok:
             extra = set(proposal.files) - set(search.config.mutable)
             missing = set(search.config.mutable) - set(proposal.files)
@@ -540,15 +643,61 @@ class SearchLoop:
             return self._ready.pop(0)
         while self._pending and self._pending[0].done():
             future = self._pending.pop(0)
+            if future is self._probe:
+                self._probe = None
             try:
                 child = future.result()
             except ProposerError as e:
                 self._error = StopReason(StopKind.ERROR, f"proposer stopped the search: {e}")
                 return None
+            except ProposerUnavailable as e:
+                self._api_down(str(e))
+                continue
+            self._api_up(child)
             cost = float(child.proposal.usage.get("cost_usd", 0.0)) if child.proposal else 0.0
             if cost:
                 self.search.store.add_spend(cost)
             return child
+        return None
+
+    # -- an API that stopped answering ------------------------------------------------
+
+    def _api_down(self, error: str) -> None:
+        """A proposal found the API down: wait before asking again, longer each time it is still down."""
+        now = time.time()
+        first, longest = self.options.api_backoff
+        outage = self._outage
+        if outage is not None and now < outage.retry_at:
+            return  # a proposal asked before this wait began: no news
+        tries = outage.tries + 1 if outage is not None else 1
+        delay = min(longest, first * 2 ** (tries - 1))
+        self._outage = _Outage(since=outage.since if outage else now, error=error, retry_at=now + delay, tries=tries)
+        self._write_devices()
+        self.on_event("waiting", {"error": error, "seconds": delay, "since": self._outage.since, "tries": tries})
+
+    def _api_up(self, child: Child) -> None:
+        """A proposal came back: if the API wrote it (not the offline member of a mix), it answers again."""
+        if self._outage is not None and child.proposal is not None and child.proposal.remote:
+            down = time.time() - self._outage.since
+            self._outage = None
+            self._write_devices()
+            self.on_event("resumed", {"seconds": down})
+
+    def _waiting_for_api(self) -> bool:
+        return self._outage is not None and time.time() < self._outage.retry_at
+
+    def _reeval_while_waiting(self, lineage: Lineage) -> Child | None:
+        """While the API is down, a device with nothing to do re-evaluates a good genome on a new
+        seed (the best first) rather than idle: ranking by the mean only gets better for it."""
+        limit = self.options.reeval_while_waiting
+        for ind in lineage.ranked():
+            busy = sum(1 for b in self._running.values() if b.tree == ind.tree)
+            busy += sum(1 for c in self._ready if c.operator == "reeval" and c.parents == [ind.trial])
+            done = len(ind.values)
+            if done + busy < limit:
+                return Child("reeval", [ind.trial], commit=ind.commit, seed=self.search.config.seed + done + busy,
+                             island=ind.island, attrs={"description": f"re-evaluate #{ind.trial} while the API is "
+                                                       f"down (seed {done + busy})", "proposer": "reeval"})
         return None
 
     def _launch_ready(self) -> None:
@@ -586,6 +735,7 @@ class SearchLoop:
             if child.commit is not None:
                 tree = repo.tree_of(child.commit)
                 attrs.update(commit=child.commit, tree=tree)
+            params = self._params(child)
             with search.store.claim():
                 if self.hosts.shared:
                     lineage = search.lineage()  # as other workers left it, and no one changes it until we are done
@@ -594,7 +744,7 @@ class SearchLoop:
                 if tree is not None and child.operator in ("mutate", "crossover") and child.rerun_of is None:
                     original = next((t for t in lineage.trials if t.tree == tree and t.operator != "reeval"
                                      and t.status not in (INVALID, INTERRUPTED)), None)
-                number = search.store.start({**attrs, "seed": child.seed})
+                number = search.store.start({**attrs, "seed": child.seed}, params=params)
         except Exception as e:
             if self.hosts.transient(e):  # not recorded: try again once the database or remote is back
                 self._ready.insert(0, child)
@@ -608,6 +758,14 @@ class SearchLoop:
         else:
             self._launch(child, attrs, parent_commits, tree, number)
 
+    def _params(self, child: Child) -> dict:
+        """The child genome's UPPERCASE hyperparameters, recorded as the trial's Optuna params."""
+        if child.commit is None or (child.proposal is not None and not child.proposal.ok):
+            return {}
+        cfg = self.search.config
+        files = child.proposal.files if child.proposal is not None else self.search.repo.files(child.commit, cfg.mutable)
+        return hyperparameter_values(files, cfg.profile)
+
     def _admit(self, child: Child, lineage: Lineage) -> bool:
         """Whether `child` should still become a trial, judged from the study as it is now (inside the claim).
 
@@ -619,8 +777,8 @@ class SearchLoop:
             return False
         if child.rerun_of is not None:
             return not any(t.attrs.get("rerun_of") == child.rerun_of for t in trials)
-        if child.operator == "seed":
-            return not any(t.operator == "seed" and (t.counts or t.state == "RUNNING") for t in trials)
+        if child.operator == "seed":  # a seed that failed runs again (after its cause was fixed)
+            return not any(t.operator == "seed" and (t.finished_ok or t.state == "RUNNING") for t in trials)
         if child.operator == "reeval" and self.hosts.shared:
             genome = lineage.individual(child.parents[0])
             tree = genome.tree if genome else None
@@ -645,6 +803,8 @@ class SearchLoop:
         p = child.proposal
         if p is not None:
             attrs.update(description=p.description, rationale=p.rationale, proposer=p.proposer, usage=p.usage)
+            if p.capped:
+                attrs["capped"] = p.capped
         return attrs
 
     def _record_invalid(self, child: Child, attrs: dict, parent_commits: list[str], number: int) -> None:
@@ -666,7 +826,7 @@ class SearchLoop:
                                    "value": value, "operator": child.operator, "description": attrs.get("description", "")})
 
     def _launch(self, child: Child, attrs: dict, parent_commits: list[str], tree: str, number: int) -> None:
-        search, store = self.search, self.search.store
+        search = self.search
         slot = self._free_slots()[0]
         search.repo.set_branch(search.branch(number), child.commit)
         self._write_trial_files(number, child.proposal, child.commit, parent_commits)
@@ -679,7 +839,7 @@ class SearchLoop:
                                    threads=slot.threads or os.cpu_count(),
                                    limits=self._limits(), compile_cache=search.paths.inductor_cache,
                                    on_progress=self._progress_callback(busy), stop=self.stop,
-                                   on_start=lambda pid, n=number: store.set_attrs(n, {"pid": pid}))
+                                   on_start=lambda pid: self._started(busy, pid))
         self._running[future] = busy
         self._write_devices()
         self.on_event("started", {"trial": number, "slot": slot.name, "operator": child.operator,
@@ -690,6 +850,10 @@ class SearchLoop:
         if not attrs.get("rung_budget"):
             return self.target
         return target_of(dataclasses.replace(self.search.config, budget=float(attrs["rung_budget"])))
+
+    def _started(self, busy: _Busy, pid: int) -> None:
+        busy.pid = pid
+        self.search.store.set_attrs(busy.trial, {"pid": pid})  # what a resume kills if this process dies
 
     def _limits(self) -> Limits:
         if self.options.max_memory_gb is not None:
@@ -752,6 +916,7 @@ class SearchLoop:
         if not told:
             self.on_event("lost", {"trial": number, "status": result.status})
             return
+        self._finished_here += 1
         self.on_event("finished", {"trial": number, "status": result.status, "value": value, "kept": kept,
                                    "error": result.error, "operator": trial.operator if trial else "",
                                    "description": trial.description if trial else "", "feasible": feasible,
@@ -781,7 +946,8 @@ class SearchLoop:
         folder = self.search.paths.trial(number).make()
         if proposal is not None:
             record = {"description": proposal.description, "rationale": proposal.rationale, "ok": proposal.ok,
-                      "error": proposal.error, "proposer": proposal.proposer, "usage": proposal.usage}
+                      "error": proposal.error, "proposer": proposal.proposer, "usage": proposal.usage,
+                      **({"capped": proposal.capped} if proposal.capped else {})}
             folder.proposal.write_text(json.dumps(record, indent=2) + "\n")
             for name, text in proposal.artifacts.items():
                 folder.artifact(name).write_text(text)
@@ -790,8 +956,8 @@ class SearchLoop:
             header = [f"# diff against parent {c[:10]}\n" for c in parent_commits]
             folder.diff.write_text("".join(h + d for h, d in zip(header, diffs)))
 
-    def _write_devices(self) -> None:
-        """What each device is doing, for `evo status` while the search runs."""
+    def _write_devices(self) -> list[dict]:
+        """What each device is doing, for `evo status` while the search runs (and returned)."""
         now = time.time()
         busy = {b.slot.name: b for b in self._running.values()}
         rows = []
@@ -801,13 +967,23 @@ class SearchLoop:
                          "seconds": round(now - b.started, 1) if b else None,
                          "fraction": b.fraction if b else None, "loss": b.loss if b else None})
         self._devices_written = now
+        run = {"target": self.options.trials, "hours": self.options.hours, "started": self.options.since or self.started,
+               "finished": self._finished_here, "stopping": self.stop.is_set()}
         path = self.search.paths.devices
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"pid": os.getpid(), "updated": now, "slots": rows}))
+        tmp.write_text(json.dumps({"pid": os.getpid(), "updated": now, "slots": rows, "run": run,
+                                   "waiting": self._waiting_info()}))
         os.replace(tmp, path)
+        return rows
+
+    def _waiting_info(self) -> dict | None:
+        o = self._outage
+        return None if o is None else {"since": o.since, "retry_at": o.retry_at, "error": o.error, "tries": o.tries}
 
 
 DISK_LIMIT = 16 << 30  # bytes a trial may write into its folder
+PROGRESS_SECONDS = 1.0  # how often running trials' progress is written and sent as an event
+SHUTDOWN_WAIT = 5.0    # seconds a stop waits for proposals to end (an LLM call in flight is abandoned at once)
 
 
 def _memory_mb() -> float:

@@ -21,9 +21,11 @@ from evo.targets._command import command_config, program_template
 from evo.targets._harness import harness_config
 from population.lineage import DIRECTIONS, MINIMIZE
 from population.search import LOCAL_STORAGE, Search, SearchConfig, SearchError, check_name
+from population.store import SQLITE_PREFIX, StudyError, study_names
 
-__all__ = ["DATA_ATTR", "DataCheck", "PROGRAM", "check_harness", "create_search", "data_cache_root",
-           "describe_harness", "harness_sha256", "resolve_sandbox", "target_of", "trial_runner"]
+__all__ = ["DATA_ATTR", "DataCheck", "NAMED_SOURCES", "PROGRAM", "check_compiles", "check_data", "check_harness",
+           "check_storage", "create_search", "data_cache_root", "describe_harness", "harness_sha256", "reseed",
+           "resolve_sandbox", "target_of", "trial_runner"]
 
 PROGRAM = "program.md"
 DATA_ATTR = "evo_data_sha256"  # study attribute: the data files' hashes, recorded by the first run
@@ -90,6 +92,7 @@ def create_search(name: str, *, root: str | Path = "runs", project: str | Path =
     direction = direction or MINIMIZE
     _check_flags(budget=budget, direction=direction, read=read, remote=remote, storage=storage, heartbeat=heartbeat,
                  grace=grace)
+    check_storage(storage, name)
     sandbox = resolve_sandbox(sandbox)
     if run is None:
         if metric not in (None, "val_bpb") or direction != MINIMIZE or metric_pattern or evaluate:
@@ -99,8 +102,9 @@ def create_search(name: str, *, root: str | Path = "runs", project: str | Path =
         for f in mutable:
             if not (project / f).is_file():
                 raise SearchError(f"mutable file {f} does not exist in {project}")
-        fields, harness = harness_config(name, project, profile=profile, budget=budget, mutable=mutable, data=data,
-                                         cache_dir=cache_dir)
+            check_compiles(project / f)
+        fields, harness = harness_config(name, project, profile=profile, budget=budget, mutable=mutable,
+                                         data=check_data(data), cache_dir=cache_dir)
     else:
         fields, harness, mutable = command_config(project, run=run, metric=metric or "val_bpb", direction=direction,
                                                   pattern=metric_pattern, evaluate=evaluate, budget=budget,
@@ -112,6 +116,71 @@ def create_search(name: str, *, root: str | Path = "runs", project: str | Path =
     program = _program(project, config)
     return Search.create(root, config, seed_files={f: (project / f).read_text() for f in mutable}, harness=harness,
                          program=program)
+
+
+NAMED_SOURCES = ("shakespeare", "climbmix")  # the data sources the harness knows by name; anything else is a folder
+
+
+def check_data(data: str | None) -> str | None:
+    """The data source as the search will record it: a name, or a folder made absolute (trials
+    start in other folders); a SearchError when it is neither a known name nor a folder of text."""
+    if data is None or data in NAMED_SOURCES:
+        return data
+    folder = Path(data).expanduser()
+    if not folder.is_dir():
+        raise SearchError(f"--data {data}: no such folder; pass {' or '.join(NAMED_SOURCES)}, or a folder of .txt "
+                          "or .parquet files")
+    if not any(p.suffix in (".txt", ".parquet") for p in folder.rglob("*") if p.is_file()):
+        raise SearchError(f"--data {data}: the folder holds no .txt or .parquet files; point it at one that does")
+    return str(folder.resolve())
+
+
+def check_compiles(path: Path) -> None:
+    """Raise SearchError when a mutable Python file of the seed does not compile (every trial would crash)."""
+    if path.suffix != ".py":
+        return
+    try:
+        compile(path.read_bytes(), str(path), "exec", dont_inherit=True)
+    except SyntaxError as e:
+        where = f"line {e.lineno}" if e.lineno else "somewhere"
+        raise SearchError(f"{path.name} does not compile ({e.msg} at {where}: {(e.text or '').strip()[:80]!r}); "
+                          "fix the seed before creating the search") from None
+    except ValueError as e:  # null bytes, a bad encoding declaration
+        raise SearchError(f"{path.name} does not compile ({e}); fix the seed before creating the search") from None
+
+
+def check_storage(storage: str | None, name: str) -> None:
+    """Raise SearchError when --storage cannot hold the new search: unreachable, unreadable, or
+    holding a study of that name already. Reads only: nothing is created on the way."""
+    if not storage:
+        return
+    if storage.startswith(SQLITE_PREFIX) and not Path(storage[len(SQLITE_PREFIX):]).parent.is_dir():
+        raise SearchError(f"--storage {storage}: the folder {Path(storage[len(SQLITE_PREFIX):]).parent} does not "
+                          "exist; create it or name another database")
+    try:
+        tables, studies = study_names(storage)
+    except StudyError as e:
+        raise SearchError(f"--storage: {e}; check the URL (e.g. postgresql+psycopg://user@host/db)") from None
+    if name in studies:
+        raise SearchError(f"--storage {storage.split('@')[-1]} already holds a study named {name!r}: pick another "
+                          "name, or open that search where its folder is")
+
+
+def reseed(search: Search, project: str | Path = ".") -> str:
+    """Replace the seed genome of `search` with the project's mutable files, for a seed that never
+    ran successfully (a bug in train.py found by its first trial); return the new commit.
+
+    Raises SearchError when the files do not compile, the search is running, or trials already
+    descend from the old seed."""
+    project = Path(project).resolve()
+    files = {}
+    for f in search.config.mutable:
+        if not (project / f).is_file():
+            raise SearchError(f"{project} has no {f}; pass the project folder holding the fixed seed with --project")
+        check_compiles(project / f)
+        files[f] = (project / f).read_text()
+    with search.lock():
+        return search.replace_seed(files, source=str(project))
 
 
 def _check_flags(*, budget, direction, read, remote, storage, heartbeat, grace) -> None:

@@ -11,7 +11,8 @@ How the rows become trials, in file order:
 - every other row is a mutation whose parent is the last `keep` row before it (autoresearch
   advances its branch on keep and resets it on discard, so that row is what it edited);
 - keep and discard rows are successful trials with their val_bpb, crash rows failed ones;
-  `kept` is the file's own keep flag; memory_gb becomes peak_vram_mb;
+  `kept` is the file's own keep flag; memory_gb becomes peak_vram_mb, and any other numeric
+  column of a fork's wider file a metric of its own name;
 - the genome identity (tree) is the commit, so re-evaluations group with their genome;
 - device time is not in the file: every trial is taken to have used `seconds_per_trial`.
 
@@ -88,7 +89,9 @@ def _record_rows(store, rows: list[dict], seconds: float) -> None:
                  "description": row["description"], "proposer": "seed" if i == 0 else "imported",
                  "strategy": "greedy", "seed": 0, "island": 0, "imported_row": i + 1}
         number = store.start(attrs)
-        metrics = {"peak_vram_mb": row["memory_gb"] * 1024}
+        # A fork's extra numeric columns (tokens, params, a second score) come along as metrics.
+        metrics = {**{k: v for k, v in row.get("extra", {}).items() if isinstance(v, float)},
+                   "peak_vram_mb": row["memory_gb"] * 1024}
         if row["status"] == "crash":
             store.finish(number, status="crash", metrics=metrics, error="crashed (imported row)",
                          wall_seconds=seconds, kept=False)

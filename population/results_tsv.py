@@ -40,39 +40,74 @@ class TsvError(ValueError):
 
 
 def parse_results_tsv(text: str) -> list[dict]:
-    """Read autoresearch's results.tsv: one dict per row with commit, val_bpb, memory_gb, status, description.
+    """Read autoresearch's results.tsv: one dict per row with commit, val_bpb, memory_gb, status,
+    description, and `extra` (the row's other columns by name, numbers as floats).
 
-    The header line is optional (columns are then taken in autoresearch's order); status
-    must be keep, discard or crash; a crash's val_bpb is None whatever the file says. The
-    description is everything after the fourth tab, so a stray tab in it survives.
+    With a header line, columns are found by name, in any order, with any others beside them
+    (a fork's results.tsv with more columns reads as well); commit, val_bpb and status must be
+    among them. Without one, they are taken in autoresearch's order. Status must be keep,
+    discard or crash; a crash's val_bpb is None whatever the file says. When description is
+    the last column, everything after its tab belongs to it, so a stray tab in it survives.
 
     Args:
         text: the file's contents.
 
     Raises:
-        TsvError: on a malformed line, with its line number.
+        TsvError: on a malformed line or header, with its line number.
     """
-    rows = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        cells = line.rstrip("\r").split("\t", 4)
-        if lineno == 1 and [c.strip().lower() for c in cells[:4]] == list(TSV_COLUMNS[:4]):
-            continue
-        if len(cells) < 4:
-            raise TsvError(f"line {lineno}: expected 5 tab-separated columns ({', '.join(TSV_COLUMNS)}), got {len(cells)}")
-        commit, val, memory, status = (c.strip() for c in cells[:4])
-        description = cells[4].strip() if len(cells) > 4 else ""
-        status = status.lower()
-        if status not in ("keep", "discard", "crash"):
-            raise TsvError(f"line {lineno}: status must be keep, discard or crash, not {status!r}")
-        try:
-            value = float(val)
-            memory_gb = float(memory) if memory else 0.0
-        except ValueError:
-            raise TsvError(f"line {lineno}: val_bpb and memory_gb must be numbers, got {val!r} and {memory!r}")
-        if status != "crash" and not (math.isfinite(value) and value > 0):
-            raise TsvError(f"line {lineno}: a {status} row needs a positive val_bpb, got {val!r}")
-        rows.append({"commit": commit, "val_bpb": None if status == "crash" else value, "memory_gb": memory_gb,
-                     "status": status, "description": description})
-    return rows
+    lines = [(n, line.rstrip("\r")) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    if not lines:
+        return []
+    columns = _header(lines[0])
+    if columns is not None:
+        lines = lines[1:]
+    else:
+        columns = list(TSV_COLUMNS)
+    return [_row(lineno, line, columns) for lineno, line in lines]
+
+
+def _header(first: tuple[int, str]) -> list[str] | None:
+    """The column names of a header line, or None when the line is a row (no header)."""
+    lineno, line = first
+    # autoresearch's columns in any case; a fork's own columns keep their names as written
+    names = [c.strip().lower() if c.strip().lower() in TSV_COLUMNS else c.strip() for c in line.split("\t")]
+    if not {"commit", "val_bpb", "status"} & set(names) or any(isinstance(_number_or_text(n), float) for n in names):
+        return None  # a row: it names no column, or holds a number
+    missing = [c for c in ("commit", "val_bpb", "status") if c not in names]
+    if missing:
+        raise TsvError(f"line {lineno}: the header has no {', '.join(missing)} column (its columns: "
+                       f"{', '.join(n for n in names if n)}); a results.tsv needs commit, val_bpb and status")
+    if len(set(names)) != len(names):
+        raise TsvError(f"line {lineno}: the header names a column twice")
+    return names
+
+
+def _row(lineno: int, line: str, columns: list[str]) -> dict:
+    last_is_description = columns[-1] == "description"
+    cells = line.split("\t", len(columns) - 1) if last_is_description else line.split("\t")
+    required = 1 + max(columns.index(c) for c in ("commit", "val_bpb", "status"))
+    if len(cells) < required:
+        raise TsvError(f"line {lineno}: expected {len(columns)} tab-separated columns ({', '.join(columns)}), "
+                       f"got {len(cells)}")
+    cell = dict(zip(columns, (c.strip() for c in cells)))
+    status, val, memory = cell["status"].lower(), cell["val_bpb"], cell.get("memory_gb", "")
+    if status not in ("keep", "discard", "crash"):
+        raise TsvError(f"line {lineno}: status must be keep, discard or crash, not {status!r}")
+    try:
+        value = float(val)
+        memory_gb = float(memory) if memory else 0.0
+    except ValueError:
+        raise TsvError(f"line {lineno}: val_bpb and memory_gb must be numbers, got {val!r} and {memory!r}")
+    if status != "crash" and not (math.isfinite(value) and value > 0):
+        raise TsvError(f"line {lineno}: a {status} row needs a positive val_bpb, got {val!r}")
+    extra = {k: _number_or_text(v) for k, v in cell.items() if k not in TSV_COLUMNS and k}
+    return {"commit": cell["commit"], "val_bpb": None if status == "crash" else value, "memory_gb": memory_gb,
+            "status": status, "description": cell.get("description", ""), "extra": extra}
+
+
+def _number_or_text(text: str):
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return value if math.isfinite(value) else text

@@ -31,13 +31,15 @@ import fcntl
 import json
 import os
 import re
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from population.folder import SearchFolder
 from population.genomes import Genome, GenomeRepo, RemoteError
 from population.lineage import MINIMIZE, Lineage
-from population.store import StoreUnreachable, TrialRecord, TrialStore, is_postgres, open_storage, redact
+from population.store import (CONFIG_ATTR, SQLITE_PREFIX, StoreUnreachable, StudyError, TrialRecord, TrialStore,
+                              check_study, is_postgres, open_storage, redact)
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # `storage` value meaning "the study.db in the search's own folder" (relocatable).
@@ -111,6 +113,18 @@ class SearchConfig:
             if path.name == "study.db" and path.parent.name == self.name and path != folder.study_db:
                 return folder.local_storage
         return self.storage
+
+
+def _open_repo(paths: SearchFolder) -> GenomeRepo:
+    """The population repository of a search folder; a SearchError when it is missing or broken."""
+    if not (paths.population / "HEAD").is_file():
+        raise SearchError(f"search {paths.root.name!r} has no population repository ({paths.population} is missing "
+                          "or empty): its genomes live only there; restore the folder from a backup")
+    try:
+        return GenomeRepo(paths.population)
+    except Exception as e:
+        raise SearchError(f"the population repository {paths.population} cannot be read ({type(e).__name__}: "
+                          f"{e}); restore it from a backup") from None
 
 
 def _shield(action):
@@ -188,6 +202,17 @@ class Search:
         if paths.exists():
             raise SearchError(f"search {config.name!r} already exists in {paths.root.parent}; open it with "
                               f"`evo run {config.name}` or pick another name")
+        made = not paths.root.exists()
+        try:
+            return cls._lay_out(paths, config, seed_files, harness, program, study_attrs)
+        except BaseException:
+            if made:  # a half-made folder is no search (a full disk, a storage that refused): leave none behind
+                shutil.rmtree(paths.root, ignore_errors=True)
+            raise
+
+    @classmethod
+    def _lay_out(cls, paths: SearchFolder, config: SearchConfig, seed_files: dict[str, str] | None,
+                 harness: dict[str, bytes] | None, program: str | None, study_attrs: dict | None) -> "Search":
         paths.root.mkdir(parents=True, exist_ok=True)
         paths.harness.mkdir(exist_ok=True)
         for name, content in (harness or {}).items():
@@ -205,11 +230,18 @@ class Search:
         if config.shared:
             _publish_creation(repo, config, harness or {}, program)
         recorded = {**asdict(config), "storage": redact(config.storage)}
-        store = _shield(lambda: TrialStore.create(config.storage_url(paths), config.name, recorded,
-                                                  direction=config.direction))
-        for key, value in (study_attrs or {}).items():
-            store.set_attr(key, value)
-        paths.config.write_text(json.dumps(asdict(config), indent=2) + "\n")
+        url = config.storage_url(paths)
+        store = _shield(lambda: TrialStore.create(url, config.name, recorded, direction=config.direction,
+                                                  metric=config.metric))
+        try:
+            for key, value in (study_attrs or {}).items():
+                store.set_attr(key, value)
+            paths.config.write_text(json.dumps(asdict(config), indent=2) + "\n")
+        except BaseException:
+            if config.storage != LOCAL_STORAGE:  # a shared database keeps no study of a search that was never made
+                store.close()
+                TrialStore.delete(url, config.name)
+            raise
         return cls(paths, config, store, repo)
 
     @classmethod
@@ -221,10 +253,25 @@ class Search:
             known = sorted(p.parent.name for p in Path(root).glob("*/search.json")) if Path(root).exists() else []
             hint = f"; searches in {root}: {', '.join(known)}" if known else f"; create it with `evo init {name}`"
             raise SearchError(f"no search named {name!r} in {Path(root).resolve()}{hint}")
-        config = SearchConfig.from_dict(json.loads(paths.config.read_text()))
+        try:
+            config = SearchConfig.from_dict(json.loads(paths.config.read_text()))
+        except (OSError, ValueError, TypeError) as e:
+            raise SearchError(f"cannot read {paths.config}: {e}; restore it from a backup (the study also holds the "
+                              "configuration, in its evo_config attribute)") from None
+        url = config.storage_url(paths)
         beats = dict(heartbeat=config.heartbeat, grace=config.grace) if config.shared and worker else {}
-        store = _shield(lambda: TrialStore.open(config.storage_url(paths), config.name, **beats))
-        return cls(paths, config, store, GenomeRepo(paths.population))
+        try:
+            if url.startswith(SQLITE_PREFIX):
+                check_study(url, config.name)  # before Optuna, which would write a schema into an empty file
+            store = _shield(lambda: TrialStore.open(url, config.name, **beats))
+        except StudyError as e:
+            raise SearchError(f"cannot open search {name!r}: {e}; restore the database from a backup") from None
+        except SearchError:
+            raise
+        except Exception as e:  # SQLAlchemy's and Optuna's errors run to dozens of lines: keep the first
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise SearchError(f"cannot open the study of search {name!r} ({type(e).__name__}: {first})") from None
+        return cls(paths, config, store, _open_repo(paths))
 
     @classmethod
     def join(cls, name: str, *, root: str | Path = "runs", storage: str, remote: str,
@@ -353,6 +400,59 @@ class Search:
                 handle.seek(0)
                 handle.truncate()
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+    # -- changing what was fixed, while nothing depends on it -----------------------
+
+    def replace_seed(self, files: dict[str, str], *, source: str = "") -> str:
+        """Make `files` the seed genome and return its commit: for a seed that never ran
+        successfully (nothing descends from it yet). The failed trials stay on record.
+
+        Raises SearchError when a trial already finished successfully (its genomes descend
+        from the old seed), or when `files` are not the search's mutable files or are the seed's
+        as they are (`source` names where they came from, for that message)."""
+        done = [t.number for t in self.trials() if t.finished_ok]
+        if done:
+            raise SearchError(f"search {self.config.name!r} already has successful trials (#{done[0]}"
+                              f"{' and more' if len(done) > 1 else ''}) descended from its seed; start a new search "
+                              "to start from another seed")
+        if sorted(files) != sorted(self.config.mutable):
+            raise SearchError(f"a seed consists of the search's mutable files ({', '.join(self.config.mutable)}), "
+                              f"not {', '.join(sorted(files))}")
+        old = self.config.seed_commit
+        if old and files == self.repo.files(old, self.config.mutable):
+            raise SearchError(f"{', '.join(files)}{' in ' + source if source else ''} are the seed's files as they "
+                              "are; fix them first")
+        commit = self.repo.commit(files, parents=[], message=f"seed genome of search {self.config.name} (replaces "
+                                  f"{old[:10] or 'none'})\n\nEvo-Operator: seed\nHarness-SHA256: "
+                                  f"{self.config.harness_sha256}\n")
+        self.repo.set_branch(f"evo/{self.config.name}/seed", commit)
+        self.config.seed_commit = commit
+        self._save_config()
+        return commit
+
+    def _save_config(self) -> None:
+        """Write the configuration to search.json (atomically) and to the study."""
+        self.store.set_attr(CONFIG_ATTR, asdict(self.config))
+        tmp = self.paths.config.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+        os.replace(tmp, self.paths.config)
+
+    def delete(self) -> None:
+        """Delete the search for good: its folder, and its study when that lives in a shared database.
+
+        Raises SearchError while a process runs it, and for a search shared by several hosts
+        (its study and remote are theirs too)."""
+        if self.config.shared:
+            raise SearchError(f"search {self.config.name!r} is shared by several hosts through {self.config.remote}: "
+                              f"delete this host's folder ({self.paths.root}) by hand, and the study with Optuna's "
+                              "delete_study when no host needs it")
+        if self.is_running():
+            raise SearchError(f"search {self.config.name!r} is running in another process; stop it first")
+        url = self.config.storage_url(self.paths)
+        self.close()
+        if self.config.storage != LOCAL_STORAGE and url != self.paths.local_storage:
+            TrialStore.delete(url, self.config.name)
+        shutil.rmtree(self.paths.root)
 
     def is_running(self) -> bool:
         path = self.paths.lock

@@ -23,10 +23,12 @@ from __future__ import annotations
 import contextlib
 import math
 import re
+import sqlite3
 import threading
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -34,9 +36,13 @@ import sqlalchemy.exc
 from optuna.exceptions import ExperimentalWarning, StorageInternalError, UpdateFinishedTrialError
 from optuna.trial import TrialState
 
+from population.params import PARAM_SPACE_ATTR, as_params
+
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
+METRIC = "val_bpb"  # the objective's name in the study
 CONFIG_ATTR = "evo_config"
+METRICS_PREFIX = "metrics."    # a trial attribute per metric: metrics.val_bpb, metrics.peak_vram_mb, ...
 SPEND_ATTR = "evo_spend_usd"
 LIMITS_ATTR = "evo_limits"      # a shared search's limits: {"trials": N, "hours": H}, hours from its first trial
 IMPORTED_ATTR = "evo_imported"  # set by `evo import`: the results.tsv a search was made from (it has no genomes)
@@ -96,7 +102,10 @@ class TrialRecord:
 
     @property
     def metrics(self) -> dict[str, float]:
-        return dict(self.attrs.get("metrics", {}))
+        """The run's metrics: one `metrics.NAME` attribute each, or (searches before that) one `metrics` dict."""
+        found = dict(self.attrs.get("metrics") or {})
+        found.update({k[len(METRICS_PREFIX):]: v for k, v in self.attrs.items() if k.startswith(METRICS_PREFIX)})
+        return found
 
     @property
     def error(self) -> str:
@@ -126,6 +135,74 @@ class TrialRecord:
         return self.state != "RUNNING" and self.status != INTERRUPTED
 
 
+class StudyError(Exception):
+    """A study that cannot be opened (missing, empty, corrupt, foreign); the message says which and why."""
+
+
+SQLITE_PREFIX = "sqlite:///"
+
+
+def check_study(url: str, name: str) -> None:
+    """Raise StudyError unless `url` holds an Optuna study named `name`; write nothing, create nothing.
+
+    Opening a storage with Optuna creates its tables when they are missing, so a read-only
+    command would write a schema into an empty or foreign database: this look comes first."""
+    tables, studies = study_names(url)
+    if tables is None:
+        raise StudyError(f"the study database {_where(url)} is missing")
+    if not tables and url.startswith(SQLITE_PREFIX):
+        raise StudyError(f"the study database {_where(url)} is empty")
+    if not {"studies", "trials", "version_info"} <= set(tables):
+        raise StudyError(f"{_where(url)} is not an Optuna database (its tables: {', '.join(sorted(tables)) or 'none'})")
+    if name not in studies:
+        raise StudyError(f"{_where(url)} holds no study named {name!r}"
+                         + (f" (it holds: {', '.join(sorted(studies)[:5])})" if studies else " (it holds none)"))
+
+
+def study_names(url: str) -> tuple[list[str] | None, list[str]]:
+    """(the database's tables, the names of its studies), read without writing anything; the
+    tables are None for an SQLite file that does not exist. Raises StudyError when the database
+    cannot be read (corrupt, not a database, a server that does not answer)."""
+    if url.startswith(SQLITE_PREFIX):
+        return _sqlite_contents(Path(url[len(SQLITE_PREFIX):]))
+    return _server_contents(url)
+
+
+def _where(url: str) -> str:
+    return url[len(SQLITE_PREFIX):] if url.startswith(SQLITE_PREFIX) else redact(url)
+
+
+def _sqlite_contents(path: Path) -> tuple[list[str] | None, list[str]]:
+    if not path.exists():
+        return None, []
+    if path.is_file() and path.stat().st_size == 0:
+        return [], []
+    try:  # read-only: a missing file is not created, nothing is written
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            studies = [r[0] for r in db.execute("SELECT study_name FROM studies")] if "studies" in tables else []
+    except sqlite3.DatabaseError as e:
+        raise StudyError(f"the study database {path} cannot be read: {e}") from None
+    return tables, studies
+
+
+def _server_contents(url: str) -> tuple[list[str], list[str]]:
+    try:
+        engine = sqlalchemy.create_engine(with_driver(url))
+        try:
+            tables = sqlalchemy.inspect(engine).get_table_names()
+            studies = []
+            if "studies" in tables:
+                with engine.connect() as connection:
+                    studies = [r[0] for r in connection.execute(sqlalchemy.text("SELECT study_name FROM studies"))]
+        finally:
+            engine.dispose()
+    except Exception as e:  # a bad URL, a missing driver, a server that does not answer
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise StudyError(f"cannot read the study database {_where(url)}: {first}") from None
+    return tables, studies
+
+
 class StoreUnreachable(ConnectionError):
     """The database cannot be reached; the message is one line naming it and what to check."""
 
@@ -152,6 +229,11 @@ def redact(url: str) -> str:
     return re.sub(r"^([a-z0-9+]+://[^:/@]+):[^@/]*@", r"\1@", url)
 
 
+def with_driver(url: str) -> str:
+    """A PostgreSQL URL as users write it (`postgresql://...`) with the psycopg 3 driver named."""
+    return re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql+psycopg://", url) if is_postgres(url) else url
+
+
 def open_storage(url: str | optuna.storages.BaseStorage, *, heartbeat: int | None = None, grace: int | None = None,
                  on_stale=None) -> optuna.storages.BaseStorage:
     """The Optuna storage behind `url`, connected (or StoreUnreachable with one line).
@@ -167,7 +249,7 @@ def open_storage(url: str | optuna.storages.BaseStorage, *, heartbeat: int | Non
         import psycopg  # noqa: F401
     except ImportError:
         raise StoreUnreachable("PostgreSQL storage needs the psycopg driver: pip install 'evoresearch[postgres]'")
-    full = re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql+psycopg://", url)
+    full = with_driver(url)
     engine = {"connect_args": {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 10,
                                                       "keepalives_interval": 5, "keepalives_count": 3}}
     try:
@@ -227,17 +309,38 @@ class TrialStore:
         self._known = 0
 
     @classmethod
-    def create(cls, storage: str, name: str, config: dict, *, direction: str = "minimize", **options) -> "TrialStore":
-        """Create the study (optuna.exceptions.DuplicatedStudyError if the name is taken) and open it."""
+    def create(cls, storage: str, name: str, config: dict, *, direction: str = "minimize", metric: str = METRIC,
+               **options) -> "TrialStore":
+        """Create the study (optuna.exceptions.DuplicatedStudyError if the name is taken), name its
+        objective `metric` and open it."""
         opened = open_storage(storage)
         study = optuna.create_study(storage=opened, study_name=name, direction=direction)
         study.set_user_attr(CONFIG_ATTR, config)
         study.set_user_attr(SPEND_ATTR, 0.0)
         if not options:
-            return cls(opened, name)
-        if getattr(opened, "engine", None) is not None:
-            opened.engine.dispose()
-        return cls(storage, name, **options)  # the heartbeat settings belong to the storage: open it again
+            store = cls(opened, name)
+        else:
+            if getattr(opened, "engine", None) is not None:
+                opened.engine.dispose()
+            store = cls(storage, name, **options)  # the heartbeat settings belong to the storage: open it again
+        store.name_metric(metric)
+        return store
+
+    @staticmethod
+    def delete(storage: str, name: str) -> None:
+        """Delete the study `name` (a search that was never made, or one `evo rm` removes)."""
+        try:
+            optuna.delete_study(study_name=name, storage=open_storage(storage))
+        except KeyError:
+            pass
+
+    def name_metric(self, metric: str = METRIC) -> None:
+        """Name the objective, so optuna-dashboard and `trials_dataframe` say val_bpb (or the
+        project's metric), not "Objective 0"."""
+        if self.study.metric_names != [metric]:
+            with warnings.catch_warnings():  # experimental in Optuna: its warning is not the user's business
+                warnings.simplefilter("ignore")
+                self.study.set_metric_names([metric])
 
     @classmethod
     def open(cls, storage: str, name: str, **options) -> "TrialStore":
@@ -310,15 +413,19 @@ class TrialStore:
 
     # -- writing --------------------------------------------------------------
 
-    def start(self, attrs: dict[str, Any]) -> int:
+    def start(self, attrs: dict[str, Any], params: dict[str, Any] | None = None) -> int:
         """Create a RUNNING trial holding `attrs` in one write, and return its number.
 
+        `params`: the genome's hyperparameters (name -> value), recorded as Optuna params with
+        one distribution per name for the whole study (`population.params`).
         On a shared study the trial's first heartbeat is recorded and marked before the
         claim is let go, so every RUNNING trial another worker sees is either beating or
         an orphan of a worker that died in between (see `fail_stale`)."""
         with self.claim(), self._lock:
             user_attrs = {"status": INTERRUPTED, **attrs} if self.shared else dict(attrs)
-            template = optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs=user_attrs)
+            values, distributions = self._as_params(params or {})
+            template = optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs=user_attrs, params=values,
+                                                 distributions=distributions)
             trial_id = self.storage.create_new_trial(self._study_id, template_trial=template)
             if self.shared:
                 self.storage.record_heartbeat(trial_id)
@@ -326,6 +433,16 @@ class TrialStore:
             number = self.storage.get_trial_number_from_id(trial_id)
             self._live[number] = trial_id
             return number
+
+    def _as_params(self, values: dict[str, Any]) -> tuple[dict, dict]:
+        """Params and distributions for a new trial; a name seen for the first time is added to the study's space."""
+        if not values:
+            return {}, {}
+        space = self.attr(PARAM_SPACE_ATTR, {})
+        params, distributions, new = as_params(values, space)
+        if new:
+            self.storage.set_study_user_attr(self._study_id, PARAM_SPACE_ATTR, {**space, **new})
+        return params, distributions
 
     def set_attrs(self, number: int, attrs: dict[str, Any]) -> None:
         """Write user attributes of a trial (this process's or another's; a finished one only on SQLite)."""
@@ -373,8 +490,8 @@ class TrialStore:
             if trial_id is None:
                 trial_id = self._trial_id(number)
             record = dict(attrs)
-            if metrics is not None:
-                record["metrics"] = metrics
+            # One attribute per metric (metrics.val_bpb, ...): numbers Optuna's tools can show and sort.
+            record.update({f"{METRICS_PREFIX}{k}": v for k, v in (metrics or {}).items()})
             record["status"] = status
             try:
                 for key, v in record.items():

@@ -32,6 +32,7 @@ class Reply:
     body: Any
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
+    raw: bytes | None = None   # sent as it is instead of the JSON of `body` (a malformed answer)
 
 
 class FakeServer:
@@ -55,7 +56,7 @@ class FakeServer:
                 reply = server._next(request)
                 if reply.delay:
                     time.sleep(reply.delay)
-                data = json.dumps(reply.body).encode()
+                data = reply.raw if reply.raw is not None else json.dumps(reply.body).encode()
                 try:
                     self.send_response(reply.status)
                     self.send_header("content-type", "application/json")

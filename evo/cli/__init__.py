@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import sys
 
-from evo.cli import _compare, _run, _views
-from evo.cli._common import EXIT_USAGE, Parser, UsageError
+from evo.cli import _compare, _manage, _run, _views
+from evo.cli._common import EXIT_USAGE, Parser, UsageError, machine_failure, quiet_broken_pipe
 from population.search import SearchError
 
 __all__ = ["build_parser", "main"]
@@ -23,9 +23,13 @@ def build_parser() -> Parser:
                     "in git, every trial under the same time budget, every result in an Optuna study.")
     parser.add_argument("--version", action="version", version=f"evo (evoresearch) {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
-    for module in (_run, _views, _compare):
+    for module in (_run, _views, _compare, _manage):
         module.add_parsers(sub)
     return parser
+
+
+EXIT_FAILURE = 1
+EXIT_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader went away
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,3 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        quiet_broken_pipe()
+        return EXIT_PIPE
+    except Exception as e:
+        line = machine_failure(e)
+        if line is None:
+            raise  # a bug: its traceback is what a report needs
+        print(f"evo {args.command}: error: {line}", file=sys.stderr)
+        return EXIT_FAILURE

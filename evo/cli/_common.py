@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import math
+import os
 import signal
 import sys
 from pathlib import Path
@@ -224,13 +226,20 @@ def exit_code(reason, command: str) -> int:
 # -- signals --------------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def stop_on_signals(stop: Callable[[], None], stopping: Callable[[], bool], message: str):
+def stop_on_signals(stop: Callable[[], None], stopping: Callable[[], bool], message: str,
+                    abandon: Callable[[], None] | None = None):
     """While inside, the first Ctrl-C (or SIGTERM) calls `stop` and prints `message`; a second one
-    raises KeyboardInterrupt to quit at once."""
+    calls `abandon` (kill what runs) and ends the process at once, as a kill -9 would: the next
+    run finds its unfinished trials and runs them again."""
     def on_signal(signum, frame):
         if stopping():
-            raise KeyboardInterrupt
-        print(f"\n{message}", file=sys.stderr)
+            print("quitting at once: unfinished trials run again on resume", file=sys.stderr, flush=True)
+            try:
+                if abandon is not None:
+                    abandon()
+            finally:
+                os._exit(130)
+        print(f"\n{message}", file=sys.stderr, flush=True)
         stop()
 
     previous = signal.signal(signal.SIGINT, on_signal)
@@ -240,3 +249,31 @@ def stop_on_signals(stop: Callable[[], None], stopping: Callable[[], bool], mess
     finally:
         signal.signal(signal.SIGINT, previous)
         signal.signal(signal.SIGTERM, previous_term)
+
+
+# -- failures of the machine ------------------------------------------------------------------
+
+_FULL = ("no space left on device", "database or disk is full", "disk quota exceeded")
+
+
+def machine_failure(e: BaseException) -> str | None:
+    """One line for a failure of the machine rather than of evo (a full disk, a read-only or
+    unwritable folder), saying what to do; None for anything else."""
+    text = " ".join(str(e).split()).lower()
+    where = f" ({e.filename})" if isinstance(e, OSError) and e.filename else ""
+    if (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)) or any(f in text for f in _FULL):
+        return (f"the disk is full{where}: free some space, then run the same command again (finished trials are "
+                "kept; an unfinished one runs again)")
+    if isinstance(e, OSError) and e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"cannot write{where}: {e.strerror}; run evo where it may write, or fix the folder's permissions"
+    if "attempt to write a readonly database" in text:
+        return "the study database is read-only: fix its permissions (or its folder's), then run the command again"
+    return None
+
+
+def quiet_broken_pipe() -> None:
+    """The reader of our output went away (`evo status | head`): send what is left to /dev/null,
+    so neither this print nor the interpreter's last flush raises again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)

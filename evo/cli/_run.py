@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
 import socket
 import sys
-import time
 from pathlib import Path
 
 from evo.cli._common import (UsageError, add_creation, add_noise_options, add_proposer_options, add_root,
-                             add_strategy_options,
-                             build_proposer, creation_kwargs, duration, exit_code, finished_line, non_negative_int,
+                             add_strategy_options, build_proposer, creation_kwargs, exit_code, non_negative_int,
                              positive_float, positive_int, stop_on_signals, strategy_options)
-from analysis.text import best_score
-from evo.devices import default_slots, parse_devices
+from evo.cli._progress import make_reporter
+from evo.devices import Slot, check_slots, default_slots, nvidia_gpus, parse_devices
 from evo.hosts import OneHost, SharedHosts
 from evo.loop import RunOptions, SearchLoop, fix_ladder
 from evo.promotion import DEFAULT_TOP, LadderError, check_fits, parse_ladder
-from evo.search import create_search, join_search
+from evo.search import NAMED_SOURCES, create_search, describe_harness, join_search
 from evo.strategies import STRATEGIES, make_strategy
 from population.importer import check_runnable
 from population.lineage import NOISE_MULTIPLE
@@ -92,7 +91,23 @@ def add_run_options(p, *, shared: bool = False) -> None:
                    "parents come from the highest rung (fixed for the search once used)")
     g.add_argument("--promote-top", type=positive_float, default=DEFAULT_TOP, metavar="F",
                    help="fraction of the genomes scored at a rung that climb to the next (default: 1/3)")
+    g.add_argument("--api-backoff", type=backoff, default=(15.0, 600.0), metavar="FIRST[,LONGEST]",
+                   help="seconds to wait before asking an LLM API again once it stopped answering, doubling up to "
+                   "LONGEST while it stays down (default: 15,600); meanwhile devices re-evaluate the best genomes "
+                   "or the offline member of a mix proposes, and the search never stops for an outage")
     g.add_argument("--quiet", action="store_true", help="print only the final line")
+
+
+def backoff(text: str) -> tuple[float, float]:
+    """FIRST[,LONGEST] seconds, 0 < FIRST <= LONGEST."""
+    parts = text.split(",")
+    try:
+        first, longest = float(parts[0]), float(parts[-1])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected FIRST[,LONGEST] in seconds, got {text!r}") from None
+    if len(parts) > 2 or not (0 < first <= longest < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected FIRST[,LONGEST] seconds with 0 < FIRST <= LONGEST, got {text!r}")
+    return first, longest
 
 
 def run_options(args) -> RunOptions:
@@ -101,82 +116,19 @@ def run_options(args) -> RunOptions:
         return RunOptions(trials=args.trials, hours=args.hours, reeval=args.reeval, prune=args.prune,
                           noise_runs=args.noise_runs or 0, min_gain=0.0 if args.min_gain is None else args.min_gain,
                           max_vram_gb=args.max_vram_gb, max_memory_gb=args.max_memory_gb,
-                          max_cost_usd=args.max_cost_usd, promote_top=args.promote_top,
+                          max_cost_usd=args.max_cost_usd, promote_top=args.promote_top, api_backoff=args.api_backoff,
                           promote=parse_ladder(args.promote) if args.promote else ())
     except ValueError as e:
         raise UsageError(str(e)) from None
 
 
-class Reporter:
-    """Prints one line per finished trial with the count, the best so far and an ETA."""
-
-    def __init__(self, search: Search, options: RunOptions, quiet: bool = False, out=sys.stdout):
-        self.search, self.options, self.quiet, self.out = search, options, quiet, out
-        self.started = time.time()
-        self.finished_here = 0
-
-    def __call__(self, kind: str, info: dict) -> None:
-        if self.quiet and kind != "stopped":
-            return
-        if kind == "preparing":
-            line = f"  {info['line']}" if "line" in info else f"preparing data: {info['data']} for profile {info['profile']}"
-        elif kind == "started":
-            parents = ",".join(f"#{p}" for p in info.get("parents", []))
-            line = (f"       #{info['trial']:<4} started on {info['slot']}: {info.get('operator', '')} {parents} "
-                    f"{(info.get('description') or '')[:70]}")
-        elif kind == "finished":
-            line = self._finished(info)
-        elif kind == "stopped":
-            line = f"stopped: {info['reason']}; {self._best()}"
-        else:
-            line = _shared_event(kind, info)
-            if line is None:
-                return
-        print(line, file=self.out, flush=True)
-
-    def _best(self) -> str:
-        try:
-            best = self.search.lineage().best
-        except Exception:  # a worker that lost its database still says why it stopped
-            return "best unknown (the database does not answer)"
-        return (f"best {self.search.config.metric} {best_score(best)} (trial #{best.trial}: {best.description})" if best
-                else "no successful trial")
-
-    def _finished(self, info: dict) -> str:
-        self.finished_here += 1
-        lineage = self.search.lineage()
-        counted = sum(1 for t in lineage.trials if t.counts)
-        best, total = lineage.best, self.options.trials
-        count = f"[{counted:>3}/{total}]" if total else f"[{counted:>3}]"
-        eta = ""
-        if total and self.finished_here:
-            per = (time.time() - self.started) / self.finished_here
-            eta = f" | eta {duration(per * max(0, total - counted))}"
-        best_s = f" | best {best_score(best)} (#{best.trial})" if best else ""
-        kept = "new rung-0 best" if self.options.promote else "new best"
-        return f"{count} {finished_line(info, metric=self.search.config.metric, kept=kept)}{best_s}{eta}"
-
-
-def _shared_event(kind: str, info: dict) -> str | None:
-    """The line of an event about trials left behind, lost, or the database and remote coming and going."""
-    if kind == "recovered":
-        where = f" on {info['host']}" if info.get("host") else ""
-        return f"trial #{info['trial']} was left running by a stopped worker{where}: marked interrupted, will re-run"
-    if kind == "lost":
-        return (f"trial #{info['trial']} was taken over by another worker while this one could not beat for it: "
-                "its result is dropped here")
-    if kind == "outage":
-        return f"lost {info['what']} ({info['error']}); retrying for up to {info['patience']:g} s"
-    if kind == "reconnected":
-        return f"{info['what']} is back; carrying on"
-    return None
-
 
 def check_fixed(args, search: Search) -> None:
     """A creation flag given again must say what the search already fixed."""
     cfg = search.config
+    data = args.data if args.data in (None, *NAMED_SOURCES) else str(Path(args.data).expanduser().resolve())
     for flag, given, fixed in (("--profile", args.profile, cfg.profile), ("--budget", args.budget, cfg.budget),
-                               ("--mutable", args.mutable, cfg.mutable), ("--data", args.data, cfg.data),
+                               ("--mutable", args.mutable, cfg.mutable), ("--data", data, cfg.data),
                                ("--run", args.run, cfg.target.get("run")), ("--metric", args.metric, cfg.metric),
                                ("--direction", args.direction, cfg.direction),
                                ("--evaluate", args.evaluate, cfg.target.get("evaluate"))):
@@ -226,9 +178,15 @@ def create(args) -> Search:
     return search
 
 
-def open_or_create(args) -> Search:
-    """The search `evo run NAME` means: the existing one (its fixed settings unchanged) or a new one."""
+def open_or_create(args, slots: list[Slot] | None = None) -> Search:
+    """The search `evo run NAME` means: the existing one (its fixed settings unchanged) or a new one.
+    The devices asked for are checked against the GPUs trials would see before either."""
     if not Search.exists(args.name, root=args.root):
+        prepare = Path(args.project) / "prepare.py"
+        if slots and args.run is None and prepare.exists():  # without it, creation says what is missing
+            _check_devices(slots, int(describe_harness(prepare.resolve(), args.profile).get("cuda_devices", 0)))
+        elif slots:
+            _check_devices(slots, nvidia_gpus())
         return create(args)
     search = Search.open(args.name, root=args.root)
     try:
@@ -250,6 +208,11 @@ def _noise_rule(options: RunOptions) -> str:
     return "".join(f", {p}" for p in parts)
 
 
+def _check_devices(slots: list[Slot], gpus: int) -> None:
+    for warning in check_slots(slots, gpus):
+        print(f"warning: {warning}", file=sys.stderr)
+
+
 def cmd_run(args) -> int:
     options = run_options(args)  # reject options that cannot work before creating anything
     proposer = build_proposer(args.proposer, args)
@@ -257,7 +220,7 @@ def cmd_run(args) -> int:
     slots = parse_devices(args.devices) if args.devices else None  # reject a bad device before creating anything
     if options.promote and args.budget and not Search.exists(args.name, root=args.root):
         check_ladder(options, budget=args.budget)
-    search = open_or_create(args)
+    search = open_or_create(args, slots)
     try:
         check_ladder(options, search=search)
     except UsageError:
@@ -294,12 +257,14 @@ def run_loop(search: Search, args, options: RunOptions, strategy, proposer, slot
         print(f"{who} {cfg.name}: profile {cfg.profile}, budget {cfg.budget:g}s, strategy {strategy.describe()}, "
               f"proposer {proposer.name}, devices {', '.join(s.name for s in slots)}{_noise_rule(options)}; "
               f"folder {search.folder}", flush=True)
-    loop = SearchLoop(search, strategy, proposer, slots, options, on_event=Reporter(search, options, quiet=args.quiet),
-                      hosts=hosts)
+    reporter = make_reporter(search, options, quiet=args.quiet, strategy=strategy.name, proposer=proposer.name)
+    loop = SearchLoop(search, strategy, proposer, slots, options, on_event=reporter, hosts=hosts)
+    reporter.stopping = loop.stop.is_set
     leave = ("stopping: killing running trials (other workers re-run them)" if hosts.shared else
              "stopping: killing running trials (they re-run on resume)")
     try:
-        with stop_on_signals(loop.stop.set, loop.stop.is_set, f"{leave}; Ctrl-C again to quit at once"):
+        with reporter, stop_on_signals(loop.stop.set, loop.stop.is_set, f"{leave}; Ctrl-C again to quit at once",
+                                       abandon=loop.abandon):
             reason = loop.run()
     finally:
         search.close()

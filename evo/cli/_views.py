@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -83,9 +84,12 @@ def cmd_status(args) -> int:
             if args.json:
                 print(json.dumps(summary, indent=2, default=str))
             else:
-                if args.watch:
-                    print("\033[2J\033[H", end="")
-                print(render_status(summary))
+                if args.watch:  # one screen, redrawn: cut to the terminal, never wrapped or scrolled
+                    size = shutil.get_terminal_size()
+                    print("\033[2J\033[H" + render_status(summary, width=size.columns, height=size.lines - 1),
+                          flush=True)
+                else:
+                    print(render_status(summary))
             if not args.watch:
                 return 0
             time.sleep(args.watch)

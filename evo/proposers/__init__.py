@@ -4,7 +4,9 @@ Build one by name as the CLI does (`from_spec("offline:0.8,anthropic:0.2", model
 or construct a class directly.
 """
 
-from evo.proposers._base import Genome, Proposal, ProposalContext, Proposer, ProposerError
+from evo.proposers._base import (CAPS, Genome, Proposal, ProposalContext, Proposer, ProposerError, ProposerUnavailable,
+                                 cap_proposal)
+from evo.proposers._hyperparams import hyperparameter_values
 from evo.proposers._offline import OfflineProposer
 from evo.proposers._anthropic import AnthropicProposer
 from evo.proposers._command import CommandProposer
@@ -13,6 +15,7 @@ from evo.proposers._openai_compat import OpenAICompatibleProposer
 from evo.proposers._pricing import Price, load_prices
 from evo.proposers._spec import PROPOSERS, SpecError, from_spec, parse_spec
 
-__all__ = ["Genome", "Proposal", "ProposalContext", "Proposer", "ProposerError", "OfflineProposer",
+__all__ = ["hyperparameter_values", "CAPS", "Genome", "Proposal", "ProposalContext", "Proposer", "ProposerError", "ProposerUnavailable",
+           "cap_proposal", "OfflineProposer",
            "AnthropicProposer", "CommandProposer", "MixedProposer", "OpenAICompatibleProposer", "Price", "load_prices",
            "PROPOSERS", "SpecError", "from_spec", "parse_spec"]

@@ -9,12 +9,13 @@ answer with the tool; the proposer remembers that for the rest of the search.
 
 from __future__ import annotations
 
-import threading
+import json
+import re
 from typing import TYPE_CHECKING
 
 from evo.proposers import _keys as keys
-from evo.proposers._base import ProposerError
-from evo.proposers._llm import CallFailed, ChatProposer, Reply
+from evo.proposers._base import ProposerError, ProposerUnavailable
+from evo.proposers._llm import CallAborted, CallFailed, ChatProposer, Reply
 from evo.proposers._pricing import DEFAULT_PRICES, Price, price_for
 from evo.proposers._prompts import ANSWER_WITH_TOOL, TOOL_DESCRIPTION, TOOL_NAME, TOOL_SCHEMA, Block, Prompt
 
@@ -51,10 +52,12 @@ class AnthropicProposer(ChatProposer):
         base_url: the API's address; default $ANTHROPIC_BASE_URL, else Anthropic's.
         prices: price table (see `load_prices`); the model's entry prices each call.
         timeout: seconds one HTTP call may take before it is abandoned (the SDK retries it
-            max_retries times, then this proposal fails and the search goes on).
+            max_retries times, then the API counts as unavailable for now).
         max_retries: the SDK's own retries of 408/409/429/5xx/529, timeouts and dropped connections.
         backoff: seconds to wait before each further round of attempts once the SDK gave up
-            on a transient error; when the last round fails too the search stops.
+            on a transient error (default none: the search loop waits, with a growing pause
+            it shows, while keeping its devices busy); when the last round fails too the
+            proposal raises ProposerUnavailable.
         max_tokens: the answer's token limit (thinking included).
         repairs: repair turns after edits that do not apply.
 
@@ -65,7 +68,7 @@ class AnthropicProposer(ChatProposer):
 
     def __init__(self, *, model: str = DEFAULT_MODEL, api_key: str | None = None, base_url: str | None = None,
                  prices: dict[str, Price] | None = None, timeout: float = 600.0, max_retries: int = 3,
-                 backoff: tuple[float, ...] = (10.0, 30.0, 90.0), max_tokens: int = 16000, repairs: int = 1):
+                 backoff: tuple[float, ...] = (), max_tokens: int = 16000, repairs: int = 1):
         key = api_key or keys.take(KEY_ENV)
         if not key:
             raise ProposerError(f"{KEY_ENV} is not set: export your Anthropic API key to use --proposer anthropic")
@@ -77,28 +80,29 @@ class AnthropicProposer(ChatProposer):
         self.client = anthropic.Anthropic(api_key=key, base_url=base_url, timeout=timeout, max_retries=max_retries)
         self.timeout, self.backoff, self.max_tokens = timeout, tuple(backoff), max_tokens
         self._forced = True   # forced tool choice, until a model refuses it
-        self._closed = threading.Event()
 
     def _conversation(self, prompt: Prompt) -> "_Conversation":
         return _Conversation(self, prompt)
 
     def close(self) -> None:
-        self._closed.set()  # a proposal waiting out a backoff gives up now
+        super().close()  # a call in flight is abandoned, a proposal waiting out a backoff gives up
         self.client.close()
 
-    def _create(self, system: list[dict], messages: list[dict]) -> "anthropic.types.Message":
-        """One Messages API call, retried; raises ProposerError (stop the search) or CallFailed (this proposal)."""
+    def _create(self, system: list[dict], messages: list[dict]):
+        """One Messages API call, retried; returns the raw response (parsed by the conversation, so
+        a malformed answer still shows what it said). Raises ProposerError (stop the search),
+        ProposerUnavailable (wait and ask again), CallFailed (this proposal) or CallAborted."""
         anthropic = self.sdk
-        # Still failing after the SDK's own retries: worth waiting for (overload, rate limit, a dropped connection).
+        # Still failing after the SDK's own retries: an outage, an overload, a rate limit, a dropped connection.
         transient = (anthropic.RateLimitError, anthropic.InternalServerError, anthropic.RequestTimeoutError,
                      anthropic.ConflictError, anthropic.APIConnectionError)
         attempts = len(self.backoff) + 1
         for attempt in range(attempts):
             choice = {"type": "tool", "name": TOOL_NAME} if self._forced else {"type": "auto"}
             try:
-                return self.client.messages.create(
+                return self._abortable(lambda: self.client.messages.with_raw_response.create(
                     model=self.model, max_tokens=self.max_tokens, system=system, messages=messages, tool_choice=choice,
-                    tools=[{"name": TOOL_NAME, "description": TOOL_DESCRIPTION, "input_schema": TOOL_SCHEMA}])
+                    tools=[{"name": TOOL_NAME, "description": TOOL_DESCRIPTION, "input_schema": TOOL_SCHEMA}]))
             except anthropic.AuthenticationError as e:
                 raise ProposerError(f"the Anthropic API rejected the key in {KEY_ENV} (401): {_message(e)}") from None
             except anthropic.PermissionDeniedError as e:
@@ -117,18 +121,18 @@ class AnthropicProposer(ChatProposer):
                     raise ProposerError(f"the Anthropic account is out of credit (400): {text}") from None
                 raise CallFailed(f"the Anthropic API refused the request (400): {text}") from None
             except anthropic.APITimeoutError:
-                # The SDK already retried it; waiting longer between rounds would not make the answer faster.
-                raise CallFailed(f"no answer from the Anthropic API within {self.timeout:g}s "
-                                 f"(raise --proposer-timeout)") from None
+                # The SDK already retried it; a longer wait between rounds would not make the answer faster.
+                raise ProposerUnavailable(f"no answer from the Anthropic API within {self.timeout:g}s (raise "
+                                          f"--proposer-timeout if the model needs longer)") from None
             except transient as e:
                 if attempt == attempts - 1:
                     status = getattr(e, "status_code", None)
-                    raise ProposerError(f"the Anthropic API kept failing ({status or 'connection error'}: {_message(e)}) "
-                                        f"after {attempts} rounds of retries; resume the search later") from None
+                    raise ProposerUnavailable(f"the Anthropic API kept failing ({status or 'connection error'}: "
+                                              f"{_message(e)})") from None
             except anthropic.APIStatusError as e:
                 raise CallFailed(f"the Anthropic API answered {e.status_code}: {_message(e)}") from None
             if self._closed.wait(self.backoff[attempt]):
-                raise ProposerError("the search stopped while the Anthropic API was failing")
+                raise CallAborted("the search stopped while the Anthropic API was failing")
         raise AssertionError("unreachable")
 
 
@@ -158,17 +162,48 @@ class _Conversation:
         return self._call()
 
     def _call(self) -> Reply:
-        response = self.proposer._create(self.system, self.messages)
-        self.last = response
+        answer = self.proposer._create(self.system, self.messages)
+        try:
+            return self._read(answer.parse())
+        except Exception as e:  # not a Messages response: what it said still counts and is kept
+            text = answer.http_response.text
+            raise CallFailed(f"the Anthropic API answered {answer.http_response.status_code} with something that is "
+                             f"not a Messages response ({type(e).__name__}: {str(e)[:200]})",
+                             tokens=_tokens_in(text), raw={"unparsed": text}) from None
+
+    def _read(self, response: "anthropic.types.Message") -> Reply:
+        if not isinstance(response, self.proposer.sdk.types.Message):
+            raise TypeError(f"the body is a JSON {type(response).__name__}, not a message object")
         u = response.usage
         tokens = {"input_tokens": u.input_tokens, "output_tokens": u.output_tokens,
                   "cache_read_tokens": u.cache_read_input_tokens or 0,
                   "cache_write_tokens": u.cache_creation_input_tokens or 0}
         raw = response.model_dump(mode="json", exclude_none=True)
         use = next((b for b in response.content if b.type == "tool_use" and b.name == TOOL_NAME), None)
+        self.last = response
         if response.stop_reason == "max_tokens":
             return Reply(None, raw, tokens, f"the answer was cut off at max_tokens ({self.proposer.max_tokens}) "
                          f"before the proposal was complete: send a smaller change, as search/replace edits")
         if use is None:
             return Reply(None, raw, tokens, f"the answer did not call the {TOOL_NAME} tool")
+        if not isinstance(use.input, dict):
+            return Reply(None, raw, tokens, f"the {TOOL_NAME} input is not an object with description, rationale "
+                         "and edits")
         return Reply(dict(use.input), raw, tokens)
+
+
+def _tokens_in(text: str) -> dict[str, int]:
+    """The token counts a malformed answer still states, as far as they can be read: from its JSON
+    when that parses, else from the usage fields found in the text; none when it states none."""
+    try:
+        usage = json.loads(text).get("usage") or {}
+    except (ValueError, AttributeError, TypeError):
+        usage = {k: int(v) for k, v in re.findall(r'"(\w+_tokens)"\s*:\s*(\d+)', text[-20000:] + text[:20000])}
+    if not isinstance(usage, dict):
+        return {}
+    named = {"input_tokens": "input_tokens", "output_tokens": "output_tokens",
+             "cache_read_tokens": "cache_read_input_tokens", "cache_write_tokens": "cache_creation_input_tokens"}
+    try:
+        return {ours: int(usage.get(theirs) or 0) for ours, theirs in named.items() if usage.get(theirs)}
+    except (ValueError, TypeError):
+        return {}

@@ -10,7 +10,12 @@ from typing import Callable
 from population.genomes import Genome
 from population.lineage import Lineage
 
-__all__ = ["Genome", "Proposal", "ProposalContext", "Proposer", "ProposerError"]
+__all__ = ["CAPS", "Genome", "Proposal", "ProposalContext", "Proposer", "ProposerError", "ProposerUnavailable",
+           "cap_proposal", "truncated"]
+
+# The most a proposal may carry into the commit message, the study and `evo show` (characters;
+# bytes for a file). The full answer stays in the trial's response.json or agent.log.
+CAPS = {"description": 200, "rationale": 4000, "error": 1000, "file": 4 << 20}
 
 
 @dataclass
@@ -22,6 +27,7 @@ class Proposal:
         the trial is recorded as ``invalid_proposal`` with the artifacts kept.
     usage: LLM usage of the call(s): input/output/cache tokens and ``cost_usd``.
     artifacts: file name -> text written into the trial's folder (prompts, responses).
+    capped: what `cap_proposal` cut, with the sizes (recorded on the trial).
     """
 
     files: dict[str, str]
@@ -32,6 +38,8 @@ class Proposal:
     usage: dict = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)
     proposer: str = ""
+    capped: dict = field(default_factory=dict)   # field -> {"length": what came, "cap": what was kept}
+    remote: bool = True   # written by a service that can be down (an LLM API); False for the offline proposer
 
 
 @dataclass
@@ -47,6 +55,8 @@ class ProposalContext:
     scratch: a private folder for this proposal (the command proposer works there).
     executor: how a proposer starts a process of its own (the search's sandbox: an
         `evo.runner.Executor`); None runs it as a plain process.
+    offline_only: the search is waiting for an API that stopped answering: a proposer that can
+        propose without it (the offline member of a mix) does so.
     """
 
     program: str
@@ -57,10 +67,46 @@ class ProposalContext:
     is_known: Callable[[dict[str, str]], bool] = lambda files: False
     scratch: Path | None = None
     executor: object | None = None
+    offline_only: bool = False   # the API is down: a mix draws among its offline members only
 
 
 class ProposerError(RuntimeError):
     """A problem no retry will fix (a missing or rejected API key, a bad endpoint): stops the search."""
+
+
+class ProposerUnavailable(RuntimeError):
+    """The proposer's service does not answer for now (down, overloaded, rate-limited, timing out)
+    and its own retries are spent. Nothing was billed: the search records no trial, keeps its
+    devices busy otherwise and asks again after a growing wait."""
+
+
+def cap_proposal(proposal: Proposal) -> Proposal:
+    """Cut what a proposer brought to the sizes in CAPS, recording each cut in `proposal.capped`.
+
+    The description keeps its first line; a mutable file past the cap makes the proposal
+    invalid (no such child is committed). Returns the same proposal."""
+    first = next((line.strip() for line in (proposal.description or "").splitlines() if line.strip()), "")
+    for name, text in (("description", first), ("rationale", proposal.rationale or ""), ("error", proposal.error or "")):
+        if len(text) > CAPS[name]:
+            proposal.capped[name] = {"length": len(text), "cap": CAPS[name]}
+            text = truncated(text, CAPS[name])
+        setattr(proposal, name, text)
+    big = {path: len(text.encode("utf-8", "replace")) for path, text in proposal.files.items()
+           if len(text) > CAPS["file"] // 4 and len(text.encode("utf-8", "replace")) > CAPS["file"]}
+    if big and proposal.ok:
+        path, size = next(iter(big.items()))
+        proposal.capped["file"] = {"length": size, "cap": CAPS["file"], "path": path}
+        proposal.ok = False
+        proposal.error = f"the child's {path} is {size:,} bytes; a mutable file may hold at most {CAPS['file']:,}"
+    return proposal
+
+
+def truncated(text: str, cap: int) -> str:
+    """`text` cut to at most `cap` characters, ending with a mark that says where and how much was cut."""
+    if len(text) <= cap:
+        return text
+    mark = f" [truncated at {cap:,} of {len(text):,} chars]"
+    return text[: max(0, cap - len(mark))] + mark
 
 
 class Proposer:
@@ -71,6 +117,12 @@ class Proposer:
     records it."""
 
     name = "base"
+    remote = True   # its proposals come from a service that can be down
+
+    @property
+    def offline_fallback(self) -> bool:
+        """Whether it can still propose while its service is down (with `ctx.offline_only`)."""
+        return not self.remote
 
     def mutate(self, parent: Genome, ctx: ProposalContext) -> Proposal:
         raise NotImplementedError

@@ -25,6 +25,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -77,6 +78,20 @@ class CommandProposer(Proposer):
         if not command.strip():
             raise ProposerError("the agent command is empty: give one with --agent-command")
         self.command, self.timeout, self.name = command, timeout, name
+        self._agents: set[subprocess.Popen] = set()   # running now, killed by `close`
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def close(self) -> None:
+        """Kill every agent still running (with its helpers): the search stopped."""
+        with self._lock:
+            self._closed = True
+            agents = list(self._agents)
+        for proc in agents:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
     def mutate(self, parent: Genome, ctx: ProposalContext) -> Proposal:
         prompt, start = mutation_prompt(parent, ctx, answer=ANSWER_IN_FOLDER, show_files=False)
@@ -86,7 +101,7 @@ class CommandProposer(Proposer):
         prompt, start = crossover_prompt(a, b, base, ctx, answer=ANSWER_IN_FOLDER, show_files=False)
         proposal = self._run(prompt.render(), start, ctx, [a.trial, b.trial], crossing=True)
         if proposal.description and not (f"#{a.trial}" in proposal.description and f"#{b.trial}" in proposal.description):
-            proposal.description = f"cross #{a.trial} x #{b.trial}: {proposal.description}"[:200]
+            proposal.description = f"cross #{a.trial} x #{b.trial}: {proposal.description}"
         return proposal
 
     def _run(self, task: str, start: dict[str, str], ctx: ProposalContext, parents: list[int], *,
@@ -121,10 +136,15 @@ class CommandProposer(Proposer):
                "EVO_PARENTS": " ".join(str(p) for p in parents)}
         t0 = time.monotonic()
         with tempfile.TemporaryFile() as out:
-            try:
-                proc = self._start(folder, env, out, ctx.executor)
-            except OSError as e:
-                raise ProposerError(f"cannot start the agent command: {e}") from None
+            with self._lock:
+                if self._closed:
+                    return Proposal(start, "", ok=False, error="the search stopped before the agent started",
+                                    proposer=self.name)
+                try:
+                    proc = self._start(folder, env, out, ctx.executor)
+                except OSError as e:
+                    raise ProposerError(f"cannot start the agent command: {e}") from None
+                self._agents.add(proc)
             timed_out = False
             try:
                 proc.communicate(task.encode(), timeout=self.timeout)
@@ -136,6 +156,8 @@ class CommandProposer(Proposer):
                 except (ProcessLookupError, PermissionError):
                     pass
                 proc.wait()
+                with self._lock:
+                    self._agents.discard(proc)
             out.seek(0)
             log = keys.redact(out.read().decode("utf-8", "replace")[-LOG_LIMIT:])
         seconds = time.monotonic() - t0
@@ -146,6 +168,8 @@ class CommandProposer(Proposer):
         def invalid(error: str) -> Proposal:
             return Proposal(start, "", ok=False, error=error, artifacts=artifacts, proposer=self.name)
 
+        if self._closed:
+            return invalid("the search stopped while the agent ran (killed)")
         if proc.returncode == 127 and not timed_out:  # bash: command not found; no retry will fix it
             raise ProposerError(f"the agent command was not found: {last or self.command}")
         if timed_out:
@@ -166,6 +190,6 @@ class CommandProposer(Proposer):
 
         written = (folder / DESCRIPTION_FILE).read_text(errors="replace").strip() if (folder / DESCRIPTION_FILE).exists() else ""
         lines = [l.strip() for l in written.splitlines()]
-        description = next((l for l in lines if l), "")[:200] or _describe_change(start, child, ctx.settings.get("profile"))
+        description = next((l for l in lines if l), "") or _describe_change(start, child, ctx.settings.get("profile"))
         rationale = "\n".join(lines[1:]).strip() if written else f"agent command: {self.command}"
         return Proposal(child, description, rationale=rationale, artifacts=artifacts, proposer=self.name)

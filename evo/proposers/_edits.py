@@ -12,6 +12,8 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Callable
 
+# The most text one change may carry, edits and whole files together (characters).
+EDITS_CAP = 4 << 20
 # Lines git writes around a conflict; a child must not keep them.
 CONFLICT_MARKERS = ("<<<<<<< ", ">>>>>>> ")
 
@@ -57,7 +59,8 @@ def parse_change(fields: dict | None, *, allow_empty: bool = False) -> Change:
         problems.append("description is missing: give a one-line description of the change")
         description = ""
     lines = [line.strip() for line in str(description).strip().splitlines() if line.strip()]
-    change = Change(description=lines[0][:200] if lines else "", rationale=str(fields.get("rationale") or "").strip())
+    # Kept whole here: the loop cuts description and rationale to their caps and records the cut.
+    change = Change(description=lines[0] if lines else "", rationale=str(fields.get("rationale") or "").strip())
 
     edits = fields.get("edits") or []
     if not isinstance(edits, list):
@@ -83,6 +86,10 @@ def parse_change(fields: dict | None, *, allow_empty: bool = False) -> Change:
 
     if not problems and not allow_empty and not change.edits and not change.files:
         problems.append("the answer has no edits and no files: propose one concrete change")
+    size = sum(len(e.search) + len(e.replace) for e in change.edits) + sum(len(t) for t in change.files.values())
+    if size > EDITS_CAP:
+        problems.append(f"the edits hold {size:,} characters; a change may hold at most {EDITS_CAP:,}: send a smaller "
+                        "change, as search/replace edits")
     if problems:
         raise EditError("\n".join(problems))
     return change

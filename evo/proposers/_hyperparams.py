@@ -54,6 +54,16 @@ def _literal(node: ast.AST) -> Any:
     raise ValueError("not a literal")
 
 
+def hyperparameter_values(files: dict[str, str], profile: str | None = None) -> dict[str, Any]:
+    """Name -> value of every hyperparameter of a genome's Python files (the first file to name one wins)."""
+    values: dict[str, Any] = {}
+    for path in sorted(files):
+        if path.endswith(".py"):
+            for name, p in find_hyperparameters(files[path], profile).items():
+                values.setdefault(name, p.value)
+    return values
+
+
 def _offset(lines: list[str], starts: list[int], lineno: int, col: int) -> int:
     # ast columns count UTF-8 bytes; convert to a character offset. `starts[i]` is where line i+1 begins.
     line = lines[lineno - 1]

@@ -11,10 +11,11 @@ and keeping every prompt and response for the trial folder.
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol, TypeVar
 
-from evo.proposers._base import Genome, Proposal, ProposalContext, Proposer
+from evo.proposers._base import Genome, Proposal, ProposalContext, Proposer, ProposerError, ProposerUnavailable
 from evo.proposers._edits import Change, EditError, apply_change, check_child, parse_change
 from evo.proposers._pricing import Price
 from evo.proposers._prompts import ANSWER_WITH_TOOL, Prompt, crossover_prompt, mutation_prompt, repair_message
@@ -23,7 +24,22 @@ TOKEN_KEYS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write
 
 
 class CallFailed(Exception):
-    """This call got no usable answer (a timeout, an error reply) but the next proposal may: not fatal."""
+    """This call got no usable answer (an error reply, a malformed one) but the next proposal may: not fatal.
+
+    tokens: what the answer said it used, when it said (a malformed 200 is still billed).
+    raw: what came back, kept in response.json."""
+
+    def __init__(self, message: str, *, tokens: dict[str, int] | None = None, raw=None):
+        super().__init__(message)
+        self.tokens, self.raw = tokens or {}, raw
+
+
+class CallAborted(Exception):
+    """The search stopped while a call was in flight: the call is abandoned, not waited for."""
+
+
+T = TypeVar("T")
+POLL = 0.05  # seconds between looks at whether the proposer was closed while a call is in flight
 
 
 @dataclass
@@ -63,9 +79,41 @@ class ChatProposer(Proposer):
     def __init__(self, *, model: str, price: Price | None = None, repairs: int = 1, secrets: tuple[str, ...] = ()):
         self.model, self.price, self.repairs = model, price, repairs
         self._secrets = tuple(s for s in secrets if s)
+        self._closed = threading.Event()
 
     def _conversation(self, prompt: Prompt) -> Conversation:
         raise NotImplementedError
+
+    def close(self) -> None:
+        """Abandon every call in flight (they raise CallAborted at once) and refuse new ones."""
+        self._closed.set()
+
+    def _abortable(self, call: Callable[[], T]) -> T:
+        """Run one blocking HTTP call so that `close` ends the wait for it at once.
+
+        The call runs in a daemon thread: an HTTP client cannot be interrupted from outside
+        while it reads, but a daemon thread does not keep the process alive, and the
+        connection dies with it. Whatever the call raises is raised here."""
+        if self._closed.is_set():
+            raise CallAborted("the search stopped before the call")
+        box: dict[str, Any] = {}
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                box["value"] = call()
+            except BaseException as e:  # handed to the waiting thread
+                box["error"] = e
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name="llm-call", daemon=True).start()
+        while not done.wait(POLL):
+            if self._closed.is_set():
+                raise CallAborted("the search stopped while a call to the model was in flight (abandoned)")
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
 
     # -- the two operators ----------------------------------------------------
 
@@ -79,7 +127,7 @@ class ChatProposer(Proposer):
         # Plots and tables label children by description: make a crossover recognisable as one.
         d = proposal.description
         if d and not (f"#{a.trial}" in d and f"#{b.trial}" in d):
-            proposal.description = f"cross #{a.trial} x #{b.trial}: {d}"[:200]
+            proposal.description = f"cross #{a.trial} x #{b.trial}: {d}"
         return proposal
 
     # -- one proposal ---------------------------------------------------------
@@ -112,9 +160,27 @@ class ChatProposer(Proposer):
                     return self._result(start, change, usage, transcript, responses, errors, ok=False,
                                         error=f"the model's edits did not apply after {self.repairs} repair turn(s): {first}")
                 return self._result(child, change, usage, transcript, responses, errors)
-        except CallFailed as e:
+        except CallFailed as e:  # a malformed answer is billed and kept all the same
+            if e.tokens or e.raw is not None:
+                self._count(usage, Reply(None, e.raw, e.tokens))
+                responses.append(e.raw)
             errors.append(str(e))
             return self._result(start, change, usage, transcript, responses, errors, ok=False, error=str(e))
+        except CallAborted as e:
+            usage["aborted_calls"] = 1  # billed or not, the provider knows: it is not in the usage
+            errors.append(str(e))
+            return self._result(start, change, usage, transcript, responses, errors, ok=False, error=str(e))
+        except ProposerUnavailable as e:
+            if not usage["calls"]:
+                raise  # nothing billed, nothing to keep: the search waits and asks again
+            errors.append(str(e))  # a repair turn that found the API gone: the first answer was billed
+            return self._result(start, change, usage, transcript, responses, errors, ok=False, error=str(e))
+        except ProposerError:
+            raise
+        except Exception as e:  # anything else the answer provoked: keep what was paid for and said
+            error = f"unexpected answer from the model ({type(e).__name__}: {str(e)[:300]})"
+            errors.append(error)
+            return self._result(start, change, usage, transcript, responses, errors, ok=False, error=error)
 
     def _count(self, usage: dict, reply: Reply) -> None:
         usage["calls"] += 1

@@ -24,8 +24,19 @@ class MixedProposer(Proposer):
         self.members = list(members)
         self.name = ",".join(f"{p.name}:{w:g}" for p, w in self.members)
 
+    @property
+    def remote(self) -> bool:
+        return any(p.remote for p, _ in self.members)
+
+    @property
+    def offline_fallback(self) -> bool:
+        return any(p.offline_fallback for p, _ in self.members)
+
     def _pick(self, ctx: ProposalContext) -> Proposer:
-        proposers, weights = zip(*self.members)
+        members = self.members
+        if ctx.offline_only:  # the API is down: the members that need none keep the devices busy
+            members = [(p, w) for p, w in self.members if p.offline_fallback] or members
+        proposers, weights = zip(*members)
         return ctx.rng.choices(proposers, weights=weights)[0]
 
     def mutate(self, parent: Genome, ctx: ProposalContext) -> Proposal:
@@ -39,6 +50,7 @@ class MixedProposer(Proposer):
     @staticmethod
     def _tagged(proposal: Proposal, member: Proposer) -> Proposal:
         proposal.proposer = proposal.proposer or member.name
+        proposal.remote = proposal.remote and member.remote
         return proposal
 
     def close(self) -> None:

@@ -22,6 +22,7 @@ class OfflineProposer(Proposer):
     """
 
     name = "offline"
+    remote = False
 
     def __init__(self, *, two_change_rate: float = 0.3, attempts: int = 30):
         self.two_change_rate = two_change_rate

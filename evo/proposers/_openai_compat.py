@@ -13,14 +13,13 @@ from __future__ import annotations
 import json
 import re
 import socket
-import threading
 import urllib.error
 import urllib.parse
 import urllib.request
 
 from evo.proposers import _keys as keys
-from evo.proposers._base import ProposerError
-from evo.proposers._llm import CallFailed, ChatProposer, Reply
+from evo.proposers._base import ProposerError, ProposerUnavailable
+from evo.proposers._llm import CallAborted, CallFailed, ChatProposer, Reply
 from evo.proposers._pricing import Price, price_for
 from evo.proposers._prompts import ANSWER_AS_JSON, ANSWER_WITH_TOOL, TOOL_DESCRIPTION, TOOL_NAME, TOOL_SCHEMA, Prompt
 
@@ -75,8 +74,9 @@ class OpenAICompatibleProposer(ChatProposer):
         prices: price table; a model not in it costs $0 (``priced: False`` in the usage).
         timeout: seconds one HTTP call may take (local models can be slow).
         mode: auto (tools, then JSON mode, then text, as the server allows), or one of tools, json, text.
-        retries: further attempts after a 429/502/503/504 or a refused connection, waiting `backoff`.
-        backoff: seconds to wait before each retry (its length caps the retries).
+        backoff: seconds to wait before each further attempt after a 429/502/503/504 or a refused
+            connection (its length caps them); then ProposerUnavailable, and the search loop
+            waits with a growing pause it shows.
         max_tokens: the answer's token limit.
         repairs: repair turns after edits that do not apply.
     """
@@ -94,7 +94,6 @@ class OpenAICompatibleProposer(ChatProposer):
         self._key = key
         self.mode = "tools" if mode == "auto" else mode
         self._auto = mode == "auto"
-        self._closed = threading.Event()
 
     @property
     def answer(self) -> str:
@@ -103,11 +102,9 @@ class OpenAICompatibleProposer(ChatProposer):
     def _conversation(self, prompt: Prompt) -> "_Conversation":
         return _Conversation(self, prompt)
 
-    def close(self) -> None:
-        self._closed.set()
-
     def _post(self, payload: dict) -> dict:
-        """POST one chat completion; raises _Refused (a 4xx/5xx reply), ProposerError or CallFailed."""
+        """POST one chat completion; raises _Refused (a 4xx/5xx reply), ProposerError, ProposerUnavailable,
+        CallFailed or CallAborted."""
         headers = {"content-type": "application/json"}
         if self._key:
             headers["authorization"] = f"Bearer {self._key}"
@@ -116,8 +113,7 @@ class OpenAICompatibleProposer(ChatProposer):
             last = attempt == len(self.backoff)
             try:
                 request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    return json.loads(response.read().decode("utf-8"))
+                text = self._abortable(lambda: _read(request, self.timeout))
             except urllib.error.HTTPError as e:
                 message = _error_message(e)
                 if e.code in (401, 403):
@@ -128,20 +124,30 @@ class OpenAICompatibleProposer(ChatProposer):
                 if e.code not in _TRANSIENT_STATUS:
                     raise _Refused(e.code, message) from None
                 if last:
-                    raise ProposerError(f"{self.url} kept answering {e.code} ({message}) after "
-                                        f"{attempt + 1} attempts; resume the search later") from None
+                    raise ProposerUnavailable(f"{self.url} kept answering {e.code} ({message})") from None
             except (TimeoutError, socket.timeout):
-                raise CallFailed(f"no answer from {self.url} within {self.timeout:g}s (raise --proposer-timeout)") from None
+                raise ProposerUnavailable(f"no answer from {self.url} within {self.timeout:g}s (raise "
+                                          "--proposer-timeout if the model needs longer)") from None
             except urllib.error.URLError as e:
                 if isinstance(e.reason, (TimeoutError, socket.timeout)):
-                    raise CallFailed(f"no answer from {self.url} within {self.timeout:g}s (raise --proposer-timeout)") from None
+                    raise ProposerUnavailable(f"no answer from {self.url} within {self.timeout:g}s (raise "
+                                              "--proposer-timeout if the model needs longer)") from None
                 if last:
-                    raise ProposerError(f"cannot reach {self.url}: {e.reason}") from None
-            except ValueError as e:
-                raise CallFailed(f"{self.url} answered with something that is not JSON: {e}") from None
+                    raise ProposerUnavailable(f"cannot reach {self.url}: {e.reason}") from None
+            else:
+                try:
+                    return json.loads(text)
+                except ValueError as e:
+                    raise CallFailed(f"{self.url} answered with something that is not JSON: {e}",
+                                     raw={"unparsed": text}) from None
             if self._closed.wait(self.backoff[attempt]):
-                raise ProposerError(f"the search stopped while {self.url} was failing")
+                raise CallAborted(f"the search stopped while {self.url} was failing")
         raise AssertionError("unreachable")
+
+
+def _read(request: urllib.request.Request, timeout: float) -> str:
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return response.read().decode("utf-8", "replace")
 
 
 def _error_message(e: urllib.error.HTTPError) -> str:
@@ -208,6 +214,8 @@ class _Conversation:
                     continue
                 raise CallFailed(f"{p.url} refused the request ({e.status}): {e.message}") from None
         raw = {"mode": mode, "response": data}
+        if not isinstance(data, dict):
+            return Reply(None, raw, {}, "the endpoint's answer is not a JSON object")
         usage = data.get("usage") or {}
         cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
         tokens = {"input_tokens": int(usage.get("prompt_tokens") or 0) - cached, "cache_read_tokens": cached,

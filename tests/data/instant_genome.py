@@ -9,6 +9,8 @@ BATCH = 64               # a power of two
 def main():
     import os, time
     time.sleep(float(os.environ.get("EVO_TEST_SLEEP", "0")))  # lets a test catch a trial while it runs
+    if os.environ.get("EVO_TEST_CRASH"):  # a machine that fails every trial (a driver, a full GPU) until fixed
+        raise RuntimeError(os.environ["EVO_TEST_CRASH"])
     score = 1 + (math.log(LR / 0.03)) ** 2 + 0.01 * (DEPTH - 6) ** 2 + (WARMDOWN_RATIO - 0.4) ** 2 + 0.001 * abs(math.log2(BATCH / 128))
     noise = float(os.environ.get("EVO_TEST_NOISE", "0"))  # sd of a seed-dependent error, as training has
     if noise:
