@@ -15,7 +15,8 @@ DAEMON_MARKER = "evo-cheat-daemon-marker"
 
 # Anchors in the seed's train.py.
 ATTENTION = "y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)"
-STOP_RULE = "done = step > untimed_steps and (training_time >= TIME_BUDGET or time_left() < max(1.0, 0.02 * TIME_BUDGET))"
+STOP_RULE = ("done = step > untimed_steps and (budget_progress(step, training_time) >= 1 or\n"
+             "                                         time_left() < max(1.0, 0.02 * TIME_BUDGET))")
 UNTIMED = "untimed_steps = 10 if device.type == \"cuda\" else 1"
 LOAD_TOKENIZER = "    tokenizer = Tokenizer.load()\n"
 HAND_OVER = "    val_bpb = save_model(model, build_model, asdict(config))"
