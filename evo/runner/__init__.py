@@ -152,6 +152,10 @@ class TrialRunner:
         env = {**env, "EVO_OUTPUT": str(run.output), "EVO_CLOCK": clock, "EVO_THREADS": str(threads),
                "TORCHINDUCTOR_CACHE_DIR": str(run.compile_cache), "TORCHINDUCTOR_FX_GRAPH_CACHE": "1",
                "TORCHINDUCTOR_AUTOGRAD_CACHE": "1"}
+        if clock == "cpu":
+            # OpenMP threads that spin while waiting for a descheduled sibling burn CPU time without
+            # work: on a loaded machine the CPU clock would then run out before the steps are done.
+            env["OMP_WAIT_POLICY"] = "PASSIVE"
         limits = limits or Limits()
         limits = Limits(memory_mb=limits.memory_mb, processes=limits.processes, output_bytes=limits.output_bytes,
                         disk_bytes=limits.disk_bytes, disk_paths=(workdir,))
