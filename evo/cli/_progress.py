@@ -39,6 +39,7 @@ class Reporter:
         self.stopping = lambda: False      # the loop's stop flag, once there is a loop
         self._last = self.view.started     # when the last progress line was printed
         self._lock = threading.Lock()
+        self._count()  # a resumed search starts from what it has
 
     def __enter__(self):
         return self
