@@ -191,7 +191,8 @@ def render_live(view: RunView, now: float | None = None, *, width: int = 80):
             table.add_row(slot, "", "", "", "", "", Text("idle", style="dim"))
             continue
         share, estimated = view.share(run, now)
-        bar = ProgressBar(total=1.0, completed=share or 0.0, width=14)
+        bar = (ProgressBar(total=1.0, completed=share, width=14) if share is not None
+               else Text("starting", style="dim"))  # no report yet: still starting up
         pct = "" if share is None else f"{'~' if estimated else ''}{100 * share:.0f}%"
         table.add_row(slot, f"#{run.trial}", bar, pct, fmt(run.loss, 3), duration(now - run.started),
                       shorten(run.description, 26))
