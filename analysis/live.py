@@ -67,6 +67,7 @@ class RunView:
     stopping: bool = False
     stopped: str = ""
     estimate: bool = True
+    notice: str = ""     # a line the run wants seen now (what Ctrl-C does), shown below the devices
 
     def record(self, kind: str, info: dict, *, now: float) -> None:
         """Take one event of the run into the view."""
@@ -182,7 +183,7 @@ def render_live(view: RunView, now: float | None = None, *, width: int = 80):
         lines.append(Text(shorten(f"best #{view.best[1]}: {view.best[2]}", width), no_wrap=True, overflow="ellipsis"))
     table = Table(box=None, show_header=True, header_style="dim", pad_edge=False, expand=False)
     for name, kw in (("device", {}), ("trial", {"justify": "right"}), ("budget", {}), ("", {"justify": "right"}),
-                     ("loss", {"justify": "right"}), ("time", {"justify": "right"}), ("change", {"max_width": 30})):
+                     ("loss", {"justify": "right"}), ("time", {"justify": "right"}), ("change", {"max_width": 26})):
         table.add_column(name, no_wrap=True, overflow="ellipsis", **kw)
     for slot in view.slots:
         run = view.running.get(slot)
@@ -190,12 +191,15 @@ def render_live(view: RunView, now: float | None = None, *, width: int = 80):
             table.add_row(slot, "", "", "", "", "", Text("idle", style="dim"))
             continue
         share, estimated = view.share(run, now)
-        bar = ProgressBar(total=1.0, completed=share or 0.0, width=16)
+        bar = (ProgressBar(total=1.0, completed=share, width=14) if share is not None
+               else Text("starting", style="dim"))  # no report yet: still starting up
         pct = "" if share is None else f"{'~' if estimated else ''}{100 * share:.0f}%"
         table.add_row(slot, f"#{run.trial}", bar, pct, fmt(run.loss, 3), duration(now - run.started),
-                      shorten(run.description, 30))
+                      shorten(run.description, 26))
     parts = [*lines, table]
     waiting = waiting_line(view, now)
     if waiting:
         parts.append(Text(waiting, no_wrap=True, overflow="ellipsis", style="yellow"))
+    if view.notice:
+        parts.append(Text(view.notice, no_wrap=True, overflow="ellipsis", style="bold"))
     return Group(*parts)

@@ -113,8 +113,10 @@ def test_the_live_reporter_prints_finished_trials_above_the_view_through_a_real_
     with reporter:
         reason = evo.SearchLoop(search, evo.make_strategy("evolve"), evo.from_spec("offline"), evo.parse_devices("cpu"),
                                 options, on_event=reporter).run()
+    resumed = Reporter(search, evo.RunOptions(trials=6), out=io.StringIO()).view  # `evo run live --trials 6`
     search.close()
     assert reason.kind is evo.StopKind.TRIALS
+    assert resumed.done == 3 and resumed.best is not None  # a resumed run starts from what the search has
     text = console.export_text()
     assert "[  3/3] #2" in text and "stopped: reached 3 trials; best val_bpb" in text
     assert "started on" not in text  # the view shows starts; the log above holds ends

@@ -227,19 +227,22 @@ def exit_code(reason, command: str) -> int:
 
 @contextlib.contextmanager
 def stop_on_signals(stop: Callable[[], None], stopping: Callable[[], bool], message: str,
-                    abandon: Callable[[], None] | None = None):
-    """While inside, the first Ctrl-C (or SIGTERM) calls `stop` and prints `message`; a second one
+                    abandon: Callable[[], None] | None = None, say: Callable[[str], None] | None = None):
+    """While inside, the first Ctrl-C (or SIGTERM) calls `stop` and says `message`; a second one
     calls `abandon` (kill what runs) and ends the process at once, as a kill -9 would: the next
-    run finds its unfinished trials and runs them again."""
+    run finds its unfinished trials and runs them again. `say` shows a line (default: on stderr;
+    a live view shows it in place, since a handler must not print into a view being drawn)."""
+    say = say or (lambda line: print(f"\n{line}", file=sys.stderr, flush=True))
+
     def on_signal(signum, frame):
         if stopping():
-            print("quitting at once: unfinished trials run again on resume", file=sys.stderr, flush=True)
             try:
+                say("quitting at once: unfinished trials run again on resume")
                 if abandon is not None:
                     abandon()
             finally:
                 os._exit(130)
-        print(f"\n{message}", file=sys.stderr, flush=True)
+        say(message)
         stop()
 
     previous = signal.signal(signal.SIGINT, on_signal)

@@ -19,6 +19,7 @@ from analysis.text import best_score, fmt
 from evo.cli._common import finished_line
 
 PLAIN_PROGRESS_SECONDS = 30.0  # the most often plain mode prints a progress line
+MARGIN = 3                     # columns the live view leaves free at the terminal's right edge
 
 
 class Reporter:
@@ -38,6 +39,7 @@ class Reporter:
         self.stopping = lambda: False      # the loop's stop flag, once there is a loop
         self._last = self.view.started     # when the last progress line was printed
         self._lock = threading.Lock()
+        self._count()  # a resumed search starts from what it has
 
     def __enter__(self):
         return self
@@ -60,6 +62,13 @@ class Reporter:
 
     def emit(self, line: str) -> None:
         print(line, file=self.out or sys.stdout, flush=True)
+
+    def notice(self, line: str) -> None:
+        """A line from a signal handler (what Ctrl-C does): on stderr."""
+        print(f"\n{line}", file=sys.stderr, flush=True)
+
+    def abort(self) -> None:
+        """The process is about to end at once (a second Ctrl-C): leave the terminal usable."""
 
     def _count(self) -> None:
         """Trials done and the best, from the study (other hosts' trials count too)."""
@@ -125,8 +134,13 @@ class LiveReporter(Reporter):
                           redirect_stdout=True, redirect_stderr=True)
 
     def render(self):
+        from rich.constrain import Constrain
+
+        # A few columns short of the terminal: the "^C" a terminal echoes after the last line must not
+        # wrap it, or the view's redraw starts a line too low and leaves its first line behind.
+        width = max(20, self.console.width - MARGIN)
         with self._lock:
-            return render_live(self.view, self.clock(), width=self.console.width)
+            return Constrain(render_live(self.view, self.clock(), width=width), width=width)
 
     def __enter__(self):
         self._live.start()
@@ -144,6 +158,17 @@ class LiveReporter(Reporter):
         super().__call__(kind, info)
         if kind != "progress" and self._live.is_started:
             self._live.refresh()  # show a start or an end now, not at the next tick
+
+    def notice(self, line: str) -> None:
+        """Shown in the view at its next redraw: a signal handler must not draw into a view being drawn."""
+        self.view.notice = line
+
+    def abort(self) -> None:
+        """Show the cursor again and end the line; the view cannot be cleaned up from a signal handler."""
+        try:
+            os.write(self.console.file.fileno(), b"\x1b[?25h\n")
+        except (OSError, ValueError, AttributeError):
+            pass
 
     def emit(self, line: str) -> None:
         """A line above the view, cut to the terminal's width (`evo show` has the rest)."""

@@ -262,9 +262,14 @@ def run_loop(search: Search, args, options: RunOptions, strategy, proposer, slot
     reporter.stopping = loop.stop.is_set
     leave = ("stopping: killing running trials (other workers re-run them)" if hosts.shared else
              "stopping: killing running trials (they re-run on resume)")
+
+    def quit_now() -> None:  # a second Ctrl-C
+        reporter.abort()
+        loop.abandon()
+
     try:
         with reporter, stop_on_signals(loop.stop.set, loop.stop.is_set, f"{leave}; Ctrl-C again to quit at once",
-                                       abandon=loop.abandon):
+                                       abandon=quit_now, say=reporter.notice):
             reason = loop.run()
     finally:
         search.close()
