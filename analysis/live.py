@@ -57,6 +57,7 @@ class RunView:
     target: int | None = None
     hours: float | None = None
     started: float = field(default_factory=time.time)
+    since: float | None = None          # when the hours limit counts from (a shared search: its first trial)
     slots: list[str] = field(default_factory=list)
     running: dict[str, Running] = field(default_factory=dict)
     done: int = 0
@@ -108,7 +109,7 @@ class RunView:
         if self.target:
             left.append((now - self.started) / self.done_here * max(0, self.target - self.done))
         if self.hours:
-            left.append(max(0.0, self.started + self.hours * 3600 - now))
+            left.append(max(0.0, (self.since or self.started) + self.hours * 3600 - now))
         return min(left) if left else None
 
     def share(self, run: Running, now: float) -> tuple[float | None, bool]:

@@ -97,6 +97,7 @@ class Child:
     rerun_of: int | None = None
     attrs: dict = field(default_factory=dict)
     published: bool = False             # its commit is on a shared search's remote
+    wanted: int = 0                     # a re-evaluation: the evaluations of its genome it completes
 
 
 @dataclass(kw_only=True)
@@ -539,17 +540,24 @@ class SearchLoop:
         for ind, wanted in ((seed_ind, 1 + self.options.noise_runs), (lineage.best, 1 + self.options.reeval)):
             if ind is None or wanted <= 1:
                 continue
-            done, busy = self._evaluations(lineage, ind)
-            if done + busy < wanted:
-                return Child("reeval", [ind.trial], commit=ind.commit, seed=self.search.config.seed + done + busy,
-                             island=ind.island, attrs={"description": f"re-evaluate #{ind.trial} (seed {done + busy})",
-                                                       "proposer": "reeval"})
+            child = self._reeval_of(lineage, ind, wanted, "")
+            if child is not None:
+                return child
         return None
 
+    def _reeval_of(self, lineage: Lineage, ind, wanted: int, why: str) -> Child | None:
+        """A re-evaluation of `ind` on the next seed, unless it has `wanted` evaluations done or under way."""
+        done, busy = self._evaluations(lineage, ind)
+        if done + busy >= wanted:
+            return None
+        return Child("reeval", [ind.trial], commit=ind.commit, seed=self.search.config.seed + done + busy,
+                     island=ind.island, wanted=wanted,
+                     attrs={"description": f"re-evaluate #{ind.trial}{why} (seed {done + busy})", "proposer": "reeval"})
+
     def _evaluations(self, lineage: Lineage, ind) -> tuple[int, int]:
-        """(finished, running or queued) evaluations of a genome: its first trial and its re-evaluations."""
-        done = sum(1 for t in lineage.trials if t.tree == ind.tree and t.counts
-                   and (t.number == ind.trial or t.operator == "reeval"))
+        """(finished, running or queued) evaluations of a genome: its first trial and its re-evaluations
+        (failed ones count: a genome that crashes is not retried for ever)."""
+        done, _ = _evaluations_in(lineage.trials, ind)
         busy = sum(1 for b in self._running.values() if b.tree == ind.tree)
         busy += sum(1 for c in self._ready if c.operator == "reeval" and c.parents == [ind.trial])
         return done, busy
@@ -561,8 +569,7 @@ class SearchLoop:
             return None
 
         def taken(ind, rung: int) -> bool:
-            return (any(t.operator == "promote" and t.tree == ind.tree and t.attrs.get("rung") == rung
-                        and (t.counts or t.state == "RUNNING") for t in lineage.trials)
+            return (_promoted(lineage.trials, ind.tree, rung)
                     or any(c.operator == "promote" and c.commit == ind.commit and c.attrs.get("rung") == rung
                            for c in self._ready))
 
@@ -689,15 +696,10 @@ class SearchLoop:
     def _reeval_while_waiting(self, lineage: Lineage) -> Child | None:
         """While the API is down, a device with nothing to do re-evaluates a good genome on a new
         seed (the best first) rather than idle: ranking by the mean only gets better for it."""
-        limit = self.options.reeval_while_waiting
         for ind in lineage.ranked():
-            busy = sum(1 for b in self._running.values() if b.tree == ind.tree)
-            busy += sum(1 for c in self._ready if c.operator == "reeval" and c.parents == [ind.trial])
-            done = len(ind.values)
-            if done + busy < limit:
-                return Child("reeval", [ind.trial], commit=ind.commit, seed=self.search.config.seed + done + busy,
-                             island=ind.island, attrs={"description": f"re-evaluate #{ind.trial} while the API is "
-                                                       f"down (seed {done + busy})", "proposer": "reeval"})
+            child = self._reeval_of(lineage, ind, self.options.reeval_while_waiting, " while the API is down")
+            if child is not None:
+                return child
         return None
 
     def _launch_ready(self) -> None:
@@ -779,19 +781,14 @@ class SearchLoop:
             return not any(t.attrs.get("rerun_of") == child.rerun_of for t in trials)
         if child.operator == "seed":  # a seed that failed runs again (after its cause was fixed)
             return not any(t.operator == "seed" and (t.finished_ok or t.state == "RUNNING") for t in trials)
-        if child.operator == "reeval" and self.hosts.shared:
-            genome = lineage.individual(child.parents[0])
-            tree = genome.tree if genome else None
-            done = len(genome.values) if genome else 0
-            running = sum(1 for t in trials if t.state == "RUNNING" and t.tree == tree)
-            if done + running >= 1 + self.options.reeval:
+        genome = lineage.individual(child.parents[0]) if child.parents else None
+        if child.operator == "reeval" and self.hosts.shared and genome is not None:
+            done, running = _evaluations_in(trials, genome)
+            if done + running >= child.wanted:  # the limit the plan had: noise runs, --reeval, or an outage's
                 return False
             child.seed = self.search.config.seed + done + running  # no two hosts pick the same new seed
         if child.operator == "promote":  # once per genome and rung, whichever host gets there first
-            genome = lineage.individual(child.parents[0])
-            return not any(t.operator == "promote" and genome is not None and t.tree == genome.tree
-                           and t.attrs.get("rung") == child.attrs.get("rung") and (t.counts or t.state == "RUNNING")
-                           for t in trials)
+            return genome is not None and not _promoted(trials, genome.tree, child.attrs.get("rung"))
         return True
 
     def _trial_attrs(self, child: Child) -> dict:
@@ -1028,3 +1025,16 @@ def fix_ladder(search: Search, ladder: tuple[Rung, ...]) -> None:
     elif fixed != given:
         raise SearchError(f"search {search.config.name!r} promotes along --promote {fixed}; give that ladder or "
                           "none (its promoted trials keep their scale)")
+
+
+def _evaluations_in(trials, ind) -> tuple[int, int]:
+    """(counted, running) trials evaluating genome `ind` at its own scale: its first trial and its
+    re-evaluations, failed ones included."""
+    mine = [t for t in trials if t.tree == ind.tree and (t.number == ind.trial or t.operator == "reeval")]
+    return sum(1 for t in mine if t.counts), sum(1 for t in mine if t.state == "RUNNING")
+
+
+def _promoted(trials, tree: str, rung) -> bool:
+    """Whether genome `tree` has a trial at promotion rung `rung`, finished (even failed) or running."""
+    return any(t.operator == "promote" and t.tree == tree and t.attrs.get("rung") == rung
+               and (t.counts or t.state == "RUNNING") for t in trials)

@@ -114,8 +114,10 @@ def create_search(name: str, *, root: str | Path = "runs", project: str | Path =
                           read=[str(Path(os.path.expanduser(r)).resolve()) for r in read], remote=remote or "",
                           heartbeat=heartbeat, grace=grace, **fields)
     program = _program(project, config)
-    return Search.create(root, config, seed_files={f: (project / f).read_text() for f in mutable}, harness=harness,
-                         program=program)
+    search = Search.create(root, config, seed_files={f: (project / f).read_text() for f in mutable}, harness=harness,
+                           program=program)
+    _keep_modes(project, search, harness)
+    return search
 
 
 NAMED_SOURCES = ("shakespeare", "climbmix")  # the data sources the harness knows by name; anything else is a folder
@@ -181,6 +183,13 @@ def reseed(search: Search, project: str | Path = ".") -> str:
         files[f] = (project / f).read_text()
     with search.lock():
         return search.replace_seed(files, source=str(project))
+
+
+def _keep_modes(project: Path, search: Search, harness: dict) -> None:
+    """Give the search's harness copy the project's executable bits (`--run ./bench.sh` must still run)."""
+    for f in harness:
+        if os.access(project / f, os.X_OK) and (search.paths.harness / f).is_file():
+            (search.paths.harness / f).chmod((project / f).stat().st_mode & 0o777)
 
 
 def _check_flags(*, budget, direction, read, remote, storage, heartbeat, grace) -> None:

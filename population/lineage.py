@@ -251,9 +251,10 @@ class Lineage:
                 continue
             ind = by_key.get(genome_key(t))
             if t.operator == "promote":  # a score at a larger scale: ranked apart (see `rank_key`)
-                if ind is not None:
+                # An infeasible result at a larger scale (say, over --max-vram-gb) gives the genome no
+                # score at that rung; it leaves the genome's own scale, and so the replay's best, alone.
+                if ind is not None and t.feasible:
                     ind.rungs.setdefault(int(t.attrs.get("rung", 1)), []).append(t.value)
-                    ind.feasible = ind.feasible and t.feasible
                 continue
             if ind is None:
                 ind = by_key[genome_key(t)] = Individual(trial=t.number, tree=t.tree, commit=t.commit,
@@ -301,7 +302,10 @@ class Lineage:
 
     @property
     def seed(self) -> TrialRecord | None:
-        return next((t for t in self.trials if t.operator == "seed"), None)
+        """The seed genome's trial: the one that finished successfully (a seed trial interrupted and
+        re-run, or replaced by `evo reseed`, leaves several), else the latest attempt."""
+        seeds = [t for t in self.trials if t.operator == "seed"]
+        return next((t for t in seeds if t.finished_ok), seeds[-1] if seeds else None)
 
     def individual(self, number: int) -> Individual | None:
         """The individual a trial evaluated (its own genome, re-evaluations included)."""

@@ -17,6 +17,8 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
+
 from fake_llm import FakeServer, Reply, anthropic_error, anthropic_reply, proposal
 from population.search import Search
 
@@ -126,7 +128,7 @@ def test_a_malformed_answer_keeps_its_cost_and_text_and_a_30mb_rationale_is_capp
     bad, big = trials[1], trials[2]
     assert bad.status == "invalid_proposal" and "not a Messages response" in bad.error
     assert (bad.attrs["usage"]["input_tokens"], bad.attrs["usage"]["output_tokens"]) == (1234, 99)
-    assert bad.attrs["usage"]["cost_usd"] > 0
+    assert bad.attrs["usage"]["cost_usd"] == pytest.approx(1234 * PRICE_IN + 99 * PRICE_OUT)
     saved = json.loads((instant_project / "runs" / "odd" / "trials" / str(bad.number) / "response.json").read_text())
     assert saved["responses"][0]["unparsed"] == malformed
 
@@ -137,7 +139,8 @@ def test_a_malformed_answer_keeps_its_cost_and_text_and_a_30mb_rationale_is_capp
         message = search.repo.message(big.commit)
         spend = search.store.spend_usd
     expected = (1234 * PRICE_IN + 99 * PRICE_OUT) + (1000 * PRICE_IN + 7_500_000 * PRICE_OUT)
-    assert spend >= expected - 1e-9  # both odd answers were paid for and counted
+    paid = sum(t.attrs.get("usage", {}).get("cost_usd", 0.0) for t in trials)
+    assert spend == pytest.approx(paid) and paid >= expected - 1e-9  # both odd answers were paid for and counted
     assert len(message) < 5000 and "truncated at" in message
     show = subprocess.run([sys.executable, "-m", "evo.cli", "show", "odd", str(big.number)], cwd=instant_project,
                           capture_output=True, text=True, timeout=120)

@@ -147,3 +147,20 @@ def test_a_project_without_program_md_gets_one_from_a_template(examples):
     assert "highest `elements_per_second`" in text and "`solution.py`" in text and "python bench.py" in text
     config = json.loads((examples / "runs" / "t" / "search.json").read_text())
     assert config["target"]["kind"] == "command" and config["direction"] == "maximize"
+
+
+def test_a_project_whose_fixed_files_sit_in_a_subfolder_runs_its_executable_script(tmp_path):
+    """The harness keeps its folders (tools/run.sh stays tools/run.sh, not run.sh) and its modes (an
+    executable script of the project runs as `./tools/run.sh`)."""
+    project = tmp_path / "proj"
+    (project / "tools").mkdir(parents=True)
+    (project / "knob.py").write_text("K = 3\n")
+    script = project / "tools" / "run.sh"
+    script.write_text("#!/bin/bash\nset -e\npython3 -c 'import knob; print(f\"score: {knob.K * 2}\")'\n")
+    script.chmod(0o755)
+    proc = run_evo("run", "sub", "--project", str(project), "--mutable", "knob.py", "--run", "./tools/run.sh",
+                   "--metric", "score", "--direction", "maximize", "--budget", "30", "--trials", "2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with Search.open("sub", root=tmp_path / "runs") as search:
+        seed = search.lineage().seed
+        assert seed.status == "ok" and seed.value == 6, (seed.status, seed.error)

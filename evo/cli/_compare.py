@@ -75,10 +75,9 @@ def cmd_import(args) -> int:
 
 
 EVOLVE_OPTIONS = ("elite", "tournament", "crossover_rate", "islands", "migration_rate", "cross_from")
-# Options fixed when a comparison is created: flag, argparse name, CompareConfig field.
-FIXED_RUN_OPTIONS = (("--reeval", "reeval", "reeval"), ("--noise-runs", "noise_runs", "noise_runs"),
-                     ("--min-gain", "min_gain", "min_gain"), ("--prune", "prune", "prune"),
-                     ("--max-vram-gb", "max_vram_gb", "max_vram_gb"), ("--max-cost-usd", "max_cost_usd", "max_cost_usd"))
+# Options fixed when a comparison is created: flag, and its name in argparse and in CompareConfig.
+FIXED_RUN_OPTIONS = (("--reeval", "reeval"), ("--noise-runs", "noise_runs"), ("--min-gain", "min_gain"),
+                     ("--prune", "prune"), ("--max-vram-gb", "max_vram_gb"), ("--max-cost-usd", "max_cost_usd"))
 
 
 def _evolve_options(args) -> dict:
@@ -115,17 +114,27 @@ def _comparison(args) -> Comparison:
 def _reopen(args, strategies: list[str] | None) -> Comparison:
     comparison = Comparison.open(args.name, root=args.root)
     cfg = comparison.config
-    fixed = [("--strategies", strategies, cfg.strategies), ("--proposer", args.proposer, cfg.proposer),
-             ("--profile", args.profile, cfg.profile), ("--budget", args.budget, cfg.budget),
-             ("--seed", args.seed, cfg.base_seed), ("--data", args.data, cfg.data)]
-    fixed += [(flag, getattr(args, name), getattr(cfg, field)) for flag, name, field in FIXED_RUN_OPTIONS]
+    # Settings the first member pins (None: not pinned yet, the flag may still choose them).
+    pinned = [("--strategies", strategies, cfg.strategies), ("--proposer", args.proposer, cfg.proposer),
+              ("--profile", args.profile, cfg.profile), ("--budget", args.budget, cfg.budget),
+              ("--seed", args.seed, cfg.base_seed), ("--data", args.data, cfg.data)]
+    for flag, given, value in pinned:
+        if given is not None and value is not None and given != value:
+            raise SearchError(f"{flag} is fixed at {value!r} for comparison {cfg.name!r}; drop the flag or pick a new name")
+    # Run options are fixed when it is created, "none" included: a cap given only later would hold
+    # for some members and not others.
+    fixed = [(flag, getattr(args, name), getattr(cfg, name)) for flag, name in FIXED_RUN_OPTIONS]
     if "evolve" in cfg.strategies and not cfg.strategy_options:  # a comparison made before they were pinned
         cfg.strategy_options = _evolve_options(args)
         comparison.save()
-    fixed += [(f"--{key.replace('_', '-')}", getattr(args, key), cfg.strategy_options.get(key)) for key in EVOLVE_OPTIONS]
+    for key in EVOLVE_OPTIONS:  # pinned with evolve; a comparison without evolve has none to fix
+        value = cfg.strategy_options.get(key)
+        if value is not None:
+            fixed.append((f"--{key.replace('_', '-')}", getattr(args, key), value))
     for flag, given, value in fixed:
-        if given is not None and value is not None and given != value:
-            raise SearchError(f"{flag} is fixed at {value!r} for comparison {cfg.name!r}; drop the flag or pick a new name")
+        if given is not None and given != value:
+            shown = "none" if value is None else repr(value)
+            raise SearchError(f"{flag} is fixed at {shown} for comparison {cfg.name!r}; drop the flag or pick a new name")
     if args.searches and args.searches != cfg.searches:
         cfg.searches = list(args.searches)
     changed = False

@@ -50,6 +50,9 @@ class Reporter:
     def __call__(self, kind: str, info: dict) -> None:
         now = self.clock()
         with self._lock:
+            # A shared search's limits come from its study once the loop has begun: read them each time.
+            o = self.options
+            self.view.target, self.view.hours, self.view.since = o.trials, o.hours, o.since
             self.view.stopping = self.view.stopping or self.stopping()
             self.view.record(kind, info, now=now)
             if kind == "finished":

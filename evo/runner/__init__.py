@@ -86,14 +86,15 @@ def trial_environment(*, profile: str, budget: float, seed: int, device: str, da
     return env
 
 
-def install_harness(workdir: Path, harness: list[Path]) -> None:
+def install_harness(workdir: Path, harness: list[Path], root: Path | None = None) -> None:
     """Copy the fixed harness files into the genome's folder, at their places relative to the harness
-    root, replacing whatever is there."""
-    root = harness_root(harness)
+    folder `root` (default: their common folder), replacing whatever is there; modes are kept (a
+    project's script stays executable)."""
+    root = root or harness_root(harness)
     for src in harness:
         target = Path(workdir) / Path(src).relative_to(root)
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, target)
+        shutil.copy(src, target)
 
 
 class TrialRunner:
@@ -119,10 +120,11 @@ class TrialRunner:
     def __init__(self, *, executor: Executor | None = None, evaluator: Evaluator | None = None,
                  harness: list[Path] = (), data: DataFiles = DataFiles(), script: str = "train.py",
                  command: list[str] | None = None, python: str = sys.executable, network: bool = False,
-                 eval_limit: float = 300.0, read: tuple[Path, ...] = ()):
+                 eval_limit: float = 300.0, read: tuple[Path, ...] = (), harness_dir: Path | None = None):
         self.executor = executor or LocalExecutor()
         self.evaluator = evaluator or SummaryEvaluator()
         self.harness, self.data, self.script, self.python = list(harness), data, script, python
+        self.harness_dir = Path(harness_dir) if harness_dir else harness_root(self.harness)
         self.command = list(command) if command else [python, script]
         self.network, self.eval_limit, self.read = network, eval_limit, tuple(Path(p) for p in read)
 
@@ -143,10 +145,12 @@ class TrialRunner:
         compile_cache: a trusted compile cache to start from; the run works on a private copy.
         """
         workdir, log_path = Path(workdir), Path(log_path)
-        install_harness(workdir, self.harness)
+        install_harness(workdir, self.harness, self.harness_dir)
+        genome = _genome_sources(workdir, self.harness, self.harness_dir)  # before the run: not what it installs (a .venv)
         run = Run(executor=self.executor, python=self.python, workdir=workdir, folder=log_path.parent,
                   env=dict(env), harness=self.harness, data=self.data, device=env.get("EVO_DEVICE", "cpu"),
-                  network=self.network, stop=stop, eval_limit=self.eval_limit, read=self.read)
+                  network=self.network, stop=stop, eval_limit=self.eval_limit, read=self.read,
+                  harness_dir=self.harness_dir)
         run.folder.mkdir(parents=True, exist_ok=True)
         _private_cache(run, compile_cache)
         env = {**env, "EVO_OUTPUT": str(run.output), "EVO_CLOCK": clock, "EVO_THREADS": str(threads),
@@ -155,7 +159,7 @@ class TrialRunner:
         if clock == "cpu":
             # OpenMP threads that spin while waiting for a descheduled sibling burn CPU time without
             # work: on a loaded machine the CPU clock would then run out before the steps are done.
-            env["OMP_WAIT_POLICY"] = "PASSIVE"
+            env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         limits = limits or Limits()
         limits = Limits(memory_mb=limits.memory_mb, processes=limits.processes, output_bytes=limits.output_bytes,
                         disk_bytes=limits.disk_bytes, disk_paths=(workdir,))
@@ -172,10 +176,10 @@ class TrialRunner:
             evaluation = None if execution.start_error else session.evaluate(output, execution)
         finally:
             session.close()
-        return self._result(run, output, execution, evaluation, timeout, clock)
+        return self._result(run, output, execution, evaluation, timeout, clock, genome)
 
     def _result(self, run: Run, output: TrialOutput, execution: Execution, evaluation: Evaluation | None,
-                timeout: float, clock: str) -> TrialResult:
+                timeout: float, clock: str, genome: list[Path]) -> TrialResult:
         if execution.start_error:
             return TrialResult("crash", error=execution.start_error, wall_seconds=execution.wall_seconds)
         status, error = classify(execution, output, evaluation, timeout=timeout, clock=clock,
@@ -194,18 +198,18 @@ class TrialRunner:
         provenance = {"sandbox": self.executor.name, "evaluator": self.evaluator.name, "clock": clock,
                       "memory": "reported by the genome" if run.gpu else "measured by the engine",
                       **(evaluation.provenance if evaluation is not None else {})}
-        flags = [flag for path in run.workdir.glob("**/*.py") if ".evo" not in path.parts and ".git" not in path.parts
-                 and not _is_harness(path, run) for flag in suspicious(path.read_text(errors="replace"))]
-        flags = list(dict.fromkeys(flags))
+        flags = list(dict.fromkeys(flag for path in genome if path.is_file()
+                                   for flag in suspicious(path.read_text(errors="replace"))))
         if flags:
             provenance["suspicious"] = flags
         return TrialResult(status, metrics=metrics, error=error, log_tail="\n".join(output.tail),
                            returncode=execution.returncode, wall_seconds=execution.wall_seconds, provenance=provenance)
 
 
-def _is_harness(path: Path, run: Run) -> bool:
-    root = harness_root(run.harness)
-    return any(run.workdir / h.relative_to(root) == path for h in run.harness)
+def _genome_sources(workdir: Path, harness: list[Path], root: Path) -> list[Path]:
+    """The genome's Python files in a trial's folder: every .py there but the harness's."""
+    fixed = {workdir / Path(h).relative_to(root) for h in harness}
+    return [p for p in workdir.rglob("*.py") if p not in fixed and ".evo" not in p.parts and ".git" not in p.parts]
 
 
 def _private_cache(run: Run, trusted: Path | None) -> None:

@@ -40,7 +40,8 @@ SCORE_PREFIX = "EVO_SCORE "
 
 
 def harness_root(harness: list[Path]) -> Path:
-    """The folder the harness files are relative to (their common folder)."""
+    """The folder of some harness files when none is given: their common folder (a search's
+    runner is given its harness folder, which may hold nothing but subfolders)."""
     return Path(os.path.commonpath([str(Path(h).parent) for h in harness])) if harness else Path(".")
 
 
@@ -81,6 +82,11 @@ class Run:
     stop: threading.Event | None = None
     eval_limit: float = 300.0
     read: tuple[Path, ...] = ()  # folders besides the harness every process of the run may read
+    harness_dir: Path | None = None  # the folder the harness files are relative to (default: their common one)
+
+    @property
+    def harness_base(self) -> Path:
+        return self.harness_dir or harness_root(self.harness)
 
     @property
     def output(self) -> Path:
@@ -122,12 +128,11 @@ class Run:
 
     def scorer_view(self) -> View:
         data = self.data
-        return View(read=(harness_root(self.harness), *data.tokenizer, *data.val), gpu=self.gpu)
+        return View(read=(self.harness_base, *data.tokenizer, *data.val), gpu=self.gpu)
 
     def _harness_over_genome(self) -> tuple[tuple[Path, Path], ...]:
         """Each harness file bound read-only over its copy in the genome's folder."""
-        root = harness_root(self.harness)
-        return tuple((h, self.workdir / h.relative_to(root)) for h in self.harness)
+        return tuple((h, self.workdir / h.relative_to(self.harness_base)) for h in self.harness)
 
 
 class HarnessEvaluator(Evaluator):
@@ -158,7 +163,7 @@ class _HarnessSession(Session):
                 env={**env, "EVO_EVAL_SOCKET": str(theirs.fileno()), "TORCHINDUCTOR_CACHE_DIR": str(run.compile_cache)},
                 pass_fds=[theirs.fileno()])
             self.scorer = run.executor.start(
-                [run.python, "prepare.py", "--score"], cwd=harness_root(run.harness), view=run.scorer_view(),
+                [run.python, "prepare.py", "--score"], cwd=run.harness_base, view=run.scorer_view(),
                 env={**env, "EVO_EVAL_SOCKET": str(ours.fileno())}, pass_fds=[ours.fileno()], stdin=subprocess.PIPE)
         finally:
             ours.close()

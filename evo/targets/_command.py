@@ -156,8 +156,8 @@ class CommandTarget(Target):
         else:
             evaluator = MetricEvaluator(cfg.metric, target.get("pattern"))
         return TrialRunner(executor=self.executor(search, python=python), evaluator=evaluator, harness=search.harness,
-                           data=DataFiles(), command=["bash", "-c", target["run"]], python=python,
-                           network=cfg.allow_network, eval_limit=cfg.eval_limit, read=read_paths(cfg))
+                           harness_dir=search.paths.harness, data=DataFiles(), command=["bash", "-c", target["run"]],
+                           python=python, network=cfg.allow_network, eval_limit=cfg.eval_limit, read=read_paths(cfg))
 
     def environment(self, search: Search, *, slot: Slot, seed: int) -> dict[str, str]:
         cfg = self.config

@@ -105,8 +105,8 @@ class HarnessTarget(Target):
                                  cache_dir=cfg.cache_dir)
         evaluator = HarnessEvaluator() if cfg.evaluation == "harness" else SummaryEvaluator()
         return TrialRunner(executor=self.executor(search, python=python), evaluator=evaluator, harness=search.harness,
-                           data=DataFiles.from_describe(facts, data_cache_root(cfg)), python=python,
-                           network=cfg.allow_network, eval_limit=cfg.eval_limit, read=read_paths(cfg))
+                           harness_dir=search.paths.harness, data=DataFiles.from_describe(facts, data_cache_root(cfg)),
+                           python=python, network=cfg.allow_network, eval_limit=cfg.eval_limit, read=read_paths(cfg))
 
     def environment(self, search: Search, *, slot: Slot, seed: int) -> dict[str, str]:
         cfg = self.config
