@@ -69,6 +69,7 @@ class RunView:
     stopped: str = ""
     estimate: bool = True
     notice: str = ""     # a line the run wants seen now (what Ctrl-C does), shown below the devices
+    proposals: list[dict] = field(default_factory=list)   # proposals being written now (see proposal_text)
 
     def record(self, kind: str, info: dict, *, now: float) -> None:
         """Take one event of the run into the view."""
@@ -78,7 +79,7 @@ class RunView:
             if info["slot"] not in self.slots:
                 self.slots.append(info["slot"])
         elif kind == "progress":
-            self._progress(info)
+            self._progress(info, now)
         elif kind == "finished":
             self.running = {s: r for s, r in self.running.items() if r.trial != info["trial"]}
             self.done_here += 1
@@ -90,7 +91,7 @@ class RunView:
         elif kind == "stopped":
             self.stopped, self.stopping = info.get("reason", "stopped"), True
 
-    def _progress(self, info: dict) -> None:
+    def _progress(self, info: dict, now: float) -> None:
         for row in info.get("slots", []):
             if row["slot"] not in self.slots:
                 self.slots.append(row["slot"])
@@ -100,6 +101,8 @@ class RunView:
             run.fraction, run.loss, run.seconds = row.get("fraction"), row.get("loss"), row.get("seconds")
         if info.get("waiting") is not None:
             self.waiting = dict(info["waiting"])
+        if "proposals" in info:
+            self.proposals = [dict(p, seen=now) for p in info["proposals"] or []]
 
     def eta(self, now: float) -> float | None:
         """Seconds until the run's limit, from its pace so far; None when unknown or stopping."""
@@ -146,6 +149,19 @@ def waiting_line(view: RunView, now: float) -> str | None:
     return f"waiting for the API ({when}; down {duration(now - w['since'])}): {' '.join(str(w['error']).split())}"
 
 
+def proposal_text(p: dict, now: float | None = None) -> str:
+    """One proposal in flight, e.g. 'mutate of #3 by openai-compatible (qwen3): waiting for the model, 1m12s, 340
+    tokens so far'. `now` (with the fact's `seen`) ages the seconds a snapshot reported."""
+    parents = " x ".join(f"#{n}" for n in p.get("parents") or [])
+    model = f" ({p['model']})" if p.get("model") else ""
+    seconds = float(p.get("seconds") or 0.0) + (now - p["seen"] if now is not None and p.get("seen") else 0.0)
+    facts = [p["phase"]] if p.get("phase") else []
+    facts.append(duration(seconds))
+    if p.get("tokens"):
+        facts.append(f"{p['tokens']} tokens so far")
+    return f"{p.get('operator', 'proposal')} of {parents or '?'} by {p.get('proposer', '?')}{model}: {', '.join(facts)}"
+
+
 def device_text(view: RunView, slot: str, now: float) -> str:
     run = view.running.get(slot)
     if run is None:
@@ -163,6 +179,7 @@ def progress_line(view: RunView, now: float | None = None) -> str:
     devices = [device_text(view, s, now) for s in view.slots]
     if devices:
         line += " | " + "; ".join(devices)
+    line += "".join(f" | proposing {proposal_text(p, now)}" for p in view.proposals)
     waiting = waiting_line(view, now)
     return line + (f" | {waiting}" if waiting else "")
 
@@ -198,6 +215,9 @@ def render_live(view: RunView, now: float | None = None, *, width: int = 80):
         table.add_row(slot, f"#{run.trial}", bar, pct, fmt(run.loss, 3), duration(now - run.started),
                       shorten(run.description, 26))
     parts = [*lines, table]
+    for p in view.proposals:  # a call to a model can take minutes: show it is under way
+        parts.append(Text(shorten(f"proposing {proposal_text(p, now)}", width), no_wrap=True, overflow="ellipsis",
+                          style="cyan"))
     waiting = waiting_line(view, now)
     if waiting:
         parts.append(Text(waiting, no_wrap=True, overflow="ellipsis", style="yellow"))

@@ -7,6 +7,7 @@ import json
 import time
 from collections import Counter
 
+from analysis.live import proposal_text
 from analysis.noise import noise_floor, within_noise
 from analysis.promotion import rung_rows
 from analysis.text import crop, duration, fmt
@@ -97,6 +98,8 @@ def _devices(search) -> tuple[list[dict], dict]:
             row["seconds"] = round(row["seconds"] + age, 1)
     run = dict(state.get("run") or {})
     run["waiting"] = state.get("waiting")
+    # Proposals being written: their seconds as of now, like the devices'.
+    run["proposals"] = [dict(p, seconds=round(float(p.get("seconds") or 0) + age, 1)) for p in state.get("proposals") or []]
     return rows, run
 
 
@@ -116,6 +119,7 @@ def _run_line_facts(run: dict, finished: int) -> dict | None:
         eta = min(left) if left else None
     waiting = run.get("waiting")
     return {"target": run.get("target"), "elapsed": elapsed, "eta": eta, "stopping": bool(run.get("stopping")),
+            "proposals": run.get("proposals") or [],
             "waiting": None if not waiting else {"retry_in": max(0.0, waiting["retry_at"] - now),
                                                   "error": waiting.get("error", "")}}
 
@@ -143,6 +147,8 @@ def render_status(s: dict, recent: int = 12, *, width: int | None = None, height
     so the search's name, its trials and pace, the best and the devices always show."""
     head = _status_head(s)
     devices = [_device_line(d) for d in s["devices"]]
+    if s["running"] and s.get("run"):
+        devices += [f"  {'proposing':8s} {proposal_text(p)}" for p in s["run"].get("proposals") or []]
     table = [f"{'#':>4}  {'operator':9s} {'parents':9s} {'status':16s} {s['metric'][:12]:>12}  description"]
     for row in s["trials"][-recent:]:
         parents = ",".join(str(p) for p in row["parents"]) or "-"
@@ -238,7 +244,9 @@ def render_trial(search, number: int) -> str:
     folder = search.paths.trial(number)
     lines = [f"trial #{t.number} of {search.config.name}: {t.status}" + (" (kept: improved the best)" if lineage.kept(number) else ""),
              f"operator: {t.operator}" + (f" of {', '.join('#' + str(p) for p in t.parents)}" if t.parents else ""),
-             f"proposer: {t.proposer or '-'}   seed: {t.seed}   commit: {t.commit[:12] or '-'}   branch: {search.branch(number)}"]
+             f"proposer: {t.proposer or '-'}   seed: {t.seed}   commit: {t.commit[:12] or '-'}"
+             + (f"   branch: {search.branch(number)}" if t.commit and search.repo.has_branch(search.branch(number))
+                else "")]
     if t.value is not None:
         scorer = (t.attrs.get("provenance") or {}).get("evaluator", "self-reported")
         lines.append(f"{search.config.metric}: {t.value:.6f} ({'scored by the harness' if scorer == 'harness' else scorer})")
@@ -259,6 +267,7 @@ def render_trial(search, number: int) -> str:
     usage = t.attrs.get("usage") or {}
     if usage:
         lines.append("LLM usage: " + ", ".join(f"{k} {v}" for k, v in usage.items()))
+    lines += answer_lines(folder)
     diff = folder.diff.read_text() if folder.diff.exists() else _diff_from_git(search, t, trials)
     if diff.strip():
         lines += ["", "diff against parent(s):", diff.rstrip()]
@@ -270,6 +279,55 @@ def render_trial(search, number: int) -> str:
         where = f"{t.host}:{folder.run_log}" if t.host else str(folder.run_log)
         lines += ["", f"log tail (the full log is on {where}):"] + t.attrs["log_tail"].splitlines()[-15:]
     return "\n".join(lines)
+
+
+ANSWER_HEAD, ANSWER_TAIL = 1200, 600   # characters of a model's answer `evo show` prints (its start, its end)
+
+
+def answer_lines(folder) -> list[str]:
+    """What the model answered (the last answer's start and end, bounded) and where its prompt and
+    response are kept in full; nothing for a trial no model wrote."""
+    paths = [folder.artifact(name) for name in ("prompt.md", "response.json", "agent.log")]
+    kept = [str(p) for p in paths if p.exists()]
+    if not kept:
+        return []
+    lines = ["", "proposer files: " + ", ".join(kept)]
+    answers = _answers(folder.artifact("response.json"))
+    if answers:
+        text = answers[-1].strip()
+        which = f"answer {len(answers)} of {len(answers)}" if len(answers) > 1 else "answer"
+        if len(text) > ANSWER_HEAD + ANSWER_TAIL:
+            cut = len(text) - ANSWER_HEAD - ANSWER_TAIL
+            text = f"{text[:ANSWER_HEAD]}\n[... {cut:,} characters not shown ...]\n{text[-ANSWER_TAIL:]}"
+        lines += [f"the model's {which} ({len(answers[-1].strip()):,} characters):", text or "(empty)"]
+    return lines
+
+
+def _answers(path) -> list[str]:
+    """The model's answers in a response.json: the `answers` it records, or (a file written before they
+    were recorded) the text and tool arguments found in each response."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(record, dict):
+        return []
+    if isinstance(record.get("answers"), list):
+        return [str(a) for a in record["answers"]]
+    found = []
+    for r in record.get("responses") or []:
+        body = (r or {}).get("response", r) if isinstance(r, dict) else {}
+        parts = []
+        for choice in (body.get("choices") or [])[:1] if isinstance(body, dict) else []:
+            message = choice.get("message") or {}
+            parts.append(str(message.get("content") or ""))
+            parts += [str((c.get("function") or {}).get("arguments") or "") for c in message.get("tool_calls") or []]
+        for block in (body.get("content") or []) if isinstance(body, dict) and isinstance(body.get("content"), list) else []:
+            parts.append(str(block.get("text") or "") if block.get("type") == "text" else
+                         json.dumps(block.get("input")) if block.get("type") == "tool_use" else "")
+        if parts:
+            found.append("\n".join(p for p in parts if p))
+    return found
 
 
 def provenance_lines(p: dict) -> list[str]:

@@ -237,6 +237,7 @@ class SearchLoop:
         self._outage: _Outage | None = None
         self._finished_here = 0                  # trials this run told (for the pace `evo status` shows)
         self._probe: cf.Future | None = None    # the proposal asking a down API again
+        self._flight: dict[cf.Future, dict] = {}  # each pending proposal's facts, for `evo status` (see _propose)
 
     @property
     def error(self) -> str | None:
@@ -319,6 +320,7 @@ class SearchLoop:
         for future in list(self._running):
             self._unless_away(self._finish, future)
         cf.wait(self._pending, timeout=SHUTDOWN_WAIT)
+        self._flight.clear()
         for future in self._pending:  # prepared but never run: what an LLM was paid for is kept
             if future.done() and not future.cancelled() and future.exception() is None:
                 self._unless_away(self._keep_unrun, future.result())
@@ -418,9 +420,9 @@ class SearchLoop:
         for future in done:
             if future in self._running:
                 self._finish(future)
-        if (self._running or self._outage) and time.time() - self._devices_written > PROGRESS_SECONDS:
-            rows = self._write_devices()  # keeps `evo status` showing each trial's progress
-            self.on_event("progress", {"slots": rows, "waiting": self._waiting_info()})
+        if (self._running or self._outage or self._flight) and time.time() - self._devices_written > PROGRESS_SECONDS:
+            rows = self._write_devices()  # keeps `evo status` showing each trial's progress and each proposal's
+            self.on_event("progress", {"slots": rows, "waiting": self._waiting_info(), "proposals": self._in_flight()})
 
     # -- start-up ---------------------------------------------------------------------
 
@@ -512,8 +514,11 @@ class SearchLoop:
                 return
             self.hosts.ensure(self.search, [lineage.by_number[n].commit for n in plan.parents if n in lineage.by_number])
             self._plans += 1
-            future = self._proposals.submit(self._propose, plan, lineage, rng, offline_only)
+            facts = {"operator": plan.operator, "parents": list(plan.parents), "proposer": self.proposer.name,
+                     "started": time.time()}
+            future = self._proposals.submit(self._propose, plan, lineage, rng, offline_only, facts)
             self._pending.append(future)
+            self._flight[future] = facts
             if self._outage is not None and not offline_only:
                 self._probe = future  # the one proposal that asks the API whether it is back
 
@@ -590,7 +595,8 @@ class SearchLoop:
         done, _ = self._evaluations(lineage, lineage.individual(seed.number))
         return done < 1 + self.options.noise_runs
 
-    def _propose(self, plan: Plan, lineage: Lineage, rng: random.Random, offline_only: bool = False) -> Child:
+    def _propose(self, plan: Plan, lineage: Lineage, rng: random.Random, offline_only: bool = False,
+                 facts: dict | None = None) -> Child:
         """Worker thread: turn a plan into a child. Reads git; writes neither git refs nor the store (the loop's
         own thread owns both); a shared search's worker also commits and pushes the child here (`_publish_early`)."""
         search = self.search
@@ -602,7 +608,8 @@ class SearchLoop:
                                         "metric": search.config.metric, "direction": search.config.direction},
                               lineage=lineage, rng=rng, is_known=lambda files: genome_hash(files) in known,
                               scratch=search.paths.scratch(f"plan-{self._plans}"), executor=self.runner.executor,
-                              offline_only=offline_only)
+                              offline_only=offline_only, progress=(facts if facts is not None else {}).update,
+                              say=lambda line: self.on_event("proposer", {"line": line}))
         try:
             if plan.operator == "crossover":
                 base_commit = search.repo.merge_base(parents[0].commit, parents[1].commit)
@@ -650,6 +657,7 @@ class SearchLoop:
             return self._ready.pop(0)
         while self._pending and self._pending[0].done():
             future = self._pending.pop(0)
+            self._flight.pop(future, None)
             if future is self._probe:
                 self._probe = None
             try:
@@ -658,7 +666,10 @@ class SearchLoop:
                 self._error = StopReason(StopKind.ERROR, f"proposer stopped the search: {e}")
                 return None
             except ProposerUnavailable as e:
-                self._api_down(str(e))
+                cost = float(e.usage.get("cost_usd") or 0.0)  # a first answer billed before the server failed
+                if cost:
+                    self.search.store.add_spend(cost)
+                self._api_down(str(e), e.usage)
                 continue
             self._api_up(child)
             cost = float(child.proposal.usage.get("cost_usd", 0.0)) if child.proposal else 0.0
@@ -669,7 +680,7 @@ class SearchLoop:
 
     # -- an API that stopped answering ------------------------------------------------
 
-    def _api_down(self, error: str) -> None:
+    def _api_down(self, error: str, usage: dict | None = None) -> None:
         """A proposal found the API down: wait before asking again, longer each time it is still down."""
         now = time.time()
         first, longest = self.options.api_backoff
@@ -680,7 +691,8 @@ class SearchLoop:
         delay = min(longest, first * 2 ** (tries - 1))
         self._outage = _Outage(since=outage.since if outage else now, error=error, retry_at=now + delay, tries=tries)
         self._write_devices()
-        self.on_event("waiting", {"error": error, "seconds": delay, "since": self._outage.since, "tries": tries})
+        self.on_event("waiting", {"error": error, "seconds": delay, "since": self._outage.since, "tries": tries,
+                                  "usage": usage or {}})
 
     def _api_up(self, child: Child) -> None:
         """A proposal came back: if the API wrote it (not the offline member of a mix), it answers again."""
@@ -969,9 +981,16 @@ class SearchLoop:
         path = self.search.paths.devices
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"pid": os.getpid(), "updated": now, "slots": rows, "run": run,
-                                   "waiting": self._waiting_info()}))
+                                   "waiting": self._waiting_info(), "proposals": self._in_flight()}))
         os.replace(tmp, path)
         return rows
+
+    def _in_flight(self) -> list[dict]:
+        """The proposals being written now: operator, parents, proposer (a mix's member once drawn), model,
+        phase, tokens so far where known, and seconds since planned."""
+        now = time.time()
+        return [{**facts, "seconds": round(now - facts["started"], 1)}
+                for future, facts in list(self._flight.items()) if not future.done()]
 
     def _waiting_info(self) -> dict | None:
         o = self._outage

@@ -160,6 +160,13 @@ def add_proposer_options(p) -> None:
     g.add_argument("--prices", metavar="FILE", help="JSON price table, USD per million tokens: "
                    '{"MODEL": {"input": 3, "output": 15, "cache_write": 3.75, "cache_read": 0.3}}; '
                    "adds to or overrides the built-in one (default: $EVO_PRICES)")
+    g.add_argument("--context-tokens", type=positive_int, metavar="N",
+                   help="the LLM's context in tokens, prompt and answer together (default: 200000 for anthropic; "
+                   "for openai-compatible give what the server was started with, e.g. vLLM's --max-model-len or "
+                   "llama.cpp's -c): prompts are fitted to it, the memory and then parts of the genome summarised")
+    g.add_argument("--max-tokens", type=positive_int, metavar="N",
+                   help="the most tokens an LLM answer may have (default: 16000, or a quarter of --context-tokens "
+                   "for openai-compatible)")
     g.add_argument("--proposer-timeout", type=positive_float, metavar="SECONDS",
                    help="limit of one LLM call (default 600) or of one agent run (default 1800 for command)")
 
@@ -173,7 +180,8 @@ def build_proposer(spec: str, args):
         return from_spec(spec, model=option("model"), base_url=option("base_url"),
                          openai_model=option("openai_model"), openai_mode=option("openai_mode") or "auto",
                          agent_command=option("agent_command"), prices=option("prices"),
-                         timeout=option("proposer_timeout"), max_cost_usd=option("max_cost_usd"))
+                         timeout=option("proposer_timeout"), max_cost_usd=option("max_cost_usd"),
+                         context_tokens=option("context_tokens"), max_tokens=option("max_tokens"))
     except SpecError as e:
         raise UsageError(str(e)) from None
 

@@ -88,7 +88,7 @@ class Reporter:
     def line(self, kind: str, info: dict, now: float) -> str | None:
         """The line an event prints, or None."""
         if kind == "progress":
-            if now - self._last < self.every or not (self.view.running or self.view.waiting):
+            if now - self._last < self.every or not (self.view.running or self.view.waiting or self.view.proposals):
                 return None
             self._last = now
             return progress_line(self.view, now)
@@ -195,8 +195,12 @@ def event_line(kind: str, info: dict, now: float) -> str | None:
         return (f"the seed genome has not run successfully yet (trial #{info['trial']}, {info['status']}: "
                 f"{(info.get('error') or '')[:100]}): it {what}")
     if kind == "waiting":
+        ran = (info.get("usage") or {}).get("seconds")
+        ran = f" after a call of {duration(ran)}" if ran else ""
         return (f"waiting for the API (retry in {duration(info['seconds'])}; down for "
-                f"{duration(now - info['since'])}): {info['error'][:120]}")
+                f"{duration(now - info['since'])}){ran}: {info['error'][:160]}")
+    if kind == "proposer":
+        return f"proposer: {info['line']}"
     if kind == "resumed":
         return f"the API answers again (it was down for {duration(info['seconds'])})"
     if kind == "recovered":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import random
 import socket
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from evo.devices import Slot, check_slots, default_slots, nvidia_gpus, parse_dev
 from evo.hosts import OneHost, SharedHosts
 from evo.loop import RunOptions, SearchLoop, fix_ladder
 from evo.promotion import DEFAULT_TOP, LadderError, check_fits, parse_ladder
+from evo.proposers import Genome, ProposalContext, ProposerError
 from evo.search import NAMED_SOURCES, create_search, describe_harness, join_search
 from evo.strategies import STRATEGIES, make_strategy
 from population.importer import check_runnable
@@ -252,11 +254,19 @@ def run_loop(search: Search, args, options: RunOptions, strategy, proposer, slot
     """Run the loop until it stops; the exit code says how (0 done, 1 error, 130 interrupted)."""
     slots = slots or default_slots(search)
     cfg = search.config
+    try:
+        fits = check_proposer(search, proposer)
+    except ProposerError as e:  # e.g. the prompt cannot fit the model: say so before anything runs
+        proposer.close()
+        search.close()
+        raise UsageError(str(e)) from None
     if not args.quiet:
         who = f"worker on {socket.gethostname()} of shared search" if hosts.shared else "search"
         print(f"{who} {cfg.name}: profile {cfg.profile}, budget {cfg.budget:g}s, strategy {strategy.describe()}, "
               f"proposer {proposer.name}, devices {', '.join(s.name for s in slots)}{_noise_rule(options)}; "
               f"folder {search.folder}", flush=True)
+        for line in fits:
+            print(line, flush=True)
     reporter = make_reporter(search, options, quiet=args.quiet, strategy=strategy.name, proposer=proposer.name)
     loop = SearchLoop(search, strategy, proposer, slots, options, on_event=reporter, hosts=hosts)
     reporter.stopping = loop.stop.is_set
@@ -274,6 +284,24 @@ def run_loop(search: Search, args, options: RunOptions, strategy, proposer, slot
     finally:
         search.close()
     return exit_code(reason, args.command)
+
+
+def check_proposer(search: Search, proposer) -> list[str]:
+    """The proposer's lines about this search (does its prompt for the best genome, or the seed, fit the model?);
+    ProposerError when it cannot work here."""
+    cfg, lineage = search.config, search.lineage()
+    best = lineage.best
+    if best is not None:
+        parent = search.genome(best.trial, lineage)
+    elif cfg.seed_commit:
+        parent = Genome(trial=0, commit=cfg.seed_commit, files=search.repo.files(cfg.seed_commit, cfg.mutable),
+                        description="seed genome")
+    else:
+        return []
+    ctx = ProposalContext(program=search.program, mutable=cfg.mutable, lineage=lineage, rng=random.Random(0),
+                          settings={"profile": cfg.profile, "seq_len": cfg.seq_len, "budget": cfg.budget,
+                                    "name": cfg.name, "metric": cfg.metric, "direction": cfg.direction})
+    return proposer.preflight(parent, ctx)
 
 
 def cmd_worker(args) -> int:

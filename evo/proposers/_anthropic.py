@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING
 
 from evo.proposers import _keys as keys
 from evo.proposers._base import ProposerError, ProposerUnavailable
-from evo.proposers._llm import CallAborted, CallFailed, ChatProposer, Reply
+from evo.proposers._llm import CallAborted, CallFailed, ChatProposer, Reply, cut_off, first_words
 from evo.proposers._pricing import DEFAULT_PRICES, Price, price_for
 from evo.proposers._prompts import ANSWER_WITH_TOOL, TOOL_DESCRIPTION, TOOL_NAME, TOOL_SCHEMA, Block, Prompt
 
 KEY_ENV = "ANTHROPIC_API_KEY"
 DEFAULT_MODEL = "claude-sonnet-5-5"
+CONTEXT_TOKENS = 200_000   # Claude models' context (prompt and answer together), unless --context-tokens says otherwise
 
 if TYPE_CHECKING:  # the SDK takes a second to import: only a search that uses it pays for it
     import anthropic
@@ -58,7 +59,8 @@ class AnthropicProposer(ChatProposer):
             on a transient error (default none: the search loop waits, with a growing pause
             it shows, while keeping its devices busy); when the last round fails too the
             proposal raises ProposerUnavailable.
-        max_tokens: the answer's token limit (thinking included).
+        max_tokens: the answer's token limit (thinking included; default 16000).
+        context_tokens: the model's context (default CONTEXT_TOKENS); prompts are fitted to it.
         repairs: repair turns after edits that do not apply.
 
     Raises ProposerError at once when there is no key.
@@ -68,20 +70,22 @@ class AnthropicProposer(ChatProposer):
 
     def __init__(self, *, model: str = DEFAULT_MODEL, api_key: str | None = None, base_url: str | None = None,
                  prices: dict[str, Price] | None = None, timeout: float = 600.0, max_retries: int = 3,
-                 backoff: tuple[float, ...] = (), max_tokens: int = 16000, repairs: int = 1):
+                 backoff: tuple[float, ...] = (), max_tokens: int | None = None, repairs: int = 1,
+                 context_tokens: int | None = None):
         key = api_key or keys.take(KEY_ENV)
         if not key:
             raise ProposerError(f"{KEY_ENV} is not set: export your Anthropic API key to use --proposer anthropic")
         super().__init__(model=model, price=price_for(model, DEFAULT_PRICES if prices is None else prices),
-                         repairs=repairs, secrets=(key,))
+                         repairs=repairs, secrets=(key,), context_tokens=context_tokens or CONTEXT_TOKENS,
+                         max_tokens=max_tokens or 16000)
         import anthropic
 
         self.sdk = anthropic
         self.client = anthropic.Anthropic(api_key=key, base_url=base_url, timeout=timeout, max_retries=max_retries)
-        self.timeout, self.backoff, self.max_tokens = timeout, tuple(backoff), max_tokens
+        self.timeout, self.backoff = timeout, tuple(backoff)
         self._forced = True   # forced tool choice, until a model refuses it
 
-    def _conversation(self, prompt: Prompt) -> "_Conversation":
+    def _conversation(self, prompt: Prompt, ctx=None) -> "_Conversation":
         return _Conversation(self, prompt)
 
     def close(self) -> None:
@@ -181,15 +185,17 @@ class _Conversation:
         raw = response.model_dump(mode="json", exclude_none=True)
         use = next((b for b in response.content if b.type == "tool_use" and b.name == TOOL_NAME), None)
         self.last = response
+        words = " ".join(b.text for b in response.content if b.type == "text")
+        text = "\n".join([words] + ([json.dumps(use.input, default=str)] if use is not None else [])).strip()
         if response.stop_reason == "max_tokens":
-            return Reply(None, raw, tokens, f"the answer was cut off at max_tokens ({self.proposer.max_tokens}) "
-                         f"before the proposal was complete: send a smaller change, as search/replace edits")
+            return Reply(None, raw, tokens, cut_off(u.output_tokens, self.proposer.max_tokens, what="max_tokens"), text)
         if use is None:
-            return Reply(None, raw, tokens, f"the answer did not call the {TOOL_NAME} tool")
+            return Reply(None, raw, tokens, f"the answer did not call the {TOOL_NAME} tool (it began: "
+                         f"{first_words(words)})", text)
         if not isinstance(use.input, dict):
             return Reply(None, raw, tokens, f"the {TOOL_NAME} input is not an object with description, rationale "
-                         "and edits")
-        return Reply(dict(use.input), raw, tokens)
+                         "and edits", text)
+        return Reply(dict(use.input), raw, tokens, "", text)
 
 
 def _tokens_in(text: str) -> dict[str, int]:

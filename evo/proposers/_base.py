@@ -57,6 +57,7 @@ class ProposalContext:
         `evo.runner.Executor`); None runs it as a plain process.
     offline_only: the search is waiting for an API that stopped answering: a proposer that can
         propose without it (the offline member of a mix) does so.
+    progress, say: see below; no-ops unless the search listens.
     """
 
     program: str
@@ -68,6 +69,11 @@ class ProposalContext:
     scratch: Path | None = None
     executor: object | None = None
     offline_only: bool = False   # the API is down: a mix draws among its offline members only
+    # Where a proposer tells the search what it is doing (both may be called from its worker thread):
+    # progress({"proposer": ..., "model": ..., "phase": ..., "tokens": ...}) updates the proposal's row in
+    # `evo status` and the live view; say(line) is one line in the run's log (a mode fallback, a warning).
+    progress: Callable[[dict], None] = lambda facts: None
+    say: Callable[[str], None] = lambda line: None
 
 
 class ProposerError(RuntimeError):
@@ -76,8 +82,16 @@ class ProposerError(RuntimeError):
 
 class ProposerUnavailable(RuntimeError):
     """The proposer's service does not answer for now (down, overloaded, rate-limited, timing out)
-    and its own retries are spent. Nothing was billed: the search records no trial, keeps its
-    devices busy otherwise and asks again after a growing wait."""
+    and its own retries are spent, or a network fault ended the call (a dropped or refused
+    connection). It is the service's fault, never the idea's: the search records no trial (and no
+    failed idea), keeps its devices busy otherwise and asks again after a growing wait.
+
+    usage: what the proposal spent before the fault (calls answered, tokens, cost, and
+        ``seconds`` waited), so the search can still count it; empty when nothing is known."""
+
+    def __init__(self, message: str, *, usage: dict | None = None):
+        super().__init__(message)
+        self.usage = dict(usage or {})
 
 
 def cap_proposal(proposal: Proposal) -> Proposal:
@@ -129,6 +143,11 @@ class Proposer:
 
     def crossover(self, a: Genome, b: Genome, base: Genome | None, ctx: ProposalContext) -> Proposal:
         raise NotImplementedError
+
+    def preflight(self, parent: Genome, ctx: ProposalContext) -> list[str]:
+        """What to say at the start of a run about this proposer's fit to the search (e.g. whether its
+        prompt for `parent` fits the model's context), as lines; raises ProposerError when it cannot work."""
+        return []
 
     def close(self) -> None:
         """Release clients or processes (called once when the search stops)."""

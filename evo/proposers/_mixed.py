@@ -53,6 +53,9 @@ class MixedProposer(Proposer):
         proposal.remote = proposal.remote and member.remote
         return proposal
 
+    def preflight(self, parent: Genome, ctx: ProposalContext) -> list[str]:
+        return [line for member, _ in self.members for line in member.preflight(parent, ctx)]
+
     def close(self) -> None:
         for member, _ in self.members:
             member.close()

@@ -10,6 +10,7 @@ library is used (urllib): no extra dependency.
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
 import socket
@@ -18,8 +19,8 @@ import urllib.parse
 import urllib.request
 
 from evo.proposers import _keys as keys
-from evo.proposers._base import ProposerError, ProposerUnavailable
-from evo.proposers._llm import CallAborted, CallFailed, ChatProposer, Reply
+from evo.proposers._base import ProposalContext, ProposerError, ProposerUnavailable
+from evo.proposers._llm import CallAborted, CallFailed, ChatProposer, Reply, cut_off, first_words
 from evo.proposers._pricing import Price, price_for
 from evo.proposers._prompts import ANSWER_AS_JSON, ANSWER_WITH_TOOL, TOOL_DESCRIPTION, TOOL_NAME, TOOL_SCHEMA, Prompt
 
@@ -77,20 +78,25 @@ class OpenAICompatibleProposer(ChatProposer):
         backoff: seconds to wait before each further attempt after a 429/502/503/504 or a refused
             connection (its length caps them); then ProposerUnavailable, and the search loop
             waits with a growing pause it shows.
-        max_tokens: the answer's token limit.
+        max_tokens: the answer's token limit (default: a quarter of `context_tokens`, at most 16000).
         repairs: repair turns after edits that do not apply.
+        context_tokens: the context the server gives the model (``--context-tokens``; what vLLM's
+            --max-model-len or llama.cpp's -c set); prompts are fitted to it. None: unknown, sent whole.
     """
 
     name = "openai-compatible"
 
     def __init__(self, *, base_url: str, model: str, api_key: str | None = None, prices: dict[str, Price] | None = None,
                  timeout: float = 600.0, mode: str = "auto", backoff: tuple[float, ...] = (2.0, 10.0),
-                 max_tokens: int = 16000, repairs: int = 1):
+                 max_tokens: int | None = None, repairs: int = 1, context_tokens: int | None = None):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         key = api_key if api_key is not None else (keys.take(KEY_ENV) or "")
-        super().__init__(model=model, price=price_for(model, prices or {}), repairs=repairs, secrets=(key,))
-        self.url, self.timeout, self.backoff, self.max_tokens = _chat_url(base_url), timeout, tuple(backoff), max_tokens
+        if max_tokens is None:  # a quarter of a known context (a small model's 8k leaves room for the prompt)
+            max_tokens = min(16000, context_tokens // 4) if context_tokens else 16000
+        super().__init__(model=model, price=price_for(model, prices or {}), repairs=repairs, secrets=(key,),
+                         context_tokens=context_tokens, max_tokens=max_tokens)
+        self.url, self.timeout, self.backoff = _chat_url(base_url), timeout, tuple(backoff)
         self._key = key
         self.mode = "tools" if mode == "auto" else mode
         self._auto = mode == "auto"
@@ -99,8 +105,8 @@ class OpenAICompatibleProposer(ChatProposer):
     def answer(self) -> str:
         return ANSWER_WITH_TOOL if self.mode == "tools" else ANSWER_AS_JSON
 
-    def _conversation(self, prompt: Prompt) -> "_Conversation":
-        return _Conversation(self, prompt)
+    def _conversation(self, prompt: Prompt, ctx: ProposalContext | None = None) -> "_Conversation":
+        return _Conversation(self, prompt, ctx)
 
     def _post(self, payload: dict) -> dict:
         """POST one chat completion; raises _Refused (a 4xx/5xx reply), ProposerError, ProposerUnavailable,
@@ -133,7 +139,13 @@ class OpenAICompatibleProposer(ChatProposer):
                     raise ProposerUnavailable(f"no answer from {self.url} within {self.timeout:g}s (raise "
                                               "--proposer-timeout if the model needs longer)") from None
                 if last:
-                    raise ProposerUnavailable(f"cannot reach {self.url}: {e.reason}") from None
+                    raise ProposerUnavailable(_unreachable(self.url, e.reason)) from None
+            except (http.client.HTTPException, ConnectionError) as e:
+                # The server closed or reset the connection mid-answer (a crash, a restart, a proxy's
+                # idle limit): the server's fault, not the model's idea. Ask again; then wait it out.
+                if last:
+                    raise ProposerUnavailable(f"{self.url} dropped the connection before answering "
+                                              f"({type(e).__name__}: {str(e)[:120] or 'no reason given'})") from None
             else:
                 try:
                     return json.loads(text)
@@ -143,6 +155,13 @@ class OpenAICompatibleProposer(ChatProposer):
             if self._closed.wait(self.backoff[attempt]):
                 raise CallAborted(f"the search stopped while {self.url} was failing")
         raise AssertionError("unreachable")
+
+
+def _unreachable(url: str, reason) -> str:
+    if isinstance(reason, ConnectionRefusedError):
+        return (f"{url} refused the connection (is the server running? one that serves a single request at a time "
+                "may refuse more while it is busy)")
+    return f"cannot reach {url}: {reason}"
 
 
 def _read(request: urllib.request.Request, timeout: float) -> str:
@@ -167,14 +186,21 @@ def _error_message(e: urllib.error.HTTPError) -> str:
 class _Conversation:
     """One proposal's exchange with the endpoint, in the proposer's current mode."""
 
-    def __init__(self, proposer: OpenAICompatibleProposer, prompt: Prompt):
-        self.proposer = proposer
+    def __init__(self, proposer: OpenAICompatibleProposer, prompt: Prompt, ctx: ProposalContext | None = None):
+        self.proposer, self.prompt = proposer, prompt
+        self.say = ctx.say if ctx is not None else (lambda line: None)
         self.messages: list[dict] = [{"role": "system", "content": prompt.system_text()},
                                      {"role": "user", "content": prompt.user_text()}]
         self.last: dict = {}
+        self.first_mode: str | None = None   # the mode the first request went out in
 
     def start(self) -> Reply:
         return self._call()
+
+    def sent(self) -> str:
+        """The prompt as the first request carried it (asking for JSON once the server refused tools)."""
+        text = self.prompt.render()
+        return text if self.first_mode in (None, "tools") else text.replace(ANSWER_WITH_TOOL, ANSWER_AS_JSON)
 
     def repair(self, message: str) -> Reply:
         calls = self.last.get("tool_calls") or []
@@ -210,9 +236,18 @@ class _Conversation:
                 break
             except _Refused as e:
                 if p._auto and mode in _NEXT_MODE and any(w in e.message.lower() for w in _UNSUPPORTED[mode]):
-                    p.mode = _NEXT_MODE[mode]  # this server does not take `mode`: stay with the next one
+                    if p.mode == mode:  # another proposal may have moved on already: say it once
+                        p.mode = _NEXT_MODE[mode]  # this server does not take `mode`: stay with the next one
+                        self.say(f"{p.model} at {p.url} refused {_MODE_WORDS[mode]} ({e.status}: {e.message[:100]}): "
+                                 f"asking for {_MODE_WORDS[p.mode]} from now on")
                     continue
                 raise CallFailed(f"{p.url} refused the request ({e.status}): {e.message}") from None
+        if self.first_mode is None:
+            self.first_mode = mode
+        return self._read(data, mode)
+
+    def _read(self, data, mode: str) -> Reply:
+        p = self.proposer
         raw = {"mode": mode, "response": data}
         if not isinstance(data, dict):
             return Reply(None, raw, {}, "the endpoint's answer is not a JSON object")
@@ -226,20 +261,25 @@ class _Conversation:
         except (KeyError, IndexError, TypeError):
             return Reply(None, raw, tokens, "the endpoint's answer held no message")
         self.last = message
-        if choice.get("finish_reason") == "length":
-            return Reply(None, raw, tokens, f"the answer was cut off at max_tokens ({p.max_tokens}) before the "
-                         f"proposal was complete: send a smaller change, as search/replace edits")
         calls = [c for c in message.get("tool_calls") or [] if (c.get("function") or {}).get("name") == TOOL_NAME]
+        content = message.get("content") or ""
+        text = "\n".join([content] + [str((c.get("function") or {}).get("arguments") or "") for c in calls]).strip()
+        if choice.get("finish_reason") == "length":
+            return Reply(None, raw, tokens, cut_off(tokens["output_tokens"], p.max_tokens, what="max_tokens"), text)
         if calls:
             arguments = calls[0]["function"].get("arguments")
             try:
                 fields = arguments if isinstance(arguments, dict) else json.loads(arguments or "")
             except ValueError as e:
-                return Reply(None, raw, tokens, f"the {TOOL_NAME} arguments are not valid JSON: {e}")
+                return Reply(None, raw, tokens, f"the {TOOL_NAME} arguments are not valid JSON: {e}", text)
             return Reply(fields if isinstance(fields, dict) else None, raw, tokens,
-                         "" if isinstance(fields, dict) else f"the {TOOL_NAME} arguments are not a JSON object")
+                         "" if isinstance(fields, dict) else f"the {TOOL_NAME} arguments are not a JSON object", text)
         # No function call: many local models write the JSON into the text instead.
-        fields = parse_json_answer(message.get("content") or "")
+        fields = parse_json_answer(content)
         if fields is None:
-            return Reply(None, raw, tokens, "the answer held no JSON object with description, rationale and edits")
-        return Reply(fields, raw, tokens)
+            return Reply(None, raw, tokens, f"no JSON object in the answer (it began: {first_words(content)})", text)
+        return Reply(fields, raw, tokens, "", text)
+
+
+_MODE_WORDS = {"tools": "function calls (tools)", "json": "JSON mode (response_format)", "text": "a JSON object in "
+               "plain text"}

@@ -68,6 +68,24 @@ ANSWER_AS_JSON = (
 
 
 @dataclass
+class Shape:
+    """How much of the search a prompt shows; the defaults show everything. `evo.proposers._fit` shrinks
+    it until the prompt fits the model's context.
+
+    recent, failures: ideas listed in the memory (see `search_memory`).
+    shown: the genome's files as the prompt shows them (some regions summarised), or None: whole.
+    program: program.md as shown (its head when even the summarised genome does not fit), or None: whole.
+    note: what was left out, said at the top of the prompt so the model knows it does not see everything.
+    """
+
+    recent: int = 30
+    failures: int = 40
+    shown: dict[str, str] | None = None
+    program: str | None = None
+    note: str = ""
+
+
+@dataclass
 class Block:
     """One piece of a prompt. cache: worth caching, because it repeats across calls."""
 
@@ -133,39 +151,46 @@ def _settings(ctx: ProposalContext) -> str:
     return "This search: " + "; ".join(facts) + "."
 
 
-def _system(ctx: ProposalContext) -> list[Block]:
+def _system(ctx: ProposalContext, shape: Shape | None = None) -> list[Block]:
     metric, better = objective(ctx)
     role = ROLE if (metric, better) == ("val_bpb", "lower") else ROLE_ANY.format(metric=metric, better=better)
-    return [Block(role), Block("# Research program (program.md)\n\n" + ctx.program.strip(), cache=True)]
+    program = shape.program if shape is not None and shape.program is not None else ctx.program
+    return [Block(role), Block("# Research program (program.md)\n\n" + program.strip(), cache=True)]
 
 
 def mutation_prompt(parent: Genome, ctx: ProposalContext, *, answer: str = ANSWER_WITH_TOOL,
-                    show_files: bool = True) -> tuple[Prompt, dict[str, str]]:
+                    show_files: bool = True, shape: Shape | None = None) -> tuple[Prompt, dict[str, str]]:
     """The prompt for one mutation of `parent`, and the files its edits apply to (the parent's).
 
     answer: how the model must answer (tool call, JSON, or edit the files in a folder).
-    show_files: include the parent's files (False when they are in the agent's folder instead)."""
+    show_files: include the parent's files (False when they are in the agent's folder instead).
+    shape: how much to show (default: everything)."""
+    shape = shape or Shape()
     metric, better = objective(ctx)
     score = f", {metric} {parent.score:.4f}" if parent.score is not None else ""
     user = []
     if show_files:
-        user.append(Block(files_block(f"Parent genome #{parent.trial}{score}: the starting files", parent.files), cache=True))
+        title = f"Parent genome #{parent.trial}{score}: the starting files"
+        user.append(Block(files_block(title, shape.shown if shape.shown is not None else parent.files)
+                          + (f"\n\n{shape.note}" if shape.note else ""), cache=True))
     task = (f"# Your task\n\n{_settings(ctx)}\n\nPropose one child of #{parent.trial}{score} "
             f"({parent.description or 'no description'}): one focused idea that should make {metric} {better} within "
             f"the budget. Read the memory above first: build on what improved, and do not repeat what failed.\n\n{answer}")
-    memory = search_memory([parent.trial], ctx.lineage, metric=metric)
+    memory = search_memory([parent.trial], ctx.lineage, metric=metric, recent=shape.recent, failures=shape.failures)
     user.append(Block("# What the search has learned\n\n" + memory + "\n\n" + task))
-    return Prompt(_system(ctx), user), dict(parent.files)
+    return Prompt(_system(ctx, shape), user), dict(parent.files)
 
 
 def crossover_prompt(a: Genome, b: Genome, base: Genome | None, ctx: ProposalContext, *, answer: str = ANSWER_WITH_TOOL,
-                     show_files: bool = True) -> tuple[Prompt, dict[str, str]]:
+                     show_files: bool = True, shape: Shape | None = None) -> tuple[Prompt, dict[str, str]]:
     """The prompt for one crossover of two elites, and the files its edits apply to.
 
     The starting files are git's three-way merge of `a` and `b` from their merge base `base`
     (conflict markers left where the two changed the same lines), or `a`'s files when there
     is no merge base. The prompt shows what each parent changed relative to the base.
+    shape: how much to show (default: everything; its `shown` files are views of the merge).
     """
+    shape = shape or Shape()
     la, lb = f"#{a.trial}", f"#{b.trial}"
     start, conflicts = {}, []
     for path in sorted(set(a.files) | set(b.files)):
@@ -195,14 +220,16 @@ def crossover_prompt(a: Genome, b: Genome, base: Genome | None, ctx: ProposalCon
         how = f"The starting files ({where}) are #{a.trial}'s; bring in what is good in #{b.trial}."
     parts.append(how)
     if show_files:
-        parts.append(files_block("The starting files", start))
+        parts.append(files_block("The starting files", shape.shown if shape.shown is not None else start)
+                     + (f"\n\n{shape.note}" if shape.note else ""))
     task = (f"# Your task\n\n{_settings(ctx)}\n\nPropose one child that keeps the strengths of both parents. "
             f"{'Resolve every conflict. ' if conflicts else ''}Say in the description what it takes from each "
             f"(e.g. 'cross #{a.trial} x #{b.trial}: LR schedule of #{a.trial} + SwiGLU of #{b.trial}').\n\n{answer}")
-    memory = search_memory([a.trial, b.trial], ctx.lineage, metric=objective(ctx)[0])
+    memory = search_memory([a.trial, b.trial], ctx.lineage, metric=objective(ctx)[0], recent=shape.recent,
+                           failures=shape.failures)
     # Not cached: a pair of parents rarely meets twice, and a cache write costs more than plain input.
     user = [Block("\n\n".join(parts)), Block("# What the search has learned\n\n" + memory + "\n\n" + task)]
-    return Prompt(_system(ctx), user), start
+    return Prompt(_system(ctx, shape), user), start
 
 
 def repair_message(error: str) -> str:

@@ -49,7 +49,8 @@ def parse_spec(spec: str) -> list[tuple[str, float]]:
 def from_spec(spec: str = "offline", *, model: str | None = None, base_url: str | None = None,
               openai_model: str | None = None, openai_mode: str = "auto", agent_command: str | None = None,
               prices: str | Path | dict[str, Price] | None = None, timeout: float | None = None,
-              max_cost_usd: float | None = None, warn: Callable[[str], None] | None = None) -> Proposer:
+              max_cost_usd: float | None = None, warn: Callable[[str], None] | None = None,
+              context_tokens: int | None = None, max_tokens: int | None = None) -> Proposer:
     """The proposer (or weighted mix) that `spec` names, configured as the `evo run` flags would.
 
     Args:
@@ -64,6 +65,9 @@ def from_spec(spec: str = "offline", *, model: str | None = None, base_url: str 
         timeout: seconds one LLM call (or one agent run) may take.
         max_cost_usd: the search's spend cap; a model without a known price cannot honour it.
         warn: where a warning goes (default: stderr).
+        context_tokens: the LLM's context in tokens (default: anthropic's 200,000; unknown for openai-compatible).
+        max_tokens: the most tokens an LLM answer may have (default: 16000, or a quarter of a given context
+            for openai-compatible).
 
     Raises:
         SpecError: a bad spec, a missing flag or key, or a bad price file; nothing is left open.
@@ -76,7 +80,7 @@ def from_spec(spec: str = "offline", *, model: str | None = None, base_url: str 
     options = dict(model=model, base_url=base_url, openai_model=openai_model, openai_mode=openai_mode,
                    agent_command=agent_command, prices=table, timeout=timeout, max_cost_usd=max_cost_usd,
                    warn=warn or (lambda text: print(f"warning: {text}", file=sys.stderr)),
-                   names=[n for n, _ in mix])
+                   names=[n for n, _ in mix], context_tokens=context_tokens, max_tokens=max_tokens)
     built: list[tuple[Proposer, float]] = []
     try:
         for name, weight in mix:
@@ -89,8 +93,12 @@ def from_spec(spec: str = "offline", *, model: str | None = None, base_url: str 
 
 
 def _one(name: str, *, model, base_url, openai_model, openai_mode, agent_command, prices, timeout, max_cost_usd,
-         warn, names) -> Proposer:
+         warn, names, context_tokens, max_tokens) -> Proposer:
     limit = {"timeout": timeout} if timeout else {}
+    tokens = {"context_tokens": context_tokens, "max_tokens": max_tokens}
+    if context_tokens and max_tokens and max_tokens >= context_tokens // 2:
+        raise SpecError(f"--max-tokens {max_tokens} leaves too little of --context-tokens {context_tokens} for the "
+                        f"prompt: give the answer at most a half (e.g. --max-tokens {context_tokens // 4})")
     if name == "offline":
         return OfflineProposer()
     if name == "anthropic":
@@ -100,7 +108,7 @@ def _one(name: str, *, model, base_url, openai_model, openai_mode, agent_command
                 raise SpecError(f"no price known for model {model!r}, so --max-cost-usd cannot be enforced: "
                                 "add it to a --prices file")
             warn(f"no price known for model {model!r}: its calls count as $0 (add it with --prices FILE)")
-        return AnthropicProposer(model=model, prices=prices, **limit)
+        return AnthropicProposer(model=model, prices=prices, **limit, **tokens)
     if name == "openai-compatible":
         base_url = base_url or os.environ.get("OPENAI_BASE_URL")
         if not base_url:
@@ -109,7 +117,8 @@ def _one(name: str, *, model, base_url, openai_model, openai_mode, agent_command
         if not model:
             raise SpecError("--proposer openai-compatible needs the model the server serves: --model NAME "
                             "(--openai-model NAME when mixed with anthropic)")
-        return OpenAICompatibleProposer(base_url=base_url, model=model, prices=prices, mode=openai_mode or "auto", **limit)
+        return OpenAICompatibleProposer(base_url=base_url, model=model, prices=prices, mode=openai_mode or "auto",
+                                        **limit, **tokens)
     if not agent_command:
         raise SpecError("--proposer command needs --agent-command \"...\": the agent to run in a copy of the parent")
     return CommandProposer(agent_command, **limit)
