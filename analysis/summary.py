@@ -25,7 +25,7 @@ def summarize(search) -> dict:
     kept = sum(1 for t in children if lineage.kept(t.number))
     spend = search.store.spend_usd
     devices, run = _devices(search)
-    finished = sum(1 for t in trials if t.counts)
+    finished = sum(1 for t in trials if t.spends_trial)
     return {
         "name": search.config.name,
         "folder": str(search.folder),
@@ -46,6 +46,7 @@ def summarize(search) -> dict:
         "best_spread": best.spread if best else None,
         "best_description": best.description if best else None,
         "finished": finished,
+        "while_waiting": sum(1 for t in trials if t.counts and t.while_waiting),
         "run": _run_line_facts(run, finished),
         "counts": dict(counts),
         "keep_rate": kept / len(children) if children else None,
@@ -178,7 +179,9 @@ def _status_head(s: dict) -> list[tuple[int, str]]:
     failed = sum(v for k, v in counts.items() if k not in ("ok", "duplicate", "running", "interrupted"))
     head.append((0, f"trials: {s['finished']} finished ({counts.get('ok', 0)} ok, {failed} failed, "
                     f"{counts.get('duplicate', 0)} duplicate), {counts.get('running', 0)} running"
-                    + (f", {counts['interrupted']} interrupted" if counts.get("interrupted") else "")))
+                    + (f", {counts['interrupted']} interrupted" if counts.get("interrupted") else "")
+                    + (f"; {s['while_waiting']} re-evaluations while the API was down (not counted towards --trials)"
+                       if s.get("while_waiting") else "")))
     run = s.get("run")
     if run and s["running"]:
         pace = f"this run: {s['finished']}/{run['target']} trials" if run.get("target") else "this run:"

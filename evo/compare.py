@@ -254,7 +254,7 @@ class Comparison:
                 return StopReason(StopKind.INTERRUPTED, "interrupted")
             search = self.member(name, replicate, creation or {})
             try:
-                finished = sum(1 for t in search.trials() if t.counts)
+                finished = sum(1 for t in search.trials() if t.spends_trial)
                 if finished >= cfg.trials and not any(t.state == "RUNNING" for t in search.trials()):
                     on_member("skip", name, {"finished": finished})
                     continue
@@ -283,7 +283,7 @@ class Comparison:
                 return False
             with Search.open(name, root=self.root) as search:
                 trials = search.trials()
-            if sum(1 for t in trials if t.counts) < self.config.trials or any(t.state == "RUNNING" for t in trials):
+            if sum(1 for t in trials if t.spends_trial) < self.config.trials or any(t.state == "RUNNING" for t in trials):
                 return False
         return True
 

@@ -47,7 +47,7 @@ from population.genomes import genome_hash
 from population.importer import check_runnable
 from population.lineage import MIN_GAIN_ATTR, Lineage, auto_min_gain, genome_key
 from population.search import Search, SearchError
-from population.store import DUPLICATE, INTERRUPTED, INVALID, OK
+from population.store import DUPLICATE, INTERRUPTED, INVALID, OK, WHILE_WAITING
 
 AUTO = "auto"  # RunOptions.min_gain: a multiple of the measured noise floor
 
@@ -394,7 +394,7 @@ class SearchLoop:
         return None
 
     def _counted(self) -> int:
-        return sum(1 for t in self._trials() if t.counts)
+        return sum(1 for t in self._trials() if t.spends_trial)
 
     def _trials(self):
         """The trials as the limit check and the planner see them: read again after this loop wrote, and
@@ -483,7 +483,8 @@ class SearchLoop:
                 return  # sequential semantics: plan only for a device that is free now
             limit = self.options.trials
             trials = self._trials()
-            if limit is not None and sum(1 for t in trials if t.counts or t.state == "RUNNING") + self._queued() >= limit:
+            if limit is not None and sum(1 for t in trials if (t.counts or t.state == "RUNNING") and not t.while_waiting) \
+                    + self._queued() >= limit:
                 return
             lineage = Lineage(trials, direction=self.search.config.direction)
             reeval = self._reeval_child(lineage)
@@ -711,6 +712,7 @@ class SearchLoop:
         for ind in lineage.ranked():
             child = self._reeval_of(lineage, ind, self.options.reeval_while_waiting, " while the API is down")
             if child is not None:
+                child.attrs[WHILE_WAITING] = True  # not counted towards --trials: an outage must not use up a search
                 return child
         return None
 
@@ -787,7 +789,8 @@ class SearchLoop:
         workers it is where the trial limit holds across hosts, a re-run is taken once, the
         seed is trained once, and re-evaluations stop at the number asked for."""
         trials, limit = lineage.trials, self.options.trials
-        if limit is not None and sum(1 for t in trials if t.counts or t.state == "RUNNING") >= limit:
+        if limit is not None and sum(1 for t in trials if (t.counts or t.state == "RUNNING") and not t.while_waiting) \
+                >= limit:
             return False
         if child.rerun_of is not None:
             return not any(t.attrs.get("rerun_of") == child.rerun_of for t in trials)

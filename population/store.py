@@ -131,8 +131,23 @@ class TrialRecord:
 
     @property
     def counts(self) -> bool:
-        """Counts towards the search's trial limit: finished, and not cut short by the search itself."""
+        """A finished evaluation: not running, and not cut short by the search itself."""
         return self.state != "RUNNING" and self.status != INTERRUPTED
+
+    @property
+    def while_waiting(self) -> bool:
+        """A re-evaluation a device made only because the proposer's API was down: kept apart from the
+        trial limit (an outage must not use up a search), counted as an evaluation all the same."""
+        return bool(self.attrs.get(WHILE_WAITING))
+
+    @property
+    def spends_trial(self) -> bool:
+        """Counts towards the search's trial limit (--trials): finished, and neither cut short by the search
+        nor a re-evaluation made while the API was down."""
+        return self.counts and not self.while_waiting
+
+
+WHILE_WAITING = "while_waiting"   # the trial attribute that marks a re-evaluation made during an API outage
 
 
 class StudyError(Exception):

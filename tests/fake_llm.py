@@ -57,6 +57,19 @@ class FakeServer:
                 if reply.delay:
                     time.sleep(reply.delay)
                 data = reply.raw if reply.raw is not None else json.dumps(reply.body).encode()
+                drop = reply.headers.get("x-drop")
+                if drop:  # the connection ends without a full answer (a crash, a restart, a proxy's limit)
+                    self.close_connection = True
+                    if drop == "mid":
+                        start = b'{"id": "chatcmpl-small", "choices": [{"message": {"content": "I will cha'
+                        self.send_response(200)
+                        self.send_header("content-type", "application/json")
+                        self.send_header("content-length", "4000")
+                        self.end_headers()
+                        self.wfile.write(start)
+                        self.wfile.flush()
+                    self.connection.shutdown(2)
+                    return
                 try:
                     self.send_response(reply.status)
                     self.send_header("content-type", "application/json")
@@ -138,3 +151,103 @@ def chat_tool_call(fields: dict, usage: dict | None = None) -> Reply:
 def chat_text(content: str, usage: dict | None = None) -> Reply:
     """A chat completion answering in plain content."""
     return _chat({"role": "assistant", "content": content}, usage)
+
+
+# -- a small local model, as a user meets one ---------------------------------------------
+
+@dataclass
+class Drop:
+    """The server's connection ends without a full answer: "before" any byte of it (http.client's
+    RemoteDisconnected), or "mid" answer (the body cut short: IncompleteRead)."""
+
+    where: str = "mid"
+
+
+class SmallModel:
+    """An OpenAI-compatible server on 127.0.0.1 that behaves like a small instruction-tuned model behind a
+    local server: it refuses `tools` and `response_format` with a 400 (as servers without those features
+    do), answers in prose (a script of texts, or functions of the request returning one), stops at its own
+    length limit `n_predict` (finish_reason length, whatever max_tokens asked), counts tokens at
+    `bytes_per_token`, cuts a prompt longer than its `context` (reporting what it kept), can drop a
+    connection (a `Drop` in the script) and serves one request at a time (503 while busy).
+
+    hold: an Event the next answer waits for (a slow call a test can watch), when set by `slow()`.
+    """
+
+    def __init__(self, script: list, *, context: int = 8192, n_predict: int = 600, bytes_per_token: float = 3.06,
+                 model: str = "small-instruct"):
+        self.script, self.context, self.n_predict, self.bytes_per_token = list(script), context, n_predict, bytes_per_token
+        self.model = model
+        self.answered: list[dict] = []       # what each answered request was told: prompt tokens, finish reason
+        self.busy_refusals = 0
+        self.hold: threading.Event | None = None
+        self._busy = threading.Lock()
+        self._lock = threading.Lock()
+        self._server = FakeServer([self._answer])
+
+    @property
+    def url(self) -> str:
+        return self._server.url + "/v1"
+
+    @property
+    def received(self) -> list[Received]:
+        """Every request, refused ones included."""
+        return self._server.received
+
+    def slow(self) -> threading.Event:
+        """Make the next answer wait until the returned Event is set."""
+        self.hold = threading.Event()
+        return self.hold
+
+    def _tokens(self, text: str) -> int:
+        return int(len(text.encode("utf-8")) / self.bytes_per_token) + 1
+
+    def _answer(self, request: Received):
+        body = request.body or {}
+        if "tools" in body:
+            return Reply(400, {"error": {"message": "tools are not supported by this server (start it with "
+                                                    "--enable-auto-tool-choice)", "type": "BadRequestError"}})
+        if "response_format" in body:
+            return Reply(400, {"error": {"message": "response_format json_object is not supported",
+                                         "type": "BadRequestError"}})
+        if not self._busy.acquire(blocking=False):
+            with self._lock:
+                self.busy_refusals += 1
+            return Reply(503, {"error": {"message": "the server is busy: no free slot", "type": "unavailable"}})
+        try:
+            return self._generate(request, body)
+        finally:
+            self._busy.release()
+
+    def _generate(self, request: Received, body: dict):
+        with self._lock:
+            item = self.script.pop(0) if len(self.script) > 1 else self.script[0]
+        hold, self.hold = self.hold, None
+        if hold is not None:
+            hold.wait(120)
+        if isinstance(item, Drop):
+            return Reply(200, None, raw=b"", headers={"x-drop": item.where})
+        text = item(request) if callable(item) else str(item)
+        prompt = sum(self._tokens(str(m.get("content") or "")) for m in body.get("messages", [])) + 16
+        kept = min(prompt, self.context - 1)  # a prompt past the context is cut: only its end is seen
+        limit = min(self.n_predict, int(body.get("max_tokens") or self.n_predict), self.context - kept)
+        words, finish = text, "stop"
+        if self._tokens(text) > limit:
+            words, finish = text.encode()[: int(limit * self.bytes_per_token)].decode("utf-8", "ignore"), "length"
+        completion = min(self._tokens(words), limit)
+        self.answered.append({"prompt_tokens": kept, "sent_tokens": prompt, "finish_reason": finish,
+                              "completion_tokens": completion, "max_tokens": body.get("max_tokens")})
+        return Reply(200, {"id": "chatcmpl-small", "object": "chat.completion", "model": self.model,
+                           "choices": [{"index": 0, "message": {"role": "assistant", "content": words},
+                                        "finish_reason": finish}],
+                           "usage": {"prompt_tokens": kept, "completion_tokens": completion,
+                                     "total_tokens": kept + completion}})
+
+    def __enter__(self) -> "SmallModel":
+        self._server.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.hold is not None:
+            self.hold.set()
+        self._server.__exit__(*exc)

@@ -79,7 +79,7 @@ class Reporter:
             lineage = self.search.lineage()
         except Exception:  # a worker whose database is away: keep the last known numbers
             return
-        self.view.done = sum(1 for t in lineage.trials if t.counts)
+        self.view.done = sum(1 for t in lineage.trials if t.spends_trial)
         best = lineage.best
         # A promoted search's best is ranked at its highest rung: show that score, and say so.
         rung = f"[rung {best.rung}] " if best and best.rung else ""

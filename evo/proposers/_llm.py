@@ -72,15 +72,21 @@ def first_words(text: str, limit: int = 80) -> str:
     return repr(words if len(words) <= limit else words[:limit] + "...")
 
 
-def cut_off(used: int, limit: int, *, what: str) -> str:
+def cut_off(used: int, limit: int, *, what: str, prompt: int = 0, context: int | None = None) -> str:
     """Why an answer stopped early, with the limit that was really hit: ours (`what`, e.g. max_tokens =
-    `limit`) when the answer used all of it, else the server's own (a smaller cap, or a full context)."""
+    `limit`) when the answer used all of it, a full context (`prompt`: the prompt tokens the server
+    counted, `context`: the model's, when known), else the server's own cap."""
     if not used:
         where = "by the server before it was complete (it gave no token count)"
     elif used >= limit:
         where = f"at {used} tokens (the {what} limit of {limit})"
+    elif context and prompt and prompt + used >= context * 0.98:
+        where = f"at {used} tokens (the model's {context:,}-token context was full: the prompt took {prompt:,})"
+    elif prompt and not context:
+        where = (f"at {used} tokens (the server's own limit, or a full context: the prompt took {prompt:,} tokens; "
+                 f"{what} allowed {limit})")
     else:
-        where = f"at {used} tokens (the server's limit: {what} allowed {limit})"
+        where = f"at {used} tokens (the server's own limit; {what} allowed {limit})"
     return f"the answer was cut off {where}: send a smaller change, as search/replace edits"
 
 

@@ -265,7 +265,8 @@ class _Conversation:
         content = message.get("content") or ""
         text = "\n".join([content] + [str((c.get("function") or {}).get("arguments") or "") for c in calls]).strip()
         if choice.get("finish_reason") == "length":
-            return Reply(None, raw, tokens, cut_off(tokens["output_tokens"], p.max_tokens, what="max_tokens"), text)
+            return Reply(None, raw, tokens, cut_off(tokens["output_tokens"], p.max_tokens, what="max_tokens",
+                                                   prompt=tokens["input_tokens"] + cached, context=p.budget.context), text)
         if calls:
             arguments = calls[0]["function"].get("arguments")
             try:
