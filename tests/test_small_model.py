@@ -154,3 +154,67 @@ def test_a_server_busy_with_another_request_is_waited_for():
         second.join(60)
     assert results["first"].ok and results["second"].ok, (results["first"].error, results["second"].error)
     assert server.busy_refusals >= 1
+
+
+# -- a whole search against it ----------------------------------------------------------------------
+
+def nudge_lr(request) -> str:
+    """A fresh proposal for whatever parent the prompt shows: its LR a little lower each call."""
+    text = request.body["messages"][1]["content"]
+    current = re.search(r"^LR = ([0-9.e-]+)", text, re.M).group(1)
+    nudge_lr.calls = getattr(nudge_lr, "calls", 0) + 1
+    new = f"{float(current) * 0.97 ** nudge_lr.calls:.6g}"
+    return in_prose(proposal(f"LR {current} -> {new}", [("train.py", f"LR = {current}", f"LR = {new}")]))
+
+
+def test_a_search_against_a_small_model_tells_the_truth_and_shows_the_call_in_flight(instant_project):
+    rambling = "Let me think about this step by step, considering the learning rate schedule. " * 200
+    script = [nudge_lr, Drop("mid"), Drop("before"), Drop("mid"),  # a server that goes away for a while
+              "Sure! I would raise the learning rate a little.", rambling, nudge_lr]
+    with SmallModel(script) as server:
+        hold = server.slow()  # the first proposal's call takes until the test has seen it in `evo status`
+        proc = subprocess.Popen([sys.executable, "-m", "evo.cli", "run", "s", "--profile", "tiny", "--budget", "1",
+                                 "--trials", "6", "--strategy", "greedy", "--proposer", "openai-compatible",
+                                 "--base-url", server.url, "--model", server.model, "--context-tokens", "8192",
+                                 "--api-backoff", "0.2,1"], cwd=instant_project, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            deadline, status = time.monotonic() + 180, ""
+            while "proposing" not in status and time.monotonic() < deadline and proc.poll() is None:
+                status = run_evo("status", "s", cwd=instant_project).stdout
+            assert re.search(r"proposing mutate of #0 by openai-compatible \(small-instruct\): waiting for the model "
+                             r"\(prompt ~[\d,]+ tokens\), \d+s", status), status
+            hold.set()
+            out, err = proc.communicate(timeout=600)
+        finally:
+            hold.set()
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 0, out[-3000:] + err[-3000:]
+    # One line per mode fallback; the outage and how long the failed call ran; the start-up fit.
+    assert out.count("refused function calls (tools)") == 1 and out.count("refused JSON mode") == 1
+    assert "openai-compatible (small-instruct): the prompt for #0 is ~" in out and "answers up to 2,048 tokens" in out
+    assert re.search(r"waiting for the API \(.*\) after a call of \d+s: \S+ dropped the connection before answering "
+                     r"\(IncompleteRead", out), out
+
+    with Search.open("s", root=instant_project / "runs") as search:
+        trials = search.trials()
+    errors = " | ".join(t.error or "" for t in trials)
+    invalid = [t for t in trials if t.status == "invalid_proposal"]
+    assert "connection" not in errors and "dropped" not in errors  # a network fault is no trial's failure
+    assert len(invalid) == 1 and "16000" not in errors
+    assert invalid[0].error.startswith("the model gave no proposal after 1 repair turn(s): the answer was cut off at "
+                                       "600 tokens (the server's own limit; max_tokens allowed 2048)")
+    assert sum(1 for t in trials if t.spends_trial) == 6
+    later = [json.dumps(r.body) for r in server.received[-2:]]
+    assert not any("dropped" in text for text in later)  # not remembered as a failed idea either
+
+    folder = instant_project / "runs" / "s" / "trials" / str(invalid[0].number)
+    assert "Answer with one JSON object" in (folder / "prompt.md").read_text()
+    assert "calling the `propose_change` tool" not in (folder / "prompt.md").read_text()
+    answers = json.loads((folder / "response.json").read_text())["answers"]
+    assert answers[0] == "Sure! I would raise the learning rate a little." and "cut off" not in answers[1]
+    show = run_evo("show", "s", str(invalid[0].number), cwd=instant_project).stdout
+    assert "branch:" not in show  # an invalid proposal has none
+    assert f"proposer files: {folder / 'prompt.md'}, {folder / 'response.json'}" in show
+    assert "the model's answer 2 of 2" in show and "[... " in show and "Let me think about this" in show
