@@ -166,9 +166,15 @@ def test_an_api_outage_in_the_middle_waits_keeps_devices_busy_and_the_search_fin
     assert "waiting for the API (retry in" in proc.stdout and "the API answers again" in proc.stdout
     assert "stopped: reached 10 trials" in proc.stdout
     trials = trials_of(instant_project, "outage")
-    assert sum(1 for t in trials if t.counts) == 10
     assert not any("kept failing" in (t.error or "") for t in trials)  # an outage is no trial's failure
-    assert any(t.operator == "reeval" for t in trials)  # the device re-evaluated while the API was down
+    waiting = [t for t in trials if t.operator == "reeval" and t.counts]
+    assert waiting and all(t.while_waiting for t in waiting)  # the device re-evaluated while the API was down,
+    assert sum(1 for t in trials if t.spends_trial) == 10  # and that did not use up the search's --trials
+    assert sum(1 for t in trials if t.counts) == 10 + len(waiting)
+    status = subprocess.run([sys.executable, "-m", "evo.cli", "status", "outage"], cwd=instant_project,
+                            capture_output=True, text=True, timeout=120).stdout
+    assert f"trials: 10 finished" in status and f"; {len(waiting)} re-evaluations while the API was down (not " \
+        "counted towards --trials)" in status
     assert sum(1 for t in trials if t.operator == "mutate" and t.status == "ok") >= 3  # and mutated once it was back
 
 
