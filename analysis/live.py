@@ -150,15 +150,17 @@ def waiting_line(view: RunView, now: float) -> str | None:
 
 
 def proposal_text(p: dict, now: float | None = None) -> str:
-    """One proposal in flight, e.g. 'mutate of #3 by openai-compatible (qwen3): waiting for the model, 1m12s, 340
-    tokens so far'. `now` (with the fact's `seen`) ages the seconds a snapshot reported."""
+    """One proposal in flight, e.g. 'mutate of #3 by openai-compatible (qwen3): 1m12s, 340 tokens so far, waiting
+    for the model' (the time first: a narrow view cuts the end). `now` (with the fact's `seen`) ages the
+    seconds a snapshot reported."""
     parents = " x ".join(f"#{n}" for n in p.get("parents") or [])
     model = f" ({p['model']})" if p.get("model") else ""
     seconds = float(p.get("seconds") or 0.0) + (now - p["seen"] if now is not None and p.get("seen") else 0.0)
-    facts = [p["phase"]] if p.get("phase") else []
-    facts.append(duration(seconds))
+    facts = [duration(seconds)]
     if p.get("tokens"):
         facts.append(f"{p['tokens']} tokens so far")
+    if p.get("phase"):
+        facts.append(p["phase"])
     return f"{p.get('operator', 'proposal')} of {parents or '?'} by {p.get('proposer', '?')}{model}: {', '.join(facts)}"
 
 

@@ -182,8 +182,8 @@ def test_a_search_against_a_small_model_tells_the_truth_and_shows_the_call_in_fl
             deadline, status = time.monotonic() + 180, ""
             while "proposing" not in status and time.monotonic() < deadline and proc.poll() is None:
                 status = run_evo("status", "s", cwd=instant_project).stdout
-            assert re.search(r"proposing mutate of #0 by openai-compatible \(small-instruct\): waiting for the model "
-                             r"\(prompt ~[\d,]+ tokens\), \d+s", status), status
+            assert re.search(r"proposing mutate of #0 by openai-compatible \(small-instruct\): \d+s, waiting for the "
+                             r"model \(prompt ~[\d,]+ tokens\)", status), status
             hold.set()
             out, err = proc.communicate(timeout=600)
         finally:
@@ -218,3 +218,48 @@ def test_a_search_against_a_small_model_tells_the_truth_and_shows_the_call_in_fl
     assert "branch:" not in show  # an invalid proposal has none
     assert f"proposer files: {folder / 'prompt.md'}, {folder / 'response.json'}" in show
     assert "the model's answer 2 of 2" in show and "[... " in show and "Let me think about this" in show
+
+
+# -- the live view and the log while a call runs --------------------------------------------------
+
+def test_the_live_view_and_the_log_show_a_proposal_in_flight_while_every_device_is_idle():
+    import io
+
+    from rich.console import Console
+
+    from analysis.live import RunView, progress_line, render_live
+    from evo.cli._progress import Reporter
+
+    flight = {"operator": "mutate", "parents": [3], "proposer": "openai-compatible", "model": "small-instruct",
+              "phase": "waiting for the model (prompt ~5,400 tokens)", "seconds": 72.0}
+    view = RunView(name="night", strategy="greedy", proposer="openai-compatible", budget=300, target=12, started=1000.0)
+    view.record("progress", {"slots": [{"slot": "cpu0", "trial": None}], "proposals": [flight]}, now=1100.0)
+    console = Console(width=120, record=True, file=io.StringIO(), color_system=None)
+    console.print(render_live(view, now=1110.0, width=120))
+    text = console.export_text()
+    narrow = Console(width=80, record=True, file=io.StringIO(), color_system=None)
+    narrow.print(render_live(view, now=1110.0, width=80))
+    assert "proposing mutate of #3 by openai-compatible (small-instruct): 1m22s" in narrow.export_text()
+    assert "cpu0" in text and "idle" in text
+    assert ("proposing mutate of #3 by openai-compatible (small-instruct): 1m22s, waiting for the model (prompt "
+            "~5,400 tokens)") in text  # 72 s when reported, 10 s ago
+    assert "proposing mutate of #3" in progress_line(view, now=1110.0)
+
+    class Options:
+        trials, hours, since, promote = 12, None, None, ()
+
+    class FakeSearch:  # what the plain reporter reads: the config and the lineage
+        class config:
+            name, metric, budget, target = "night", "val_bpb", 300.0, {}
+
+        @staticmethod
+        def lineage():
+            return Lineage([])
+
+    out = io.StringIO()
+    reporter = Reporter(FakeSearch, Options, out=out, clock=lambda: 1100.0, every=0.0)
+    reporter("progress", {"slots": [{"slot": "cpu0", "trial": None}], "proposals": [flight]})
+    reporter("proposer", {"line": "small-instruct refused function calls (tools): asking for JSON mode from now on"})
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("progress: ") and "proposing mutate of #3 by openai-compatible" in lines[0]
+    assert lines[1] == "proposer: small-instruct refused function calls (tools): asking for JSON mode from now on"
