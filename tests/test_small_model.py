@@ -263,3 +263,27 @@ def test_the_live_view_and_the_log_show_a_proposal_in_flight_while_every_device_
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("progress: ") and "proposing mutate of #3 by openai-compatible" in lines[0]
     assert lines[1] == "proposer: small-instruct refused function calls (tools): asking for JSON mode from now on"
+
+
+# -- fitting, piece by piece ------------------------------------------------------------------------
+
+def test_a_crossover_keeps_what_it_is_about_whole_and_each_summarised_genome_still_compiles():
+    from evo.proposers._fit import regions, summarised
+
+    a = Genome(trial=1, commit="c1", files={"train.py": TRAIN.replace("MATRIX_LR = 0.04", "MATRIX_LR = 0.05")},
+               description="raise MATRIX_LR", score=2.85)
+    changed = TRAIN.replace("    return F.rms_norm(x, (x.size(-1),))", "    return F.rms_norm(x, (x.size(-1),), eps=1e-6)")
+    assert changed != TRAIN
+    b = Genome(trial=2, commit="c2", files={"train.py": changed}, description="rms_norm eps", score=2.86)
+    base = Genome(trial=-1, commit="c0", files={"train.py": TRAIN})
+    fields = proposal("cross #1 x #2: both", [("train.py", "MATRIX_LR = 0.05", "MATRIX_LR = 0.045")])
+    with SmallModel([in_prose(fields)]) as server:
+        result = small(server, mode="text").crossover(a, b, base, context())
+    assert result.ok, result.error
+    user = server.received[0].body["messages"][1]["content"]
+    starting = user[user.index("# The starting files"):]
+    assert "eps=1e-6" in starting and "def norm(x):" in starting  # the region #2 changed is shown whole
+    assert "lines not shown" in starting  # while others are summarised
+    hidden = set(range(len(regions("train.py", TRAIN))))
+    compile(summarised("train.py", TRAIN, hidden), "train.py", "exec")  # a summary is still Python
+    assert summarised("train.py", TRAIN, set()) == TRAIN
