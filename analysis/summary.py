@@ -51,6 +51,7 @@ def summarize(search) -> dict:
         "counts": dict(counts),
         "keep_rate": kept / len(children) if children else None,
         "spend_usd": spend,
+        "api_faults": search.store.api_faults,
         "cost_per_kept_usd": spend / kept if kept and spend else None,
         "devices": devices,
         **_noise(lineage),
@@ -205,6 +206,11 @@ def _status_head(s: dict) -> list[tuple[int, str]]:
         if r["rung"]:
             rho = f"rho {r['rho']:+.2f} over {r['pairs']}" if r["rho"] is not None else f"rho n/a ({r['pairs']} pairs)"
             head.append((1, f"rung {r['rung']} ({r['label']}): {r['genomes']} genomes, best {fmt(r['best'])}, {rho}"))
+    faults = s.get("api_faults") or {}
+    if faults.get("proposals"):
+        tokens = int(faults.get("input_tokens", 0) + faults.get("output_tokens", 0))
+        head.append((1, f"proposals lost to the API: {faults['proposals']} (no trial: the server failed, not the idea; "
+                        f"{duration(faults.get('seconds', 0))} of calls, {tokens:,} tokens)"))
     if s["spend_usd"]:
         per = f", ${s['cost_per_kept_usd']:.2f} per kept improvement" if s["cost_per_kept_usd"] else ""
         head.append((1, f"LLM spend: ${s['spend_usd']:.2f}{per}"))

@@ -670,6 +670,7 @@ class SearchLoop:
                 cost = float(e.usage.get("cost_usd") or 0.0)  # a first answer billed before the server failed
                 if cost:
                     self.search.store.add_spend(cost)
+                self.search.store.add_api_fault(e.usage)  # no trial records it: the search does
                 self._api_down(str(e), e.usage)
                 continue
             self._api_up(child)

@@ -43,6 +43,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 METRIC = "val_bpb"  # the objective's name in the study
 CONFIG_ATTR = "evo_config"
 METRICS_PREFIX = "metrics."    # a trial attribute per metric: metrics.val_bpb, metrics.peak_vram_mb, ...
+FAULTS_ATTR = "evo_api_faults"   # proposals lost to their API: count, seconds, tokens, cost (see add_api_fault)
 SPEND_ATTR = "evo_spend_usd"
 LIMITS_ATTR = "evo_limits"      # a shared search's limits: {"trials": N, "hours": H}, hours from its first trial
 IMPORTED_ATTR = "evo_imported"  # set by `evo import`: the results.tsv a search was made from (it has no genomes)
@@ -586,6 +587,22 @@ class TrialStore:
     @property
     def spend_usd(self) -> float:
         return float(self.attr(SPEND_ATTR, 0.0))
+
+    def add_api_fault(self, usage: dict) -> dict:
+        """Count one proposal its API failed (an outage, a dropped or refused connection): no trial records
+        it, so the search does, with the seconds its calls ran and what they had used; return the totals."""
+        with self.claim(), self._lock:
+            faults = dict(self.attr(FAULTS_ATTR, {}) or {})
+            faults["proposals"] = int(faults.get("proposals", 0)) + 1
+            for key in ("seconds", "calls", "input_tokens", "output_tokens", "cost_usd"):
+                faults[key] = round(float(faults.get(key, 0)) + float(usage.get(key) or 0), 6)
+            self.set_attr(FAULTS_ATTR, faults)
+            return faults
+
+    @property
+    def api_faults(self) -> dict:
+        """The totals `add_api_fault` keeps (empty when no proposal was lost to its API)."""
+        return dict(self.attr(FAULTS_ATTR, {}) or {})
 
     # -- heartbeats -----------------------------------------------------------
 

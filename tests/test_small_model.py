@@ -214,6 +214,8 @@ def test_a_search_against_a_small_model_tells_the_truth_and_shows_the_call_in_fl
     assert "calling the `propose_change` tool" not in (folder / "prompt.md").read_text()
     answers = json.loads((folder / "response.json").read_text())["answers"]
     assert answers[0] == "Sure! I would raise the learning rate a little." and "cut off" not in answers[1]
+    after = run_evo("status", "s", cwd=instant_project).stdout  # what the lost call cost is on record
+    assert re.search(r"proposals lost to the API: 1 \(no trial: the server failed, not the idea; \d+s of calls", after)
     show = run_evo("show", "s", str(invalid[0].number), cwd=instant_project).stdout
     assert "branch:" not in show  # an invalid proposal has none
     assert f"proposer files: {folder / 'prompt.md'}, {folder / 'response.json'}" in show
