@@ -289,3 +289,15 @@ def test_a_crossover_keeps_what_it_is_about_whole_and_each_summarised_genome_sti
     hidden = set(range(len(regions("train.py", TRAIN))))
     compile(summarised("train.py", TRAIN, hidden), "train.py", "exec")  # a summary is still Python
     assert summarised("train.py", TRAIN, set()) == TRAIN
+
+
+def test_a_server_that_refuses_a_prompt_longer_than_its_context_says_what_to_give():
+    from fake_llm import FakeServer, Reply
+
+    refusal = Reply(400, {"error": {"message": "This model's maximum context length is 8192 tokens. However, you "
+                                               "requested 26000 tokens.", "type": "BadRequestError"}})
+    with FakeServer([refusal]) as server:
+        result = OpenAICompatibleProposer(base_url=server.url, model="small-instruct", mode="text").mutate(seed(), context())
+    assert not result.ok and result.error.endswith(
+        "maximum context length is 8192 tokens. However, you requested 26000 tokens.; give --context-tokens N (the "
+        "model's context) so prompts are fitted to it")

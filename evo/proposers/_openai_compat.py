@@ -241,7 +241,9 @@ class _Conversation:
                         self.say(f"{p.model} at {p.url} refused {_MODE_WORDS[mode]} ({e.status}: {e.message[:100]}): "
                                  f"asking for {_MODE_WORDS[p.mode]} from now on")
                     continue
-                raise CallFailed(f"{p.url} refused the request ({e.status}): {e.message}") from None
+                hint = ("; give --context-tokens N (the model's context) so prompts are fitted to it"
+                        if re.search(r"context|too long|maximum .*length", e.message, re.I) and not p.budget.context else "")
+                raise CallFailed(f"{p.url} refused the request ({e.status}): {e.message}{hint}") from None
         if self.first_mode is None:
             self.first_mode = mode
         return self._read(data, mode)
