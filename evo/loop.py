@@ -205,8 +205,9 @@ class SearchLoop:
         options: this run's limits and switches.
         on_event: called as (kind, info) for "preparing", "recovered", "seed" (a failed seed runs again),
             "started", "progress" (each running trial's fraction, loss and seconds, about once a
-            second), "finished", "waiting" (the API stopped answering), "resumed" (it answers
-            again) and "stopped".
+            second, with the proposals in flight), "finished", "waiting" (the API stopped answering),
+            "resumed" (it answers again), "proposer" (a line a proposer wants in the log, e.g. a mode
+            fallback) and "stopped".
         python: the interpreter that runs trials (default: this one).
         runner: runs one genome (default: a `TrialRunner` over the search's harness).
         hosts: who else works on the search (default: `SharedHosts` for a shared search, which must be

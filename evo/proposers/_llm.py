@@ -3,7 +3,8 @@
 A concrete proposer (Anthropic's Messages API, an OpenAI-compatible endpoint) only says how
 to hold a conversation: `_conversation(prompt)` returns an object whose `start()` makes the
 first call and whose `repair(message)` sends the precise error back in the same conversation.
-Everything else is here: building the prompt from the search's memory, applying the edits,
+Everything else is here: building the prompt from the search's memory and fitting it to the
+model's context (`evo.proposers._fit`), applying the edits,
 deciding between a child, a repair turn and an invalid proposal, adding up usage and cost,
 and keeping every prompt and response for the trial folder.
 """
