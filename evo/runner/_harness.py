@@ -284,7 +284,7 @@ class _HarnessSession(Session):
         if result["verdict"] != "ok":
             return Evaluation("invalid", metrics, result["reason"], provenance)
         if budget.get("over"):
-            provenance["verdict"] = "invalid"
+            provenance.update(verdict="invalid", reason=budget["over"])
             return Evaluation("invalid", metrics, budget["over"], provenance)
         return Evaluation("ok", metrics, provenance=provenance)
 
