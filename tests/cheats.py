@@ -144,7 +144,7 @@ except BaseException as e:
     ), expect="invalid"),
     Cheat("trained-in-the-start-up-allowance", (
         (UNTIMED, "untimed_steps = 10**9  # 'warm-up' until the allowance is spent"),
-        (STOP_RULE, """if untimed_steps > step and time_left() < TIME_BUDGET + 1.5:
+        (STOP_RULE, """if untimed_steps > step and time_left() < TIME_BUDGET + 5:
             untimed_steps = step  # the allowance went on uncounted steps: only now does the budget start
         """ + STOP_RULE),
     ), expect="over-budget"),

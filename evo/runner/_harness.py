@@ -43,7 +43,7 @@ from pathlib import Path
 
 from evo.runner._evaluate import Evaluation, Evaluator, Session
 from evo.runner._output import TrialOutput
-from evo.runner._process import MEASURE_SECONDS, Execution, Executor, _Tree
+from evo.runner._process import MEASURE_SECONDS, Execution, Executor, _Tree, proc_stats
 from evo.runner._sandbox import View
 
 EVAL_LOG_LIMIT = 2 << 20  # bytes of the model process's and the scorer's output kept in eval.log
@@ -319,9 +319,9 @@ class _HarnessSession(Session):
     def _scoring_compute(self) -> float:
         """What the model processes used after their harness start-up, together, on the trial's clock
         (CPU seconds over its threads; CPU seconds on a wall clock, where a host process mostly waits)."""
-        total = 0.0
+        total, stats = 0.0, proc_stats()  # one look at /proc for all of them
         for proc, (tree, _) in zip(self.models, self.trees):
-            tree.measure()
+            tree.measure(stats)
             total += max(0.0, tree.cpu - self.started.get(proc.pid, (0.0, 0.0))[1])
         return total / (self.run.threads if self.run.clock == "cpu" else 1)
 
