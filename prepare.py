@@ -808,7 +808,7 @@ PROBE_SHARE = 0.05  # probe batches per evaluation batch (at least two)
 NOVEL_BATCHES = 1   # batches of prefixes that never occur in the validation data, each with a probe
 # Model processes the engine starts for one trial (`describe` tells it): each answers a share
 # of the batches, and no probe is answered by the process that answered its original.
-MODEL_PROCESSES = 3
+MODEL_PROCESSES = 2
 
 
 @dataclass

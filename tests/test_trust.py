@@ -78,7 +78,7 @@ def test_the_honest_seed_is_scored_by_the_harness_in_a_sandbox(corpus):
     assert p["harness_sha256"] == search.config.harness_sha256 and p["probe_batches"] >= 2
     assert "suspicious" not in p
     # Scored by fresh model processes that share nothing, within a start-up measured for this trial.
-    assert p["model_processes"] == 3 and 0 < p["reference_startup"] < p["startup_allowance"]
+    assert p["model_processes"] == 2 and 0 < p["reference_startup"] < p["startup_allowance"]
     assert seed.metrics["training_seconds"] <= BUDGET + p["startup_allowance"]
 
 
