@@ -13,12 +13,15 @@ never the genome's word:
 - training (`import prepare` from train.py, in the genome's sandbox): the tokenizer, the
   training split (the validation split is not even visible there), the budget clock, and
   `save_model`, which hands the trained model over and ends what the genome controls;
-- the model process (`python prepare.py --serve-model`, untrusted: it imports the genome)
-  rebuilds the model from the saved weights and turns input tokens into logits, nothing more;
+- the model processes (`python -P prepare.py --serve-model`, untrusted: they import the
+  genome; MODEL_PROCESSES of them, fresh, sharing nothing) rebuild the model from the saved
+  weights and turn input tokens into logits, nothing more;
 - the scorer (`python prepare.py --score`, trusted: it never imports the genome) alone holds
-  the validation targets, picks the batches, interleaves probes that look exactly like
-  evaluation batches (later tokens changed, rows shuffled, a batch repeated) and computes
-  val_bpb. A model that looks ahead, across rows, or remembers what it saw is `invalid`.
+  the validation targets, picks the batches, spreads them over the model processes in an
+  order nobody can predict with probes that look exactly like evaluation batches (later
+  tokens changed, rows shuffled, a batch repeated, prefixes that are not in the data), each
+  answered by another process than its original, and computes val_bpb. A model that looks
+  ahead, across rows, or remembers what it saw is `invalid`.
 
 Usage:
     python prepare.py                                  # default source and profile for this machine
