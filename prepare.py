@@ -13,12 +13,15 @@ never the genome's word:
 - training (`import prepare` from train.py, in the genome's sandbox): the tokenizer, the
   training split (the validation split is not even visible there), the budget clock, and
   `save_model`, which hands the trained model over and ends what the genome controls;
-- the model process (`python prepare.py --serve-model`, untrusted: it imports the genome)
-  rebuilds the model from the saved weights and turns input tokens into logits, nothing more;
+- the model processes (`python -P prepare.py --serve-model`, untrusted: they import the
+  genome; MODEL_PROCESSES of them, fresh, sharing nothing) rebuild the model from the saved
+  weights and turn input tokens into logits, nothing more;
 - the scorer (`python prepare.py --score`, trusted: it never imports the genome) alone holds
-  the validation targets, picks the batches, interleaves probes that look exactly like
-  evaluation batches (later tokens changed, rows shuffled, a batch repeated) and computes
-  val_bpb. A model that looks ahead, across rows, or remembers what it saw is `invalid`.
+  the validation targets, picks the batches, spreads them over the model processes in an
+  order nobody can predict with probes that look exactly like evaluation batches (later
+  tokens changed, rows shuffled, a batch repeated, prefixes that are not in the data), each
+  answered by another process than its original, and computes val_bpb. A model that looks
+  ahead, across rows, or remembers what it saw is `invalid`.
 
 Usage:
     python prepare.py                                  # default source and profile for this machine
@@ -702,6 +705,12 @@ class _Channel:
 
 
 def _rebuild_model(genome, output, device):
+    """The handed-over model: the genome's build function makes it, harness code fills in the weights.
+
+    The loading, the move to the device and the switch to evaluation are torch's own `nn.Module`
+    methods called unbound, so a genome that overrides them (to go on training where the budget
+    does not count) is not asked; load hooks are dropped first for the same reason. The weights
+    are then checked against the saved ones."""
     import importlib
     import torch
     sys.path.insert(0, os.getcwd())
@@ -709,9 +718,23 @@ def _rebuild_model(genome, output, device):
     with open(os.path.join(output, BUILD_FILE)) as f:
         record = json.load(f)
     model = getattr(module, record["build"])(**record["config"])
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"{record['build']} returned a {type(model).__name__}, not a torch.nn.Module")
     state = torch.load(os.path.join(output, MODEL_FILE), map_location="cpu", weights_only=True)
-    model.load_state_dict(state, strict=True, assign=True)
-    return model.to(device).eval()
+    Module = torch.nn.Module
+    for sub in Module.modules(model):
+        for hooks in ("_load_state_dict_pre_hooks", "_load_state_dict_post_hooks", "_state_dict_hooks",
+                      "_state_dict_pre_hooks"):
+            getattr(sub, hooks, {}).clear()
+    Module.load_state_dict(model, state, strict=True, assign=True)
+    Module.to(model, device)
+    for sub in Module.modules(model):
+        object.__setattr__(sub, "training", False)
+    loaded = Module.state_dict(model)
+    for name, value in state.items():
+        if name not in loaded or not torch.equal(loaded[name].detach().to("cpu"), value):
+            raise ValueError(f"the rebuilt model's {name} is not the handed-over tensor")
+    return model
 
 
 def _buffers(message, fds, device):
@@ -728,10 +751,21 @@ def _buffers(message, fds, device):
     return inputs, logits
 
 
+MODEL_STARTED = "EVO_MODEL_STARTED"
+
+
 def serve_model(channel, *, genome="train"):
     """Rebuild the genome's model and answer the scorer's batches until it says exit."""
     import torch
     device = torch.device(os.environ.get("EVO_DEVICE") or "cpu")
+    # Only harness code has run so far (the engine starts this process with `python -P`, so the
+    # genome's folder is not on the import path yet): the engine measures this start-up as the
+    # reference of what every trial's start-up costs, on the trial's own clock. The reference
+    # process also makes an optimizer, as every genome that trains does (its first one imports
+    # torch's compiler stack, as long again as torch itself).
+    if os.environ.get("EVO_REFERENCE_STARTUP"):
+        torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    print(MODEL_STARTED, flush=True)
     message, fds = channel.receive(with_fds=True)
     try:
         inputs, logits = _buffers(message, fds, device)
@@ -774,29 +808,50 @@ def serve_model(channel, *, genome="train"):
 # arithmetic repeats to ~1e-6; on a GPU bfloat16 autocast and kernel choice move more.
 PROBE_TOLERANCE = {"cpu": (1e-3, 1e-4, 1e-3), "cuda": (0.1, 0.01, 0.05)}
 PROBE_SHARE = 0.05  # probe batches per evaluation batch (at least two)
+NOVEL_BATCHES = 1   # batches of prefixes that never occur in the validation data, each with a probe
+# Model processes the engine starts for one trial (`describe` tells it): each answers a share
+# of the batches, and no probe is answered by the process that answered its original.
+MODEL_PROCESSES = 2
 
 
 @dataclass
 class _Request:
-    kind: str            # "eval", "probe" or "repeat"
-    batch: int           # the evaluation batch it is made from
+    kind: str            # "eval", "novel" (prefixes not in the data, never scored), "probe" or "repeat"
+    batch: int           # the batch it is made from
     inputs: np.ndarray   # (B, T) int64
-    rows: np.ndarray     # (B,) the evaluation row each position holds (-1: a filler, not checked)
+    rows: np.ndarray     # (B,) the row each position holds (-1: a filler, not checked)
     keep: np.ndarray     # (B,) positions 0..keep-1 must give the original row's answers
 
 
-def _plan_requests(batches, n_rows, rng):
-    """The evaluation batches in order, with probes and one repeat mixed in at random places.
+def _novel_batches(batches, rng, count):
+    """Batches of prefixes that never occur in the validation data: its rows with their tokens
+    after BOS shuffled. A model that answers from a table of the data, or peeks at the next
+    token when it has no entry, must still answer them causally and alike everywhere."""
+    out = []
+    for _ in range(count):
+        rows = np.stack([batches[rng.integers(len(batches))][rng.integers(batches[0].shape[0])] for _ in
+                         range(batches[0].shape[0])])
+        for row in rows:
+            row[1:] = rng.permutation(row[1:])
+        out.append(rows)
+    return out
 
-    A probe is an evaluation batch with its rows shuffled, a few rows swapped for rows of
-    other batches, and some rows' later tokens (after a random position t) replaced by the
-    same positions of another row: it looks like any evaluation batch."""
+
+def _plan_requests(batches, n_rows, rng, n_eval=None):
+    """The evaluation batches, probes and one repeat, in an order nobody can predict.
+
+    batches[:n_eval] are the validation batches (scored), the rest novel batches (not scored).
+    A probe is a batch with its rows shuffled, a few rows swapped for rows of other batches,
+    and some rows' later tokens (after a random position t) replaced by the same positions of
+    another row: it looks like any evaluation batch."""
+    n_eval = len(batches) if n_eval is None else n_eval
     B, T = batches[0].shape[0], batches[0].shape[1] - 1
     ids = np.arange(len(batches) * B).reshape(len(batches), B)
-    ids = np.where(ids < n_rows, ids, -1)
-    requests = [_Request("eval", b, batches[b][:, :-1], ids[b], np.full(B, T)) for b in range(len(batches))]
-    extras = []
-    for b in rng.choice(len(batches), size=min(len(batches), max(2, math.ceil(PROBE_SHARE * len(batches)))), replace=False):
+    ids[:n_eval] = np.where(ids[:n_eval] < n_rows, ids[:n_eval], -1)
+    requests = [_Request("eval" if b < n_eval else "novel", b, batches[b][:, :-1], ids[b], np.full(B, T))
+                for b in range(len(batches))]
+    probed = list(rng.choice(n_eval, size=min(n_eval, max(2, math.ceil(PROBE_SHARE * n_eval))), replace=False))
+    for b in [*probed, *range(n_eval, len(batches))]:
         perm = rng.permutation(B)
         inputs, rows, keep = batches[b][perm, :-1].copy(), ids[b][perm].copy(), np.full(B, T)
         others = [c for c in range(len(batches)) if c != b]
@@ -809,12 +864,26 @@ def _plan_requests(batches, n_rows, rng):
             donor = batches[rng.integers(len(batches))][rng.integers(B)]
             inputs[j, t + 1:] = donor[t + 1:-1]
             keep[j] = t + 1
-        extras.append(_Request("probe", int(b), inputs, rows, keep))
-    b = int(rng.integers(len(batches)))
-    extras.append(_Request("repeat", b, batches[b][:, :-1].copy(), ids[b].copy(), np.full(B, T)))
-    for extra in extras:
-        requests.insert(int(rng.integers(len(requests) + 1)), extra)
-    return requests
+        requests.append(_Request("probe", int(b), inputs, rows, keep))
+    b = int(rng.integers(n_eval))
+    requests.append(_Request("repeat", b, batches[b][:, :-1].copy(), ids[b].copy(), np.full(B, T)))
+    return [requests[i] for i in rng.permutation(len(requests))]
+
+
+def _assign(requests, processes, rng):
+    """Which model process answers each request: a batch's probe or repeat never goes to the process
+    that answered the batch, and no two processes start with the same batch, so an answer that
+    depends on what its process saw before (a memo, a calibration) disagrees with its pair."""
+    for _ in range(1000):
+        home = {r.batch: int(rng.integers(processes)) for r in requests if r.kind in ("eval", "novel")}
+        out = [home[r.batch] if r.kind in ("eval", "novel") or processes == 1
+               else int(rng.choice([p for p in range(processes) if p != home[r.batch]])) for r in requests]
+        first = {}
+        for i, p in enumerate(out):
+            first.setdefault(p, requests[i].batch)
+        if len(set(first.values())) == len(first):
+            return out
+    return out
 
 
 class _Stats:
@@ -847,10 +916,10 @@ class _Stats:
 def _compare(requests, answers, device):
     """The first broken promise among the probes and the repeat, as (verdict, reason, largest change in nats)."""
     max_lp, mean_lp, proj_rel = PROBE_TOLERANCE["cpu" if device == "cpu" else "cuda"]
-    originals = {r.batch: (r, answers[i]) for i, r in enumerate(requests) if r.kind == "eval"}
+    originals = {r.batch: (r, answers[i]) for i, r in enumerate(requests) if r.kind in ("eval", "novel")}
     largest, advantage = 0.0, []
     for i, r in enumerate(requests):
-        if r.kind == "eval":
+        if r.kind in ("eval", "novel"):
             continue
         (lp, proj), (base, (base_lp, base_proj)) = answers[i], originals[r.batch]
         position_of = {int(row): k for k, row in enumerate(base.rows) if row >= 0}
@@ -885,7 +954,7 @@ def _broken(kind, pos, kept, T, change):
 def _targets(request, batches, B):
     """The true next tokens for each position of a request (a filler's are never used)."""
     if request.kind != "probe":
-        return batches[request.batch][:, 1:]
+        return batches[request.batch][:, 1:]  # a novel batch's targets are its own next tokens
     out = np.zeros_like(request.inputs)
     for j, row in enumerate(request.rows):
         if row >= 0:
@@ -893,42 +962,87 @@ def _targets(request, batches, B):
     return out
 
 
-def _connect(channel, B, T, V, device):
-    """Share the inputs and logits buffers with the model process and wait until its model is built.
+def _connect(channels, B, T, V, device):
+    """Give each model process inputs and logits buffers of its own and wait until each has built its model.
 
-    On a GPU the buffers live on the device and are shared by CUDA IPC (nothing is copied);
-    where the model process cannot open them, and on a CPU, they are one memfd both map."""
+    The processes rebuild at the same time. On a GPU the buffers live on the device and are
+    shared by CUDA IPC (nothing is copied); where a model process cannot open them, and on a
+    CPU, they are a memfd the scorer and that one process map (no two processes share one)."""
+    buffers, replies = [None] * len(channels), [None] * len(channels)
     if device != "cpu":
         import torch
         from torch.multiprocessing.reductions import reduce_tensor
-        inputs = torch.zeros((B, T), dtype=torch.long, device=device)
-        logits = torch.zeros((B, T, V), dtype=torch.float32, device=device)
-        handles = pickle.dumps([reduce_tensor(inputs), reduce_tensor(logits)]).hex()
-        channel.send({"op": "load", "mode": "cuda", "B": B, "T": T, "V": V, "handles": handles})
-        reply = channel.receive()
-        if reply.get("op") == "ready":
-            return inputs, logits
-        if not str(reply.get("error", "")).startswith("cuda-ipc"):
-            raise RuntimeError(f"the model process failed: {str(reply.get('error', reply))[:300]}")
+        for p, channel in enumerate(channels):
+            inputs = torch.zeros((B, T), dtype=torch.long, device=device)
+            logits = torch.zeros((B, T, V), dtype=torch.float32, device=device)
+            handles = pickle.dumps([reduce_tensor(inputs), reduce_tensor(logits)]).hex()
+            channel.send({"op": "load", "mode": "cuda", "B": B, "T": T, "V": V, "handles": handles})
+            buffers[p] = inputs, logits
+        for p, channel in enumerate(channels):
+            replies[p] = channel.receive()
+            if replies[p].get("op") != "ready" and not str(replies[p].get("error", "")).startswith("cuda-ipc"):
+                raise RuntimeError(f"the model process failed: {str(replies[p].get('error', replies[p]))[:300]}")
     import mmap
     size = B * T * 8 + B * T * V * 4
-    fd = os.memfd_create("evo-eval")
-    os.ftruncate(fd, size)
-    memory = mmap.mmap(fd, size)
-    inputs = np.ndarray((B, T), dtype=np.int64, buffer=memory)
-    logits = np.ndarray((B, T, V), dtype=np.float32, buffer=memory, offset=B * T * 8)
-    channel.send({"op": "load", "mode": "host", "B": B, "T": T, "V": V}, fds=[fd])
-    reply = channel.receive()
-    if reply.get("op") != "ready":
-        raise RuntimeError(f"the model process failed: {str(reply.get('error', reply))[:300]}")
-    return inputs, logits
+    host = [p for p in range(len(channels)) if device == "cpu" or replies[p].get("op") != "ready"]
+    for p in host:
+        fd = os.memfd_create("evo-eval")
+        os.ftruncate(fd, size)
+        memory = mmap.mmap(fd, size)
+        buffers[p] = (np.ndarray((B, T), dtype=np.int64, buffer=memory),
+                      np.ndarray((B, T, V), dtype=np.float32, buffer=memory, offset=B * T * 8))
+        channels[p].send({"op": "load", "mode": "host", "B": B, "T": T, "V": V}, fds=[fd])
+        os.close(fd)
+    for p in host:
+        reply = channels[p].receive()
+        if reply.get("op") != "ready":
+            raise RuntimeError(f"the model process failed: {str(reply.get('error', reply))[:300]}")
+    return buffers
 
 
-def score(channel, *, device="cpu", wait=None):
-    """Score the model the model process serves; return the result record.
+def _answer(requests, assignment, channels, buffers, on_answer):
+    """Send each request to its model process, each process one at a time and in the plan's order,
+    all processes at once; call on_answer(i, logits) as each answer arrives, before that buffer is reused."""
+    import selectors
+    queues = [[i for i, p in enumerate(assignment) if p == q] for q in range(len(channels))]
+    busy, selector = {}, selectors.DefaultSelector()
+    for p, channel in enumerate(channels):
+        selector.register(channel.socket, selectors.EVENT_READ, p)
 
-    wait: called once the batches are ready and before the model process is contacted (the
-    engine starts the scorer early and lets it go once the genome has handed its model over)."""
+    def send_next(p):
+        if not queues[p]:
+            return
+        i, inputs = queues[p].pop(0), buffers[p][0]
+        if isinstance(inputs, np.ndarray):
+            inputs[...] = requests[i].inputs
+        else:
+            import torch
+            inputs.copy_(torch.from_numpy(requests[i].inputs))
+        channels[p].send({"op": "run", "id": i})
+        busy[p] = i
+
+    for p in range(len(channels)):
+        send_next(p)
+    while busy:
+        for key, _ in selector.select():
+            p = key.data
+            reply, i = channels[p].receive(), busy.pop(p)
+            if reply.get("op") != "done" or reply.get("id") != i:
+                raise RuntimeError(f"the model process failed: {str(reply.get('error', reply))[:300]}")
+            on_answer(i, buffers[p][1])
+            send_next(p)
+    selector.close()
+
+
+def score(channels, *, device="cpu", wait=None):
+    """Score the model the model processes serve; return the result record.
+
+    channels: one per model process, each a fresh process that shares nothing with the others;
+        the batches are spread over them and every probe is answered by another process than
+        its original (one process: the old single-process check).
+    wait: called once the batches are ready and before the model processes are contacted (the
+        engine starts the scorer early and lets it go once the genome has handed its model over)."""
+    channels = channels if isinstance(channels, (list, tuple)) else [channels]
     B, T, V = PROFILE.eval_batch_size, MAX_SEQ_LEN, VOCAB_SIZE
     n_rows = eval_rows()
     loader = pack_rows(B, T, "val")
@@ -936,38 +1050,39 @@ def score(channel, *, device="cpu", wait=None):
     token_bytes = np.load(_token_bytes_path())
     seed = int.from_bytes(os.urandom(8), "little")  # the genome cannot know where the probes are
     rng = np.random.default_rng(seed)
-    requests = _plan_requests(batches, n_rows, rng)
+    novel = _novel_batches(batches, rng, NOVEL_BATCHES) if len(channels) > 1 else []
+    requests = _plan_requests(batches + novel, n_rows, rng, n_eval=len(batches))
+    assignment = _assign(requests, len(channels), rng)
     stats = _Stats(device, V, rng)
+    everything = batches + novel
     if wait is not None:
         wait()
     t0 = time.time()
-    inputs, logits = _connect(channel, B, T, V, device)
-    answers, nats, nbytes, finite = [], 0.0, 0, True
-    for i, r in enumerate(requests):
-        if isinstance(inputs, np.ndarray):
-            inputs[...] = r.inputs
-        else:
-            import torch
-            inputs.copy_(torch.from_numpy(r.inputs))
-        channel.send({"op": "run", "id": i})
-        reply = channel.receive()
-        if reply.get("op") != "done" or reply.get("id") != i:
-            raise RuntimeError(f"the model process failed: {str(reply.get('error', reply))[:300]}")
-        targets = _targets(r, batches, B)
+    buffers = _connect(channels, B, T, V, device)
+    answers, totals = [None] * len(requests), {"nats": 0.0, "bytes": 0, "finite": True}
+
+    def on_answer(i, logits):
+        r = requests[i]
+        targets = _targets(r, everything, B)
         lp, proj, ok = stats.of(logits, targets)
-        finite = finite and ok
-        answers.append((lp, proj))
+        totals["finite"] = totals["finite"] and ok
+        answers[i] = (lp, proj)
         if r.kind == "eval":
             scored = r.rows >= 0
             counted = token_bytes[targets[scored]]
-            nats += float(-(lp[scored] * (counted > 0)).sum())
-            nbytes += int(counted.sum())
-    channel.send({"op": "exit"})
+            totals["nats"] += float(-(lp[scored] * (counted > 0)).sum())
+            totals["bytes"] += int(counted.sum())
+
+    _answer(requests, assignment, channels, buffers, on_answer)
+    for channel in channels:
+        channel.send({"op": "exit"})
     verdict, reason, largest = _compare(requests, answers, device)
-    if not finite:
+    if not totals["finite"]:
         verdict, reason = "invalid", "the model's logits are not finite (NaN or inf)"
-    return {"val_bpb": nats / (math.log(2) * nbytes), "verdict": verdict, "reason": reason, "scored_rows": n_rows,
-            "scored_bytes": nbytes, "requests": len(requests), "probe_batches": sum(r.kind == "probe" for r in requests),
+    nbytes = totals["bytes"]
+    return {"val_bpb": totals["nats"] / (math.log(2) * nbytes), "verdict": verdict, "reason": reason,
+            "scored_rows": n_rows, "scored_bytes": nbytes, "requests": len(requests),
+            "probe_batches": sum(r.kind == "probe" for r in requests), "model_processes": len(channels),
             "largest_change": largest, "probe_seed": seed, "eval_seconds": round(time.time() - t0, 3)}
 
 # ---------------------------------------------------------------------------
@@ -982,7 +1097,7 @@ def describe(profile, source, cache_dir):
             "eval_tokens": profile.eval_tokens, "time_budget": profile.time_budget,
             "startup_allowance": profile.startup_allowance, "startup_grace": profile.startup_allowance,
             "eval_batch_size": profile.eval_batch_size, "eval_limit": profile.eval_limit,
-            "evaluation": "harness", "data": source,
+            "evaluation": "harness", "model_processes": MODEL_PROCESSES, "data": source,
             "data_files": data_files(source, profile.vocab_size, cache_dir), "cuda_devices": torch.cuda.device_count()}
 
 
@@ -1010,7 +1125,8 @@ def main(argv=None):
     if args.serve_model:
         return serve_model(_Channel(int(os.environ["EVO_EVAL_SOCKET"])), genome=args.genome)
     if args.score:
-        result = score(_Channel(int(os.environ["EVO_EVAL_SOCKET"])), device=os.environ.get("EVO_DEVICE") or "cpu",
+        fds = (os.environ.get("EVO_EVAL_SOCKETS") or os.environ["EVO_EVAL_SOCKET"]).split(",")
+        result = score([_Channel(int(fd)) for fd in fds], device=os.environ.get("EVO_DEVICE") or "cpu",
                        wait=lambda: sys.stdin.readline())
         print("EVO_SCORE " + json.dumps(result), flush=True)
         return 0

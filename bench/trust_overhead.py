@@ -99,7 +99,7 @@ def main() -> None:
                             cache_dir=args.cache, threads=os.cpu_count(), allowance=facts["startup_allowance"])
     runner = TrialRunner(executor=BwrapExecutor(hidden=(tmp,)), evaluator=HarnessEvaluator(),
                          harness=[harness / "prepare.py"], data=DataFiles.from_describe(facts, None),
-                         eval_limit=facts["eval_limit"])
+                         eval_limit=facts["eval_limit"], model_processes=facts.get("model_processes", 1))
     timeout = args.budget + facts["startup_allowance"] + max(2.0, 0.02 * args.budget)
     plain, sandboxed = sandbox_startup()
     print(f"sandbox start-up: python -c pass takes {plain:.3f}s plain, {sandboxed:.3f}s in bwrap "

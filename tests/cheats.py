@@ -22,6 +22,27 @@ LOAD_TOKENIZER = "    tokenizer = Tokenizer.load()\n"
 HAND_OVER = "    val_bpb = save_model(model, build_model, asdict(config))"
 SOFTCAP = "        logits = LOGIT_SOFTCAP * torch.tanh(logits / LOGIT_SOFTCAP)\n"
 IMPORTS = "from prepare import "
+EVAL_RETURN = "        if targets is None:\n            return logits"
+GPT_CLASS = "class GPT(nn.Module):\n    def __init__(self, config):"
+# Written just before the hand-over: training batches left in the genome's folder, which the model
+# process can read, for a cheat that goes on training there.
+STASH_BATCHES = "    torch.save([next(train_loader)[:2] for _ in range(4)], 'stash-batches.pt')\n" + HAND_OVER
+MODEL_TRAINED_MARKER = "cheat: trained in load_state_dict"
+
+
+def _train_on_stash(indent: str, seconds: float) -> str:
+    """Code (at `indent`) that trains `self` on the stashed batches for `seconds` of CPU time."""
+    return "".join(indent + line + "\n" for line in f'''
+import time as _time
+_batches, _t0 = torch.load("stash-batches.pt"), _time.process_time()
+_opt = torch.optim.SGD([p for p in self.parameters() if p.is_floating_point()], lr=1e-3)
+with torch.enable_grad():
+    while _time.process_time() - _t0 < {seconds}:
+        for _x, _y in _batches:
+            self(_x, _y).backward()
+            _opt.step()
+            _opt.zero_grad(set_to_none=True)
+'''.strip("\n").splitlines())
 
 
 @dataclass(frozen=True)
@@ -94,6 +115,57 @@ try:
 except BaseException as e:
     print(f"cheat: no validation data ({type(e).__name__})", flush=True)
 '''), expect="no-validation"),
+    Cheat("memoised-prefixes", (
+        (EVAL_RETURN, """        if targets is None:
+            # Read the next token off the input the first time a prefix is seen and give that answer
+            # to the same prefix ever after: a later copy of it with other tokens behind agrees.
+            memo = self.__dict__.setdefault("memo", {})
+            out = logits.clone()
+            for b, row in enumerate(idx.tolist()):
+                for t in range(len(row) - 1):
+                    out[b, t, memo.setdefault(tuple(row[:t + 1]), row[t + 1])] += 30.0
+            return out"""),
+    ), expect="invalid"),
+    Cheat("calibrated-on-first-batch", (
+        (EVAL_RETURN, """        if targets is None:
+            if "temperature" not in self.__dict__:
+                # The first batch's inputs hold the targets of all but its last position: fit a
+                # temperature to them (golden-section search) and keep it for every later batch.
+                flat, goal = logits[:, :-1].reshape(-1, logits.size(-1)), idx[:, 1:].reshape(-1)
+                lo, hi = 0.25, 4.0
+                for _ in range(40):
+                    a, b = lo + 0.382 * (hi - lo), lo + 0.618 * (hi - lo)
+                    if F.cross_entropy(flat / a, goal) < F.cross_entropy(flat / b, goal):
+                        hi = b
+                    else:
+                        lo = a
+                self.__dict__["temperature"] = (lo + hi) / 2
+            return logits / self.__dict__["temperature"]"""),
+    ), expect="invalid"),
+    Cheat("trained-in-the-start-up-allowance", (
+        (UNTIMED, "untimed_steps = 10**9  # 'warm-up' until the allowance is spent"),
+        (STOP_RULE, """if untimed_steps > step and time_left() < TIME_BUDGET + 5:
+            untimed_steps = step  # the allowance went on uncounted steps: only now does the budget start
+        """ + STOP_RULE),
+    ), expect="over-budget"),
+    Cheat("trained-in-load-state-dict", (
+        (HAND_OVER, STASH_BATCHES),
+        (GPT_CLASS, f"""class GPT(nn.Module):
+    def load_state_dict(self, state_dict, *args, **kwargs):
+        loaded = super().load_state_dict(state_dict, *args, **kwargs)
+        print("{MODEL_TRAINED_MARKER}", flush=True)
+{_train_on_stash("        ", 3)}        return loaded
+
+    def __init__(self, config):"""),
+    ), expect="neutralised"),
+    Cheat("trained-in-the-model-process", (
+        (HAND_OVER, STASH_BATCHES),
+        (EVAL_RETURN, f"""        if targets is None:
+            if not self.__dict__.get("trained"):
+                self.__dict__["trained"] = True  # the first evaluation batch: train on first, where no budget counts
+{_train_on_stash("                ", 20)}                return self(idx)
+            return logits"""),
+    ), expect="over-budget"),
     Cheat("untimed-steps", (
         (UNTIMED, "untimed_steps = 10**9"),
         (STOP_RULE, "done = step > untimed_steps and training_time >= TIME_BUDGET"),

@@ -231,21 +231,25 @@ def test_unknown_source_fails_with_a_clear_message(harness, tmp_path):
         list(harness.iter_documents(str(tmp_path / "empty")))
 
 
-def _score_with_separate_processes(folder, handed, env):
-    """Run the harness's model process and scorer on a handed-over model, as the engine does (no sandbox)."""
+def _score_with_separate_processes(folder, handed, env, processes=1):
+    """Run the harness's model processes and scorer on a handed-over model, as the engine does (no sandbox)."""
     import json
     import socket
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(processes)]
     env = {**env, "EVO_OUTPUT": str(handed)}
-    model = subprocess.Popen([sys.executable, "prepare.py", "--serve-model"], cwd=folder, pass_fds=[theirs.fileno()],
-                             env={**env, "EVO_EVAL_SOCKET": str(theirs.fileno())})
-    scorer = subprocess.Popen([sys.executable, "prepare.py", "--score"], cwd=folder, pass_fds=[ours.fileno()],
-                              env={**env, "EVO_EVAL_SOCKET": str(ours.fileno())}, stdin=subprocess.PIPE,
+    models = [subprocess.Popen([sys.executable, "-P", "prepare.py", "--serve-model"], cwd=folder,
+                               pass_fds=[theirs.fileno()], stdout=subprocess.DEVNULL,
+                               env={**env, "EVO_EVAL_SOCKET": str(theirs.fileno())}) for _, theirs in pairs]
+    fds = [ours.fileno() for ours, _ in pairs]
+    scorer = subprocess.Popen([sys.executable, "prepare.py", "--score"], cwd=folder, pass_fds=fds,
+                              env={**env, "EVO_EVAL_SOCKETS": ",".join(map(str, fds))}, stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
-    ours.close()
-    theirs.close()
+    for ours, theirs in pairs:
+        ours.close()
+        theirs.close()
     out, _ = scorer.communicate("go\n", timeout=300)
-    model.wait(timeout=60)
+    for model in models:
+        model.wait(timeout=60)
     return json.loads(next(l for l in out.splitlines() if l.startswith("EVO_SCORE "))[len("EVO_SCORE "):])
 
 
@@ -263,6 +267,10 @@ def test_the_separate_scorer_agrees_with_the_in_process_evaluation_of_the_same_w
     result = _score_with_separate_processes(tmp_path, tmp_path / "out", env)
     assert result["verdict"] == "ok" and result["probe_batches"] >= 2, result
     assert result["largest_change"] < 1e-4  # the honest seed answers shuffled and probed rows alike
+    # Spread over three fresh processes (probes never in their original's), the same weights score the same.
+    spread = _score_with_separate_processes(tmp_path, tmp_path / "out", env, processes=3)
+    assert spread["verdict"] == "ok" and spread["model_processes"] == 3 and spread["largest_change"] < 1e-4, spread
+    assert spread["val_bpb"] == pytest.approx(result["val_bpb"], rel=1e-9)
 
     sys.path.insert(0, str(tmp_path))
     try:

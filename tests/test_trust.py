@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cheats import CHEATS, DAEMON_MARKER, SECRET
+from cheats import CHEATS, DAEMON_MARKER, MODEL_TRAINED_MARKER, SECRET
 from conftest import PROJECT_FILES, ROOT
 from evo import Proposal, Proposer, RandomStrategy, RunOptions, SearchLoop, create_search, parse_devices
 from evo.runner import bwrap_works
@@ -77,6 +77,9 @@ def test_the_honest_seed_is_scored_by_the_harness_in_a_sandbox(corpus):
     assert (p["sandbox"], p["evaluator"], p["verdict"], p["clock"]) == ("bwrap", "harness", "ok", "cpu")
     assert p["harness_sha256"] == search.config.harness_sha256 and p["probe_batches"] >= 2
     assert "suspicious" not in p
+    # Scored by fresh model processes that share nothing, within a start-up measured for this trial.
+    assert p["model_processes"] == 2 and 0 < p["reference_startup"] < p["startup_allowance"]
+    assert seed.metrics["training_seconds"] <= BUDGET + p["startup_allowance"]
 
 
 @pytest.mark.parametrize("name", [c.name for c in CHEATS if c.expect.startswith("neutralised")])
@@ -102,6 +105,32 @@ def test_attention_that_sees_later_tokens_is_invalid(corpus, name):
     t = trials[name]
     assert t.status == "invalid" and t.value is None
     assert t.error.startswith(("non-causal", "rows are not independent")), t.error
+
+
+@pytest.mark.parametrize("name", [c.name for c in CHEATS if c.expect == "invalid"])
+def test_answers_that_depend_on_what_the_model_process_saw_before_are_invalid(corpus, name):
+    """A memo of prefixes, or a temperature fitted to the first batch, makes one process agree with
+    itself; a probe answered by another, fresh process disagrees."""
+    _, trials, _ = corpus
+    t = trials[name]
+    assert t.status == "invalid" and t.value is None, (t.status, t.error, t.value)
+    assert t.error.startswith(("non-causal", "stateful", "rows are not independent")), t.error
+
+
+@pytest.mark.parametrize("name", [c.name for c in CHEATS if c.expect == "over-budget"])
+def test_training_outside_the_budget_is_invalid(corpus, name):
+    """Training in the start-up allowance, or in the model process, is work the budget counts."""
+    _, trials, _ = corpus
+    t = trials[name]
+    assert t.status == "invalid" and t.value is None, (t.status, t.error, t.value)
+    assert t.error.startswith("over budget"), t.error
+
+
+def test_the_harness_loads_the_weights_without_the_genomes_override(corpus):
+    search, trials, _ = corpus
+    t = trials["trained-in-load-state-dict"]
+    eval_log = (search.paths.trial(t.number).path / "eval.log").read_text(errors="replace")
+    assert t.status == "ok" and MODEL_TRAINED_MARKER not in eval_log, (t.status, t.error)
 
 
 def test_training_cannot_read_the_validation_split(corpus):

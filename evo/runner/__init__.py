@@ -115,18 +115,22 @@ class TrialRunner:
         read: folders besides the harness that every process of a run may read.
         network: whether sandboxes keep the network.
         eval_limit: seconds the scoring of one run may take.
+        model_processes: fresh model processes that share a run's scoring (the harness's
+            `model_processes`; 1 for a harness from before).
     """
 
     def __init__(self, *, executor: Executor | None = None, evaluator: Evaluator | None = None,
                  harness: list[Path] = (), data: DataFiles = DataFiles(), script: str = "train.py",
                  command: list[str] | None = None, python: str = sys.executable, network: bool = False,
-                 eval_limit: float = 300.0, read: tuple[Path, ...] = (), harness_dir: Path | None = None):
+                 eval_limit: float = 300.0, read: tuple[Path, ...] = (), harness_dir: Path | None = None,
+                 model_processes: int = 1):
         self.executor = executor or LocalExecutor()
         self.evaluator = evaluator or SummaryEvaluator()
         self.harness, self.data, self.script, self.python = list(harness), data, script, python
         self.harness_dir = Path(harness_dir) if harness_dir else harness_root(self.harness)
         self.command = list(command) if command else [python, script]
         self.network, self.eval_limit, self.read = network, eval_limit, tuple(Path(p) for p in read)
+        self.model_processes = model_processes
 
     def run(self, workdir: str | Path, *, log_path: str | Path, env: dict[str, str], timeout: float,
             on_progress: Callable[[float, float], bool | None] | None = None, stop: threading.Event | None = None,
@@ -150,7 +154,8 @@ class TrialRunner:
         run = Run(executor=self.executor, python=self.python, workdir=workdir, folder=log_path.parent,
                   env=dict(env), harness=self.harness, data=self.data, device=env.get("EVO_DEVICE", "cpu"),
                   network=self.network, stop=stop, eval_limit=self.eval_limit, read=self.read,
-                  harness_dir=self.harness_dir)
+                  harness_dir=self.harness_dir, model_processes=self.model_processes, clock=clock,
+                  threads=max(1, threads))
         run.folder.mkdir(parents=True, exist_ok=True)
         _private_cache(run, compile_cache)
         env = {**env, "EVO_OUTPUT": str(run.output), "EVO_CLOCK": clock, "EVO_THREADS": str(threads),

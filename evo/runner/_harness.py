@@ -5,17 +5,28 @@ name of the function that rebuilds the model into the genome's output folder. Th
 that file appears, the session moves it out of the genome's reach (into the trial's folder,
 which no sandbox sees), so nothing the genome does afterwards changes what is scored.
 
-Then two sandboxed processes, started while the genome trained so their imports cost no
-time after it:
+Then sandboxed processes, started while the genome trained so their imports cost no time
+after it:
 
-- the *model process* (`prepare.py --serve-model`, untrusted) imports the genome, rebuilds
-  the model, loads the weights and turns input tokens into logits in a shared buffer;
+- *model processes* (`prepare.py --serve-model`, untrusted, as many as the harness asks
+  for): each imports the genome, rebuilds the model and turns input tokens into logits in a
+  buffer of its own. Each has its own sandbox and its own compile cache, so no two share
+  memory, a folder or a cache: an answer that depends on what its process saw before (a memo
+  of earlier batches, a calibration on the first) disagrees with the same rows answered by
+  another process;
 - the *scorer* (`prepare.py --score`, trusted) never imports the genome, alone holds the
-  validation split and its targets, picks the batches, mixes in probes that look like any
-  other batch, and prints val_bpb with a verdict.
+  validation split and its targets, spreads the batches and the probes over the model
+  processes (never a probe to the process that answered its original) and prints val_bpb
+  with a verdict.
 
-They talk over a socket pair the engine hands both; the buffer is a memfd (CUDA IPC on a
-GPU) that the scorer creates and passes over the socket, so nothing is copied.
+Each model process talks to the scorer over a socket pair the engine hands both; the buffer
+is a memfd (CUDA IPC on a GPU) that the scorer creates and passes over the socket.
+
+All genome code works within one budget: the start-up of a model process, before it
+imports the genome, is measured on the trial's own clock as the reference start-up every
+genome pays, and a genome that hands its model over later than the budget plus a multiple
+of that (training in the start-up allowance) is `invalid`; the model processes together may
+use only a share of the budget's compute to score (training there is stopped and `invalid`).
 """
 
 from __future__ import annotations
@@ -32,11 +43,23 @@ from pathlib import Path
 
 from evo.runner._evaluate import Evaluation, Evaluator, Session
 from evo.runner._output import TrialOutput
-from evo.runner._process import Execution, Executor
+from evo.runner._process import MEASURE_SECONDS, Execution, Executor, _Tree, proc_stats
 from evo.runner._sandbox import View
 
 EVAL_LOG_LIMIT = 2 << 20  # bytes of the model process's and the scorer's output kept in eval.log
 SCORE_PREFIX = "EVO_SCORE "
+STARTED_LINE = "EVO_MODEL_STARTED"  # a model process's line once its harness start-up is done
+# The start-up a genome may spend before its budget counts: a multiple of the measured reference
+# start-up (python, numpy, torch and a first optimizer in a sandbox) plus a moment for the
+# tokenizer, the data, the model and a first step, never more than the profile's allowance. On a
+# GPU the profile's allowance also covers a cold compile and stands as it is.
+STARTUP_FACTOR = 1.5
+STARTUP_SLACK = 1.0
+# Compute the model processes together may use to rebuild the model and answer every batch, on
+# the trial's clock: a share of the training budget (an honest forward pass over the scored
+# tokens costs a few percent of it) and a floor for the rebuild of each process.
+SCORING_SHARE = 0.25
+SCORING_FLOOR = 2.0
 
 
 def harness_root(harness: list[Path]) -> Path:
@@ -82,6 +105,9 @@ class Run:
     stop: threading.Event | None = None
     eval_limit: float = 300.0
     read: tuple[Path, ...] = ()  # folders besides the harness every process of the run may read
+    model_processes: int = 1     # fresh model processes that share the scoring (the harness's `model_processes`)
+    clock: str = "wall"          # the trial's budget clock ("wall" or "cpu") and its threads
+    threads: int = 1
     harness_dir: Path | None = None  # the folder the harness files are relative to (default: their common one)
 
     @property
@@ -121,10 +147,18 @@ class Run:
         """A trusted evaluation command's view: the trial's folder, read-only, and the extra folders."""
         return View(read=(self.workdir, *self.read), place=self._harness_over_genome(), gpu=self.gpu)
 
-    def model_view(self) -> View:
-        self.compile_cache.mkdir(parents=True, exist_ok=True)
-        return View(write=(self.compile_cache,), read=(self.workdir, self.handed), place=self._harness_over_genome(),
-                    gpu=self.gpu)
+    def model_cache(self, index: int) -> Path:
+        """Model process `index`'s own compile cache, in the trial's folder (no sandbox of the run sees
+        another's): a shared cache would let one process leave notes for the next."""
+        return self.folder / f"model-{index}-cache"
+
+    def model_view(self, index: int = 0) -> View:
+        cache = self.model_cache(index)
+        shutil.rmtree(cache, ignore_errors=True)
+        if self.compile_cache.is_dir():  # the trusted cache the run started from, before the genome wrote to it
+            shutil.copytree(self.compile_cache, cache, symlinks=True)
+        cache.mkdir(parents=True, exist_ok=True)
+        return View(write=(cache,), read=(self.workdir, self.handed), place=self._harness_over_genome(), gpu=self.gpu)
 
     def scorer_view(self) -> View:
         data = self.data
@@ -150,27 +184,44 @@ class _HarnessSession(Session):
         self.run = run
         shutil.rmtree(run.output, ignore_errors=True)
         shutil.rmtree(run.handed, ignore_errors=True)
-        run.handed.mkdir(parents=True)  # exists before the model process's sandbox binds it
+        run.handed.mkdir(parents=True)  # exists before the model processes' sandboxes bind it
         self.handed_over = False
         self.log = open(run.folder / "eval.log", "wb")
         self.lock = threading.Lock()
         self.logged = 0
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = {**run.env, "EVO_OUTPUT": str(run.handed)}
+        # The model processes answer at the same time: each gets its share of the trial's threads.
+        share = str(max(1, run.threads // max(1, run.model_processes)))
+        model_env = {**env, "OMP_NUM_THREADS": share, "MKL_NUM_THREADS": share, "OMP_WAIT_POLICY": "PASSIVE"}
+        pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(max(1, run.model_processes))]
+        self.models: list[subprocess.Popen] = []
+        self.trees: list[tuple[_Tree, float]] = []  # each model process's tree and when it was started
+        self.started: dict[int, tuple[float, float]] = {}  # pid -> (its start-up on the trial's clock, its CPU then)
         try:
-            self.model = run.executor.start(
-                [run.python, "prepare.py", "--serve-model"], cwd=run.workdir, view=run.model_view(),
-                env={**env, "EVO_EVAL_SOCKET": str(theirs.fileno()), "TORCHINDUCTOR_CACHE_DIR": str(run.compile_cache)},
-                pass_fds=[theirs.fileno()])
+            for i, (_, theirs) in enumerate(pairs):
+                # -P: the genome's folder is not on the import path until the harness puts it there,
+                # so the start-up measured before that runs harness code only.
+                t0 = time.monotonic()
+                proc = run.executor.start(
+                    [run.python, "-P", "prepare.py", "--serve-model"], cwd=run.workdir, view=run.model_view(i),
+                    env={**model_env, "EVO_EVAL_SOCKET": str(theirs.fileno()), "TORCHINDUCTOR_CACHE_DIR": str(run.model_cache(i)),
+                         **({"EVO_REFERENCE_STARTUP": "1"} if i == 0 else {})}, pass_fds=[theirs.fileno()])
+                self.models.append(proc)
+                self.trees.append((_Tree(proc.pid, run.clock, run.threads), t0))
+            fds = [ours.fileno() for ours, _ in pairs]
             self.scorer = run.executor.start(
                 [run.python, "prepare.py", "--score"], cwd=run.harness_base, view=run.scorer_view(),
-                env={**env, "EVO_EVAL_SOCKET": str(ours.fileno())}, pass_fds=[ours.fileno()], stdin=subprocess.PIPE)
+                env={**env, "EVO_EVAL_SOCKET": str(fds[0]), "EVO_EVAL_SOCKETS": ",".join(map(str, fds))},
+                pass_fds=fds, stdin=subprocess.PIPE)
         finally:
-            ours.close()
-            theirs.close()
+            for ours, theirs in pairs:
+                ours.close()
+                theirs.close()
         self.score_line = ""
-        self.drains = [threading.Thread(target=self._drain, args=(p, tag), daemon=True)
-                       for p, tag in ((self.model, b"[model] "), (self.scorer, b"[scorer] "))]
+        self.drains = [threading.Thread(target=self._drain, args=(p, f"[model {i}] ".encode() if len(self.models) > 1
+                                                                  else b"[model] "), daemon=True)
+                       for i, p in enumerate(self.models)]
+        self.drains.append(threading.Thread(target=self._drain, args=(self.scorer, b"[scorer] "), daemon=True))
         for t in self.drains:
             t.start()
 
@@ -179,10 +230,20 @@ class _HarnessSession(Session):
             if proc is self.scorer and line.startswith(SCORE_PREFIX.encode()):
                 self.score_line = line.decode(errors="replace")[len(SCORE_PREFIX):]
                 continue
+            if proc is not self.scorer and line.strip() == STARTED_LINE.encode() and proc.pid not in self.started:
+                self.started[proc.pid] = self._startup_of(self.models.index(proc))
+                continue
             with self.lock:
                 if self.logged < EVAL_LOG_LIMIT:
                     self.log.write(tag + line)
                     self.logged += len(line)
+
+    def _startup_of(self, index: int) -> tuple[float, float]:
+        """Model process `index`'s start-up so far, counted as the trial's clock counts (CPU time of its
+        sandbox over the trial's threads, or wall time since it was started), and its CPU seconds."""
+        tree, t0 = self.trees[index]
+        tree.measure()
+        return (tree.cpu / tree.threads if self.run.clock == "cpu" else time.monotonic() - t0), tree.cpu
 
     def result_in(self, output: TrialOutput) -> bool:
         return (self.run.output / "model.json").exists()
@@ -206,7 +267,10 @@ class _HarnessSession(Session):
             pass  # the scorer died while waiting: its log says why
         stopped = self._wait_for_scorer()
         seconds = time.monotonic() - t0
-        provenance = {"evaluator": "harness", "eval_wall_seconds": round(seconds, 3)}
+        provenance = {"evaluator": "harness", "eval_wall_seconds": round(seconds, 3),
+                      "model_processes": len(self.models), "scoring_compute": round(self._scoring_compute(), 3)}
+        budget = self._budget(execution, output)
+        provenance.update({k: v for k, v in budget.items() if k != "over"})
         if stopped:
             return Evaluation(stopped[0], error=stopped[1], provenance=provenance)
         try:
@@ -219,18 +283,72 @@ class _HarnessSession(Session):
         metrics = {"val_bpb": result["val_bpb"], "eval_seconds": result["eval_seconds"]}
         if result["verdict"] != "ok":
             return Evaluation("invalid", metrics, result["reason"], provenance)
+        if budget.get("over"):
+            provenance.update(verdict="invalid", reason=budget["over"])
+            return Evaluation("invalid", metrics, budget["over"], provenance)
         return Evaluation("ok", metrics, provenance=provenance)
+
+    def _budget(self, execution: Execution, output: TrialOutput) -> dict:
+        """The start-up allowance measured for this trial and, under "over", why the genome worked past
+        its budget (empty when it did not): handed over later than the budget plus that allowance, or
+        reporting less training than the engine's clock leaves after the allowance."""
+        env, clock = self.run.env, execution.result_clock
+        budget = float(env.get("EVO_TIME_BUDGET") or 0)
+        ceiling = float(env.get("EVO_STARTUP_ALLOWANCE") or 0)
+        if clock is None or not budget or not ceiling:
+            return {}
+        if self.run.gpu or not self.started:  # see STARTUP_FACTOR: a cold compile is a GPU genome's start-up
+            allowance, measured = ceiling, None
+        else:
+            measured = max(clock for clock, _ in self.started.values())
+            allowance = min(ceiling, STARTUP_FACTOR * measured + STARTUP_SLACK)
+        out = {"startup_allowance": round(allowance, 3)}
+        if measured is not None:
+            out["reference_startup"] = round(measured, 3)
+        unit = " on the CPU clock" if self.run.clock == "cpu" else ""
+        reported = output.summary.get("training_seconds")
+        if clock > budget + allowance:
+            out["over"] = (f"over budget: the model was handed over after {clock:.1f}s{unit}, more than the "
+                           f"{budget:g}s budget plus the {allowance:.1f}s start-up allowance measured for this trial")
+        elif reported is not None and clock - reported > allowance + 0.05 * budget:
+            out["over"] = (f"over budget: the genome reported {reported:.1f}s of training, but the model was handed "
+                           f"over after {clock:.1f}s{unit}: {clock - reported:.1f}s outside its budget, more than the "
+                           f"{allowance:.1f}s start-up allowance measured for this trial")
+        return out
+
+    def _scoring_compute(self) -> float:
+        """What the model processes used after their harness start-up, together, on the trial's clock
+        (CPU seconds over its threads; CPU seconds on a wall clock, where a host process mostly waits)."""
+        total, stats = 0.0, proc_stats()  # one look at /proc for all of them
+        for proc, (tree, _) in zip(self.models, self.trees):
+            tree.measure(stats)
+            total += max(0.0, tree.cpu - self.started.get(proc.pid, (0.0, 0.0))[1])
+        return total / (self.run.threads if self.run.clock == "cpu" else 1)
+
+    def _compute_limit(self) -> float:
+        budget = float(self.run.env.get("EVO_TIME_BUDGET") or 0) or self.run.eval_limit
+        return SCORING_SHARE * budget + SCORING_FLOOR * len(self.models)
 
     def _wait_for_scorer(self) -> tuple[str, str] | None:
         deadline = time.monotonic() + self.run.eval_limit
+        limit, measured = self._compute_limit(), 0.0
         while self.scorer.poll() is None:
             if self.run.stop is not None and self.run.stop.is_set():
                 return "interrupted", "stopped by the search while scoring (interrupted)"
             if time.monotonic() > deadline:
                 return "timeout", f"scoring took longer than {self.run.eval_limit:g}s"
+            if self.started and time.monotonic() - measured > MEASURE_SECONDS:  # an older harness says nothing
+                measured = time.monotonic()
+                used = self._scoring_compute()
+                if used > limit:
+                    for proc in (*self.models, self.scorer):
+                        self.run.executor.kill(proc)
+                    unit = "s on the CPU clock" if self.run.clock == "cpu" else " CPU seconds"
+                    return "invalid", (f"over budget: the model processes used {used:.1f}{unit} to rebuild the model "
+                                       f"and answer the scorer, more than the {limit:.1f}s scoring may take "
+                                       "(training where the budget does not count?)")
             time.sleep(0.02)
-        for t in self.drains:
-            t.join(timeout=5)
+        self.drains[-1].join(timeout=5)  # the scorer's, for its score line; the model processes may still be exiting
         return None
 
     def _last_scorer_line(self) -> str:
@@ -241,10 +359,12 @@ class _HarnessSession(Session):
         return text.strip()[:300]
 
     def close(self) -> None:
-        for proc in (self.model, self.scorer):
+        for proc in (*self.models, self.scorer):
             self.run.executor.kill(proc)
             proc.wait()
         for t in self.drains:
             t.join(timeout=5)
         self.log.close()
         shutil.rmtree(self.run.handed, ignore_errors=True)  # weights are large; the score is recorded
+        for i in range(len(self.models)):
+            shutil.rmtree(self.run.model_cache(i), ignore_errors=True)

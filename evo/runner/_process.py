@@ -112,6 +112,19 @@ class Watch:
         return self.timeout if self.clock == "wall" else max(3 * self.timeout, self.timeout + 60)
 
 
+def proc_stats() -> dict[int, list[str]]:
+    """The fields of /proc/PID/stat after the command name, of every process."""
+    stats = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                text = Path(f"/proc/{name}/stat").read_text()
+            except OSError:
+                continue
+            stats[int(name)] = text[text.rindex(")") + 2:].split()
+    return stats
+
+
 class _Tree:
     """The process tree under one root pid, measured through /proc."""
 
@@ -123,16 +136,9 @@ class _Tree:
         self.peak_mb = 0.0
         self.count = 0
 
-    def measure(self) -> None:
-        stats = {}
-        for name in os.listdir("/proc"):
-            if name.isdigit():
-                try:
-                    text = Path(f"/proc/{name}/stat").read_text()
-                except OSError:
-                    continue
-                fields = text[text.rindex(")") + 2:].split()
-                stats[int(name)] = fields
+    def measure(self, stats: dict[int, list[str]] | None = None) -> None:
+        """Measure the tree now (from `stats`, a `proc_stats()` taken for several trees at once)."""
+        stats = proc_stats() if stats is None else stats
         members, frontier = set(), [self.root]
         children: dict[int, list[int]] = {}
         for pid, fields in stats.items():

@@ -106,7 +106,8 @@ class HarnessTarget(Target):
         evaluator = HarnessEvaluator() if cfg.evaluation == "harness" else SummaryEvaluator()
         return TrialRunner(executor=self.executor(search, python=python), evaluator=evaluator, harness=search.harness,
                            harness_dir=search.paths.harness, data=DataFiles.from_describe(facts, data_cache_root(cfg)),
-                           python=python, network=cfg.allow_network, eval_limit=cfg.eval_limit, read=read_paths(cfg))
+                           python=python, network=cfg.allow_network, eval_limit=cfg.eval_limit, read=read_paths(cfg),
+                           model_processes=int(facts.get("model_processes", 1)))
 
     def environment(self, search: Search, *, slot: Slot, seed: int) -> dict[str, str]:
         cfg = self.config
