@@ -511,8 +511,10 @@ class SearchLoop:
                     self._error = StopReason(StopKind.ERROR, self._no_parent(lineage, e))
                 return
             self.hosts.ensure(self.search, [lineage.by_number[n].commit for n in plan.parents if n in lineage.by_number])
+            # Named here, in the planning thread: a name read in the worker could be another proposal's.
+            scratch = self.search.paths.scratch(f"plan-{self._plans}")
             self._plans += 1
-            future = self._proposals.submit(self._propose, plan, lineage, rng, offline_only)
+            future = self._proposals.submit(self._propose, plan, lineage, rng, offline_only, scratch)
             self._pending.append(future)
             if self._outage is not None and not offline_only:
                 self._probe = future  # the one proposal that asks the API whether it is back
@@ -590,7 +592,8 @@ class SearchLoop:
         done, _ = self._evaluations(lineage, lineage.individual(seed.number))
         return done < 1 + self.options.noise_runs
 
-    def _propose(self, plan: Plan, lineage: Lineage, rng: random.Random, offline_only: bool = False) -> Child:
+    def _propose(self, plan: Plan, lineage: Lineage, rng: random.Random, offline_only: bool = False,
+                 scratch: Path | None = None) -> Child:
         """Worker thread: turn a plan into a child. Reads git; writes neither git refs nor the store (the loop's
         own thread owns both); a shared search's worker also commits and pushes the child here (`_publish_early`)."""
         search = self.search
@@ -601,7 +604,7 @@ class SearchLoop:
                                         "budget": search.config.budget, "name": search.config.name,
                                         "metric": search.config.metric, "direction": search.config.direction},
                               lineage=lineage, rng=rng, is_known=lambda files: genome_hash(files) in known,
-                              scratch=search.paths.scratch(f"plan-{self._plans}"), executor=self.runner.executor,
+                              scratch=scratch, executor=self.runner.executor,
                               offline_only=offline_only)
         try:
             if plan.operator == "crossover":

@@ -125,3 +125,43 @@ def test_proposals_prepared_side_by_side_are_the_children_they_would_be_alone(tm
     failed = {name: s[1] for name, s in alone.items() if not s[0]}
     assert not failed, failed
     assert len({s[3] for s in alone.values()}) > PARENTS  # real, different children
+
+
+# An agent for the instant genome: a crossover's conflicts resolved for the first parent, then a new
+# learning rate (the engine refuses a known genome).
+INSTANT_AGENT = """
+import os, random, re
+kept, side = [], "first"
+for line in open("train.py").read().splitlines(keepends=True):
+    if line.startswith("<<<<<<<"):
+        side = "ours"
+    elif line.startswith(("|||||||", "=======")) and side != "first":
+        side = "theirs"
+    elif line.startswith(">>>>>>>"):
+        side = "first"
+    elif side != "theirs":
+        kept.append(line)
+text = "".join(kept)
+old = float(re.search(r"^LR = (\\S+)", text, re.M).group(1))
+new = round(old * random.uniform(0.7, 1.4), 9)
+open("train.py", "w").write(re.sub(r"^LR = \\S+", f"LR = {new}", text, flags=re.M))
+open(os.environ["EVO_DESCRIPTION"], "w").write(f"LR {old} -> {new}\\n")
+"""
+
+
+@pytest.mark.parametrize("proposer", ["offline", "command"])
+def test_a_search_on_four_slots_runs_every_child_it_plans(instant_project, tmp_path, proposer):
+    agent = tmp_path / "agent.py"
+    agent.write_text(INSTANT_AGENT)
+    extra = ["--agent-command", f"{sys.executable} {agent}"] if proposer == "command" else []
+    proc = run_evo("run", "four", "--profile", "tiny", "--budget", "1", "--trials", "16", "--devices", "cpu:4",
+                   "--proposer", proposer, *extra, cwd=instant_project)
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    search = Search.open("four", root=instant_project / "runs")
+    try:
+        trials = search.trials()
+    finally:
+        search.close()
+    lost = [(t.number, t.status, t.error) for t in trials if t.status not in ("ok", "duplicate")]
+    assert not lost, f"{len(lost)} of {len(trials)} children lost: {lost}"
+    assert len(trials) == 16 and sum(1 for t in trials if t.status == "ok") >= 12
