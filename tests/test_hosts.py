@@ -343,3 +343,27 @@ def test_a_database_password_reaches_no_file_log_or_study(instant_project, datab
     assert len(rows) > 20 and not [r for r in rows if secret in repr(r)], "the study holds the password"
     config = json.loads((project / "hosts" / "a" / "p" / "search.json").read_text())
     assert config["storage"] == database  # the URL without its password, enough with PGPASSWORD or ~/.pgpass
+
+
+def test_workers_waiting_while_another_host_runs_the_seed_keep_waiting_and_all_reach_the_limit(instant_project,
+                                                                                            database, tmp_path):
+    """Workers that join while another host trains the seed have no parent yet and nothing of their own to
+    run: they must wait for it, then work, and every one must stop at the trial limit (a worker whose
+    view of the trials is a few seconds old used to see the seed running, then nothing running in the
+    gap before that host's next trial, and quit with "nothing left to plan")."""
+    project, remote = instant_project, str(tmp_path / "population.git")
+    init = run_evo("init", "w", "--profile", "tiny", "--budget", "1", "--storage", database, "--remote", remote,
+                   "--heartbeat", "5", "--grace", "30", "--root", "hosts/a", cwd=project)
+    assert init.returncode == 0, init.stderr
+    common = ["--storage", database, "--remote", remote, "--trials", "10"]
+    first = worker(project, "a", "w", *common, sleep=3)
+    seed = _wait_for_running(project, "a", "w")
+    assert seed.operator == "seed"
+    procs = [first] + [worker(project, h, "w", *common, sleep=0.5) for h in "bc"]
+    finish(procs)
+    for h, p in zip("abc", procs):
+        assert p.returncode == 0 and "stopped: reached 10 trials" in log_of(project, h), log_of(project, h)
+    with open_on(project, "a", "w") as search:
+        trials = search.trials()
+    assert sum(1 for t in trials if t.counts) == 10 and not [t for t in trials if t.state == "RUNNING"]
+    assert {t.attrs["worker"].rsplit("/", 2)[-2] for t in trials} == {"a", "b", "c"}, "every worker took trials"
