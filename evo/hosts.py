@@ -73,10 +73,6 @@ class OneHost:
     def started(self, number: int, commit: str | None) -> None:
         """A trial of this process was recorded."""
 
-    def others_running(self, search: Search, mine: set[int]) -> bool:
-        """Whether trials other than `mine` are still running (then a worker with nothing to do waits)."""
-        return False
-
     def poll(self, loop) -> None:
         """Called on every turn of the loop; the shared version looks for stale trials now and then."""
 
@@ -164,9 +160,6 @@ class SharedHosts(OneHost):
         if commit:
             with self._lock:
                 self._unpushed[number] = commit
-
-    def others_running(self, search: Search, mine: set[int]) -> bool:
-        return any(t.state == "RUNNING" and t.number not in mine for t in search.trials())
 
     def poll(self, loop) -> None:
         """Every heartbeat interval: fail stale trials (queuing their re-runs) and re-read the limits."""

@@ -310,9 +310,32 @@ class SearchLoop:
             # Done when a limit says so, or when nothing is left to plan (an API outage holds proposals back: wait).
             done = limit is not None and (limit.halts or drained) or drained and self._outage is None
             if not self._running and done:
-                if limit is not None or not self.hosts.others_running(self.search, set()):
-                    return self._limit_reached() or StopReason(StopKind.EXHAUSTED, "nothing left to plan")
+                reason = self._stop_reason()
+                if reason is not None:
+                    return reason
+                if self._pending or self._ready:
+                    continue
             self._wait()
+
+    def _stop_reason(self) -> StopReason | None:
+        """Why to stop, now that nothing runs here and nothing is left to plan; None to go on.
+
+        Decided on one fresh view of the trials, planned from once more: from the few seconds old
+        view a shared worker plans from, a worker waiting while another host ran the seed saw no
+        parent, then (in the gap between two trials there) nothing running, and quit; a survivor
+        counted too few trials and said "nothing left to plan" instead of the limit it reached."""
+        self._snapshot = None
+        limit = self._limit_reached()
+        if limit is not None:
+            return limit
+        self._plan_more()
+        if self._pending or self._ready:
+            return None
+        if self._error is not None:
+            return self._error
+        if any(t.state == "RUNNING" for t in self._trials()):  # on another host: a parent to be, or a failure to re-run
+            return None
+        return StopReason(StopKind.EXHAUSTED, "nothing left to plan")
 
     def _shut_down(self, proposals: cf.ThreadPoolExecutor) -> None:
         self.stop.set()  # kill whatever still runs; their trials are recorded as interrupted
@@ -475,6 +498,7 @@ class SearchLoop:
         return [s for s in self.slots if s.name not in busy]
 
     def _plan_more(self) -> None:
+        fresh = False  # whether the trials were read again for a decision to stop
         while True:
             if self.strategy.prefetch:
                 # One prepared child per device, so a freed device never waits on a proposal.
@@ -512,13 +536,18 @@ class SearchLoop:
             except NoParentError as e:
                 running = any(t.state == "RUNNING" for t in trials)  # elsewhere: its result may be a parent
                 if not self._running and not self._pending and not self._ready and not running:
+                    if not fresh:  # a stop is decided on a fresh view only
+                        self._snapshot, fresh = None, True
+                        continue
                     self._error = StopReason(StopKind.ERROR, self._no_parent(lineage, e))
                 return
             self.hosts.ensure(self.search, [lineage.by_number[n].commit for n in plan.parents if n in lineage.by_number])
+            # Named here, in the planning thread: a name read in the worker could be another proposal's.
+            scratch = self.search.paths.scratch(f"plan-{self._plans}")
             self._plans += 1
             facts = {"operator": plan.operator, "parents": list(plan.parents), "proposer": self.proposer.name,
                      "started": time.time()}
-            future = self._proposals.submit(self._propose, plan, lineage, rng, offline_only, facts)
+            future = self._proposals.submit(self._propose, plan, lineage, rng, offline_only, scratch, facts)
             self._pending.append(future)
             self._flight[future] = facts
             if self._outage is not None and not offline_only:
@@ -598,7 +627,7 @@ class SearchLoop:
         return done < 1 + self.options.noise_runs
 
     def _propose(self, plan: Plan, lineage: Lineage, rng: random.Random, offline_only: bool = False,
-                 facts: dict | None = None) -> Child:
+                 scratch: Path | None = None, facts: dict | None = None) -> Child:
         """Worker thread: turn a plan into a child. Reads git; writes neither git refs nor the store (the loop's
         own thread owns both); a shared search's worker also commits and pushes the child here (`_publish_early`)."""
         search = self.search
@@ -609,7 +638,7 @@ class SearchLoop:
                                         "budget": search.config.budget, "name": search.config.name,
                                         "metric": search.config.metric, "direction": search.config.direction},
                               lineage=lineage, rng=rng, is_known=lambda files: genome_hash(files) in known,
-                              scratch=search.paths.scratch(f"plan-{self._plans}"), executor=self.runner.executor,
+                              scratch=scratch, executor=self.runner.executor,
                               offline_only=offline_only, progress=(facts if facts is not None else {}).update,
                               say=lambda line: self.on_event("proposer", {"line": line}))
         try:

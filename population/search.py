@@ -115,6 +115,12 @@ class SearchConfig:
         return self.storage
 
 
+def _recorded(config: SearchConfig) -> dict:
+    """The configuration as search.json and the study record it: the database URL without its password,
+    which lives only in the memory of the process given it (a user gives it again, or PGPASSWORD / ~/.pgpass)."""
+    return {**asdict(config), "storage": redact(config.storage)}
+
+
 def _open_repo(paths: SearchFolder) -> GenomeRepo:
     """The population repository of a search folder; a SearchError when it is missing or broken."""
     if not (paths.population / "HEAD").is_file():
@@ -229,14 +235,14 @@ class Search:
             repo.set_branch(f"evo/{config.name}/seed", config.seed_commit)
         if config.shared:
             _publish_creation(repo, config, harness or {}, program)
-        recorded = {**asdict(config), "storage": redact(config.storage)}
+        recorded = _recorded(config)
         url = config.storage_url(paths)
         store = _shield(lambda: TrialStore.create(url, config.name, recorded, direction=config.direction,
                                                   metric=config.metric))
         try:
             for key, value in (study_attrs or {}).items():
                 store.set_attr(key, value)
-            paths.config.write_text(json.dumps(asdict(config), indent=2) + "\n")
+            paths.config.write_text(json.dumps(_recorded(config), indent=2) + "\n")
         except BaseException:
             if config.storage != LOCAL_STORAGE:  # a shared database keeps no study of a search that was never made
                 store.close()
@@ -245,9 +251,10 @@ class Search:
         return cls(paths, config, store, repo)
 
     @classmethod
-    def open(cls, name: str, *, root: str | Path = "runs", worker: bool = False) -> "Search":
+    def open(cls, name: str, *, root: str | Path = "runs", worker: bool = False, storage: str | None = None) -> "Search":
         """Open search `name` in `root`. `worker`: this process will run trials of a shared search,
-        so its store beats for them (a view needs no heartbeats)."""
+        so its store beats for them (a view needs no heartbeats). `storage`: the study's URL as the
+        user gave it again, with the password search.json does not keep (it must name the same study)."""
         paths = SearchFolder(Path(root).resolve() / name)
         if not paths.exists():
             known = sorted(p.parent.name for p in Path(root).glob("*/search.json")) if Path(root).exists() else []
@@ -258,6 +265,11 @@ class Search:
         except (OSError, ValueError, TypeError) as e:
             raise SearchError(f"cannot read {paths.config}: {e}; restore it from a backup (the study also holds the "
                               "configuration, in its evo_config attribute)") from None
+        if storage:
+            if redact(storage) != redact(config.storage):
+                raise SearchError(f"search {name!r} keeps its study in {redact(config.storage) or 'its own study.db'}, "
+                                  f"not {redact(storage)}; give that URL or none")
+            config.storage = storage  # in memory only: it may carry the password
         url = config.storage_url(paths)
         beats = dict(heartbeat=config.heartbeat, grace=config.grace) if config.shared and worker else {}
         try:
@@ -309,7 +321,7 @@ class Search:
             (paths.program if file == "program.md" else paths.harness / file).write_text(text)
         search = cls(paths, config, _shield(lambda: TrialStore.open(storage, name)), repo)
         search.sync()
-        paths.config.write_text(json.dumps(asdict(config), indent=2) + "\n")
+        paths.config.write_text(json.dumps(_recorded(config), indent=2) + "\n")
         return search
 
     @classmethod
@@ -432,9 +444,9 @@ class Search:
 
     def _save_config(self) -> None:
         """Write the configuration to search.json (atomically) and to the study."""
-        self.store.set_attr(CONFIG_ATTR, asdict(self.config))
+        self.store.set_attr(CONFIG_ATTR, _recorded(self.config))
         tmp = self.paths.config.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+        tmp.write_text(json.dumps(_recorded(self.config), indent=2) + "\n")
         os.replace(tmp, self.paths.config)
 
     def delete(self) -> None:

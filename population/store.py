@@ -242,7 +242,7 @@ def is_postgres(url: str) -> bool:
 
 def redact(url: str) -> str:
     """`url` without its password, for messages and for what other hosts read."""
-    return re.sub(r"^([a-z0-9+]+://[^:/@]+):[^@/]*@", r"\1@", url)
+    return re.sub(r"^([a-z0-9+.-]+://[^:/@]+):[^@]*@", r"\1@", url)  # a password may hold a /
 
 
 def with_driver(url: str) -> str:
@@ -275,6 +275,9 @@ def open_storage(url: str | optuna.storages.BaseStorage, *, heartbeat: int | Non
                                               grace_period=grace, heartbeat_stale_trial_callback=on_stale)
     except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as e:
         reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        if "password" in reason.lower() and redact(url) == url:
+            reason += ("; a search folder keeps no password: give the URL with it again (--storage) or put it in "
+                       "PGPASSWORD or ~/.pgpass")
         raise StoreUnreachable(f"cannot reach the database {redact(url)}: {reason}") from None
 
 

@@ -311,3 +311,59 @@ def test_two_workers_never_train_the_same_genome(instant_project, database, tmp_
     assert all(t.status == "duplicate" and t.attrs["duplicate_of"] in {x.number for x in trained}
                for t in trials if t not in trained)
     assert {t.attrs["worker"] for t in trials} == {s.worker for s in (l.hosts for l in loops)}, "both took trials"
+
+
+def test_a_database_password_reaches_no_file_log_or_study(instant_project, database, tmp_path):
+    """A password given in --storage lives in the memory of the command given it: not in any host's folder,
+    not in a log, not anywhere in the database. (The test cluster trusts local users: any password works.)"""
+    import uuid
+
+    import psycopg
+
+    project, remote = instant_project, str(tmp_path / "population.git")
+    secret = f"pw-{uuid.uuid4().hex}"
+    with_password = database.replace("postgresql://evo@", f"postgresql://evo:{secret}@")
+    assert secret in with_password
+    init = run_evo("init", "p", "--profile", "tiny", "--budget", "1", "--storage", with_password, "--remote", remote,
+                   "--root", "hosts/a", cwd=project)
+    assert init.returncode == 0, init.stderr
+    common = ["--storage", with_password, "--remote", remote, "--trials", "4"]
+    finish([worker(project, h, "p", *common) for h in "ab"])   # a resumes its folder, b joins
+    again = worker(project, "a", "p", "--trials", "5")          # no password given: PGPASSWORD or ~/.pgpass would hold it
+    finish([again])
+    assert again.returncode == 0 and "stopped: reached 5 trials" in log_of(project, "a"), log_of(project, "a")
+    printed = init.stdout + init.stderr + "".join(log_of(project, h) for h in "ab")
+    assert secret not in printed
+    leaks = [str(p) for p in (project / "hosts").rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert not leaks, leaks
+    with psycopg.connect(database) as conn:
+        tables = [r[0] for r in conn.execute("SELECT table_name FROM information_schema.tables "
+                                              "WHERE table_schema = 'public'")]
+        rows = [(t, row) for t in tables for row in conn.execute(f'SELECT * FROM "{t}"')]
+    assert len(rows) > 20 and not [r for r in rows if secret in repr(r)], "the study holds the password"
+    config = json.loads((project / "hosts" / "a" / "p" / "search.json").read_text())
+    assert config["storage"] == database  # the URL without its password, enough with PGPASSWORD or ~/.pgpass
+
+
+def test_workers_waiting_while_another_host_runs_the_seed_keep_waiting_and_all_reach_the_limit(instant_project,
+                                                                                            database, tmp_path):
+    """Workers that join while another host trains the seed have no parent yet and nothing of their own to
+    run: they must wait for it, then work, and every one must stop at the trial limit (a worker whose
+    view of the trials is a few seconds old used to see the seed running, then nothing running in the
+    gap before that host's next trial, and quit with "nothing left to plan")."""
+    project, remote = instant_project, str(tmp_path / "population.git")
+    init = run_evo("init", "w", "--profile", "tiny", "--budget", "1", "--storage", database, "--remote", remote,
+                   "--heartbeat", "5", "--grace", "30", "--root", "hosts/a", cwd=project)
+    assert init.returncode == 0, init.stderr
+    common = ["--storage", database, "--remote", remote, "--trials", "10"]
+    first = worker(project, "a", "w", *common, sleep=3)
+    seed = _wait_for_running(project, "a", "w")
+    assert seed.operator == "seed"
+    procs = [first] + [worker(project, h, "w", *common, sleep=0.5) for h in "bc"]
+    finish(procs)
+    for h, p in zip("abc", procs):
+        assert p.returncode == 0 and "stopped: reached 10 trials" in log_of(project, h), log_of(project, h)
+    with open_on(project, "a", "w") as search:
+        trials = search.trials()
+    assert sum(1 for t in trials if t.counts) == 10 and not [t for t in trials if t.state == "RUNNING"]
+    assert {t.attrs["worker"].rsplit("/", 2)[-2] for t in trials} == {"a", "b", "c"}, "every worker took trials"

@@ -487,7 +487,8 @@ def test_command_agent_past_its_timeout_is_killed_with_its_children(tmp_path):
     ctx.scratch = tmp_path / "scratch"
     t0 = time.monotonic()
     result = CommandProposer(f"sleep 60 & echo $! > {pid_file}; wait", timeout=0.5).mutate(seed_genome(), ctx)
-    assert not result.ok and "ran past 0.5s" in result.error and time.monotonic() - t0 < 5
+    # Under 60 s: it did not wait for the agent's sleep (however busy the machine, the kill is what ends it).
+    assert not result.ok and "ran past 0.5s" in result.error and time.monotonic() - t0 < 60
     pid = int(pid_file.read_text())
     for _ in range(50):  # the kill is sent; give the kernel a moment
         if not _alive(pid):

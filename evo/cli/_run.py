@@ -51,7 +51,8 @@ def add_parsers(sub) -> None:
                        "on a host it builds runs/NAME from the database and the remote; later, `evo worker NAME` alone "
                        "resumes. A worker killed in any way leaves its trials to the others after the grace period.")
     p.add_argument("name", help="name of the search")
-    p.add_argument("--storage", help="the search's PostgreSQL URL as this host reaches it (needed the first time on a host)")
+    p.add_argument("--storage", help="the search's PostgreSQL URL as this host reaches it (needed the first time on a "
+                   "host; no file keeps its password: give it again each time, or put it in PGPASSWORD or ~/.pgpass)")
     p.add_argument("--remote", metavar="GIT_URL", help="the population's git remote as this host reaches it "
                    "(needed the first time on a host)")
     p.add_argument("--patience", type=positive_float, default=600.0, metavar="SECONDS",
@@ -314,15 +315,15 @@ def cmd_worker(args) -> int:
             raise UsageError(f"no folder for search {args.name!r} in {Path(args.root).resolve()} yet: give --storage "
                              "postgresql://... and --remote GIT_URL the first time on a host")
         join_search(args.name, root=args.root, storage=args.storage, remote=args.remote, cache_dir=args.cache_dir).close()
-    search = Search.open(args.name, root=args.root, worker=True)
+    # --storage again: its password, which the folder does not keep (the URL must name the same study).
+    search = Search.open(args.name, root=args.root, worker=True, storage=args.storage)
     try:
         cfg = search.config
         if not cfg.shared:
             raise SearchError(f"search {cfg.name!r} in {search.folder} runs on one host: run it with `evo run {cfg.name}`")
-        for flag, given, known in (("--storage", args.storage, cfg.storage), ("--remote", args.remote, cfg.remote)):
-            if given and given != known:
-                raise UsageError(f"{search.folder} was joined with {flag} {redact(known)}; drop the flag, or use "
-                                 "another --root for another search")
+        if args.remote and args.remote != cfg.remote:
+            raise UsageError(f"{search.folder} was joined with --remote {cfg.remote}; drop the flag, or use "
+                             "another --root for another search")
         check_runnable(search)
         hosts = SharedHosts(search, patience=args.patience)
     except Exception:

@@ -17,6 +17,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from evo import safe_ast
+
 _NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
         ast.Pow: operator.pow, ast.FloorDiv: operator.floordiv}
@@ -80,7 +82,7 @@ def _find(source: str, profile: str | None) -> dict[str, Hyperparameter]:
     # Cached: a mutation parses its parent several times (knobs, rewrite, validity), and a
     # whole train.py takes ~8 ms to parse; results are frozen, callers get their own dict.
     try:
-        tree = ast.parse(source)
+        tree = safe_ast.parse(source)  # proposals are prepared in threads
     except SyntaxError:
         return {}
     lines = source.splitlines(keepends=True)

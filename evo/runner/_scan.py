@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ast
 
+from evo import safe_ast
+
 _MODULES = {"ctypes": "imports ctypes (raw memory)", "inspect": "imports inspect (reads frames)", "importlib": "imports importlib",
             "builtins": "imports builtins", "socket": "imports socket", "subprocess": "starts processes"}
 _ATTRIBUTES = {"_getframe": "reads interpreter frames (sys._getframe)", "f_back": "walks the call stack (f_back)",
@@ -25,7 +27,7 @@ def suspicious(source: str) -> list[str]:
     """Plain-words flags for code in `source` that reaches for frames, gc, sys.modules, ctypes or the
     harness's internals (an empty list for honest code, and for code that does not parse)."""
     try:
-        tree = ast.parse(source)
+        tree = safe_ast.parse(source)  # runs in trial threads, beside proposal threads
     except SyntaxError:
         return []
     flags: list[str] = []
