@@ -44,7 +44,7 @@ positive_int = _number(int, "a whole number", lambda v: v >= 1, "a number >= 1")
 non_negative_int = _number(int, "a whole number", lambda v: v >= 0, "a number >= 0")
 positive_float = _number(float, "a number", lambda v: math.isfinite(v) and v > 0, "a positive number")
 probability = _number(float, "a probability", lambda v: 0 <= v <= 1, "a probability in [0, 1]")
-_trials = _number(int, "'none' or a whole number", lambda v: v >= 1, "'none' or a number >= 1")
+_trials = _number(int, "a whole number or 'none'", lambda v: v >= 1, "a number >= 1 or 'none'")
 _gain = _number(float, "'auto' or a number", lambda v: math.isfinite(v) and v >= 0, "'auto' or a number >= 0")
 
 
