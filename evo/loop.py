@@ -542,7 +542,10 @@ class SearchLoop:
         do what was asked: an error, saying why and what to run next."""
         if reason.kind in (StopKind.INTERRUPTED, StopKind.ERROR):
             return reason
-        lineage = Lineage(self.search.trials(), direction=self.search.config.direction)
+        try:
+            lineage = Lineage(self.search.trials(), direction=self.search.config.direction)
+        except Exception:  # a shared search's database went away at the end: the stop says what it knows
+            return reason
         if any(t.finished_ok for t in lineage.trials):
             return reason
         counted = sum(1 for t in lineage.trials if t.counts)
