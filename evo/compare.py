@@ -18,6 +18,7 @@ searches are skipped, an unfinished one resumes like `evo run`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -197,6 +198,16 @@ class Comparison:
 
     def save(self) -> None:
         (self.folder / MANIFEST).write_text(json.dumps(dataclasses.asdict(self.config), indent=2) + "\n")
+
+    def discard(self) -> bool:
+        """Remove a comparison none of whose searches exists (its first run failed before making one), so the
+        same command can create it afresh; return whether it was removed (one with searches is kept)."""
+        if self.config.searches or any(Search.exists(name, root=self.root) for _, _, name in self.members()):
+            return False
+        (self.folder / MANIFEST).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # the folder holds something else too: it stays
+            self.folder.rmdir()
+        return True
 
     # -- members ----------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ import time
 
 from population.genomes import RemoteError
 from population.search import Search, SearchError
-from population.store import LIMITS_ATTR, TrialRecord, is_transient, redact
+from population.store import LIMITS_ATTR, NO_LIMIT, TrialRecord, is_transient, redact
 
 # The methods below take the `evo.loop.SearchLoop` they serve as `loop` (the loop imports this
 # module, so this one does not import it back).
@@ -41,7 +41,9 @@ class OneHost:
     trials_max_age = None  # seconds the loop may plan from trials it read earlier (None: re-read every turn)
 
     def begin(self, loop) -> None:
-        """Before the first trial."""
+        """Before the first trial: a trial limit given to this run becomes the search's, kept for the runs
+        after it; none given means the one recorded (hours count for this run only)."""
+        loop.options.trials = record_limits(loop.search, trials=loop.options.trials).get("trials")
 
     def end(self, loop) -> None:
         """After the last trial ended (or was left to others)."""
@@ -85,6 +87,16 @@ class OneHost:
         raise error
 
 
+def record_limits(search: Search, **given) -> dict:
+    """Make the limits given (not None) the search's, `NO_LIMIT` lifting one; return the search's limits."""
+    limits = search.store.attr(LIMITS_ATTR) or {}
+    given = {k: None if v == NO_LIMIT else v for k, v in given.items() if v is not None}
+    if given:
+        limits = {**limits, **given}
+        search.store.set_attr(LIMITS_ATTR, limits)
+    return limits
+
+
 class SharedHosts(OneHost):
     """One worker of a search shared by several hosts through PostgreSQL and a git remote.
 
@@ -115,9 +127,7 @@ class SharedHosts(OneHost):
     def begin(self, loop) -> None:
         """Start beating; limits this worker was given become the search's, for every worker."""
         store, o = loop.search.store, loop.options
-        given = {k: v for k, v in (("trials", o.trials), ("hours", o.hours)) if v is not None}
-        if given:
-            store.set_attr(LIMITS_ATTR, {**(store.attr(LIMITS_ATTR) or {}), **given})
+        record_limits(loop.search, trials=o.trials, hours=o.hours)
         store.start_heartbeats()
         self.refresh_limits(loop, loop.search.trials())
 

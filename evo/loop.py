@@ -104,7 +104,8 @@ class Child:
 class RunOptions:
     """How long and how a search runs this time (not fixed: each `evo run` may change them).
 
-    trials: total finished trials in the search, seed included.
+    trials: total finished trials in the search, seed included; it becomes the search's limit, which
+        later runs keep when given None (`population.store.NO_LIMIT` lifts it).
     hours: wall-clock limit of this run (counted from `since`).
     reeval: extra seeds for a genome that becomes the best.
     noise_runs: extra seeds for the seed genome before any child is planned: they measure the
@@ -268,6 +269,7 @@ class SearchLoop:
             finally:
                 self._shut_down(proposals)
                 self.hosts.end(self)
+        reason = self._unless_nothing_succeeded(reason)
         self.on_event("stopped", {"reason": str(reason), "kind": reason.kind.value})
         return reason
 
@@ -553,17 +555,38 @@ class SearchLoop:
             if self._outage is not None and not offline_only:
                 self._probe = future  # the one proposal that asks the API whether it is back
 
-    def _no_parent(self, lineage: Lineage, error: NoParentError) -> str:
-        """Why no child can be planned, and what to do about it."""
-        name = self.search.config.name
+    def _no_parent(self, lineage: Lineage, error: NoParentError | None, again: str = "") -> str:
+        """Why no child can be planned, and what to do about it (`again`: the flags a run needs to go on)."""
+        cfg = self.search.config
+        name = cfg.name
         seeds = [t for t in lineage.trials if t.operator == "seed" and t.counts]
         if seeds and not any(t.finished_ok for t in lineage.trials):
             t = seeds[-1]
-            return (f"the seed genome failed (trial #{t.number}, {t.status}: {(t.error or 'no error line')[:160]}); "
-                    f"fix the cause and run `evo run {name}` again, which retries the seed (if the seed itself is at "
-                    f"fault, fix it in the project and run `evo reseed {name}` first; `evo show {name} {t.number}` "
-                    f"has its log; `evo rm {name} --yes` starts over)")
-        return f"cannot plan a child: {error}"
+            failed = f"the seed genome failed (trial #{t.number}, {t.status}: {(t.error or 'no error line')[:160]})"
+            if t.status == "no_metric" and cfg.target:  # the metric's name is fixed: running again cannot help
+                return (f"{failed}; the search's metric {cfg.metric!r} is fixed: if the run prints its score under "
+                        f"another name, delete the search with `evo rm {name} --yes` and create it again with that "
+                        f"--metric (or --metric-pattern); if the seed's own files should print it, fix them in the "
+                        f"project and run `evo reseed {name}`, then `evo run {name}{again}`")
+            return (f"{failed}; fix the cause and run `evo run {name}{again}` again, which retries the seed (if the "
+                    f"seed itself is at fault, fix it in the project and run `evo reseed {name}` first; `evo show "
+                    f"{name} {t.number}` has its log; `evo rm {name} --yes` starts over)")
+        return f"cannot plan a child: {error}" if error else "no trial succeeded"
+
+    def _unless_nothing_succeeded(self, reason: StopReason) -> StopReason:
+        """A run that reached a limit (or ran out of plans) while no trial of the search ever succeeded did not
+        do what was asked: an error, saying why and what to run next."""
+        if reason.kind in (StopKind.INTERRUPTED, StopKind.ERROR):
+            return reason
+        try:
+            lineage = Lineage(self.search.trials(), direction=self.search.config.direction)
+        except Exception:  # a shared search's database went away at the end: the stop says what it knows
+            return reason
+        if any(t.finished_ok for t in lineage.trials):
+            return reason
+        counted = sum(1 for t in lineage.trials if t.counts)
+        again = f" --trials {counted + self.options.trials}" if reason.kind == StopKind.TRIALS else ""
+        return StopReason(StopKind.ERROR, f"{reason} and none succeeded: {self._no_parent(lineage, None, again)}")
 
     def _reeval_child(self, lineage: Lineage) -> Child | None:
         """A re-evaluation the search still owes: the seed's noise runs, then the best's re-evaluations.

@@ -9,6 +9,7 @@ used.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -23,9 +24,9 @@ from population.lineage import DIRECTIONS, MINIMIZE
 from population.search import LOCAL_STORAGE, Search, SearchConfig, SearchError, check_name
 from population.store import SQLITE_PREFIX, StudyError, study_names
 
-__all__ = ["DATA_ATTR", "DataCheck", "NAMED_SOURCES", "PROGRAM", "check_compiles", "check_data", "check_harness",
-           "check_storage", "create_search", "data_cache_root", "describe_harness", "harness_sha256", "reseed",
-           "resolve_sandbox", "target_of", "trial_runner"]
+__all__ = ["DATA_ATTR", "DataCheck", "NAMED_SOURCES", "PROGRAM", "check_compiles", "check_data", "check_folder",
+           "check_harness", "check_storage", "create_search", "data_cache_root", "describe_harness", "harness_sha256",
+           "reseed", "resolve_sandbox", "target_of", "trial_runner"]
 
 PROGRAM = "program.md"
 DATA_ATTR = "evo_data_sha256"  # study attribute: the data files' hashes, recorded by the first run
@@ -85,14 +86,15 @@ def create_search(name: str, *, root: str | Path = "runs", project: str | Path =
         SearchError: with one line saying what to change; nothing is created then.
     """
     check_name(name)
-    project = Path(project).resolve()
+    project = Path(project).expanduser().resolve()
     if Search.exists(name, root=root):
         raise SearchError(f"search {name!r} already exists in {Path(root).resolve()}; open it with `evo run {name}` "
                           "or pick another name")
     direction = direction or MINIMIZE
-    _check_flags(budget=budget, direction=direction, read=read, remote=remote, storage=storage, heartbeat=heartbeat,
-                 grace=grace)
+    _check_flags(project=project, budget=budget, direction=direction, read=read, remote=remote, storage=storage,
+                 heartbeat=heartbeat, grace=grace)
     check_storage(storage, name)
+    cache_dir = str(check_folder("--cache-dir", cache_dir)) if cache_dir else None
     sandbox = resolve_sandbox(sandbox)
     if run is None:
         if metric not in (None, "val_bpb") or direction != MINIMIZE or metric_pattern or evaluate:
@@ -112,12 +114,37 @@ def create_search(name: str, *, root: str | Path = "runs", project: str | Path =
     config = SearchConfig(name=name, mutable=mutable, seed=seed, storage=storage or LOCAL_STORAGE,
                           harness_sha256=harness_sha256(harness), sandbox=sandbox, allow_network=allow_network,
                           read=[str(Path(os.path.expanduser(r)).resolve()) for r in read], remote=remote or "",
-                          heartbeat=heartbeat, grace=grace, **fields)
+                          heartbeat=heartbeat, grace=grace, project=str(project), **fields)
     program = _program(project, config)
     search = Search.create(root, config, seed_files={f: (project / f).read_text() for f in mutable}, harness=harness,
                            program=program)
     _keep_modes(project, search, harness)
     return search
+
+
+def check_folder(flag: str, path: str | Path) -> Path:
+    """`path` made absolute once it is a folder this process may write in, or one it can create;
+    else a SearchError naming the flag, the path and the problem. Leaves nothing behind: a folder
+    made to find out is removed again (the command that needs it makes it when it is used)."""
+    path = Path(path).expanduser().resolve()
+    if path.is_dir():
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise SearchError(f"{flag} {path}: the folder is not writable; name one evo may write in")
+        return path
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"is inside the file {existing}"
+        raise SearchError(f"{flag} {path}: {where}, not a folder; name a folder")
+    made = [p for p in (path, *path.parents) if not p.exists()]
+    try:
+        path.mkdir(parents=True)
+    except OSError as e:
+        raise SearchError(f"{flag} {path}: cannot create this folder ({e.strerror}); name one evo may write "
+                          "in") from None
+    for folder in made:  # deepest first
+        with contextlib.suppress(OSError):  # something else put a file there meanwhile: it keeps its folder
+            folder.rmdir()
+    return path
 
 
 NAMED_SOURCES = ("shakespeare", "climbmix")  # the data sources the harness knows by name; anything else is a folder
@@ -192,8 +219,10 @@ def _keep_modes(project: Path, search: Search, harness: dict) -> None:
             (search.paths.harness / f).chmod((project / f).stat().st_mode & 0o777)
 
 
-def _check_flags(*, budget, direction, read, remote, storage, heartbeat, grace) -> None:
+def _check_flags(*, project: Path, budget, direction, read, remote, storage, heartbeat, grace) -> None:
     """Raise SearchError for a creation flag that cannot work, before anything is made."""
+    if not project.is_dir():
+        raise SearchError(f"--project {project}: no such folder; pass the folder that holds the project's files")
     if budget is not None and budget <= 0:
         raise SearchError(f"--budget must be a positive number of seconds, not {budget:g}")
     if remote and not storage:
@@ -291,6 +320,7 @@ def join_search(name: str, *, root: str | Path = "runs", storage: str, remote: s
                 cache_dir: str | None = None) -> Search:
     """Make this host's folder of shared search `name` (see `population.Search.join`) and check that
     the harness it got from the remote is the one the search was created with."""
+    cache_dir = str(check_folder("--cache-dir", cache_dir)) if cache_dir else None
     search = Search.join(name, root=root, storage=storage, remote=remote, cache_dir=cache_dir)
     got = harness_sha256({str(p.relative_to(search.paths.harness)): p.read_bytes() for p in search.harness})
     if got != search.config.harness_sha256:

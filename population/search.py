@@ -87,6 +87,7 @@ class SearchConfig:
     remote: str = ""                  # git URL of the shared population ("" for a search on one host)
     heartbeat: int = 10               # shared searches: seconds between a running trial's heartbeats
     grace: int = 60                   # shared searches: seconds of silence before another worker re-runs a trial
+    project: str = ""                 # the folder the search was created from ("" in searches made before it was kept)
 
     @property
     def shared(self) -> bool:
@@ -442,9 +443,19 @@ class Search:
         self._save_config()
         return commit
 
+    def use_cache_dir(self, cache_dir: str | None) -> None:
+        """Read the harness's data from `cache_dir` from now on (None: $EVO_CACHE or the default). A
+        setting of this host's folder only: the study's copy of the configuration, which other hosts
+        share, keeps the one the search was created with; the data files' hashes still hold either way."""
+        self.config.cache_dir = cache_dir
+        self._write_config_file()
+
     def _save_config(self) -> None:
         """Write the configuration to search.json (atomically) and to the study."""
         self.store.set_attr(CONFIG_ATTR, _recorded(self.config))
+        self._write_config_file()
+
+    def _write_config_file(self) -> None:
         tmp = self.paths.config.with_suffix(".tmp")
         tmp.write_text(json.dumps(_recorded(self.config), indent=2) + "\n")
         os.replace(tmp, self.paths.config)

@@ -131,6 +131,10 @@ def test_a_metric_that_never_appears_says_which_lines_it_saw(examples):
                    "--metric", "throughput", "--budget", "60", "--trials", "2", cwd=examples)
     assert proc.returncode == 1
     assert "never gave throughput" in proc.stdout and "elements_per_second" in proc.stdout
+    # The metric is fixed, so running again cannot help: the advice names the ways that do.
+    advice = proc.stderr.strip().splitlines()[-1]
+    assert "`evo rm silent --yes`" in advice and "--metric" in advice and "`evo reseed silent`" in advice, advice
+    assert "fix the cause and run" not in advice
     with Search.open("silent", root=examples / "runs") as search:
         seed = search.trials()[0]
         assert seed.status == "no_metric" and "elements_per_second:" in seed.error

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from analysis.text import fmt
+from population.store import NO_LIMIT
 
 EXIT_USAGE = 2
 
@@ -43,7 +44,13 @@ positive_int = _number(int, "a whole number", lambda v: v >= 1, "a number >= 1")
 non_negative_int = _number(int, "a whole number", lambda v: v >= 0, "a number >= 0")
 positive_float = _number(float, "a number", lambda v: math.isfinite(v) and v > 0, "a positive number")
 probability = _number(float, "a probability", lambda v: 0 <= v <= 1, "a probability in [0, 1]")
+_trials = _number(int, "a whole number or 'none'", lambda v: v >= 1, "a number >= 1 or 'none'")
 _gain = _number(float, "'auto' or a number", lambda v: math.isfinite(v) and v >= 0, "'auto' or a number >= 0")
+
+
+def trial_limit(text: str) -> int:
+    """An argparse type for --trials: a number >= 1, or "none" (NO_LIMIT: lifts the limit set before)."""
+    return NO_LIMIT if text.strip().lower() == "none" else _trials(text)
 
 
 def min_gain(text: str) -> float | str:
@@ -63,7 +70,8 @@ def add_root(p) -> None:
 
 
 def add_creation(p) -> None:
-    g = p.add_argument_group("fixed when the search is created")
+    g = p.add_argument_group("fixed when the search is created", "given again on resume, each must say what the "
+                             "search was created with (else a one-line error), except --cache-dir, which may change")
     g.add_argument("--profile", choices=("tiny", "cpu", "gpu"), help="task profile (default: gpu with CUDA, else cpu)")
     g.add_argument("--budget", type=positive_float, help="seconds of counted training per trial (default: the profile's)")
     g.add_argument("--mutable", nargs="+", metavar="FILE", help="files (or quoted globs, with --run) the search may "
@@ -73,14 +81,15 @@ def add_creation(p) -> None:
     g.add_argument("--remote", metavar="GIT_URL", help="share the search between hosts: the population's git remote "
                    "(a path on a shared disk, file://, ssh:// or git://; a missing local path becomes a bare repository); "
                    "needs a postgresql:// --storage; each host then runs `evo worker NAME`")
-    g.add_argument("--heartbeat", type=positive_int, default=10, metavar="SECONDS",
+    g.add_argument("--heartbeat", type=positive_int, metavar="SECONDS",
                    help="with --remote: seconds between heartbeats of a running trial (default: 10)")
-    g.add_argument("--grace", type=positive_int, default=60, metavar="SECONDS",
+    g.add_argument("--grace", type=positive_int, metavar="SECONDS",
                    help="with --remote: seconds without a heartbeat before another worker re-runs a trial (default: 60)")
-    g.add_argument("--project", default=".", help="folder with train.py, prepare.py and program.md (default: .)")
-    g.add_argument("--cache-dir", help="data and tokenizer cache (default: $EVO_CACHE or ~/.cache/evoresearch)")
-    g.add_argument("--seed", type=non_negative_int, default=0, help="base random seed of the trials (default: 0)")
-    g.add_argument("--sandbox", choices=("auto", "bwrap", "none"), default="auto",
+    g.add_argument("--project", help="folder with train.py, prepare.py and program.md (default: .)")
+    g.add_argument("--cache-dir", help="data and tokenizer cache (default: $EVO_CACHE or ~/.cache/evoresearch); "
+                   "given on resume, the search uses this one from then on")
+    g.add_argument("--seed", type=non_negative_int, help="base random seed of the trials (default: 0)")
+    g.add_argument("--sandbox", choices=("auto", "bwrap", "none"),
                    help="where trials run: bwrap (each in a bubblewrap sandbox: no network, nothing of the search "
                    "visible), none (plain processes: a genome could fake its score; every record says so), auto "
                    "(default: bwrap when it works on this machine)")
@@ -103,12 +112,13 @@ def add_creation(p) -> None:
 
 def creation_kwargs(args) -> dict:
     """`evo.create_search` keyword arguments from the creation flags."""
-    return dict(root=args.root, project=args.project, profile=args.profile, budget=args.budget,
+    return dict(root=args.root, project=args.project or ".", profile=args.profile, budget=args.budget,
                 mutable=args.mutable or ["train.py"], data=args.data, storage=args.storage, cache_dir=args.cache_dir,
-                seed=args.seed if args.seed is not None else 0, sandbox=args.sandbox, allow_network=args.allow_network,
+                seed=args.seed if args.seed is not None else 0, sandbox=args.sandbox or "auto",
+                allow_network=args.allow_network,
                 run=args.run, metric=args.metric, direction=args.direction, metric_pattern=args.metric_pattern,
                 evaluate=args.evaluate, read=args.read,
-                remote=args.remote, heartbeat=args.heartbeat, grace=args.grace)
+                remote=args.remote, heartbeat=args.heartbeat or 10, grace=args.grace or 60)
 
 
 def add_noise_options(g) -> None:
@@ -199,6 +209,24 @@ def resolve_name(name: str | None, root: str) -> str:
 
 
 # -- output -------------------------------------------------------------------------------
+
+def check_output_file(flag: str, path: str) -> Path:
+    """`path` as a file to write, once its folder exists and may be written; else a UsageError saying which
+    (nothing is created: the file is written after the work that fills it)."""
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise UsageError(f"{flag} {path}: is a folder; name a file (e.g. {target / 'results.tsv'})")
+    folder = target.resolve().parent
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if existing != folder:
+        what = f"{existing} is a file" if not existing.is_dir() else f"the folder {folder} does not exist"
+        raise UsageError(f"{flag} {path}: {what}; create the folder first or name another file")
+    if not folder.is_dir():
+        raise UsageError(f"{flag} {path}: {folder} is a file, not a folder; name another file")
+    if not os.access(folder, os.W_OK | os.X_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise UsageError(f"{flag} {path}: cannot be written here; name a file in a folder evo may write in")
+    return target
+
 
 def duration(seconds: float) -> str:
     seconds = int(max(0, seconds))

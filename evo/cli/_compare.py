@@ -10,6 +10,7 @@ from evo.cli._common import (UsageError, add_creation, add_noise_options, add_pr
                              non_negative_int, positive_float, positive_int, stop_on_signals)
 from evo.compare import CompareConfig, Comparison
 from evo.devices import default_slots, parse_devices
+from evo.search import check_folder
 from evo.strategies import STRATEGIES, make_strategy
 from population.importer import import_results_tsv
 from population.search import Search, SearchError
@@ -108,6 +109,7 @@ def _comparison(args) -> Comparison:
         config.run_options()  # a combination that cannot work fails here, before anything is written
     except ValueError as e:
         raise UsageError(str(e)) from None
+    check_folder("--root", args.root)
     return Comparison.create(config, root=args.root)
 
 
@@ -196,9 +198,15 @@ def _run_members(args, comparison: Comparison) -> int:
 
 
 def cmd_compare(args) -> int:
+    new = not Comparison.exists(args.name, root=args.root)
     comparison = _comparison(args)
     cfg = comparison.config
-    status = 0 if cfg.searches else _run_members(args, comparison)
+    try:
+        status = 0 if cfg.searches else _run_members(args, comparison)
+    except BaseException:
+        if new:  # a comparison that failed before its first search leaves nothing behind
+            comparison.discard()
+        raise
     groups = comparison.groups()
     runs = load_runs(groups, root=args.root)
     if not runs:

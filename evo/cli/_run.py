@@ -6,18 +6,21 @@ import argparse
 import random
 import socket
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from evo.cli._common import (UsageError, add_creation, add_noise_options, add_proposer_options, add_root,
                              add_strategy_options, build_proposer, creation_kwargs, exit_code, non_negative_int,
-                             positive_float, positive_int, stop_on_signals, strategy_options)
+                             positive_float, positive_int, stop_on_signals, strategy_options,
+                             trial_limit)
 from evo.cli._progress import make_reporter
 from evo.devices import Slot, check_slots, default_slots, nvidia_gpus, parse_devices
 from evo.hosts import OneHost, SharedHosts
 from evo.loop import RunOptions, SearchLoop, fix_ladder
 from evo.promotion import DEFAULT_TOP, LadderError, check_fits, parse_ladder
 from evo.proposers import Genome, ProposalContext, ProposerError
-from evo.search import NAMED_SOURCES, create_search, describe_harness, join_search
+from evo.search import NAMED_SOURCES, check_folder, create_search, describe_harness, join_search, resolve_sandbox
 from evo.strategies import STRATEGIES, make_strategy
 from population.importer import check_runnable
 from population.lineage import NOISE_MULTIPLE
@@ -68,13 +71,16 @@ def add_parsers(sub) -> None:
 def add_run_options(p, *, shared: bool = False) -> None:
     g = p.add_argument_group("this run")
     if shared:
-        g.add_argument("--trials", type=positive_int, help="the search's limit: finished trials across all workers, seed "
-                       "included (sets it for every worker; default: the limit already set)")
+        g.add_argument("--trials", type=trial_limit, metavar="N|none", help="the search's limit: finished trials "
+                       "across all workers, seed included (sets it for every worker; none lifts it; default: the limit "
+                       "already set)")
         g.add_argument("--hours", type=positive_float, help="the search's limit: stop starting trials this many hours "
                        "after its first trial (sets it for every worker; default: the limit already set)")
     else:
-        g.add_argument("--trials", type=positive_int, help="stop when the search has this many finished trials, seed included")
-        g.add_argument("--hours", type=positive_float, help="stop starting trials after this many hours")
+        g.add_argument("--trials", type=trial_limit, metavar="N|none", help="stop when the search has this many "
+                       "finished trials, seed included; the search keeps this limit for later runs until another "
+                       "--trials N, or --trials none to lift it (default: the limit already set, else none)")
+        g.add_argument("--hours", type=positive_float, help="stop starting trials after this many hours (this run only)")
     g.add_argument("--devices", help="cuda:0,cuda:1 | cpu | cpu:N (default: every visible GPU, else one CPU slot)")
     g.add_argument("--strategy", choices=tuple(STRATEGIES), default="evolve",
                    help="evolve (default): tournament + crossover; greedy: autoresearch's hill-climb; random: best-of-N from the seed")
@@ -126,17 +132,79 @@ def run_options(args) -> RunOptions:
 
 
 
+@dataclass(frozen=True)
+class FixedFlag:
+    """A creation flag that cannot change once the search exists: given again, it must say what the search has."""
+
+    flag: str
+    attr: str                                      # its name in argparse's namespace
+    recorded: Callable[[Search], tuple]            # the values that say what the search has (the first is shown)
+    normal: Callable[[object], object] = lambda v: v  # the given value as the search would record it
+    kind: str = ""                                 # "harness" or "command": the kind of search it describes
+
+
+def _absolute(path: str) -> str:
+    return str(Path(path).expanduser().resolve())
+
+
+def _sandbox(choice: str) -> str:
+    return resolve_sandbox(choice) if choice == "auto" else choice
+
+
+# Every creation flag but --cache-dir (this host's data cache, which may move: see `apply_changeable`).
+FIXED = (
+    FixedFlag("--profile", "profile", lambda s: (s.config.profile,), kind="harness"),
+    FixedFlag("--budget", "budget", lambda s: (s.config.budget,)),
+    FixedFlag("--mutable", "mutable", lambda s: (s.config.mutable,)),
+    FixedFlag("--data", "data", lambda s: (s.config.data,), lambda d: d if d in NAMED_SOURCES else _absolute(d),
+              kind="harness"),
+    FixedFlag("--project", "project", lambda s: (s.config.project,) if s.config.project else (), _absolute),
+    FixedFlag("--seed", "seed", lambda s: (s.config.seed,)),
+    FixedFlag("--sandbox", "sandbox", lambda s: (s.config.sandbox,), _sandbox),
+    FixedFlag("--allow-network", "allow_network", lambda s: (s.config.allow_network,), lambda v: v or None),
+    FixedFlag("--read", "read", lambda s: (s.config.read,), lambda r: [_absolute(f) for f in r] or None),
+    # Compared without a password: how search.json keeps a URL is not the user's concern.
+    FixedFlag("--storage", "storage", lambda s: (redact(s.config.storage_url(s.paths)), redact(s.config.storage)),
+              redact),
+    FixedFlag("--remote", "remote", lambda s: (s.config.remote,)),
+    FixedFlag("--heartbeat", "heartbeat", lambda s: (s.config.heartbeat,)),
+    FixedFlag("--grace", "grace", lambda s: (s.config.grace,)),
+    FixedFlag("--run", "run", lambda s: (s.config.target.get("run"),), kind="command"),
+    FixedFlag("--metric", "metric", lambda s: (s.config.metric,), kind="command"),
+    FixedFlag("--direction", "direction", lambda s: (s.config.direction,), kind="command"),
+    FixedFlag("--metric-pattern", "metric_pattern", lambda s: (s.config.target.get("pattern"),), kind="command"),
+    FixedFlag("--evaluate", "evaluate", lambda s: (s.config.target.get("evaluate"),), kind="command"),
+)
+
+
 def check_fixed(args, search: Search) -> None:
-    """A creation flag given again must say what the search already fixed."""
+    """A creation flag given again must say what the search already fixed (a UsageError naming the fix)."""
     cfg = search.config
-    data = args.data if args.data in (None, *NAMED_SOURCES) else str(Path(args.data).expanduser().resolve())
-    for flag, given, fixed in (("--profile", args.profile, cfg.profile), ("--budget", args.budget, cfg.budget),
-                               ("--mutable", args.mutable, cfg.mutable), ("--data", data, cfg.data),
-                               ("--run", args.run, cfg.target.get("run")), ("--metric", args.metric, cfg.metric),
-                               ("--direction", args.direction, cfg.direction),
-                               ("--evaluate", args.evaluate, cfg.target.get("evaluate"))):
-        if given is not None and given != fixed:
-            raise UsageError(f"{flag} is fixed at {fixed!r} for search {cfg.name!r}; drop the flag or start a new search")
+    kind = "command" if cfg.target else "harness"
+    for fixed in FIXED:
+        given = getattr(args, fixed.attr, None)
+        given = None if given is None else fixed.normal(given)
+        recorded = fixed.recorded(search)
+        if given is None or not recorded or given in recorded:
+            continue
+        if fixed.kind and fixed.kind != kind:
+            what = (f"runs the command {cfg.target['run']!r}, not evoresearch's harness" if cfg.target else
+                    "runs evoresearch's harness (prepare.py), not a command")
+            raise UsageError(f"search {cfg.name!r} already exists and {what}: drop {fixed.flag}, or give a new name "
+                             "to create another search")
+        shown = "none" if recorded[0] in (None, "") else repr(recorded[0])
+        raise UsageError(f"{fixed.flag} is fixed at {shown} for search {cfg.name!r}; drop the flag or start a new "
+                         "search (another name)")
+
+
+def apply_changeable(args, search: Search) -> None:
+    """Creation flags that may change on resume take effect: --cache-dir (the harness's data, on this host)."""
+    cache_dir = getattr(args, "cache_dir", None)
+    if cache_dir is None or search.config.target:
+        return
+    cache_dir = str(check_folder("--cache-dir", cache_dir))
+    if cache_dir != search.config.cache_dir:
+        search.use_cache_dir(cache_dir)
 
 
 def cmd_init(args) -> int:
@@ -163,7 +231,8 @@ def cmd_init(args) -> int:
 
 def create(args) -> Search:
     """Create the search the flags describe and say what was made (and what the user should know)."""
-    had_program = (Path(args.project) / "program.md").exists()
+    check_folder("--root", args.root)
+    had_program = (Path(args.project or ".") / "program.md").exists()
     search = create_search(args.name, **creation_kwargs(args))
     cfg = search.config
     what = (f"profile {cfg.profile}, data {cfg.data}" if not cfg.target else
@@ -185,16 +254,18 @@ def open_or_create(args, slots: list[Slot] | None = None) -> Search:
     """The search `evo run NAME` means: the existing one (its fixed settings unchanged) or a new one.
     The devices asked for are checked against the GPUs trials would see before either."""
     if not Search.exists(args.name, root=args.root):
-        prepare = Path(args.project) / "prepare.py"
+        prepare = Path(args.project or ".") / "prepare.py"
         if slots and args.run is None and prepare.exists():  # without it, creation says what is missing
             _check_devices(slots, int(describe_harness(prepare.resolve(), args.profile).get("cuda_devices", 0)))
         elif slots:
             _check_devices(slots, nvidia_gpus())
         return create(args)
-    search = Search.open(args.name, root=args.root)
+    # --storage again: its password, which the folder does not keep (the URL must name the same study).
+    search = Search.open(args.name, root=args.root, storage=getattr(args, "storage", None))
     try:
         check_runnable(search)
         check_fixed(args, search)
+        apply_changeable(args, search)
     except Exception:
         search.close()
         raise
@@ -314,6 +385,7 @@ def cmd_worker(args) -> int:
         if not args.storage or not args.remote:
             raise UsageError(f"no folder for search {args.name!r} in {Path(args.root).resolve()} yet: give --storage "
                              "postgresql://... and --remote GIT_URL the first time on a host")
+        check_folder("--root", args.root)
         join_search(args.name, root=args.root, storage=args.storage, remote=args.remote, cache_dir=args.cache_dir).close()
     # --storage again: its password, which the folder does not keep (the URL must name the same study).
     search = Search.open(args.name, root=args.root, worker=True, storage=args.storage)
@@ -321,9 +393,8 @@ def cmd_worker(args) -> int:
         cfg = search.config
         if not cfg.shared:
             raise SearchError(f"search {cfg.name!r} in {search.folder} runs on one host: run it with `evo run {cfg.name}`")
-        if args.remote and args.remote != cfg.remote:
-            raise UsageError(f"{search.folder} was joined with --remote {cfg.remote}; drop the flag, or use "
-                             "another --root for another search")
+        check_fixed(args, search)
+        apply_changeable(args, search)
         check_runnable(search)
         hosts = SharedHosts(search, patience=args.patience)
     except Exception:

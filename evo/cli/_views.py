@@ -11,7 +11,8 @@ from pathlib import Path
 from analysis.report import search_facts, write_report
 from analysis.summary import render_status, render_trial, summarize
 from analysis.walk import best_lineage, render_walk
-from evo.cli._common import UsageError, add_root, positive_float, positive_int, resolve_name
+from evo.cli._common import UsageError, add_root, check_output_file, positive_float, positive_int, resolve_name
+from evo.search import check_folder
 from population.genomes import RemoteError
 from population.results_tsv import results_tsv
 from population.search import Search
@@ -29,7 +30,8 @@ def add_parsers(sub) -> None:
 
     p = sub.add_parser("show", help="one trial in full", description="Metrics, description, rationale, diff against the "
                        "parent(s) and the log tail of one trial.")
-    p.add_argument("args", nargs="+", metavar="[NAME] N", help="search name (optional when there is only one) and trial number")
+    p.add_argument("args", nargs="+", metavar="[NAME] N", help="search name (optional when there is only one) and "
+                   "one or more trial numbers")
     add_root(p)
     p.set_defaults(handler=cmd_show)
 
@@ -100,18 +102,21 @@ def cmd_status(args) -> int:
 
 
 def cmd_show(args) -> int:
-    if len(args.args) == 1:
-        name, number = resolve_name(None, args.root), args.args[0]
-    elif len(args.args) == 2:
-        name, number = args.args
-    else:
-        raise UsageError("give the search name (optional when there is only one) and a trial number")
-    try:
-        number = int(number)
-    except ValueError:
-        raise UsageError(f"trial number must be a whole number, not {number!r}")
+    first, *rest = args.args
+    # The first word is the search unless it is a trial number (and no search has that name).
+    named = not first.isdigit() or (bool(rest) and Search.exists(first, root=args.root))
+    name = first if named else resolve_name(None, args.root)
+    words = rest if named else args.args
+    if not words:
+        raise UsageError("give the search name (optional when there is only one) and one or more trial numbers")
+    numbers = []
+    for word in words:
+        try:
+            numbers.append(int(word))
+        except ValueError:
+            raise UsageError(f"trial number must be a whole number, not {word!r}") from None
     with open_synced(name, args.root) as search:
-        print(render_trial(search, number))
+        print("\n\n".join(render_trial(search, number) for number in numbers))
     return 0
 
 
@@ -121,7 +126,7 @@ def cmd_best(args) -> int:
         best = search.lineage().best
         if best is None:
             raise UsageError(f"search {name!r} has no successful trial yet")
-        out = Path(args.out) if args.out else search.folder / "best"
+        out = check_folder("--out", args.out) if args.out else search.folder / "best"
         out.mkdir(parents=True, exist_ok=True)
         for path, text in search.repo.files(best.commit, search.config.mutable).items():
             (out / path).parent.mkdir(parents=True, exist_ok=True)
@@ -133,18 +138,21 @@ def cmd_best(args) -> int:
 
 def cmd_export(args) -> int:
     name = resolve_name(args.name, args.root)
+    out = None if args.out == "-" else check_output_file("--out", args.out)
     with Search.open(name, root=args.root) as search:
         text = results_tsv(search.trials())
-    if args.out == "-":
+    if out is None:
         sys.stdout.write(text)
     else:
-        Path(args.out).write_text(text)
+        out.write_text(text)
         print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
 
 def cmd_report(args) -> int:
     name = resolve_name(args.name, args.root)
+    if args.out:
+        check_folder("--out", args.out)
     with open_synced(name, args.root) as search:
         files = write_report(search, out=args.out, max_nodes=args.max_nodes, engine=args.layout)
         print(search_facts(search).headline())
