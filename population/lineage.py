@@ -296,6 +296,28 @@ class Lineage:
         key = self._replay.incumbent
         return self._by_key[key] if key is not None else None
 
+    def evaluations(self, ind: Individual) -> tuple[int, int]:
+        """(counted, running) trials evaluating genome `ind` at its own scale: its first trial and its
+        re-evaluations, failed ones included (a genome that crashes is not retried for ever)."""
+        mine = [t for t in self._trials_of(ind.tree) if t.number == ind.trial or t.operator == "reeval"]
+        return sum(1 for t in mine if t.counts), sum(1 for t in mine if t.state == "RUNNING")
+
+    def promoted(self, tree: str, rung) -> bool:
+        """Whether genome `tree` has a trial at promotion rung `rung`, finished (even failed) or running."""
+        return any(t.operator == "promote" and t.attrs.get("rung") == rung and (t.counts or t.state == "RUNNING")
+                   for t in self._trials_of(tree))
+
+    def _trials_of(self, tree: str) -> list[TrialRecord]:
+        """Every trial of genome `tree`, whatever its state."""
+        return self._by_tree.get(tree, [])
+
+    @cached_property
+    def _by_tree(self) -> dict[str, list[TrialRecord]]:
+        found: dict[str, list[TrialRecord]] = {}
+        for t in self.trials:
+            found.setdefault(t.tree, []).append(t)
+        return found
+
     def noise_sd(self) -> float | None:
         """The noise floor: pooled standard deviation of the genomes evaluated more than once (None: none was)."""
         return pooled_sd(ind.values for ind in self.individuals)
