@@ -468,7 +468,7 @@ class SearchLoop:
             trials = self._trials()
             if limit is not None and sum(1 for t in trials if t.counts or t.state == "RUNNING") + self._queued() >= limit:
                 return
-            lineage = Lineage(trials, direction=self.search.config.direction)
+            lineage = self.search.lineage(trials)
             offline_only = self._outage is not None and (self._waiting_for_api() or self._probe in self._pending)
             rng = random.Random(f"{self.search.config.seed}:{len(lineage.trials)}:{self._plans}{self.hosts.salt}")
             try:

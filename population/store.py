@@ -305,6 +305,7 @@ class TrialStore:
         self._beats: threading.Thread | None = None
         self._stop_beats = threading.Event()
         self._finished: dict[int, optuna.trial.FrozenTrial] = {}   # see _read_trials
+        self._records: dict[int, tuple[optuna.trial.FrozenTrial, TrialRecord]] = {}   # see trials
         self._unfinished: set[int] = set()
         self._known = 0
 
@@ -617,9 +618,20 @@ class TrialStore:
     # -- reading --------------------------------------------------------------
 
     def trials(self) -> list[TrialRecord]:
+        """Every trial, in number order. A finished trial's record is made once and handed out again
+        while its Optuna trial stays the same object (read-only: callers share it), so a long search
+        costs a list per call rather than a record per trial."""
         with self._lock:
             frozen = self._read_trials()
-        return [_record(t) for t in frozen]
+            return [self._record_of(t) for t in frozen]
+
+    def _record_of(self, t: optuna.trial.FrozenTrial) -> TrialRecord:
+        if not t.state.is_finished():
+            return _record(t)
+        known = self._records.get(t.number)
+        if known is None or known[0] is not t:
+            known = self._records[t.number] = (t, _record(t))
+        return known[1]
 
     def _read_trials(self) -> list[optuna.trial.FrozenTrial]:
         """Every trial of the study, in number order, reading only what may have changed.
