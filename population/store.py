@@ -21,6 +21,7 @@ When several hosts share one study (`heartbeat` given), three more rules hold:
 from __future__ import annotations
 
 import contextlib
+import enum
 import math
 import re
 import sqlite3
@@ -48,8 +49,34 @@ LIMITS_ATTR = "evo_limits"      # a shared search's limits: {"trials": N, "hours
 IMPORTED_ATTR = "evo_imported"  # set by `evo import`: the results.tsv a search was made from (it has no genomes)
 BEATING = "evo:heartbeat"       # system attr: the trial's first heartbeat is recorded (see `fail_stale`)
 CLAIM_LOCK = 0x65766F           # "evo": first key of the PostgreSQL advisory lock; the study id is the second
-# Statuses of a finished trial. ok is the only one with a usable val_bpb of its own.
-OK, DUPLICATE, INTERRUPTED, INVALID = "ok", "duplicate", "interrupted", "invalid_proposal"
+
+
+class TrialStatus(enum.StrEnum):
+    """Every status a trial can have: the one vocabulary of the runner, the store, the loop and the
+    views. Members are strings, so records written before it (and `t.status == "ok"`) read the same."""
+
+    RUNNING = "running"
+    OK = "ok"                              # the only one with a usable score of its own
+    DUPLICATE = "duplicate"                # a genome already evaluated: its score reused, never trained twice
+    INTERRUPTED = "interrupted"            # cut short by the search itself (a stop, a crash of the engine): re-run
+    INVALID_PROPOSAL = "invalid_proposal"  # the proposer's child could not be made
+    # How a run ended, as the runner tells it.
+    CRASH = "crash"
+    TIMEOUT = "timeout"
+    DIVERGED = "diverged"
+    NO_METRIC = "no_metric"
+    PRUNED = "pruned"
+    OOM = "oom"
+    LIMIT = "limit"
+    INVALID = "invalid"                    # the run broke the rules (changed the harness while it ran)
+
+
+# The statuses the engine writes itself, by their old names.
+OK, DUPLICATE, INTERRUPTED, INVALID = (TrialStatus.OK, TrialStatus.DUPLICATE, TrialStatus.INTERRUPTED,
+                                       TrialStatus.INVALID_PROPOSAL)
+# How a run can end (`evo.runner.TrialResult.status`).
+RUN_STATUSES = (TrialStatus.OK, TrialStatus.CRASH, TrialStatus.TIMEOUT, TrialStatus.DIVERGED, TrialStatus.NO_METRIC,
+                TrialStatus.PRUNED, TrialStatus.INTERRUPTED, TrialStatus.OOM, TrialStatus.LIMIT, TrialStatus.INVALID)
 
 
 @dataclass

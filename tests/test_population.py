@@ -238,3 +238,18 @@ def test_a_lineage_built_on_the_last_one_is_the_lineage_built_afresh(seed):
             again = Lineage(previous.trials)
             assert [vars(i) for i in previous.individuals] == [vars(i) for i in again.individuals]
         previous = grown if rng.random() < 0.9 else fresh
+
+
+def test_one_status_vocabulary_reads_old_records_and_writes_plain_strings(tmp_path):
+    import json
+
+    from population.store import DUPLICATE, INTERRUPTED, INVALID, OK, TrialStatus
+    from evo.runner import STATUSES
+    assert {OK, DUPLICATE, INTERRUPTED, INVALID} | set(STATUSES) <= set(TrialStatus)
+    store = TrialStore.create(f"sqlite:///{tmp_path}/s.db", "s", {})
+    n = store.start({"operator": "seed"})
+    store.finish(n, status=OK, value=1.0)
+    t = store.trials()[0]
+    assert t.status == "ok" and TrialStatus(t.status) is TrialStatus.OK
+    assert json.dumps({"status": TrialStatus.INVALID_PROPOSAL}) == '{"status": "invalid_proposal"}'
+    store.close()
