@@ -37,6 +37,8 @@ Node = int | str  # a trial number, or "+N" for the folded branches under trial 
 def lineage_graph(trials: Iterable[TrialRecord], *, direction: str = MINIMIZE, metric: str = "val_bpb") -> nx.DiGraph:
     """The full DAG of a search's trials.
 
+    Graph attributes: direction, metric, best (the best genome's trial as `Lineage.best` names
+    it: the report and `evo status` agree on it) and best_path (`Lineage.path_to` it).
     Node attributes: operator, status, description, proposer, value (the trial's own
     score), score (its genome's mean over evaluations, None without a result), rank (the
     score with the sign that makes lower better, for ordering), failed,
@@ -49,7 +51,9 @@ def lineage_graph(trials: Iterable[TrialRecord], *, direction: str = MINIMIZE, m
         direction, metric: the search's metric (graph attributes, for ordering and labels).
     """
     lineage = Lineage(list(trials), direction=direction)
-    g = nx.DiGraph(direction=direction, metric=metric)
+    best = lineage.best.trial if lineage.best else None
+    g = nx.DiGraph(direction=direction, metric=metric, best=best,
+                   best_path=lineage.path_to(best) if best is not None else [])
     s = sign(direction)
     for t in lineage.trials:
         if not t.counts or t.operator == "reeval":
@@ -73,27 +77,13 @@ def lineage_graph(trials: Iterable[TrialRecord], *, direction: str = MINIMIZE, m
 
 
 def best_node(g: nx.DiGraph) -> int | None:
-    """The trial of the best genome in `g` (best mean score; ties to the earlier trial).
+    """The trial of the best genome in `g`, as `Lineage.best` decided it (never re-ranked here: an
+    infeasible genome, or one better only by less than the min gain, is not the best).
 
     Args:
         g: a graph from `lineage_graph`.
     """
-    scored = [(d["rank"], n) for n, d in g.nodes(data=True) if isinstance(n, int) and d.get("rank") is not None]
-    return min(scored)[1] if scored else None
-
-
-def first_parent_path(g: nx.DiGraph, node: Node | None) -> list[int]:
-    """The chain of first parents from a root to `node`, root first.
-
-    Args:
-        g: a graph from `lineage_graph`.
-        node: the trial to end at (None gives an empty path).
-    """
-    path = []
-    while node is not None and node not in path:
-        path.append(node)
-        node = g.nodes[node].get("first_parent")
-    return path[::-1]
+    return g.graph.get("best")
 
 
 def thin(g: nx.DiGraph, *, max_nodes: int = 70, top: int | None = None) -> tuple[nx.DiGraph, int]:
@@ -120,8 +110,9 @@ def thin(g: nx.DiGraph, *, max_nodes: int = 70, top: int | None = None) -> tuple
         return g.copy(), 0
     ranked = sorted((d["rank"], n) for n, d in g.nodes(data=True) if d.get("rank") is not None)
     must = {n for n in g if g.in_degree(n) == 0}
-    if ranked:
-        must |= {ranked[0][1]} | nx.ancestors(g, ranked[0][1])
+    best = best_node(g)
+    if best in g:
+        must |= {best} | nx.ancestors(g, best)
 
     def closure(k: int) -> set:
         keep = set(must)
@@ -194,7 +185,7 @@ def tree_view(trials: Iterable[TrialRecord], *, max_nodes: int = 70, engine: str
         direction, metric: the search's metric.
     """
     full = lineage_graph(trials, direction=direction, metric=metric)
-    path = first_parent_path(full, best_node(full))
+    path = [n for n in full.graph["best_path"] if n in full]
     g, folded = thin(full, max_nodes=max_nodes)
     use_dot = engine == "dot" or (engine == "auto" and shutil.which("dot") is not None)
     positions = _dot_layout(g) if use_dot else None

@@ -364,7 +364,8 @@ def report(results: dict[str, dict[int, list[float]]], seeds: dict[int, float], 
         finals = [results[name][k][-1] for k in landscapes]
         ci = bootstrap_ci(finals)
         gain = statistics.fmean(seeds[k] - results[name][k][-1] for k in landscapes)
-        line = f"{name:9s} {statistics.fmean(finals):>15.4f} [{ci[0]:.4f}, {ci[1]:.4f}] {gain:>15.4f}"
+        interval = f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci else f"{'[one landscape]':16s}"  # no interval from one
+        line = f"{name:9s} {statistics.fmean(finals):>15.4f} {interval} {gain:>15.4f}"
         if greedy is not None:
             hits = [reach(results[name][k], greedy[k][-1]) for k in landscapes]
             med = statistics.median([h if h is not None else math.inf for h in hits])

@@ -155,7 +155,7 @@ def main() -> None:
     parser.add_argument("--git-daemon", action="store_true", help="reach the remote over git:// rather than file://")
     args = parser.parse_args()
 
-    from services import GitDaemon, Postgres
+    from services import GitDaemon, Postgres, Unavailable
 
     work = Path(tempfile.mkdtemp(prefix="evo-workers-"))
     project = work / "project"
@@ -163,10 +163,16 @@ def main() -> None:
     for f in ("prepare.py", "program.md", "train.py"):
         shutil.copyfile(ROOT / f, project / f)
     if args.genome == "instant":
+        # With a harness that has no scorer (as tests' instant_project): the trusted scorer of the
+        # real prepare.py would wait for a model the stand-in never hands over, and fail the seed.
         shutil.copyfile(ROOT / "tests" / "data" / "instant_genome.py", project / "train.py")
+        shutil.copyfile(ROOT / "tests" / "data" / "instant_prepare.py", project / "prepare.py")
     env = {**os.environ, "EVO_CACHE": os.environ.get("EVO_CACHE", str(work / "cache")), "EVO_PROFILE": "tiny",
            "EVO_TEST_SLEEP": str(args.sleep if args.genome == "instant" else 0)}
-    pg = Postgres().start()
+    try:
+        pg = Postgres().start()
+    except Unavailable as e:
+        raise SystemExit(f"cannot start PostgreSQL: {e}")
     daemon = None
     try:
         subprocess.run([sys.executable, str(ROOT / "prepare.py"), "--profile", "tiny"], env=env, check=True,

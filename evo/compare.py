@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from evo.devices import Slot
+from evo.slots import Slot
 from evo.loop import RunOptions, SearchLoop, StopKind, StopReason
 from evo.proposers import Proposer
 from evo.search import create_search, harness_sha256

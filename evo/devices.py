@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
+from evo.slots import Slot
+from evo.targets import describe_harness
 from population.search import SearchError
 
 OVERSUBSCRIBE = 4  # CPU slots per core beyond which --devices is refused
 
-
-@dataclass(frozen=True)
-class Slot:
-    """One place a trial can run: a GPU, or a share of the CPU cores. Configuration only: the
-    loop keeps what is running where."""
-
-    name: str          # unique, also the worktree's folder name
-    device: str        # what the trial sees: cpu, cuda:N
-    threads: int | None = None
+__all__ = ["OVERSUBSCRIBE", "Slot", "check_slots", "default_slots", "nvidia_gpus", "parse_devices", "visible_gpus"]
 
 
 def parse_devices(spec: str | None, cuda_devices: int = 0) -> list[Slot]:
@@ -85,7 +78,6 @@ def visible_gpus(search) -> int:
     """How many GPUs a search's trials can use here: what its harness's torch sees, or for any
     other project what nvidia-smi lists."""
     if not search.config.target:
-        from evo.targets import describe_harness
         return int(describe_harness(search.paths.harness / "prepare.py", search.config.profile).get("cuda_devices", 0))
     return nvidia_gpus()
 

@@ -37,9 +37,10 @@ from evo.devices import Slot, check_slots, parse_devices, visible_gpus
 from evo.hosts import OneHost, SharedHosts
 from evo.proposers import (Genome, Proposal, ProposalContext, Proposer, ProposerError, ProposerUnavailable, cap_proposal,
                            hyperparameter_values)
-from evo.promotion import DEFAULT_TOP, LADDER_ATTR, RUNG_ATTRS, Rung, describe, next_promotion
+from evo.promotion import DEFAULT_TOP, LADDER_ATTR, RUNG_ATTRS, Rung, describe
 from evo.pruners import make_pruner
 from evo.runner import Limits, TrialResult, TrialRunner
+from evo.schedulers import Child, Propose, Run, Snapshot, chain, decide
 from evo.search import DataCheck, check_harness
 from evo.targets import target_of
 from evo.strategies import NoParentError, Plan, Strategy
@@ -47,7 +48,7 @@ from population.genomes import genome_hash
 from population.importer import check_runnable
 from population.lineage import MIN_GAIN_ATTR, Lineage, auto_min_gain, genome_key
 from population.search import Search, SearchError
-from population.store import DUPLICATE, INTERRUPTED, INVALID, OK, WHILE_WAITING
+from population.store import DUPLICATE, INTERRUPTED, INVALID, OK
 
 AUTO = "auto"  # RunOptions.min_gain: a multiple of the measured noise floor
 
@@ -82,22 +83,6 @@ class StopReason:
 
 
 INTERRUPTED_STOP = StopReason(StopKind.INTERRUPTED, "interrupted")
-
-
-@dataclass
-class Child:
-    """A genome waiting for a device."""
-
-    operator: str
-    parents: list[int]
-    commit: str | None = None           # known for the seed, re-evaluations and re-runs
-    proposal: Proposal | None = None    # for new genomes
-    seed: int = 0
-    island: int = 0
-    rerun_of: int | None = None
-    attrs: dict = field(default_factory=dict)
-    published: bool = False             # its commit is on a shared search's remote
-    wanted: int = 0                     # a re-evaluation: the evaluations of its genome it completes
 
 
 @dataclass(kw_only=True)
@@ -513,28 +498,11 @@ class SearchLoop:
             if limit is not None and sum(1 for t in trials if (t.counts or t.state == "RUNNING") and not t.while_waiting) \
                     + self._queued() >= limit:
                 return
-            lineage = Lineage(trials, direction=self.search.config.direction)
-            reeval = self._reeval_child(lineage)
-            if reeval is not None:
-                self._ready.append(reeval)
-                continue
-            promotion = self._promote_child(lineage)
-            if promotion is not None:
-                self._ready.append(promotion)
-                continue
-            if self._measuring_noise(lineage):
-                return  # children wait for the noise floor their min gain may be a multiple of
+            lineage = self.search.lineage(trials)
             offline_only = self._outage is not None and (self._waiting_for_api() or self._probe in self._pending)
-            if offline_only and not self.proposer.offline_fallback:
-                # The API is asked again by one proposal once the wait is over; meanwhile devices re-evaluate.
-                reeval = self._reeval_while_waiting(lineage) if len(self._ready) < len(self._free_slots()) else None
-                if reeval is None:
-                    return
-                self._ready.append(reeval)
-                continue
             rng = random.Random(f"{self.search.config.seed}:{len(lineage.trials)}:{self._plans}{self.hosts.salt}")
             try:
-                plan = self.strategy.plan(lineage, rng)
+                decision = decide(self._schedulers(), self._snapshot_for(lineage, offline_only, rng))
             except NoParentError as e:
                 running = any(t.state == "RUNNING" for t in trials)  # elsewhere: its result may be a parent
                 if not self._running and not self._pending and not self._ready and not running:
@@ -543,6 +511,12 @@ class SearchLoop:
                         continue
                     self._error = StopReason(StopKind.ERROR, self._no_parent(lineage, e))
                 return
+            if isinstance(decision, Run):
+                self._ready.append(decision.child)
+                continue
+            if not isinstance(decision, Propose):
+                return  # a scheduler holds children back (the noise floor, an API outage)
+            plan = decision.plan
             self.hosts.ensure(self.search, [lineage.by_number[n].commit for n in plan.parents if n in lineage.by_number])
             # Named here, in the planning thread: a name read in the worker could be another proposal's.
             scratch = self.search.paths.scratch(f"plan-{self._plans}")
@@ -588,66 +562,17 @@ class SearchLoop:
         again = f" --trials {counted + self.options.trials}" if reason.kind == StopKind.TRIALS else ""
         return StopReason(StopKind.ERROR, f"{reason} and none succeeded: {self._no_parent(lineage, None, again)}")
 
-    def _reeval_child(self, lineage: Lineage) -> Child | None:
-        """A re-evaluation the search still owes: the seed's noise runs, then the best's re-evaluations.
+    def _schedulers(self):
+        """The chain that decides what runs next (see `evo.schedulers`), from this run's options as they are now."""
+        o = self.options
+        return chain(strategy=self.strategy, noise_runs=o.noise_runs, reeval=o.reeval, promote=o.promote,
+                     promote_top=o.promote_top, config=self.search.config, reeval_while_waiting=o.reeval_while_waiting,
+                     offline_fallback=self.proposer.offline_fallback)
 
-        The seed is evaluated on 1 + noise_runs seeds, the best on 1 + reeval; attempts that
-        failed count too (a genome that crashes is not retried for ever), and each attempt gets
-        the next seed."""
-        seed = lineage.seed
-        seed_ind = lineage.individual(seed.number) if seed is not None and seed.finished_ok else None
-        for ind, wanted in ((seed_ind, 1 + self.options.noise_runs), (lineage.best, 1 + self.options.reeval)):
-            if ind is None or wanted <= 1:
-                continue
-            child = self._reeval_of(lineage, ind, wanted, "")
-            if child is not None:
-                return child
-        return None
-
-    def _reeval_of(self, lineage: Lineage, ind, wanted: int, why: str) -> Child | None:
-        """A re-evaluation of `ind` on the next seed, unless it has `wanted` evaluations done or under way."""
-        done, busy = self._evaluations(lineage, ind)
-        if done + busy >= wanted:
-            return None
-        return Child("reeval", [ind.trial], commit=ind.commit, seed=self.search.config.seed + done + busy,
-                     island=ind.island, wanted=wanted,
-                     attrs={"description": f"re-evaluate #{ind.trial}{why} (seed {done + busy})", "proposer": "reeval"})
-
-    def _evaluations(self, lineage: Lineage, ind) -> tuple[int, int]:
-        """(finished, running or queued) evaluations of a genome: its first trial and its re-evaluations
-        (failed ones count: a genome that crashes is not retried for ever)."""
-        done, _ = _evaluations_in(lineage.trials, ind)
-        busy = sum(1 for b in self._running.values() if b.tree == ind.tree)
-        busy += sum(1 for c in self._ready if c.operator == "reeval" and c.parents == [ind.trial])
-        return done, busy
-
-    def _promote_child(self, lineage: Lineage) -> Child | None:
-        """The next genome to re-run at a larger scale (RunOptions.promote), or None."""
-        ladder = self.options.promote
-        if not ladder:
-            return None
-
-        def taken(ind, rung: int) -> bool:
-            return (_promoted(lineage.trials, ind.tree, rung)
-                    or any(c.operator == "promote" and c.commit == ind.commit and c.attrs.get("rung") == rung
-                           for c in self._ready))
-
-        found = next_promotion(lineage, ladder, top=self.options.promote_top, taken=taken)
-        if found is None:
-            return None
-        ind, rung = found
-        attrs = ladder[rung - 1].attrs(rung, self.search.config)
-        return Child("promote", [ind.trial], commit=ind.commit, seed=self.search.config.seed, island=ind.island,
-                     attrs={**attrs, "proposer": "promote",
-                            "description": f"promote #{ind.trial} to rung {rung} ({attrs['rung_label']})"})
-
-    def _measuring_noise(self, lineage: Lineage) -> bool:
-        """Whether the seed's noise runs (RunOptions.noise_runs) are still to finish."""
-        seed = lineage.seed
-        if self.options.noise_runs < 1 or seed is None or not seed.finished_ok:
-            return False
-        done, _ = self._evaluations(lineage, lineage.individual(seed.number))
-        return done < 1 + self.options.noise_runs
+    def _snapshot_for(self, lineage: Lineage, offline_only: bool, rng: random.Random) -> Snapshot:
+        return Snapshot(lineage, running=tuple(b.tree for b in self._running.values()), queued=tuple(self._ready),
+                        free_slots=len(self._free_slots()), offline_only=offline_only, seed=self.search.config.seed,
+                        rng=rng)
 
     def _propose(self, plan: Plan, lineage: Lineage, rng: random.Random, offline_only: bool = False,
                  scratch: Path | None = None, facts: dict | None = None) -> Child:
@@ -760,16 +685,6 @@ class SearchLoop:
     def _waiting_for_api(self) -> bool:
         return self._outage is not None and time.time() < self._outage.retry_at
 
-    def _reeval_while_waiting(self, lineage: Lineage) -> Child | None:
-        """While the API is down, a device with nothing to do re-evaluates a good genome on a new
-        seed (the best first) rather than idle: ranking by the mean only gets better for it."""
-        for ind in lineage.ranked():
-            child = self._reeval_of(lineage, ind, self.options.reeval_while_waiting, " while the API is down")
-            if child is not None:
-                child.attrs[WHILE_WAITING] = True  # not counted towards --trials: an outage must not use up a search
-                return child
-        return None
-
     def _launch_ready(self) -> None:
         while self._free_slots() and not self.stop.is_set():
             child = self._next_child()
@@ -852,12 +767,12 @@ class SearchLoop:
             return not any(t.operator == "seed" and (t.finished_ok or t.state == "RUNNING") for t in trials)
         genome = lineage.individual(child.parents[0]) if child.parents else None
         if child.operator == "reeval" and self.hosts.shared and genome is not None:
-            done, running = _evaluations_in(trials, genome)
+            done, running = lineage.evaluations(genome)
             if done + running >= child.wanted:  # the limit the plan had: noise runs, --reeval, or an outage's
                 return False
             child.seed = self.search.config.seed + done + running  # no two hosts pick the same new seed
         if child.operator == "promote":  # once per genome and rung, whichever host gets there first
-            return genome is not None and not _promoted(trials, genome.tree, child.attrs.get("rung"))
+            return genome is not None and not lineage.promoted(genome.tree, child.attrs.get("rung"))
         return True
 
     def _trial_attrs(self, child: Child) -> dict:
@@ -1101,16 +1016,3 @@ def fix_ladder(search: Search, ladder: tuple[Rung, ...]) -> None:
     elif fixed != given:
         raise SearchError(f"search {search.config.name!r} promotes along --promote {fixed}; give that ladder or "
                           "none (its promoted trials keep their scale)")
-
-
-def _evaluations_in(trials, ind) -> tuple[int, int]:
-    """(counted, running) trials evaluating genome `ind` at its own scale: its first trial and its
-    re-evaluations, failed ones included."""
-    mine = [t for t in trials if t.tree == ind.tree and (t.number == ind.trial or t.operator == "reeval")]
-    return sum(1 for t in mine if t.counts), sum(1 for t in mine if t.state == "RUNNING")
-
-
-def _promoted(trials, tree: str, rung) -> bool:
-    """Whether genome `tree` has a trial at promotion rung `rung`, finished (even failed) or running."""
-    return any(t.operator == "promote" and t.tree == tree and t.attrs.get("rung") == rung
-               and (t.counts or t.state == "RUNNING") for t in trials)

@@ -10,9 +10,9 @@ from population.importer import import_results_tsv, is_imported
 from population.lineage import Individual, Lineage, Result, finish_order, is_improvement, strategy_of
 from population.results_tsv import TsvError, parse_results_tsv, results_tsv
 from population.search import Search, SearchConfig, SearchError
-from population.store import StoreUnreachable, TrialRecord, TrialStore, is_transient
+from population.store import StoreUnreachable, TrialRecord, TrialStatus, TrialStore, is_transient
 
 __all__ = ["SearchFolder", "TrialFolder", "Genome", "GenomeRepo", "RemoteError", "genome_hash", "merge_texts",
            "import_results_tsv", "is_imported", "Individual", "Lineage", "Result", "finish_order", "is_improvement",
            "strategy_of", "TsvError", "parse_results_tsv", "results_tsv", "Search", "SearchConfig", "SearchError",
-           "StoreUnreachable", "TrialRecord", "TrialStore", "is_transient"]
+           "StoreUnreachable", "TrialRecord", "TrialStatus", "TrialStore", "is_transient"]

@@ -31,6 +31,7 @@ Everything here is computed from the store's records, so it survives any restart
 from __future__ import annotations
 
 import copy
+import dataclasses
 import heapq
 import math
 import statistics
@@ -166,8 +167,29 @@ def genome_key(t: TrialRecord) -> str:
 
 def finish_order(trials: Iterable[TrialRecord]) -> list[TrialRecord]:
     """The counted trials (finished, not interrupted) in the order their results became known."""
-    done = [t for t in trials if t.counts]
-    return sorted(done, key=lambda t: (t.finished.timestamp() if t.finished else math.inf, t.number))
+    return sorted((t for t in trials if t.counts), key=_arrival)
+
+
+def _arrival(t: TrialRecord) -> tuple[float, int]:
+    return (t.finished.timestamp() if t.finished else math.inf, t.number)
+
+
+def _changes(previous: "Lineage", new: "Lineage") -> list[TrialRecord] | None:
+    """The trials of `new` that `previous` did not hold as they are, when every other one is the very
+    record `previous` held and each changed one was new or running there (None: build afresh)."""
+    if len(new.trials) < len(previous.trials):
+        return None
+    changed = []
+    for t in new.trials:
+        old = previous.by_number.get(t.number)
+        if old is t:
+            continue
+        if old is not None and old.state != "RUNNING":
+            return None  # a finished record that differs (another read of the store): no telling what changed
+        changed.append(t)
+    if any(n not in new.by_number for n in previous.by_number):
+        return None
+    return changed
 
 
 def strategy_of(trials: Iterable[TrialRecord]) -> str:
@@ -239,34 +261,77 @@ class Lineage:
     direction: whether the search's metric is minimised (val_bpb) or maximised.
     """
 
-    def __init__(self, trials: list[TrialRecord], *, direction: str = MINIMIZE):
+    def __init__(self, trials: list[TrialRecord], *, direction: str = MINIMIZE, previous: "Lineage | None" = None):
+        """Args:
+            trials: the search's trials (any order).
+            direction: whether the metric is minimised or maximised.
+            previous: an earlier lineage of the same search. Where the new trials only add to it
+                (new trials, and running ones that finished since, in the order they finished),
+                the new one is built on it in time proportional to what changed, not to the
+                history; otherwise, and without it, from scratch. Either way the same lineage.
+        """
         self.direction = direction
         self._sign = sign(direction)
         self.trials = sorted(trials, key=lambda t: t.number)
         self.by_number = {t.number: t for t in self.trials}
+        changed = _changes(previous, self) if previous is not None and previous.direction == direction else None
+        if changed is None or not self._extend(previous, changed):
+            self._build()
+
+    def _build(self) -> None:
         by_key: dict[str, Individual] = {}
         self._home: dict[int, Individual] = {}
         for t in self.trials:
-            if not t.finished_ok:
-                continue
-            ind = by_key.get(genome_key(t))
-            if t.operator == "promote":  # a score at a larger scale: ranked apart (see `rank_key`)
-                # An infeasible result at a larger scale (say, over --max-vram-gb) gives the genome no
-                # score at that rung; it leaves the genome's own scale, and so the replay's best, alone.
-                if ind is not None and t.feasible:
-                    ind.rungs.setdefault(int(t.attrs.get("rung", 1)), []).append(t.value)
-                continue
-            if ind is None:
-                ind = by_key[genome_key(t)] = Individual(trial=t.number, tree=t.tree, commit=t.commit,
-                                                         parents=t.parents, operator=t.operator,
-                                                         description=t.description,
-                                                         island=int(t.attrs.get("island", 0)))
-            ind.values.append(t.value)
-            ind.evaluations.append(t.number)
-            ind.feasible = ind.feasible and t.feasible
-            self._home[t.number] = ind
+            if t.finished_ok:
+                self._add(t, by_key)
         self.individuals = sorted(by_key.values(), key=lambda i: i.trial)
         self._by_key = by_key
+
+    def _add(self, t: TrialRecord, by_key: dict[str, Individual]) -> None:
+        """Count one successful trial (trials are added in number order)."""
+        ind = by_key.get(genome_key(t))
+        if t.operator == "promote":  # a score at a larger scale: ranked apart (see `rank_key`)
+            # An infeasible result at a larger scale (say, over --max-vram-gb) gives the genome no
+            # score at that rung; it leaves the genome's own scale, and so the replay's best, alone.
+            if ind is not None and t.feasible:
+                ind.rungs.setdefault(int(t.attrs.get("rung", 1)), []).append(t.value)
+            return
+        if ind is None:
+            ind = by_key[genome_key(t)] = Individual(trial=t.number, tree=t.tree, commit=t.commit, parents=t.parents,
+                                                     operator=t.operator, description=t.description,
+                                                     island=int(t.attrs.get("island", 0)))
+        ind.values.append(t.value)
+        ind.evaluations.append(t.number)
+        ind.feasible = ind.feasible and t.feasible
+        self._home[t.number] = ind
+
+    def _extend(self, previous: "Lineage", changed: list[TrialRecord]) -> bool:
+        """Build on `previous` by adding the `changed` trials (False, having changed nothing of
+        `previous`, where that would not give what a build from scratch gives)."""
+        fresh = [t for t in changed if t.finished_ok]
+        by_key = dict(previous._by_key)
+        for t in fresh:
+            ind = by_key.get(genome_key(t))
+            if ind is not None and (ind.trial > t.number or (ind.evaluations and ind.evaluations[-1] > t.number)):
+                return False  # it would not come last among its genome's evaluations: rebuild in number order
+        self._home = dict(previous._home)
+        copied: set[str] = set()
+        for t in fresh:
+            key = genome_key(t)
+            if key in by_key and key not in copied:  # never change an individual `previous` holds
+                old = by_key[key]
+                by_key[key] = dataclasses.replace(old, values=list(old.values), evaluations=list(old.evaluations),
+                                                  rungs={r: list(v) for r, v in old.rungs.items()})
+                self._home.update((n, by_key[key]) for n in old.evaluations)
+            copied.add(key)
+            self._add(t, by_key)
+        self.individuals = sorted(by_key.values(), key=lambda i: i.trial)
+        self._by_key = by_key
+        replayed = previous.__dict__.get("_replayed")
+        continued = self._replay_on(replayed, changed) if replayed is not None else None
+        if continued is not None:
+            self.__dict__["_replayed"] = continued
+        return True
 
     # -- ranking ----------------------------------------------------------------
 
@@ -295,6 +360,28 @@ class Lineage:
                        key=lambda i: (self._sign * i.score_at(top), i.trial))
         key = self._replay.incumbent
         return self._by_key[key] if key is not None else None
+
+    def evaluations(self, ind: Individual) -> tuple[int, int]:
+        """(counted, running) trials evaluating genome `ind` at its own scale: its first trial and its
+        re-evaluations, failed ones included (a genome that crashes is not retried for ever)."""
+        mine = [t for t in self._trials_of(ind.tree) if t.number == ind.trial or t.operator == "reeval"]
+        return sum(1 for t in mine if t.counts), sum(1 for t in mine if t.state == "RUNNING")
+
+    def promoted(self, tree: str, rung) -> bool:
+        """Whether genome `tree` has a trial at promotion rung `rung`, finished (even failed) or running."""
+        return any(t.operator == "promote" and t.attrs.get("rung") == rung and (t.counts or t.state == "RUNNING")
+                   for t in self._trials_of(tree))
+
+    def _trials_of(self, tree: str) -> list[TrialRecord]:
+        """Every trial of genome `tree`, whatever its state."""
+        return self._by_tree.get(tree, [])
+
+    @cached_property
+    def _by_tree(self) -> dict[str, list[TrialRecord]]:
+        found: dict[str, list[TrialRecord]] = {}
+        for t in self.trials:
+            found.setdefault(t.tree, []).append(t)
+        return found
 
     def noise_sd(self) -> float | None:
         """The noise floor: pooled standard deviation of the genomes evaluated more than once (None: none was)."""
@@ -364,14 +451,27 @@ class Lineage:
         """Run the replay once: its final state and every step it went through."""
         replay, out = _Replay(self.direction), []
         for t in finish_order(self.trials):
-            kept, before = False, replay.best
-            if t.finished_ok and t.operator != "promote":  # another scale: not comparable with rung 0
-                kept = replay.step(genome_key(t), t.number, t.value, operator=t.operator, feasible=t.feasible,
-                                   min_gain=min_gain_of(t))
-            best = replay.best
-            out.append(Result(trial=t, best=self._sign * math.inf if best is None else best, kept=kept,
-                              gain=gain(before, best, self.direction) if kept and before is not None else None))
+            out.append(self._replay_step(replay, t))
         return replay, tuple(out)
+
+    def _replay_on(self, replayed: tuple[_Replay, tuple[Result, ...]], changed: list[TrialRecord]):
+        """The replay continued from an earlier lineage's by the trials that finished since, when they
+        all arrived after the last one it took (else None: `_replayed` runs it all again)."""
+        replay, history = replayed
+        arrived = finish_order(changed)
+        if history and arrived and _arrival(arrived[0]) <= _arrival(history[-1].trial):
+            return None
+        replay = replay.copy()
+        return replay, history + tuple(self._replay_step(replay, t) for t in arrived)
+
+    def _replay_step(self, replay: _Replay, t: TrialRecord) -> Result:
+        kept, before = False, replay.best
+        if t.finished_ok and t.operator != "promote":  # another scale: not comparable with rung 0
+            kept = replay.step(genome_key(t), t.number, t.value, operator=t.operator, feasible=t.feasible,
+                               min_gain=min_gain_of(t))
+        best = replay.best
+        return Result(trial=t, best=self._sign * math.inf if best is None else best, kept=kept,
+                      gain=gain(before, best, self.direction) if kept and before is not None else None)
 
     @cached_property
     def _kept(self) -> frozenset[int]:

@@ -180,6 +180,7 @@ class Search:
 
     def __init__(self, paths: SearchFolder, config: SearchConfig, store: TrialStore, repo: GenomeRepo):
         self.paths, self.config, self.store, self.repo = paths, config, store, repo
+        self._lineage: Lineage | None = None   # the last one made, which the next is built on
 
     @property
     def folder(self) -> Path:
@@ -494,8 +495,13 @@ class Search:
     def trials(self) -> list[TrialRecord]:
         return self.store.trials()
 
-    def lineage(self) -> Lineage:
-        return Lineage(self.store.trials(), direction=self.config.direction)
+    def lineage(self, trials: list[TrialRecord] | None = None) -> Lineage:
+        """The lineage of the search's trials (read now unless given), built on the last one made where
+        only new results came in since: a search of thousands of trials replays only what changed."""
+        lineage = Lineage(self.store.trials() if trials is None else trials, direction=self.config.direction,
+                          previous=self._lineage)
+        self._lineage = lineage
+        return lineage
 
     def genome(self, number: int, lineage: Lineage | None = None) -> Genome:
         lineage = lineage or self.lineage()

@@ -21,6 +21,7 @@ When several hosts share one study (`heartbeat` given), three more rules hold:
 from __future__ import annotations
 
 import contextlib
+import enum
 import math
 import re
 import sqlite3
@@ -50,8 +51,34 @@ NO_LIMIT = 0                    # a limit given as this lifts the one a search r
 IMPORTED_ATTR = "evo_imported"  # set by `evo import`: the results.tsv a search was made from (it has no genomes)
 BEATING = "evo:heartbeat"       # system attr: the trial's first heartbeat is recorded (see `fail_stale`)
 CLAIM_LOCK = 0x65766F           # "evo": first key of the PostgreSQL advisory lock; the study id is the second
-# Statuses of a finished trial. ok is the only one with a usable val_bpb of its own.
-OK, DUPLICATE, INTERRUPTED, INVALID = "ok", "duplicate", "interrupted", "invalid_proposal"
+
+
+class TrialStatus(enum.StrEnum):
+    """Every status a trial can have: the one vocabulary of the runner, the store, the loop and the
+    views. Members are strings, so records written before it (and `t.status == "ok"`) read the same."""
+
+    RUNNING = "running"
+    OK = "ok"                              # the only one with a usable score of its own
+    DUPLICATE = "duplicate"                # a genome already evaluated: its score reused, never trained twice
+    INTERRUPTED = "interrupted"            # cut short by the search itself (a stop, a crash of the engine): re-run
+    INVALID_PROPOSAL = "invalid_proposal"  # the proposer's child could not be made
+    # How a run ended, as the runner tells it.
+    CRASH = "crash"
+    TIMEOUT = "timeout"
+    DIVERGED = "diverged"
+    NO_METRIC = "no_metric"
+    PRUNED = "pruned"
+    OOM = "oom"
+    LIMIT = "limit"
+    INVALID = "invalid"                    # the run broke the rules (changed the harness while it ran)
+
+
+# The statuses the engine writes itself, by their old names.
+OK, DUPLICATE, INTERRUPTED, INVALID = (TrialStatus.OK, TrialStatus.DUPLICATE, TrialStatus.INTERRUPTED,
+                                       TrialStatus.INVALID_PROPOSAL)
+# How a run can end (`evo.runner.TrialResult.status`).
+RUN_STATUSES = (TrialStatus.OK, TrialStatus.CRASH, TrialStatus.TIMEOUT, TrialStatus.DIVERGED, TrialStatus.NO_METRIC,
+                TrialStatus.PRUNED, TrialStatus.INTERRUPTED, TrialStatus.OOM, TrialStatus.LIMIT, TrialStatus.INVALID)
 
 
 @dataclass
@@ -325,6 +352,7 @@ class TrialStore:
         self._beats: threading.Thread | None = None
         self._stop_beats = threading.Event()
         self._finished: dict[int, optuna.trial.FrozenTrial] = {}   # see _read_trials
+        self._records: dict[int, tuple[optuna.trial.FrozenTrial, TrialRecord]] = {}   # see trials
         self._unfinished: set[int] = set()
         self._known = 0
 
@@ -653,9 +681,20 @@ class TrialStore:
     # -- reading --------------------------------------------------------------
 
     def trials(self) -> list[TrialRecord]:
+        """Every trial, in number order. A finished trial's record is made once and handed out again
+        while its Optuna trial stays the same object (read-only: callers share it), so a long search
+        costs a list per call rather than a record per trial."""
         with self._lock:
             frozen = self._read_trials()
-        return [_record(t) for t in frozen]
+            return [self._record_of(t) for t in frozen]
+
+    def _record_of(self, t: optuna.trial.FrozenTrial) -> TrialRecord:
+        if not t.state.is_finished():
+            return _record(t)
+        known = self._records.get(t.number)
+        if known is None or known[0] is not t:
+            known = self._records[t.number] = (t, _record(t))
+        return known[1]
 
     def _read_trials(self) -> list[optuna.trial.FrozenTrial]:
         """Every trial of the study, in number order, reading only what may have changed.

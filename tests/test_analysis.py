@@ -228,6 +228,25 @@ def test_lineage_of_500_trials_is_thinned_to_a_readable_figure(tmp_path):
     assert (tmp_path / "lineage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.parametrize("case", ["infeasible", "min_gain"])
+def test_the_lineage_figure_marks_the_best_evo_status_names(case):
+    # #1 has the better raw mean but is not the best: over the memory limit, or better than the
+    # seed only by less than the min gain its result was judged with.
+    judged = {"min_gain": 0.6} if case == "min_gain" else {}
+    first = rec(1, "mutate", [0], 1.5, **judged)
+    if case == "infeasible":
+        first.constraints["vram_gb"] = 1.0
+    trials = [rec(0, "seed", [], 2.0, proposer="seed"), first, rec(2, "mutate", [1], 1.8, **judged),
+              rec(3, "mutate", [0], 1.7, **judged)]
+    best = Lineage(trials).best.trial    # what `evo status` (analysis.summary) names
+    assert best == (3 if case == "infeasible" else 0)
+    view = tree_view(trials, engine="tree")
+    assert view.path[-1] == best and view.path == Lineage(trials).path_to(best)
+    assert lineage_graph(trials).graph["best"] == best
+    thinned = tree_view(trials, max_nodes=2, engine="tree")   # thinning keeps that best, not the raw top
+    assert best in thinned.graph and thinned.path[-1] == best
+
+
 def test_small_lineage_is_not_thinned(small):
     view = tree_view(small, max_nodes=70, engine="tree")
     assert view.folded == 0

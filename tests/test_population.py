@@ -186,3 +186,70 @@ def test_store_reads_only_what_changed_and_still_sees_every_trial_as_a_full_read
     writer.finish(d, status="pruned")
     same()
     assert [t.status for t in reader.trials()] == ["ok", "ok", "crash", "pruned"]
+
+
+def _reads_of_a_growing_search(rng, steps: int, slots: int):
+    """What the store hands out as a search grows: each read, every trial in number order; a finished
+    trial's record is the same object from one read to the next, a running one's a new one each time."""
+    import datetime as dt
+    t0 = dt.datetime(2026, 1, 1)
+    finished: dict[int, TrialRecord] = {}
+    running: dict[int, dict] = {}
+    clock, number = 0, 0
+    for _ in range(steps):
+        while len(running) < slots:
+            tree = f"g{rng.randrange(number + 1)}" if number and rng.random() < 0.3 else f"g{number}"
+            operator = "seed" if number == 0 else ("reeval" if rng.random() < 0.2 else
+                                                   "promote" if rng.random() < 0.1 else "mutate")
+            running[number] = {"operator": operator, "parents": [rng.randrange(number)] if number else [],
+                               "tree": tree, "commit": "c" + tree, "rung": 1, "min_gain": rng.choice((0.0, 0.05))}
+            number += 1
+        done = rng.choice(sorted(running))  # any running trial may finish next, not the oldest
+        clock += 1
+        attrs = running.pop(done)
+        value = None if rng.random() < 0.15 else round(2 - 0.01 * done + rng.gauss(0, 0.05), 4)
+        status = rng.choice(("ok", "ok", "ok", "interrupted")) if value is not None else "crash"
+        finished[done] = TrialRecord(number=done, state="COMPLETE" if value is not None else "FAIL", value=value,
+                                     attrs={**attrs, "status": status},
+                                     constraints={"vram_gb": 1.0} if rng.random() < 0.1 else {},
+                                     finished=t0 + dt.timedelta(seconds=clock))
+        records = dict(finished)
+        records.update({n: TrialRecord(number=n, state="RUNNING", value=None, attrs=dict(a)) for n, a in running.items()})
+        yield [records[n] for n in sorted(records)]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_lineage_built_on_the_last_one_is_the_lineage_built_afresh(seed):
+    import random
+    rng = random.Random(seed)
+    previous = None
+    for trials in _reads_of_a_growing_search(rng, 120, slots=1 + seed % 3):
+        if rng.random() < 0.2:
+            Lineage(trials).history()   # a replay that was never run is not built on
+        grown, fresh = Lineage(trials, previous=previous), Lineage(trials)
+        assert [vars(i) for i in grown.individuals] == [vars(i) for i in fresh.individuals]
+        assert (grown.best and grown.best.trial) == (fresh.best and fresh.best.trial)
+        assert [(r.trial.number, r.best, r.kept) for r in grown.history()] == \
+               [(r.trial.number, r.best, r.kept) for r in fresh.history()]
+        assert all(grown.individual(t.number) == fresh.individual(t.number) for t in trials)
+        assert grown.would_keep(1.5, operator="mutate", feasible=True) == fresh.would_keep(1.5, operator="mutate",
+                                                                                         feasible=True)
+        if previous is not None:   # and the lineage it was built on is as it was
+            again = Lineage(previous.trials)
+            assert [vars(i) for i in previous.individuals] == [vars(i) for i in again.individuals]
+        previous = grown if rng.random() < 0.9 else fresh
+
+
+def test_one_status_vocabulary_reads_old_records_and_writes_plain_strings(tmp_path):
+    import json
+
+    from population.store import DUPLICATE, INTERRUPTED, INVALID, OK, TrialStatus
+    from evo.runner import STATUSES
+    assert {OK, DUPLICATE, INTERRUPTED, INVALID} | set(STATUSES) <= set(TrialStatus)
+    store = TrialStore.create(f"sqlite:///{tmp_path}/s.db", "s", {})
+    n = store.start({"operator": "seed"})
+    store.finish(n, status=OK, value=1.0)
+    t = store.trials()[0]
+    assert t.status == "ok" and TrialStatus(t.status) is TrialStatus.OK
+    assert json.dumps({"status": TrialStatus.INVALID_PROPOSAL}) == '{"status": "invalid_proposal"}'
+    store.close()

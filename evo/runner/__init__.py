@@ -28,8 +28,9 @@ from evo.runner._process import (EXIT_GRACE, INTERRUPTED, LIMIT, OOM, PRUNED, TI
                                  Limits, Watch, supervise)
 from evo.runner._sandbox import BwrapExecutor, LocalExecutor, View, allowed_environment, bwrap_works
 from evo.runner._scan import suspicious
+from population.store import RUN_STATUSES
 
-STATUSES = ("ok", "crash", "timeout", "diverged", "no_metric", "pruned", "interrupted", "oom", "limit", "invalid")
+STATUSES = RUN_STATUSES  # how a run can end: members of population.store.TrialStatus
 # Keys of a genome's summary the engine measures itself: the genome's own values are kept as reported_*.
 MEASURED = ("val_bpb", "training_seconds", "peak_vram_mb")
 

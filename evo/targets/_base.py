@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from evo.devices import Slot
+from evo.slots import Slot
 from evo.runner import BwrapExecutor, Executor, LocalExecutor, TrialRunner, bwrap_works
 from population.search import Search, SearchConfig, SearchError
 

@@ -19,7 +19,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from evo.devices import Slot
+from evo.slots import Slot
 from evo.runner import CommandEvaluator, DataFiles, MetricEvaluator, TrialRunner, trial_environment
 from evo.targets._base import Target, read_paths
 from population.search import Search, SearchError

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from evo.devices import Slot
+from evo.slots import Slot
 from evo.runner import DataFiles, HarnessEvaluator, SummaryEvaluator, TrialRunner, trial_environment
 from evo.targets._base import Target, read_paths
 from population.search import Search, SearchConfig, SearchError
