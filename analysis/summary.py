@@ -146,7 +146,8 @@ def _trial_row(t: TrialRecord, lineage: Lineage, metric: str = "val_bpb") -> dic
 
 def trust_line(sandbox: str, evaluation: str) -> str:
     """How far a search's scores can be trusted, in one sentence."""
-    where = {"bwrap": "in a bubblewrap sandbox", "none": "WITHOUT A SANDBOX (a genome can read the validation data, "
+    secret = "the validation data" if evaluation in ("harness", "self-reported") else "whatever scores it"
+    where = {"bwrap": "in a bubblewrap sandbox", "none": f"WITHOUT A SANDBOX (a genome can read {secret}, "
              "fake its score or change the search folder)"}.get(sandbox, "in a bubblewrap sandbox where bwrap works")
     how = {"harness": "scored by the harness in separate processes (causality and statelessness probed)",
            "evaluated": "scored by the project's evaluation command, run apart from the genome (evaluated)"}.get(

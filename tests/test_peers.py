@@ -248,3 +248,45 @@ def test_an_evaluator_given_the_program_needs_no_run_and_a_stage_one_stops_hopel
         assert seed.status == "pruned" and "stage 1: score 8 is below the threshold 10" in seed.error, seed.error
         folder = search.paths.trial(0)
         assert (folder.path / "eval-quick.log").exists() and not (folder.path / "eval.log").exists()
+
+
+def test_an_evaluation_that_exits_non_zero_or_declares_the_program_invalid_is_never_ok():
+    from evo.runner._metric import ARTIFACTS_LIMIT, judge
+    from evo.runner._output import metric_pattern
+
+    pattern = metric_pattern("score")
+    crashed = judge(["score: 0.0", "Traceback ...", "IndexError: list index out of range"], 1, "score", pattern)
+    assert crashed.status == "crash" and "IndexError" in crashed.error
+    said = judge(['EVO_RESULT {"metrics": {"score": 0, "area": 2.5}, "correct": false, "error": "overlap"}'], 0,
+                 "score", pattern)
+    assert said.status == "invalid" and "overlap" in said.error and said.metrics["area"] == 2.5
+    validity = judge(['EVO_RESULT {"score": 1.0, "validity": 0.0}'], 0, "score", pattern)
+    assert validity.status == "invalid"
+    ok = judge(["loss: 3", "score: 0.5", 'EVO_RESULT {"artifacts": {"log": "' + "x" * 50000 + '"}}'], 0, "score",
+               pattern)
+    assert ok.status == "ok" and ok.metrics == {"loss": 3.0, "score": 0.5}
+    assert sum(len(t) for t in ok.artifacts.values()) <= ARTIFACTS_LIMIT
+
+
+@pytest.mark.parametrize("files,flag,message", [
+    ({"evaluator.py": OPENEVOLVE_EVALUATOR}, "--from-openevolve", "no initial program (initial_program.py)"),
+    ({"initial.py": PROGRAM}, "--from-shinka", "no evaluator (evaluate.py or evaluator.py)"),
+    ({"initial_program.py": PROGRAM, "evaluator.py": OPENEVOLVE_EVALUATOR, "config.yaml": "llm: [unclosed"},
+     "--from-openevolve", "is not valid YAML"),
+])
+def test_a_folder_that_is_not_such_a_project_exits_2_with_one_line(tmp_path, files, flag, message):
+    project = _project(tmp_path / "p", files)
+    proc = run_evo("init", "bad", flag, str(project), cwd=tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "runs" / "bad").exists()
+
+
+def test_the_offline_proposer_says_before_any_trial_that_it_has_nothing_to_tune(tmp_path):
+    program = PROGRAM.replace("STEP = 0.5\nSCALE = 2.0\n", "").replace("STEP * SCALE", "1.0")
+    project = _project(tmp_path / "p", {"initial_program.py": program + "LIMIT = 3\n",
+                                        "evaluator.py": OPENEVOLVE_EVALUATOR})
+    proc = run_evo("run", "idle", "--from-openevolve", str(project), "--trials", "3", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "nothing to tune" in proc.stderr and "inside their EVOLVE-BLOCK regions" in proc.stderr
+    with Search.open("idle", root=tmp_path / "runs") as search:
+        assert search.trials() == []  # no trial was spent on it

@@ -172,29 +172,31 @@ def create(args) -> Search:
           f"{where})")
     peer = peer_project(args)
     if peer is not None:
-        _say_peer_settings(peer)
+        _say_peer_settings(peer, running=args.command == "run" and args.trials == peer.trials)
     elif not had_program and search.paths.program.exists():
         print(f"the project has no program.md: wrote {search.paths.program} from a template; edit it to tell LLM "
               "proposers what to try", file=sys.stderr)
     if cfg.sandbox == "none":
-        print("warning: trials run without a sandbox: a genome can read the validation data, fake its score or "
-              "change the search folder (install bubblewrap: apt-get install bubblewrap)", file=sys.stderr)
+        secret = "the validation data" if not cfg.target else "whatever scores it"
+        print(f"warning: trials run without a sandbox: a genome can read {secret}, fake its score or change the "
+              "search folder (install bubblewrap: apt-get install bubblewrap)", file=sys.stderr)
     return search
 
 
-def _say_peer_settings(peer) -> None:
+def _say_peer_settings(peer, *, running: bool) -> None:
     """What the peer project's config.yaml gave, and what the user must pass by hand or cannot have."""
-    took = [f"trials {peer.trials}"] if peer.trials else []
+    took = [f"trials {peer.trials}"] if peer.trials and running else []
     took += ["system message -> program.md"] if peer.program else []
     took += [f"stage 1 evaluate_stage1, threshold {peer.threshold:g}"] if peer.quick else []
     took += [f"evaluator timeout {peer.eval_limit:g}s"] if peer.eval_limit else []
     if took:
         print(f"from {peer.folder / 'config.yaml'}: {', '.join(took)}")
-    flags = [peer.proposer_hint()] if peer.models else []
+    flags = [f"--trials {peer.trials}"] if peer.trials and not running else []
+    flags += [peer.proposer_hint()] if peer.models else []
     flags += [f"--islands {peer.islands}"] if peer.islands else []
     flags += [f"--migration-rate {peer.migration_rate:g}"] if peer.migration_rate is not None else []
     if flags:
-        print(f"its models and database settings are flags of evo run: {' '.join(flags)}")
+        print(f"its other settings are flags of evo run: {' '.join(flags)}")
     if peer.unmapped:
         print(f"not mapped (no counterpart here): {', '.join(peer.unmapped)}", file=sys.stderr)
 
