@@ -51,6 +51,11 @@ def load(path):
 
 OPENEVOLVE_EVALUATOR = LOAD + '''
 
+def evaluate_stage1(program_path):  # the cascade's cheap first stage
+    x = load(program_path).run()
+    return {"combined_score": 1.0 if 0 <= x <= 4 else 0.0}
+
+
 def evaluate(program_path):
     x = load(program_path).run()
     if x > 4:
@@ -72,6 +77,10 @@ prompt:
 database:
   num_islands: 2
   population_size: 40
+evaluator:
+  timeout: 60
+  cascade_evaluation: true
+  cascade_thresholds: [0.5, 0.8]
 diff_based_evolution: true
 '''
 
@@ -132,6 +141,7 @@ def test_an_openevolve_project_evolves_as_it_is_with_every_metric_on_record(tmp_
         cfg = search.config
         assert (cfg.mutable, cfg.metric, cfg.direction) == (["initial_program.py"], "combined_score", "maximize")
         assert "aim for the middle of the range" in search.program  # the system message became program.md
+        assert (cfg.target["quick_threshold"], cfg.eval_limit) == (0.5, 60.0)  # the cascade's first stage
         trials = search.trials()
         assert len(trials) == 4  # max_iterations 3, plus the seed
         assert all(t.status == "ok" for t in trials), [(t.status, t.error) for t in trials]
@@ -142,6 +152,7 @@ def test_an_openevolve_project_evolves_as_it_is_with_every_metric_on_record(tmp_
             files = search.repo.files(t.commit, cfg.mutable)
             assert _fixed(files["initial_program.py"]) == _fixed(seed_files["initial_program.py"])
             _strict_json(search.paths.trial(t.number).result.read_text())
+            assert (search.paths.trial(t.number).path / "eval-quick.log").exists()
         assert "evo_peer_evaluate.py" in {p.name for p in search.harness}
     assert not (project / "runs").exists() and sorted(p.name for p in project.iterdir()) == \
         ["config.yaml", "evaluator.py", "initial_program.py"]  # the project is never touched
@@ -184,6 +195,7 @@ def test_a_shinka_project_fails_an_invalid_program_with_its_reason_and_feeds_art
                                "--strategy", "greedy"], tmp_path, _anthropic_env(server))
         received = [r.body for r in server.received]
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "max_parallel_jobs" in proc.stderr  # said not to map
     with Search.open("sk", root=tmp_path / "runs") as search:
         trials = search.trials()
         assert len(trials) == 3  # num_generations 2, plus the seed

@@ -29,7 +29,7 @@ LAYOUTS = {
 }
 FLAGS = {"openevolve": "--from-openevolve", "shinka": "--from-shinka"}
 # config.yaml settings that have a counterpart here (the rest are reported as not mapped).
-MAPPED = {"max_iterations", "num_generations", "random_seed", "llm", "llm_models", "prompt", "task_sys_msg",
+MAPPED = {"max_iterations", "num_generations", "llm", "llm_models", "prompt", "task_sys_msg",
           "evaluator", "database", "evo_config"}
 
 
@@ -57,7 +57,6 @@ class PeerProject:
     program: str | None = None
     models: list[tuple[str, float]] = field(default_factory=list)
     api_base: str | None = None
-    seed: int | None = None
     islands: int | None = None
     migration_rate: float | None = None
     quick: str | None = None
@@ -99,11 +98,13 @@ def read_peer(kind: str, folder: str | Path) -> PeerProject:
     evaluate = f"{{python}} {RUNNER} {kind} {evaluator} {{program}}"
     peer = PeerProject(kind, folder, program, evaluator, evaluate)
     config = _config(folder / "config.yaml", flag)
+    settings = config
     if kind == "openevolve":
         _openevolve_settings(peer, config)
-    else:
-        _shinka_settings(peer, config.get("evo_config") if isinstance(config.get("evo_config"), dict) else config)
-    peer.unmapped = sorted(k for k in config if k not in MAPPED)
+    else:  # ShinkaEvolve's settings sit under evo_config in its Hydra-style files
+        settings = config.get("evo_config") if isinstance(config.get("evo_config"), dict) else config
+        _shinka_settings(peer, settings)
+    peer.unmapped = sorted({k for k in (*config, *settings) if k not in MAPPED})
     return peer
 
 
@@ -122,8 +123,6 @@ def _config(path: Path, flag: str) -> dict:
 def _openevolve_settings(peer: PeerProject, config: dict) -> None:
     if isinstance(config.get("max_iterations"), int):
         peer.trials = config["max_iterations"] + 1  # the seed is a trial here
-    if isinstance(config.get("random_seed"), int):
-        peer.seed = config["random_seed"]
     prompt = config.get("prompt") if isinstance(config.get("prompt"), dict) else {}
     if isinstance(prompt.get("system_message"), str) and prompt["system_message"].strip():
         peer.program = _program_md(peer, prompt["system_message"])
