@@ -95,7 +95,7 @@ def strategy_colour(label: str, index: int) -> str:
 
 
 def legend_handles(points, proposers: dict[str, str], *, noise_sd: float | None, failures: int, off_scale: int,
-                   wins: int) -> list:
+                   wins: int, metric: str = "val_bpb") -> list:
     """Legend entries for the progress figure: operators by marker, proposers by colour, then the marks.
 
     Args:
@@ -129,5 +129,5 @@ def legend_handles(points, proposers: dict[str, str], *, noise_sd: float | None,
                               label=f"above the axis ({off_scale})"))
     if failures:
         handles.append(Line2D([], [], marker="x", linestyle="", color=FAIL, markersize=7, markeredgewidth=1.5,
-                              label=f"failed, no val_bpb ({failures})"))
+                              label=f"failed, no {metric} ({failures})"))
     return handles

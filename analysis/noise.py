@@ -49,9 +49,9 @@ class NoiseFloor:
         """The largest max-minus-min spread of any one genome."""
         return max(g.range for g in self.genomes)
 
-    def describe(self) -> str:
+    def describe(self, metric: str = "val_bpb") -> str:
         """One sentence for people: the floor and what it means."""
-        return (f"noise floor: val_bpb sd {self.sd:.4f} (pooled over {len(self.genomes)} re-evaluated genome"
+        return (f"noise floor: {metric} sd {self.sd:.4f} (pooled over {len(self.genomes)} re-evaluated genome"
                 f"{'s' if len(self.genomes) != 1 else ''}, {self.evaluations} evaluations; largest spread "
                 f"{self.max_range:.4f}); single-run differences below ~{NOISE_MULTIPLE * self.sd:.4f} are within noise")
 

@@ -237,7 +237,7 @@ def plot_progress(trials: Iterable[TrialRecord], path: str | Path | None = None,
         ax.scatter([p.index for p in fails], [0.0] * len(fails), marker="x", s=36, color=_style.FAIL, linewidths=1.5,
                    transform=transform, zorder=5, clip_on=False)
 
-    handles = _style.legend_handles(prog.points, proposers, noise_sd=noise_sd, failures=len(fails),
+    handles = _style.legend_handles(prog.points, proposers, noise_sd=noise_sd, failures=len(fails), metric=metric,
                                     off_scale=sum(1 for p in valued if p.trial.value > ymax), wins=len(wins))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, frameon=False,
               fontsize=9)

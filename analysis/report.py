@@ -232,7 +232,8 @@ def render_html(facts: SearchFacts, trials: list[TrialRecord], *, files: ReportF
 
 
 def _summary(f: SearchFacts) -> str:
-    rows = [("profile, budget", f"{f.profile}, {f.budget:g} s of training per trial, data {f.data}"),
+    rows = [("profile, budget", f"{f.profile}, {f.budget:g} s of training per trial, data {f.data}")
+            if f.profile != "command" else ("budget", f"{f.budget:g} s per trial"),
             ("how trials ran", f.trust + (f"; {f.flagged} trial(s) flagged for code that reaches past the model"
                                           if f.flagged else "")),
             ("strategy", ", ".join(f"{k} ({v} trials)" for k, v in f.strategies.items()) or "-"),
@@ -246,12 +247,12 @@ def _summary(f: SearchFacts) -> str:
             ("keep rate", "-" if f.keep_rate is None else f"{100 * f.keep_rate:.0f}% of {f.children} children improved "
              "the best so far"),
             ("failure rate", "-" if f.failure_rate is None else f"{100 * f.failure_rate:.0f}% of children produced no "
-             "val_bpb"),
+             f"{f.metric}"),
             ("device time", f"{f.device_hours:.3f} device-hours"),
             ("wall clock", _span(f.first_start, f.last_finish)),
             ("LLM spend", f"${f.spend_usd:.2f}" if f.spend_usd else "$0")]
     if f.noise:
-        rows.append(("noise floor", f.noise.describe()))
+        rows.append(("noise floor", f.noise.describe(f.metric)))
     else:
         rows.append(("noise floor", "unknown: no genome was evaluated twice (run with --noise-runs K or --reeval K "
                      "to measure it)"))
@@ -336,6 +337,7 @@ def _trials_table(trials: list[TrialRecord], prog: Progress, facts: SearchFacts)
     order = {p.trial.number: p for p in prog.points}
     delta = gains(trials, direction=facts.direction)
     rows, attrs = [], []
+    extra = other_metrics(trials, facts.metric)
     for t in sorted(trials, key=lambda t: t.number):
         point = order.get(t.number)
         ind = lineage.individual(t.number) if t.finished_ok else None
@@ -356,11 +358,33 @@ def _trials_table(trials: list[TrialRecord], prog: Progress, facts: SearchFacts)
                      (f'<span class="{"good" if gain > 0 else "bad"}">{num(gain, 4, signed=True)}</span>'
                       if gain is not None else "-", gain if gain is not None else "-Infinity"),
                      ("★?" if t.number in facts.within_noise else "★") if kept else "",
+                     *(_metric_cell(t.metrics.get(m)) for m in extra),
                      (f"{device_seconds(t):.0f}", round(device_seconds(t), 1)),
                      esc(text)))
         cls = "kept" if kept else ("failed" if is_failure(t) else "")
         attrs.append(f' id="trial-{t.number}"' + (f' class="{cls}"' if cls else ""))
     headers = [("#", True), ("order", True), ("operator", False), ("parents", False), ("proposer", False),
                ("status", False), (facts.metric, True), ("genome mean", True), ("gain vs parent", True), ("new best", False),
-               ("device s", True), ("description / error", False)]
+               *((esc(m), True) for m in extra), ("device s", True), ("description / error", False)]
     return _html.table(headers, rows, cls="sortable", row_attrs=attrs)
+
+
+# What the engine measures of every trial: not the evaluator's metrics.
+ENGINE_METRICS = {"peak_memory_mb", "cpu_seconds", "peak_vram_mb", "training_seconds", "eval_seconds"}
+MAX_METRIC_COLUMNS = 8
+
+
+def other_metrics(trials: list[TrialRecord], metric: str) -> list[str]:
+    """The evaluator's metrics besides the objective, in the order first seen (at most MAX_METRIC_COLUMNS)."""
+    names: dict[str, None] = {}
+    for t in sorted(trials, key=lambda t: t.number):
+        for name in t.metrics:
+            if name != metric and name not in ENGINE_METRICS and not name.startswith("reported_"):
+                names.setdefault(name)
+    return list(names)[:MAX_METRIC_COLUMNS]
+
+
+def _metric_cell(value) -> tuple[str, object]:
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return num(value, 6), value
+    return "-", "-Infinity"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from collections import Counter
 
@@ -26,6 +27,7 @@ def summarize(search) -> dict:
     spend = search.store.spend_usd
     devices, run = _devices(search)
     finished = sum(1 for t in trials if t.spends_trial)
+    best_record = lineage.by_number.get(best.trial) if best else None
     return {
         "name": search.config.name,
         "folder": str(search.folder),
@@ -40,7 +42,9 @@ def summarize(search) -> dict:
         "best": best.trial if best else None,
         "metric": search.config.metric,
         "direction": search.config.direction,
-        "best_val_bpb": best.score if best else None,  # the metric's best, whatever its name (kept for scripts)
+        "best_value": best.score if best else None,  # the metric's best, whatever its name
+        **_named_best(search.config, best),
+        "best_metrics": _metrics(best_record) if best_record else {},
         "best_rung": best.rung if best else 0,       # promoted searches: the rung the best is ranked at
         "best_rung_score": best.score_at(best.rung) if best else None,
         "best_spread": best.spread if best else None,
@@ -57,7 +61,7 @@ def summarize(search) -> dict:
         **_noise(lineage),
         "hosts": _hosts(trials),
         "rungs": [dataclasses.asdict(r) for r in rung_rows(lineage)],
-        "trials": [_trial_row(t, lineage) for t in lineage.trials],
+        "trials": [_trial_row(t, lineage, search.config.metric) for t in lineage.trials],
     }
 
 
@@ -126,16 +130,30 @@ def _run_line_facts(run: dict, finished: int) -> dict | None:
                                                   "error": waiting.get("error", "")}}
 
 
-def _trial_row(t: TrialRecord, lineage: Lineage) -> dict:
+def _named_best(config, best) -> dict:
+    """The best under the metric's own name; the harness's also as best_val_bpb, which scripts read."""
+    value = best.score if best else None
+    if config.target:
+        return {f"best_{config.metric}": value}
+    return {"best_val_bpb": value}
+
+
+def _metrics(t: TrialRecord) -> dict:
+    """A trial's numeric metrics, a non-finite one as None (JSON has no NaN)."""
+    return {k: (v if isinstance(v, (int, float)) and math.isfinite(v) else None) for k, v in sorted(t.metrics.items())}
+
+
+def _trial_row(t: TrialRecord, lineage: Lineage, metric: str = "val_bpb") -> dict:
     return {"number": t.number, "commit": t.commit, "parents": t.parents, "operator": t.operator, "status": t.status,
-            "val_bpb": t.value, "description": t.description, "proposer": t.proposer, "kept": lineage.kept(t.number),
+            "value": t.value, metric: t.value, "metrics": _metrics(t), "description": t.description, "proposer": t.proposer, "kept": lineage.kept(t.number),
             "seed": t.seed, "error": t.error, "cost_usd": t.cost_usd,
             "peak_vram_mb": t.metrics.get("peak_vram_mb"), "duplicate_of": t.attrs.get("duplicate_of")}
 
 
 def trust_line(sandbox: str, evaluation: str) -> str:
     """How far a search's scores can be trusted, in one sentence."""
-    where = {"bwrap": "in a bubblewrap sandbox", "none": "WITHOUT A SANDBOX (a genome can read the validation data, "
+    secret = "the validation data" if evaluation in ("harness", "self-reported") else "whatever scores it"
+    where = {"bwrap": "in a bubblewrap sandbox", "none": f"WITHOUT A SANDBOX (a genome can read {secret}, "
              "fake its score or change the search folder)"}.get(sandbox, "in a bubblewrap sandbox where bwrap works")
     how = {"harness": "scored by the harness in separate processes (causality and statelessness probed)",
            "evaluated": "scored by the project's evaluation command, run apart from the genome (evaluated)"}.get(
@@ -156,7 +174,7 @@ def render_status(s: dict, recent: int = 12, *, width: int | None = None, height
         parents = ",".join(str(p) for p in row["parents"]) or "-"
         mark = ("?" if row["number"] in s.get("within_noise", ()) else "*") if row["kept"] else " "
         table.append(f"{row['number']:>4}{mark} {row['operator']:9s} {parents:9s} {row['status']:16s} "
-                     f"{fmt(row['val_bpb']):>12}  {' '.join((row['description'] or row['error'] or '').split())[:80]}")
+                     f"{fmt(row['value']):>12}  {' '.join((row['description'] or row['error'] or '').split())[:80]}")
     if height is not None:
         room = height - len(devices)  # lines for the summary and the table
         while len(head) > room - 3 and any(rank for rank, _ in head):  # lesser lines give way, highest rank first
@@ -170,7 +188,8 @@ def render_status(s: dict, recent: int = 12, *, width: int | None = None, height
 
 def _status_head(s: dict) -> list[tuple[int, str]]:
     """The summary lines of `evo status`, each with its rank: 0 must show, higher gives way first."""
-    head = [(0, f"search {s['name']} ({'running' if s['running'] else 'stopped'}): profile {s['profile']}, "
+    task = (f"profile {s['profile']}" if s["profile"] != "command" else f"{s['direction']} {s['metric']}")
+    head = [(0, f"search {s['name']} ({'running' if s['running'] else 'stopped'}): {task}, "
                 f"budget {s['budget']:g}s, folder {s['folder']}"),
             (3, ("WARNING: " if s["sandbox"] == "none" or s["evaluation"] == "self-reported" else "") + s["trust"])]
     if s["flagged"]:
@@ -195,7 +214,7 @@ def _status_head(s: dict) -> list[tuple[int, str]]:
     if s["best"] is not None:
         spread = f" ± {s['best_spread']:.4f}" if s["best_spread"] is not None else ""
         rung = f" ({s['best_rung_score']:.6f} at rung {s['best_rung']})" if s.get("best_rung") else ""
-        best = f"best: {s['metric']} {s['best_val_bpb']:.6f}{spread}{rung} at trial #{s['best']}: {s['best_description']}"
+        best = f"best: {s['metric']} {s['best_value']:.6f}{spread}{rung} at trial #{s['best']}: {s['best_description']}"
         head.append((0, " ".join(best.split())))
     else:
         head.append((0, "best: none yet"))
@@ -233,7 +252,7 @@ def _noise_lines(s: dict) -> list[str]:
     gain = "" if not s.get("min_gain") else f"; min gain {s['min_gain']:.4f}"
     if s.get("noise_sd") is None:
         return [f"noise floor: unknown (no genome evaluated twice: run with --noise-runs K or --reeval K){gain}"]
-    lines = [f"noise floor: val_bpb sd {s['noise_sd']:.4f} over {s['noise_evaluations']} evaluations of "
+    lines = [f"noise floor: {s['metric']} sd {s['noise_sd']:.4f} over {s['noise_evaluations']} evaluations of "
              f"{s['noise_genomes']} genome{'s' if s['noise_genomes'] != 1 else ''}{gain}"]
     inside = s.get("within_noise") or []
     if inside:
@@ -273,6 +292,8 @@ def render_trial(search, number: int) -> str:
     if t.metrics:
         lines.append("metrics: " + ", ".join(f"{k} {v:g}" for k, v in t.metrics.items()))
     lines += provenance_lines(t.attrs.get("provenance") or {})
+    for name, text in (t.attrs.get("artifacts") or {}).items():  # the evaluator's text feedback
+        lines += ["", f"evaluator artifact '{name}':"] + ["  " + line for line in str(text).splitlines()[-20:]]
     usage = t.attrs.get("usage") or {}
     if usage:
         lines.append("LLM usage: " + ", ".join(f"{k} {v}" for k, v in usage.items()))

@@ -506,7 +506,7 @@ def _legend(view: TreeView, kinds: dict[str, list]) -> list:
         handles.append(Line2D([], [], color="#8e44ad", linestyle=(0, (3, 2)), label="second parent of a crossover"))
     entries = {
         "crossed": dict(marker="D", color="#8e44ad", markersize=4, label="crossover child"),
-        "failed": dict(marker="X", color="#b0b0b0", markeredgecolor="#757575", markersize=8, label="failed (no val_bpb)"),
+        "failed": dict(marker="X", color="#b0b0b0", markeredgecolor="#757575", markersize=8, label=f"failed (no {view.graph.graph.get('metric', 'val_bpb')})"),
         "dupes": dict(marker="o", markerfacecolor="white", markeredgecolor="#9e9e9e", markersize=7,
                       label="duplicate of a known genome"),
         "pruned": dict(marker="v", color="#cfcfcf", markersize=7, label="pruned"),

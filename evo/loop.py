@@ -440,7 +440,8 @@ class SearchLoop:
     def _prepare_data(self) -> None:
         """The target's preparation before any trial (a harness prepares its data; a no-op when cached)."""
         cfg = self.search.config
-        self.on_event("preparing", {"profile": cfg.profile, "data": cfg.data})
+        if self.target.kind == "harness":  # only the harness has data to prepare
+            self.on_event("preparing", {"profile": cfg.profile, "data": cfg.data})
         self.target.prepare(self.search, python=self.python, say=lambda line: self.on_event("preparing", {"line": line}))
 
     def _recover(self) -> None:
@@ -889,9 +890,10 @@ class SearchLoop:
                                        constraints=constraints, error=result.error,
                                        log_tail=result.log_tail[-2000:], wall_seconds=round(result.wall_seconds, 2),
                                        kept=kept, provenance=result.provenance,
+                                       **({"artifacts": result.artifacts} if result.artifacts else {}),
                                        **{k: v for k, v in result.metrics.items()
                                           if k == f"reported_{search.config.metric}"}, **{MIN_GAIN_ATTR: min_gain})
-        search.paths.trial(number).make().result.write_text(json.dumps(dataclasses.asdict(result), indent=2) + "\n")
+        search.paths.trial(number).make().result.write_text(result.to_json())
         self._snapshot = None
         self._write_devices()
         if not told:

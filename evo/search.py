@@ -46,7 +46,9 @@ def create_search(name: str, *, root: str | Path = "runs", project: str | Path =
                   seed: int = 0, sandbox: str = "auto", allow_network: bool = False, run: str | None = None,
                   metric: str | None = None, direction: str | None = None, metric_pattern: str | None = None,
                   evaluate: str | None = None, read: list[str] | tuple[str, ...] = (), remote: str | None = None,
-                  heartbeat: int = 10, grace: int = 60) -> Search:
+                  heartbeat: int = 10, grace: int = 60, program: str | None = None,
+                  added: dict[str, bytes] | None = None, evaluate_quick: str | None = None,
+                  quick_threshold: float | None = None, eval_limit: float | None = None) -> Search:
     """Create search `name` from a project's seed genome and fixed files, and return it open.
 
     >>> search = create_search("demo", profile="tiny", budget=5)                              # doctest: +SKIP
@@ -75,15 +77,22 @@ def create_search(name: str, *, root: str | Path = "runs", project: str | Path =
         run: the command that runs a trial of any project (e.g. "uv run train.py").
         metric: the score's name (default val_bpb); direction: minimize (default) or maximize.
         metric_pattern: a regex whose first group is the score, instead of `metric: value` lines.
-        evaluate: a command of the project that scores a trial afterwards, apart from its code.
+        evaluate: a command of the project that scores a trial afterwards, apart from its code; it may
+            name the program (`{program}`); without `run` it does all the work.
         read: folders outside the project trials may read (e.g. a data cache).
         remote: a git URL (path, file://, ssh://, git://) for a search shared by several hosts;
             `storage` must then be PostgreSQL. A missing local path becomes a bare repository.
         heartbeat, grace: for a shared search, seconds between a running trial's heartbeats, and
             of silence after which another worker re-runs it.
+        program: program.md's text, instead of the project's (a peer project's system message).
+        added: files of ours added to the fixed harness (the runner of a peer project's evaluator).
+        evaluate_quick, quick_threshold: a stage-1 evaluation run first; a program worse than the
+            threshold stops there (pruned). eval_limit: seconds one evaluation may take (default 300).
 
     Raises:
         SearchError: with one line saying what to change; nothing is created then.
+
+    Long because this docstring documents every creation option; the code is short.
     """
     check_name(name)
     project = Path(project).expanduser().resolve()
@@ -96,8 +105,8 @@ def create_search(name: str, *, root: str | Path = "runs", project: str | Path =
     check_storage(storage, name)
     cache_dir = str(check_folder("--cache-dir", cache_dir)) if cache_dir else None
     sandbox = resolve_sandbox(sandbox)
-    if run is None:
-        if metric not in (None, "val_bpb") or direction != MINIMIZE or metric_pattern or evaluate:
+    if run is None and evaluate is None:
+        if metric not in (None, "val_bpb") or direction != MINIMIZE or metric_pattern or evaluate_quick:
             raise SearchError("--metric, --direction, --metric-pattern and --evaluate describe a project run by a "
                               "command: give its command with --run (without --run, the harness scores val_bpb)")
         mutable = list(dict.fromkeys(mutable))
@@ -110,12 +119,15 @@ def create_search(name: str, *, root: str | Path = "runs", project: str | Path =
     else:
         fields, harness, mutable = command_config(project, run=run, metric=metric or "val_bpb", direction=direction,
                                                   pattern=metric_pattern, evaluate=evaluate, budget=budget,
-                                                  mutable=list(mutable))
+                                                  mutable=list(mutable), added=added, quick=evaluate_quick,
+                                                  threshold=quick_threshold)
+        if eval_limit is not None:
+            fields["eval_limit"] = float(eval_limit)
     config = SearchConfig(name=name, mutable=mutable, seed=seed, storage=storage or LOCAL_STORAGE,
                           harness_sha256=harness_sha256(harness), sandbox=sandbox, allow_network=allow_network,
                           read=[str(Path(os.path.expanduser(r)).resolve()) for r in read], remote=remote or "",
                           heartbeat=heartbeat, grace=grace, project=str(project), **fields)
-    program = _program(project, config)
+    program = program if program is not None else _program(project, config)
     search = Search.create(root, config, seed_files={f: (project / f).read_text() for f in mutable}, harness=harness,
                            program=program)
     _keep_modes(project, search, harness)

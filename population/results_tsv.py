@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import math
 
-from population.lineage import Lineage
+from population.lineage import MINIMIZE, Lineage
 from population.store import TrialRecord
 
 TSV_COLUMNS = ("commit", "val_bpb", "memory_gb", "status", "description")
 
 
-def results_tsv(trials: list[TrialRecord]) -> str:
-    """autoresearch's results.tsv: keep = improved the best so far, discard = did not, crash = no result."""
+def results_tsv(trials: list[TrialRecord], *, metric: str = "val_bpb", direction: str = MINIMIZE) -> str:
+    """autoresearch's results.tsv: keep = improved the best so far, discard = did not, crash = no result.
+    The score's column is named after the search's metric (val_bpb for the harness)."""
     trials = list(trials)
-    lineage = Lineage(trials)
-    rows = ["\t".join(TSV_COLUMNS)]
+    lineage = Lineage(trials, direction=direction)
+    rows = ["\t".join((TSV_COLUMNS[0], metric, *TSV_COLUMNS[2:]))]
     for t in lineage.trials:
         if t.state == "RUNNING" or t.status == "interrupted":
             continue

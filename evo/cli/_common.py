@@ -107,17 +107,55 @@ def add_creation(p) -> None:
                    "group is the number), e.g. 'score=([0-9.]+)'")
     t.add_argument("--evaluate", metavar="CMD", help="a command of the project that scores a trial afterwards, in a "
                    "sandbox of its own over the trial's folder (read-only); its output gives the metric ('evaluated' "
-                   "instead of 'self-reported')")
+                   "instead of 'self-reported'), every 'NAME: number' line another metric, and an 'EVO_RESULT {json}' "
+                   "line metrics, validity and text artifacts; a non-zero exit fails the trial; {program} is replaced "
+                   "by the mutable file's path; without --run it does all the work")
+    t.add_argument("--evaluate-quick", metavar="CMD", help="a cheaper stage-1 evaluation run before --evaluate: a "
+                   "program whose metric there is worse than --quick-threshold stops (pruned)")
+    t.add_argument("--quick-threshold", type=float, metavar="X", help="the stage-1 value a program must reach")
+    t.add_argument("--from-openevolve", metavar="DIR", help="take an OpenEvolve project as it is: initial_program.py "
+                   "(its EVOLVE-BLOCKs evolve), evaluator.py (evaluate(program_path)) and config.yaml's settings "
+                   "where they map (see the README)")
+    t.add_argument("--from-shinka", metavar="DIR", help="take a ShinkaEvolve project as it is: initial.py, evaluate.py "
+                   "(main(program_path, results_dir) writing metrics.json and correct.json), and config.yaml if any")
+
+
+def peer_project(args):
+    """The OpenEvolve or ShinkaEvolve project --from-openevolve / --from-shinka names (None without either)."""
+    from evo.targets import read_peer
+
+    given = [(kind, folder) for kind, folder in (("openevolve", getattr(args, "from_openevolve", None)),
+                                                 ("shinka", getattr(args, "from_shinka", None))) if folder]
+    if len(given) > 1:
+        raise UsageError("--from-openevolve and --from-shinka exclude each other: give one")
+    if not given:
+        return None
+    if args.mutable or args.evaluate or args.project != ".":
+        raise UsageError(f"--from-{given[0][0]} takes the program, the evaluator and the folder from the project: "
+                         "drop --mutable, --evaluate and --project")
+    return read_peer(*given[0])
 
 
 def creation_kwargs(args) -> dict:
     """`evo.create_search` keyword arguments from the creation flags."""
+    peer = peer_project(args)
+    if peer is not None:
+        return dict(_plain_creation_kwargs(args), project=peer.folder, mutable=[peer.program_file],
+                    evaluate=peer.evaluate, metric=args.metric or peer.metric, direction=args.direction or peer.direction,
+                    program=peer.program, added=peer.runner_files(), eval_limit=peer.eval_limit,
+                    evaluate_quick=args.evaluate_quick or peer.quick,
+                    quick_threshold=args.quick_threshold if args.evaluate_quick else peer.threshold)
+    return _plain_creation_kwargs(args)
+
+
+def _plain_creation_kwargs(args) -> dict:
     return dict(root=args.root, project=args.project or ".", profile=args.profile, budget=args.budget,
                 mutable=args.mutable or ["train.py"], data=args.data, storage=args.storage, cache_dir=args.cache_dir,
                 seed=args.seed if args.seed is not None else 0, sandbox=args.sandbox or "auto",
                 allow_network=args.allow_network,
                 run=args.run, metric=args.metric, direction=args.direction, metric_pattern=args.metric_pattern,
-                evaluate=args.evaluate, read=args.read,
+                evaluate=args.evaluate, read=args.read, evaluate_quick=getattr(args, "evaluate_quick", None),
+                quick_threshold=getattr(args, "quick_threshold", None),
                 remote=args.remote, heartbeat=args.heartbeat or 10, grace=args.grace or 60)
 
 

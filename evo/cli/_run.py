@@ -12,7 +12,7 @@ from typing import Callable
 
 from evo.cli._common import (UsageError, add_creation, add_noise_options, add_proposer_options, add_root,
                              add_strategy_options, build_proposer, creation_kwargs, exit_code, non_negative_int,
-                             positive_float, positive_int, stop_on_signals, strategy_options,
+                             peer_project, positive_float, positive_int, stop_on_signals, strategy_options,
                              trial_limit)
 from evo.cli._progress import make_reporter
 from evo.devices import Slot, check_slots, default_slots, nvidia_gpus, parse_devices
@@ -236,18 +236,41 @@ def create(args) -> Search:
     search = create_search(args.name, **creation_kwargs(args))
     cfg = search.config
     what = (f"profile {cfg.profile}, data {cfg.data}" if not cfg.target else
-            f"run '{cfg.target['run']}', {cfg.direction} {cfg.metric}")
+            f"run '{cfg.target['run']}', {cfg.direction} {cfg.metric}" if cfg.target.get("run") else
+            f"evaluate '{cfg.target['evaluate']}', {cfg.direction} {cfg.metric}")
     where = f"; study {redact(cfg.storage)}, population {cfg.remote}" if cfg.shared else ""
     print(f"created search {cfg.name} in {search.folder} ({what}, budget {cfg.budget:g}s, mutable "
           f"{', '.join(cfg.mutable)}, sandbox {cfg.sandbox}, scored {cfg.evaluation.replace('harness', 'by the harness')}"
           f"{where})")
-    if not had_program and search.paths.program.exists():
+    peer = peer_project(args)
+    if peer is not None:
+        _say_peer_settings(peer, running=args.command == "run" and args.trials == peer.trials)
+    elif not had_program and search.paths.program.exists():
         print(f"the project has no program.md: wrote {search.paths.program} from a template; edit it to tell LLM "
               "proposers what to try", file=sys.stderr)
     if cfg.sandbox == "none":
-        print("warning: trials run without a sandbox: a genome can read the validation data, fake its score or "
-              "change the search folder (install bubblewrap: apt-get install bubblewrap)", file=sys.stderr)
+        secret = "the validation data" if not cfg.target else "whatever scores it"
+        print(f"warning: trials run without a sandbox: a genome can read {secret}, fake its score or change the "
+              "search folder (install bubblewrap: apt-get install bubblewrap)", file=sys.stderr)
     return search
+
+
+def _say_peer_settings(peer, *, running: bool) -> None:
+    """What the peer project's config.yaml gave, and what the user must pass by hand or cannot have."""
+    took = [f"trials {peer.trials}"] if peer.trials and running else []
+    took += ["system message -> program.md"] if peer.program else []
+    took += [f"stage 1 evaluate_stage1, threshold {peer.threshold:g}"] if peer.quick else []
+    took += [f"evaluator timeout {peer.eval_limit:g}s"] if peer.eval_limit else []
+    if took:
+        print(f"from {peer.folder / 'config.yaml'}: {', '.join(took)}")
+    flags = [f"--trials {peer.trials}"] if peer.trials and not running else []
+    flags += [peer.proposer_hint()] if peer.models else []
+    flags += [f"--islands {peer.islands}"] if peer.islands else []
+    flags += [f"--migration-rate {peer.migration_rate:g}"] if peer.migration_rate is not None else []
+    if flags:
+        print(f"its other settings are flags of evo run: {' '.join(flags)}")
+    if peer.unmapped:
+        print(f"not mapped (no counterpart here): {', '.join(peer.unmapped)}", file=sys.stderr)
 
 
 def open_or_create(args, slots: list[Slot] | None = None) -> Search:
@@ -255,7 +278,7 @@ def open_or_create(args, slots: list[Slot] | None = None) -> Search:
     The devices asked for are checked against the GPUs trials would see before either."""
     if not Search.exists(args.name, root=args.root):
         prepare = Path(args.project or ".") / "prepare.py"
-        if slots and args.run is None and prepare.exists():  # without it, creation says what is missing
+        if slots and args.run is None and args.evaluate is None and prepare.exists():  # without it, creation says what is missing
             _check_devices(slots, int(describe_harness(prepare.resolve(), args.profile).get("cuda_devices", 0)))
         elif slots:
             _check_devices(slots, nvidia_gpus())
@@ -288,6 +311,9 @@ def _check_devices(slots: list[Slot], gpus: int) -> None:
 
 
 def cmd_run(args) -> int:
+    peer = None if Search.exists(args.name, root=args.root) else peer_project(args)
+    if peer is not None and args.trials is None:
+        args.trials = peer.trials  # max_iterations / num_generations, unless --trials says otherwise
     options = run_options(args)  # reject options that cannot work before creating anything
     proposer = build_proposer(args.proposer, args)
     strategy = make_strategy(args.strategy, **strategy_options(args, args.strategy))
@@ -324,6 +350,11 @@ def check_ladder(options: RunOptions, *, search: Search | None = None, budget: f
 
 def run_loop(search: Search, args, options: RunOptions, strategy, proposer, slots, hosts: OneHost) -> int:
     """Run the loop until it stops; the exit code says how (0 done, 1 error, 130 interrupted)."""
+    try:
+        _check_tunable(search, proposer)
+    except UsageError:
+        search.close()
+        raise
     slots = slots or default_slots(search)
     cfg = search.config
     try:
@@ -334,7 +365,8 @@ def run_loop(search: Search, args, options: RunOptions, strategy, proposer, slot
         raise UsageError(str(e)) from None
     if not args.quiet:
         who = f"worker on {socket.gethostname()} of shared search" if hosts.shared else "search"
-        print(f"{who} {cfg.name}: profile {cfg.profile}, budget {cfg.budget:g}s, strategy {strategy.describe()}, "
+        task = f"profile {cfg.profile}" if not cfg.target else f"{cfg.direction} {cfg.metric} ({cfg.evaluation})"
+        print(f"{who} {cfg.name}: {task}, budget {cfg.budget:g}s, strategy {strategy.describe()}, "
               f"proposer {proposer.name}, devices {', '.join(s.name for s in slots)}{_noise_rule(options)}; "
               f"folder {search.folder}", flush=True)
         for line in fits:
@@ -374,6 +406,23 @@ def check_proposer(search: Search, proposer) -> list[str]:
                           settings={"profile": cfg.profile, "seq_len": cfg.seq_len, "budget": cfg.budget,
                                     "name": cfg.name, "metric": cfg.metric, "direction": cfg.direction})
     return proposer.preflight(parent, ctx)
+
+
+def _check_tunable(search: Search, proposer) -> None:
+    """Before any trial: an offline proposer with nothing to tune in the seed says so in one line (an
+    error when it is the only proposer: every child it proposed would fail; a warning in a mix)."""
+    from evo.proposers import OfflineProposer
+
+    members = [m for m, _ in getattr(proposer, "members", [(proposer, 1.0)])]
+    offline = [m for m in members if isinstance(m, OfflineProposer)]
+    if not offline or not search.config.seed_commit:
+        return
+    cfg = search.config
+    why = offline[0].nothing_to_tune(search.repo.files(cfg.seed_commit, cfg.mutable), cfg.mutable, cfg.profile)
+    if why and len(offline) == len(members):
+        raise UsageError(why)
+    if why:
+        print(f"warning: {why}; its share of the mix fails", file=sys.stderr)
 
 
 def cmd_worker(args) -> int:

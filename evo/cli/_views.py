@@ -43,7 +43,7 @@ def add_parsers(sub) -> None:
     p.set_defaults(handler=cmd_best)
 
     p = sub.add_parser("export", help="export the trials", description="Write the trials as autoresearch's results.tsv "
-                       "(commit, val_bpb, memory_gb, status, description).")
+                       "(commit, the metric (val_bpb), memory_gb, status, description).")
     p.add_argument("name", nargs="?", help="name of the search (optional when there is only one)")
     p.add_argument("--tsv", action="store_true", help="results.tsv format (the default and only format so far)")
     p.add_argument("--out", default="-", help="file to write (default: stdout)")
@@ -140,7 +140,7 @@ def cmd_export(args) -> int:
     name = resolve_name(args.name, args.root)
     out = None if args.out == "-" else check_output_file("--out", args.out)
     with Search.open(name, root=args.root) as search:
-        text = results_tsv(search.trials())
+        text = results_tsv(search.trials(), metric=search.config.metric, direction=search.config.direction)
     if out is None:
         sys.stdout.write(text)
     else:

@@ -12,6 +12,8 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Callable
 
+from evo.proposers._blocks import END, START, outside_change
+
 # The most text one change may carry, edits and whole files together (characters).
 EDITS_CAP = 4 << 20
 # Lines git writes around a conflict; a child must not keep them.
@@ -152,7 +154,8 @@ def apply_change(start: dict[str, str], change: Change, *, mutable: list[str]) -
 
 def check_child(child: dict[str, str], start: dict[str, str], *, allow_unchanged: bool = False,
                 is_known: Callable[[dict[str, str]], bool] = lambda files: False) -> None:
-    """Reject a child that cannot be worth a trial: unchanged, known, conflicted, or not Python.
+    """Reject a child that cannot be worth a trial: unchanged, known, conflicted, not Python, or
+    changed outside the marked EVOLVE-BLOCK regions of a file that has them.
 
     start: the files the change was written against.
     allow_unchanged: accept child == start (a crossover's clean merge is itself a new genome).
@@ -162,6 +165,10 @@ def check_child(child: dict[str, str], start: dict[str, str], *, allow_unchanged
     if child == start and not allow_unchanged:
         problems.append("the edits leave the files unchanged: propose a change")
     for path, text in sorted(child.items()):
+        where = outside_change(start.get(path, ""), text)
+        if where:
+            problems.append(f"{path}: the edits change {where}, outside its {START} ... {END} regions; only the "
+                            f"lines between those markers may change, the rest of the file is fixed")
         marked = [n for n, line in enumerate(text.splitlines(), 1) if line.startswith(CONFLICT_MARKERS)]
         if marked:
             problems.append(f"{path} still holds conflict markers (line {marked[0]}): resolve every conflict")

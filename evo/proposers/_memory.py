@@ -10,6 +10,7 @@ that failed (so they are not retried blindly), and the current best. Each line r
 from __future__ import annotations
 
 import math
+import re
 
 from population.lineage import Lineage, better
 from population.store import DUPLICATE, INTERRUPTED, INVALID, OK, TrialRecord
@@ -53,6 +54,39 @@ def outcome(t: TrialRecord, lineage: Lineage, metric: str = "val_bpb") -> str:
     if status == INTERRUPTED:
         return "interrupted by the search (re-run later)"
     return f"{status}: {_one_line(t.error) or 'no error message'}"
+
+
+FEEDBACK_LIMIT = 4000  # characters of evaluator feedback in one prompt
+ARTIFACT_PROMPT_LIMIT = 1500  # characters of one artifact in a prompt (its end: an error ends there)
+
+
+def feedback(parents: list[int], lineage: Lineage) -> str:
+    """What the evaluator said about this lineage (its text artifacts): of each parent, and of the
+    parent's latest child that failed; bounded by FEEDBACK_LIMIT. "" when it said nothing."""
+    chosen = []
+    for n in parents:
+        parent = lineage.by_number.get(n)
+        if parent is not None and parent.attrs.get("artifacts"):
+            chosen.append((parent, f"#{n}, the parent"))
+        failed = [t for t in lineage.trials if t.parents[:1] == [n] and t.attrs.get("artifacts")
+                  and t.status not in (OK, DUPLICATE, "running", INTERRUPTED)]
+        if failed:
+            chosen.append((failed[-1], f"#{failed[-1].number}, the latest child of #{n} that failed ({failed[-1].status})"))
+    lines, used = [], 0
+    for t, label in chosen:
+        for name, text in t.attrs["artifacts"].items():
+            text = str(text).strip()
+            text = text if len(text) <= ARTIFACT_PROMPT_LIMIT else "..." + text[-ARTIFACT_PROMPT_LIMIT:]
+            if used + len(text) > FEEDBACK_LIMIT:
+                break
+            used += len(text)
+            lines.append(f"### {label}: {name}\n\n{_fence(text)}\n{text}\n{_fence(text)}")
+    return "## What the evaluator said about this lineage\n\n" + "\n\n".join(lines) if lines else ""
+
+
+def _fence(text: str) -> str:
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    return "`" * max(3, longest + 1)
 
 
 def _failed(t: TrialRecord, lineage: Lineage) -> bool:
@@ -101,6 +135,9 @@ def search_memory(parents: list[int], lineage: Lineage, *, recent: int = 30, fai
         steps = ancestry(n, lineage, metric)
         if steps:
             parts.append(f"## How #{n} came about (from the seed)\n\n" + "\n".join(steps))
+    said = feedback(parents, lineage)
+    if said:
+        parts.append(said)
 
     ideas = [t for t in lineage.trials if t.operator not in _NOT_IDEAS]
     shown, older = ideas[-recent:] if recent else [], ideas[:-recent] if recent else ideas

@@ -1,8 +1,17 @@
 from __future__ import annotations
 
 from evo.proposers._base import Genome, Proposal, ProposalContext, Proposer
+from evo.proposers._blocks import inside, marked
 from evo.proposers._hyperparams import FROZEN_PREFIXES, find_hyperparameters, format_value, mutate_value, rewrite
 from population.genomes import merge_texts
+
+
+def tunable(files: dict[str, str], mutable: list[str], profile: str | None = None) -> list[tuple[str, str, object]]:
+    """(file, name, value) of every knob the offline proposer may turn: UPPERCASE constants of the
+    mutable files, inside their EVOLVE-BLOCK regions where a file marks them."""
+    return [(path, p.name, p.value) for path in mutable if path in files
+            for p in find_hyperparameters(files[path], profile).values()
+            if not p.name.startswith(FROZEN_PREFIXES) and inside(files[path], p.span)]
 
 
 class OfflineProposer(Proposer):
@@ -28,13 +37,19 @@ class OfflineProposer(Proposer):
         self.two_change_rate = two_change_rate
         self.attempts = attempts
 
+    def nothing_to_tune(self, files: dict[str, str], mutable: list[str], profile: str | None = None) -> str | None:
+        """One line when the genome gives the offline proposer nothing to turn (every child it proposed
+        would fail); None when it has knobs."""
+        if tunable(files, mutable, profile):
+            return None
+        where = " inside their EVOLVE-BLOCK regions" if any(marked(files.get(p, "")) for p in mutable) else ""
+        return (f"the offline proposer finds no UPPERCASE constants (NAME = number) in {', '.join(mutable)}{where}, so "
+                "it has nothing to tune: add some, or use an LLM proposer (--proposer anthropic or openai-compatible)")
+
     # -- mutation ---------------------------------------------------------------
 
     def _knobs(self, files: dict[str, str], ctx: ProposalContext) -> list[tuple[str, str, object]]:
-        profile = ctx.settings.get("profile")
-        return [(path, p.name, p.value) for path in ctx.mutable if path in files
-                for p in find_hyperparameters(files[path], profile).values()
-                if not p.name.startswith(FROZEN_PREFIXES)]
+        return tunable(files, ctx.mutable, ctx.settings.get("profile"))
 
     def _valid(self, files: dict[str, str], ctx: ProposalContext) -> bool:
         # The seed's one hard invariant between knobs: whole micro-batches per optimizer step.
@@ -84,7 +99,8 @@ class OfflineProposer(Proposer):
             text_a, text_b = a.files.get(path, ""), b.files.get(path, "")
             text_base = base.files.get(path, text_a) if base else text_a
             pa, pb = find_hyperparameters(text_a, profile), find_hyperparameters(text_b, profile)
-            differing = sorted(n for n in pa.keys() & pb.keys() if pa[n].value != pb[n].value)
+            differing = sorted(n for n in pa.keys() & pb.keys() if pa[n].value != pb[n].value
+                               and inside(text_a, pa[n].span) and inside(text_b, pb[n].span))
             # Agree on every differing constant first, so the code merge never sees them conflict.
             pick = {n: (pa[n].value if rng.random() < 0.5 else pb[n].value) for n in differing}
             aligned_a, aligned_b = rewrite(text_a, pick, profile), rewrite(text_b, pick, profile)

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 
 from evo.proposers._base import Genome, ProposalContext
+from evo.proposers._blocks import marked
 from evo.proposers._memory import search_memory
 from population.genomes import merge_texts
 
@@ -137,17 +138,22 @@ def _diff(old: dict[str, str], new: dict[str, str], old_label: str, new_label: s
     return f"```diff\n{text}\n```" if text else "(no change)"
 
 
-def _settings(ctx: ProposalContext) -> str:
+def _settings(ctx: ProposalContext, files: dict[str, str] | None = None) -> str:
     s = ctx.settings
     facts = []
-    if s.get("profile"):
+    harness = s.get("profile") not in (None, "command")  # evoresearch's own ML harness
+    if harness:
         facts.append(f"task profile `{s['profile']}` (in per_profile(...) calls, the `{s['profile']}=` value is the one "
                      f"that counts)")
     if s.get("budget"):
-        facts.append(f"time budget {s['budget']:g} s of counted training per trial")
+        facts.append(f"time budget {s['budget']:g} s {'of counted training ' if harness else ''}per trial")
     if s.get("seq_len"):
         facts.append(f"sequence length {s['seq_len']}")
     facts.append(f"mutable files: {', '.join(ctx.mutable)}")
+    blocked = [p for p in ctx.mutable if marked((files or {}).get(p, ""))]
+    if blocked:
+        facts.append(f"in {', '.join(blocked)} only the lines between `EVOLVE-BLOCK-START` and `EVOLVE-BLOCK-END` "
+                     "may change (an edit elsewhere is refused)")
     return "This search: " + "; ".join(facts) + "."
 
 
@@ -173,7 +179,7 @@ def mutation_prompt(parent: Genome, ctx: ProposalContext, *, answer: str = ANSWE
         title = f"Parent genome #{parent.trial}{score}: the starting files"
         user.append(Block(files_block(title, shape.shown if shape.shown is not None else parent.files)
                           + (f"\n\n{shape.note}" if shape.note else ""), cache=True))
-    task = (f"# Your task\n\n{_settings(ctx)}\n\nPropose one child of #{parent.trial}{score} "
+    task = (f"# Your task\n\n{_settings(ctx, parent.files)}\n\nPropose one child of #{parent.trial}{score} "
             f"({parent.description or 'no description'}): one focused idea that should make {metric} {better} within "
             f"the budget. Read the memory above first: build on what improved, and do not repeat what failed.\n\n{answer}")
     memory = search_memory([parent.trial], ctx.lineage, metric=metric, recent=shape.recent, failures=shape.failures)
@@ -222,7 +228,7 @@ def crossover_prompt(a: Genome, b: Genome, base: Genome | None, ctx: ProposalCon
     if show_files:
         parts.append(files_block("The starting files", shape.shown if shape.shown is not None else start)
                      + (f"\n\n{shape.note}" if shape.note else ""))
-    task = (f"# Your task\n\n{_settings(ctx)}\n\nPropose one child that keeps the strengths of both parents. "
+    task = (f"# Your task\n\n{_settings(ctx, start)}\n\nPropose one child that keeps the strengths of both parents. "
             f"{'Resolve every conflict. ' if conflicts else ''}Say in the description what it takes from each "
             f"(e.g. 'cross #{a.trial} x #{b.trial}: LR schedule of #{a.trial} + SwiGLU of #{b.trial}').\n\n{answer}")
     memory = search_memory([a.trial, b.trial], ctx.lineage, metric=objective(ctx)[0], recent=shape.recent,

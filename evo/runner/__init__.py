@@ -11,6 +11,9 @@ raises because of what the genome did.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
 import os
 import shutil
 import sys
@@ -52,6 +55,12 @@ class TrialResult:
     returncode: int | None = None
     wall_seconds: float = 0.0
     provenance: dict = field(default_factory=dict)
+    artifacts: dict[str, str] = field(default_factory=dict)  # the evaluator's text feedback, by name (bounded)
+
+    def to_json(self) -> str:
+        """The result as JSON for result.json: a metric that is not a finite number becomes null (bare NaN
+        is not JSON)."""
+        return json.dumps(_finite(dataclasses.asdict(self)), indent=2, allow_nan=False) + "\n"
 
     @property
     def val_bpb(self) -> float | None:
@@ -60,6 +69,17 @@ class TrialResult:
     def value(self, metric: str) -> float | None:
         """The score under `metric`'s name (val_bpb for evoresearch's own harness)."""
         return self.metrics.get(metric)
+
+
+def _finite(value):
+    """`value` with every non-finite float (nan, inf) in it replaced by None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def trial_environment(*, profile: str, budget: float, seed: int, device: str, data: str | None = None,
@@ -159,7 +179,10 @@ class TrialRunner:
                   threads=max(1, threads))
         run.folder.mkdir(parents=True, exist_ok=True)
         _private_cache(run, compile_cache)
-        env = {**env, "EVO_OUTPUT": str(run.output), "EVO_CLOCK": clock, "EVO_THREADS": str(threads),
+        shutil.rmtree(run.scratch, ignore_errors=True)
+        run.scratch.mkdir(parents=True)
+        run.env["EVO_SCRATCH"] = str(run.scratch)
+        env = {**env, "EVO_OUTPUT": str(run.output), "EVO_SCRATCH": str(run.scratch), "EVO_CLOCK": clock, "EVO_THREADS": str(threads),
                "TORCHINDUCTOR_CACHE_DIR": str(run.compile_cache), "TORCHINDUCTOR_FX_GRAPH_CACHE": "1",
                "TORCHINDUCTOR_AUTOGRAD_CACHE": "1"}
         if clock == "cpu":
@@ -209,7 +232,8 @@ class TrialRunner:
         if flags:
             provenance["suspicious"] = flags
         return TrialResult(status, metrics=metrics, error=error, log_tail="\n".join(output.tail),
-                           returncode=execution.returncode, wall_seconds=execution.wall_seconds, provenance=provenance)
+                           returncode=execution.returncode, wall_seconds=execution.wall_seconds, provenance=provenance,
+                           artifacts=evaluation.artifacts if evaluation is not None else {})
 
 
 def _genome_sources(workdir: Path, harness: list[Path], root: Path) -> list[Path]:

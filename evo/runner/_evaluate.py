@@ -24,6 +24,7 @@ class Evaluation:
     metrics: dict[str, float] = field(default_factory=dict)
     error: str = ""
     provenance: dict = field(default_factory=dict)
+    artifacts: dict[str, str] = field(default_factory=dict)  # text feedback of the evaluator, by name
 
     @property
     def ok(self) -> bool:

@@ -125,6 +125,12 @@ class Run:
         return self.folder / "model"
 
     @property
+    def scratch(self) -> Path:
+        """A writable folder for the run and its evaluation ($EVO_SCRATCH), emptied before each run;
+        never part of the genome (only the mutable files are)."""
+        return self.workdir / ".evo" / "scratch"
+
+    @property
     def compile_cache(self) -> Path:
         """The run's private copy of the compile cache."""
         return self.workdir / ".evo" / "inductor-cache"
@@ -145,7 +151,8 @@ class Run:
 
     def evaluation_view(self) -> View:
         """A trusted evaluation command's view: the trial's folder, read-only, and the extra folders."""
-        return View(read=(self.workdir, *self.read), place=self._harness_over_genome(), gpu=self.gpu)
+        return View(read=(self.workdir, *self.read), place=self._harness_over_genome(), gpu=self.gpu,
+                    scratch=(self.scratch,))
 
     def model_cache(self, index: int) -> Path:
         """Model process `index`'s own compile cache, in the trial's folder (no sandbox of the run sees

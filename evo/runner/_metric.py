@@ -10,16 +10,24 @@ the metric from what that prints: *evaluated*. The run cannot change the evaluat
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import subprocess
 import threading
 import time
+from dataclasses import dataclass, field
 
 from evo.runner._evaluate import Evaluation, Evaluator, Session
 from evo.runner._output import TrialOutput, metric_pattern
 from evo.runner._process import Execution
 
 OUTPUT_LIMIT = 2 << 20  # bytes of an evaluation command's output kept
+RESULT_PREFIX = "EVO_RESULT "  # an evaluation command's structured result: metrics, validity, artifacts
+METRIC_LINE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*[:=]\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
+TAIL_LINES = 20  # lines of the evaluation's own output kept as an artifact
+ARTIFACT_LIMIT = 4000  # characters of one artifact kept
+ARTIFACTS_LIMIT = 12000  # characters of all of a trial's artifacts kept
 
 
 def _seen(output: TrialOutput) -> str:
@@ -70,18 +78,28 @@ class CommandEvaluator(Evaluator):
 
     command: a shell command run in the trial's folder (read-only), in a sandbox of its own
         without network; metric and pattern: as for MetricEvaluator, applied to its output.
+    quick, threshold, direction: a cheaper stage-1 command run first; a program whose stage-1
+        metric is worse than `threshold` (for `direction`) stops there, pruned, without the full one.
     """
 
     name = "evaluated"
     self_reported = False
 
-    def __init__(self, command: str, metric: str, pattern: str | None = None):
+    def __init__(self, command: str, metric: str, pattern: str | None = None, *, quick: str | None = None,
+                 threshold: float | None = None, direction: str = "minimize"):
         self.command, self.metric = command, metric
         self.pattern = metric_pattern(metric, pattern)
         self.watch = ((metric, self.pattern),)  # what the run claims is kept on record, never used
+        self.quick, self.threshold, self.direction = quick, threshold, direction
 
     def session(self, run) -> Session:
         return _CommandSession(self, run)
+
+    def hopeless(self, value: float) -> bool:
+        """Whether a stage-1 value is worse than the threshold."""
+        if self.threshold is None:
+            return False
+        return value < self.threshold if self.direction == "maximize" else value > self.threshold
 
 
 class _CommandSession(Session):
@@ -94,10 +112,29 @@ class _CommandSession(Session):
     def evaluate(self, output: TrialOutput, execution: Execution) -> Evaluation | None:
         if execution.stopped is not None or execution.returncode != 0:
             return None  # the run failed or was stopped: its ending decides the status
-        run, metric = self.run, self.evaluator.metric
-        provenance = {"evaluator": "evaluated", "evaluate": self.evaluator.command}
-        proc = run.executor.start(["bash", "-c", self.evaluator.command], cwd=run.workdir, env=run.env,
-                                  view=run.evaluation_view())
+        ev, metric = self.evaluator, self.evaluator.metric
+        provenance = {"evaluator": "evaluated", "evaluate": ev.command}
+        if ev.quick:
+            provenance["evaluate_quick"] = ev.quick
+            quick = self._evaluation(ev.quick, "eval-quick.log")
+            quick.provenance = provenance
+            if not quick.ok:
+                quick.error = f"stage 1: {quick.error}"
+                return quick
+            if ev.hopeless(quick.metrics[metric]):
+                quick.status = "pruned"
+                quick.error = (f"stage 1: {metric} {quick.metrics[metric]:.6g} is "
+                               f"{'below' if ev.direction == 'maximize' else 'above'} the threshold {ev.threshold:g}")
+                return quick
+        evaluation = self._evaluation(ev.command, "eval.log")
+        evaluation.provenance = provenance
+        if evaluation.ok and metric in output.found:  # what the run claimed, kept on record
+            evaluation.metrics[f"reported_{metric}"] = output.found[metric]
+        return evaluation
+
+    def _evaluation(self, command: str, log_name: str) -> Evaluation:
+        run = self.run
+        proc = run.executor.start(["bash", "-c", command], cwd=run.workdir, env=run.env, view=run.evaluation_view())
         lines: list[str] = []
         reader = threading.Thread(target=_collect, args=(proc, lines), daemon=True)
         reader.start()
@@ -105,24 +142,96 @@ class _CommandSession(Session):
         run.executor.kill(proc)
         proc.wait()
         reader.join(timeout=5)
-        (run.folder / "eval.log").write_text("\n".join(lines) + "\n", errors="replace")
+        (run.folder / log_name).write_text("\n".join(lines) + "\n", errors="replace")
         if stopped:
-            return Evaluation(stopped[0], error=stopped[1], provenance=provenance)
-        values = [m.group(1) if m.groups() else m.group(0) for m in map(self.evaluator.pattern.search, lines) if m]
-        if proc.returncode != 0 and not values:
-            last = next((l.strip() for l in reversed(lines) if l.strip()), f"exit code {proc.returncode}")
-            return Evaluation("crash", error=f"the evaluation command failed: {last[:200]}", provenance=provenance)
-        if not values:
-            return Evaluation("no_metric", error=f"the evaluation command never printed {metric}", provenance=provenance)
+            return Evaluation(stopped[0], error=stopped[1])
+        return judge(lines, proc.returncode, self.evaluator.metric, self.evaluator.pattern)
+
+
+def judge(lines: list[str], returncode: int, metric: str, pattern: re.Pattern) -> Evaluation:
+    """What an evaluation command's output and exit code say: a score, or why there is none.
+
+    Every `name: number` line is a metric; an `EVO_RESULT {json}` line gives metrics, validity
+    and text artifacts at once (see `parse_result`). A non-zero exit or a program declared not
+    valid fails the trial with the evaluator's reason, whatever numbers it printed."""
+    result = next((parse_result(l[len(RESULT_PREFIX):]) for l in reversed(lines) if l.startswith(RESULT_PREFIX)),
+                  None)
+    text = [l for l in lines if not l.startswith(RESULT_PREFIX)]
+    metrics = {m.group(1): float(m.group(2)) for m in map(METRIC_LINE.match, text) if m}
+    values = [m.group(1) if m.groups() else m.group(0) for m in map(pattern.search, text) if m]
+    if values:
         try:
-            value = float(values[-1])
+            metrics[metric] = float(values[-1])
         except ValueError:
-            value = math.nan
-        if not math.isfinite(value):
-            return Evaluation("invalid", error=f"the evaluation command gave {metric} = {values[-1]}",
-                              provenance=provenance)
-        return Evaluation("ok", {metric: value, f"reported_{metric}": output.found.get(metric, math.nan)},
-                          provenance=provenance)
+            metrics[metric] = math.nan
+    artifacts, valid, reason = {}, True, ""
+    if result is not None:
+        metrics.update(result.metrics)
+        artifacts.update(result.artifacts)
+        valid, reason = result.valid, result.reason
+    tail = "\n".join(text[-TAIL_LINES:]).strip()
+    if tail:
+        artifacts.setdefault("evaluator output", tail[-ARTIFACT_LIMIT:])
+    artifacts = bounded(artifacts)
+    last = next((l.strip() for l in reversed(text) if l.strip()), "")
+    if returncode != 0:
+        why = reason or last or f"exit code {returncode}"
+        return Evaluation("crash", metrics, f"the evaluation command failed: {why[:200]}", artifacts=artifacts)
+    if not valid:
+        return Evaluation("invalid", metrics, f"the evaluator found the program not valid: "
+                          f"{(reason or last or 'no reason given')[:200]}", artifacts=artifacts)
+    if metric not in metrics:
+        return Evaluation("no_metric", metrics, f"the evaluation command never printed {metric}", artifacts=artifacts)
+    if not math.isfinite(metrics[metric]):
+        return Evaluation("invalid", metrics, f"the evaluation command gave {metric} = {metrics[metric]}",
+                          artifacts=artifacts)
+    return Evaluation("ok", metrics, artifacts=artifacts)
+
+
+@dataclass
+class EvaluatorResult:
+    """One `EVO_RESULT {json}` line, read."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    valid: bool = True
+    reason: str = ""
+    artifacts: dict[str, str] = field(default_factory=dict)
+
+
+VALIDITY_KEYS = ("valid", "correct", "validity")
+
+
+def parse_result(text: str) -> EvaluatorResult:
+    """Read `{"metrics": {...}, "valid": bool, "error": str, "artifacts": {...}}` (any key may be missing;
+    a flat object of metrics reads too). `valid`, `correct` or `validity` false or 0, among the keys or
+    the metrics, marks the program not valid; `error` says why."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return EvaluatorResult(valid=False, reason=f"its result line is not JSON: {text.strip()[:120]!r}")
+    if not isinstance(data, dict):
+        return EvaluatorResult(valid=False, reason="its result line is not a JSON object")
+    raw = data.get("metrics") if isinstance(data.get("metrics"), dict) else data
+    metrics = {str(k): float(v) for k, v in raw.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool) and str(k) not in VALIDITY_KEYS}
+    flags = [src[k] for src in (data, raw) for k in VALIDITY_KEYS if k in src]
+    valid = all(bool(f) for f in flags if isinstance(f, (bool, int, float)))
+    error = data.get("error") or raw.get("error") or ""
+    raw_artifacts = data.get("artifacts") if isinstance(data.get("artifacts"), dict) else {}
+    artifacts = {str(k): v if isinstance(v, str) else json.dumps(v, default=str) for k, v in raw_artifacts.items()}
+    return EvaluatorResult(metrics, valid, str(error), artifacts)
+
+
+def bounded(artifacts: dict[str, str]) -> dict[str, str]:
+    """Artifacts cut to ARTIFACT_LIMIT characters each (their ends kept: an error ends there) and
+    ARTIFACTS_LIMIT together."""
+    kept, total = {}, 0
+    for name, text in artifacts.items():
+        text = text if len(text) <= ARTIFACT_LIMIT else "..." + text[-ARTIFACT_LIMIT:]
+        if total + len(text) > ARTIFACTS_LIMIT:
+            break
+        kept[name], total = text, total + len(text)
+    return kept
 
 
 def _collect(proc: subprocess.Popen, lines: list[str]) -> None:

@@ -52,6 +52,8 @@ class View:
         interpreter (for an agent CLI, which needs its own binaries and runtime), with the
         `hidden` folders masked by empty ones.
     hidden: folders masked in a whole-system view (the search folder).
+    scratch: folders bound read-write last, so one inside a read-only folder stays writable
+        (a trial's scratch folder inside its checkout, which its evaluation sees read-only).
     """
 
     write: tuple[Path, ...] = ()
@@ -61,6 +63,7 @@ class View:
     gpu: bool = False
     whole_system: bool = False
     hidden: tuple[Path, ...] = ()
+    scratch: tuple[Path, ...] = ()
 
 
 def allowed_environment(env: dict[str, str]) -> dict[str, str]:
@@ -141,6 +144,8 @@ class BwrapExecutor(Executor):
                 args += ["--ro-bind", str(p), str(p)]
         for source, target in view.place:
             args += ["--ro-bind", str(source), str(target)]
+        for p in view.scratch:
+            args += ["--bind", str(p), str(p)]
         if view.gpu:
             for node in sorted(Path("/dev").glob("nvidia*")):
                 args += ["--dev-bind", str(node), str(node)]

@@ -3,6 +3,7 @@
 from evo.targets._base import SANDBOXES, Target, read_paths, resolve_sandbox
 from evo.targets._command import CommandTarget
 from evo.targets._harness import HARNESS, HarnessTarget, data_cache_root, describe_harness
+from evo.targets._peers import PeerProject, read_peer
 from population.search import SearchConfig
 
 TARGETS = {"harness": HarnessTarget, "command": CommandTarget}
@@ -14,4 +15,4 @@ def target_of(config: SearchConfig) -> Target:
 
 
 __all__ = ["SANDBOXES", "TARGETS", "CommandTarget", "HARNESS", "HarnessTarget", "Target", "data_cache_root",
-           "describe_harness", "read_paths", "resolve_sandbox", "target_of"]
+           "describe_harness", "PeerProject", "read_paths", "read_peer", "resolve_sandbox", "target_of"]

@@ -99,8 +99,8 @@ def check_pattern(pattern: str | None) -> None:
                           f"it has {compiled.groups}")
 
 
-def check_command(flag: str, command: str, project: Path) -> list[str]:
-    """The words of a command line, checked: its program exists on PATH or in the project."""
+def check_command(flag: str, command: str, project: Path, added: dict[str, bytes] | None = None) -> list[str]:
+    """The words of a command line, checked: its program exists on PATH, in the project, or in `added`."""
     try:
         words = shlex.split(command)
     except ValueError as e:
@@ -109,29 +109,61 @@ def check_command(flag: str, command: str, project: Path) -> list[str]:
     if not words_left:
         raise SearchError(f"{flag} is empty: give the command that runs a trial, e.g. --run 'python train.py'")
     program = words_left[0]
+    if program == "{python}":  # the interpreter trials run with, filled in when they run
+        return words
     if "/" in program:
-        if not (project / program).exists() and not Path(program).exists():
+        if not (project / program).exists() and not Path(program).exists() and program not in (added or {}):
             raise SearchError(f"{flag}: {program} does not exist (relative paths are inside the project {project})")
     elif shutil.which(program) is None:
         raise SearchError(f"{flag}: the program {program!r} is not on PATH; install it or name it by its full path")
     return words
 
 
-def command_config(project: Path, *, run: str, metric: str, direction: str, pattern: str | None, evaluate: str | None,
-                   budget: float | None, mutable: list[str]) -> tuple[dict, dict[str, bytes], list[str]]:
-    """The configuration fields, harness files and mutable files of a command target, checked."""
+def command_config(project: Path, *, run: str | None, metric: str, direction: str, pattern: str | None,
+                   evaluate: str | None, budget: float | None, mutable: list[str],
+                   added: dict[str, bytes] | None = None, quick: str | None = None,
+                   threshold: float | None = None) -> tuple[dict, dict[str, bytes], list[str]]:
+    """The configuration fields, harness files and mutable files of a command target, checked.
+
+    run: the trial's command; None when the evaluation command does all the work.
+    evaluate: may name the program (`{program}`, or a mutable file as an argument), never run it.
+    added: files of ours to add to the harness (the runner script of a peer's evaluator)."""
     check_pattern(pattern)
-    check_command("--run", run, project)
+    if run is not None:
+        check_command("--run", run, project)
     mutable = expand_mutable(project, mutable)
-    if evaluate is not None:
-        for word in check_command("--evaluate", evaluate, project):
-            if word in mutable:
-                raise SearchError(f"{word} is run by --evaluate, so it cannot be mutable: drop it from --mutable")
-    harness = project_harness(project, mutable)
+    if (quick is None) != (threshold is None):
+        raise SearchError("--evaluate-quick and --quick-threshold go together: give both, or neither")
+    if quick is not None and evaluate is None:
+        raise SearchError("--evaluate-quick is a first stage of --evaluate: give the full evaluation command too")
+    for flag, command in (("--evaluate", evaluate), ("--evaluate-quick", quick)):
+        if command is not None:
+            _check_evaluator(flag, command, project, mutable, added)
+    harness = {**project_harness(project, mutable), **(added or {})}
     fields = dict(profile="command", budget=float(budget or DEFAULT_BUDGET), data="", seq_len=0, startup_grace=0.0,
                   evaluation="evaluated" if evaluate else "self-reported", metric=metric, direction=direction,
-                  target={"kind": "command", "run": run, "pattern": pattern, "evaluate": evaluate})
+                  target={"kind": "command", "run": run, "pattern": pattern, "evaluate": evaluate,
+                          **({"evaluate_quick": quick, "quick_threshold": threshold} if quick else {})})
     return fields, harness, mutable
+
+
+def _check_evaluator(flag: str, command: str, project: Path, mutable: list[str], added: dict | None) -> None:
+    """The evaluator may be handed the program (an argument), but must not be it: what scores a
+    trial cannot be what the trial changes."""
+    words = [w for w in check_command(flag, command, project, added) if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", w)]
+    interpreter = words[0] == "{python}" or Path(words[0]).name.startswith(("python", "bash", "sh"))
+    runs = words[:2] if interpreter and len(words) > 1 else words[:1]
+    for word in runs:
+        if word.removeprefix("./") in mutable or word == "{program}":
+            raise SearchError(f"{word} is run by {flag}, so it cannot be mutable: drop it from --mutable (an "
+                              "evaluator may take the program as an argument: {program})")
+
+
+def program_command(command: str, mutable: list[str], python: str) -> str:
+    """The evaluation command with `{program}` replaced by the (first) mutable file's path, and
+    `{python}` by the interpreter trials run with."""
+    command = command.replace("{python}", shlex.quote(python))
+    return command.replace("{program}", shlex.quote(mutable[0])) if mutable else command
 
 
 def program_template(*, run: str, metric: str, direction: str, budget: float, mutable: list[str],
@@ -139,6 +171,7 @@ def program_template(*, run: str, metric: str, direction: str, budget: float, mu
     """A starting program.md for a project that has none (the user is told to edit it)."""
     scored = (f"what `{evaluate}` prints afterwards (it runs apart from your code)" if evaluate
               else f"the last `{metric}` line the run prints")
+    run = run or f"{evaluate} (the evaluator runs your program)"
     return PROGRAM_TEMPLATE.format(better="lowest" if direction == "minimize" else "highest", metric=metric,
                                    direction=direction, run=run, budget=budget, scored=scored,
                                    mutable="\n".join(f"- `{m}`" for m in mutable))
@@ -152,11 +185,14 @@ class CommandTarget(Target):
     def runner(self, search: Search, *, python: str = sys.executable) -> TrialRunner:
         cfg, target = self.config, self.config.target
         if target.get("evaluate"):
-            evaluator = CommandEvaluator(target["evaluate"], cfg.metric, target.get("pattern"))
+            quick = target.get("evaluate_quick")
+            evaluator = CommandEvaluator(program_command(target["evaluate"], cfg.mutable, python), cfg.metric,
+                                         target.get("pattern"), quick=quick and program_command(quick, cfg.mutable, python),
+                                         threshold=target.get("quick_threshold"), direction=cfg.direction)
         else:
             evaluator = MetricEvaluator(cfg.metric, target.get("pattern"))
         return TrialRunner(executor=self.executor(search, python=python), evaluator=evaluator, harness=search.harness,
-                           harness_dir=search.paths.harness, data=DataFiles(), command=["bash", "-c", target["run"]],
+                           harness_dir=search.paths.harness, data=DataFiles(), command=["bash", "-c", target.get("run") or ":"],
                            python=python, network=cfg.allow_network, eval_limit=cfg.eval_limit, read=read_paths(cfg))
 
     def environment(self, search: Search, *, slot: Slot, seed: int) -> dict[str, str]:
