@@ -130,7 +130,7 @@ def peer_project(args):
         raise UsageError("--from-openevolve and --from-shinka exclude each other: give one")
     if not given:
         return None
-    if args.mutable or args.evaluate or args.project != ".":
+    if args.mutable or args.evaluate or args.project is not None:
         raise UsageError(f"--from-{given[0][0]} takes the program, the evaluator and the folder from the project: "
                          "drop --mutable, --evaluate and --project")
     return read_peer(*given[0])
