@@ -602,7 +602,8 @@ class SearchLoop:
                                         "metric": search.config.metric, "direction": search.config.direction},
                               lineage=lineage, rng=rng, is_known=lambda files: genome_hash(files) in known,
                               scratch=search.paths.scratch(f"plan-{self._plans}"), executor=self.runner.executor,
-                              offline_only=offline_only)
+                              offline_only=offline_only, hidden_data=self.runner.data.sources,
+                              training_data=(*self.runner.data.tokenizer, *self.runner.data.train))
         try:
             if plan.operator == "crossover":
                 base_commit = search.repo.merge_base(parents[0].commit, parents[1].commit)
