@@ -192,7 +192,7 @@ def test_long_literal_data_is_flagged_and_a_genome_over_the_size_cap_is_refused(
     _, trials, _ = corpus
     assert any("KB of literal data" in f for f in trials["recite-the-text"].attrs["provenance"]["suspicious"])
     big = trials["oversized-genome"]
-    assert big.status == "invalid" and "a mutable file may hold at most 131,072" in big.error, (big.status, big.error)
+    assert big.status == "invalid_proposal" and "a mutable file may hold at most 131,072" in big.error, (big.status, big.error)
 
 
 def test_a_hand_over_through_a_link_is_refused(corpus):
