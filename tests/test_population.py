@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import optuna
@@ -45,6 +46,20 @@ def test_checkout_into_worktree_replaces_previous_genome_and_leftovers(repo, tmp
     repo.checkout(tmp_path / "wt", two)
     assert (wt / "train.py").read_text() == "two\n"
     assert not (wt / "leftover.txt").exists()
+
+
+def test_checkout_starts_from_an_empty_tree_whatever_the_last_trial_hid(repo, tmp_path):
+    one = repo.commit({"train.py": "one\n"}, parents=[], message="1")
+    wt = repo.checkout(tmp_path / "wt", one)
+    subprocess.run(["git", "init", "-q", str(wt / "stash")], check=True)  # git clean -fdx keeps nested repositories
+    (wt / "stash" / "weights.pt").write_text("weights")
+    os.mkfifo(wt / "zz_notes.py")                                           # and named pipes
+    (wt / ".evo" / "locked").mkdir(parents=True)
+    (wt / ".evo" / "locked" / "weights.pt").write_text("weights")
+    (wt / ".evo" / "locked").chmod(0)
+    repo.checkout(tmp_path / "wt", one)
+    assert sorted(p.name for p in wt.iterdir()) == [".git", "train.py"]
+    assert (wt / "train.py").read_text() == "one\n"
 
 
 def test_merge_texts_merges_disjoint_edits_and_marks_conflicts():

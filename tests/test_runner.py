@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
-from evo.runner import allowed_environment, run_trial, trial_environment
+from evo.runner import BwrapExecutor, View, allowed_environment, bwrap_works, run_trial, trial_environment
 
 SUMMARY = textwrap.dedent("""
     print("---")
@@ -170,3 +171,33 @@ def test_a_stop_after_the_summary_keeps_the_result(tmp_path):
     timer.start()
     result = run(child(tmp_path, SUMMARY + "\ntime.sleep(600)\n"), stop=stop, timeout=120)
     assert result.status == "ok" and result.val_bpb == pytest.approx(1.234567)
+
+
+@pytest.mark.skipif(bool(bwrap_works()), reason=f"the sandbox cannot run here: {bwrap_works()}")
+def test_a_data_source_is_masked_wherever_the_sandbox_would_show_it(tmp_path):
+    shared = tmp_path / "shared"  # a --read folder that holds a folder corpus and the data cache
+    (shared / "corpus").mkdir(parents=True)
+    (shared / "corpus" / "plays-val.txt").write_text("the validation text")
+    (shared / "cache" / "tokens").mkdir(parents=True)
+    for name in ("train.npy", "val.npy"):
+        (shared / "cache" / "tokens" / name).write_text(name)
+    work = tmp_path / "work"
+    work.mkdir()
+    probe = textwrap.dedent(f"""
+        import os
+        print("corpus:", sorted(os.listdir({str(shared / 'corpus')!r})))
+        print("cache:", [os.path.join(d, n) for d, _, ns in os.walk({str(shared / 'cache')!r}) for n in ns])
+        print("train:", open({str(shared / 'cache' / 'tokens' / 'train.npy')!r}).read())
+        try:
+            open({str(shared / 'corpus' / 'planted.txt')!r}, "w")
+        except OSError as e:
+            print("planting:", e.strerror)
+    """)
+    view = View(write=(work,), read=(shared, shared / "cache" / "tokens" / "train.npy"),
+                masked=(shared / "corpus", shared / "cache"))
+    proc = BwrapExecutor().start([sys.executable, "-c", probe], cwd=work, env=allowed_environment(dict(os.environ)),
+                                 view=view)
+    out = proc.communicate(timeout=120)[0].decode()
+    assert proc.returncode == 0, out
+    assert "corpus: []" in out and f"cache: ['{shared}/cache/tokens/train.npy']" in out, out
+    assert "train: train.npy" in out and "planting: Read-only file system" in out, out

@@ -206,3 +206,41 @@ def test_memory_is_measured_and_limited_by_the_engine(corpus):
     assert t.status == "oom" and "over the slot's 2048 MB" in t.error
     assert 0 < seed.metrics["peak_vram_mb"] < 2048  # the engine's measure of the seed, not the seed's word
     assert seed.attrs["provenance"]["memory"] == "measured by the engine"
+
+
+# -- round two ------------------------------------------------------------------------------------------
+
+def test_no_genome_process_can_read_what_the_data_was_made_from(corpus):
+    search, trials, _ = corpus
+    t = trials["read-the-source-text"]
+    assert "cheat: no source text anywhere" in log_of(search, t), log_of(search, t)[-2000:]
+    assert t.status == "ok" and t.value > HONEST_FLOOR
+
+
+def test_long_literal_data_is_flagged_and_a_genome_over_the_size_cap_is_refused(corpus):
+    _, trials, _ = corpus
+    assert any("KB of literal data" in f for f in trials["recite-the-text"].attrs["provenance"]["suspicious"])
+    big = trials["oversized-genome"]
+    assert big.status == "invalid_proposal" and "a mutable file may hold at most 131,072" in big.error, (big.status, big.error)
+
+
+def test_a_hand_over_through_a_link_is_refused(corpus):
+    search, trials, _ = corpus
+    t = trials["link-the-hand-over"]
+    assert "cheat: handed over a link" in log_of(search, t)
+    assert t.status == "invalid" and t.value is None and "a symbolic link" in t.error, (t.status, t.error)
+
+
+def test_nothing_a_trial_hides_in_its_folder_reaches_the_next_one(corpus):
+    search, trials, _ = corpus
+    stash = trials["stash-in-a-nested-repository"]
+    assert "cheat: stashed weights in notes/.git and left a named pipe" in log_of(search, stash)
+    assert stash.status == "ok"  # the pipe it left where the engine reads the genome's code stopped nothing
+    assert "cheat: nothing left by an earlier trial" in log_of(search, trials["resume-from-a-nested-repository"])
+
+
+def test_memory_held_in_tmpfs_counts_towards_the_limit(corpus):
+    search, trials, _ = corpus
+    t = trials["hog-tmpfs"]
+    assert "cheat: hid 1 GiB in /dev/shm" in log_of(search, t)
+    assert t.status == "oom" and "over the slot's 2048 MB" in t.error, (t.status, t.error)

@@ -15,7 +15,10 @@ __all__ = ["CAPS", "Genome", "Proposal", "ProposalContext", "Proposer", "Propose
 
 # The most a proposal may carry into the commit message, the study and `evo show` (characters;
 # bytes for a file). The full answer stays in the trial's response.json or agent.log.
-CAPS = {"description": 200, "rationale": 4000, "error": 1000, "file": 4 << 20}
+# A mutable file's cap is five times the seed's train.py, and less than the default corpus's
+# validation text even compressed (323 KB, 112 KB with lzma, ~150 KB as text): a genome has
+# room for code, not for the text it is scored on.
+CAPS = {"description": 200, "rationale": 4000, "error": 1000, "file": 128 << 10}
 
 
 @dataclass
@@ -58,6 +61,9 @@ class ProposalContext:
     offline_only: the search is waiting for an API that stopped answering: a proposer that can
         propose without it (the offline member of a mix) does so.
     progress, say: see below; no-ops unless the search listens.
+    hidden_data: what the harness's data was made from (the raw text, the data cache): masked in
+        the sandbox of a proposer's processes, which may run genome code.
+    training_data: the token files of the training split (and the tokenizer), shown again on top.
     """
 
     program: str
@@ -74,6 +80,8 @@ class ProposalContext:
     # `evo status` and the live view; say(line) is one line in the run's log (a mode fallback, a warning).
     progress: Callable[[dict], None] = lambda facts: None
     say: Callable[[str], None] = lambda line: None
+    hidden_data: tuple[Path, ...] = ()
+    training_data: tuple[Path, ...] = ()
 
 
 class ProposerError(RuntimeError):

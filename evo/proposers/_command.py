@@ -114,14 +114,16 @@ class CommandProposer(Proposer):
         finally:
             shutil.rmtree(folder, ignore_errors=True)  # what is worth keeping goes to the trial folder
 
-    def _start(self, folder: Path, env: dict, out, executor) -> subprocess.Popen:
+    def _start(self, folder: Path, env: dict, out, executor, ctx: ProposalContext) -> subprocess.Popen:
         if executor is None or executor.name == "none":
             return subprocess.Popen(["bash", "-c", self.command], cwd=folder, env=env, stdin=subprocess.PIPE,
                                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         from evo.runner import View
         # The agent is the user's tool: it sees the machine read-only, but not the search folder
-        # (the folder holding the scratch folders), and writes only its scratch copy.
-        view = View(write=(folder,), network=True, whole_system=True, hidden=(folder.parent.parent,))
+        # (the folder holding the scratch folders), nor what the data was made from (it may run the
+        # genome), and writes only its scratch copy.
+        view = View(write=(folder,), network=True, whole_system=True, hidden=(folder.parent.parent,),
+                    read=ctx.training_data, masked=ctx.hidden_data)
         return executor.start(["bash", "-c", self.command], cwd=folder, env=env, view=view, stdin=subprocess.PIPE,
                               stdout=out)
 
@@ -141,7 +143,7 @@ class CommandProposer(Proposer):
                     return Proposal(start, "", ok=False, error="the search stopped before the agent started",
                                     proposer=self.name)
                 try:
-                    proc = self._start(folder, env, out, ctx.executor)
+                    proc = self._start(folder, env, out, ctx.executor, ctx)
                 except OSError as e:
                     raise ProposerError(f"cannot start the agent command: {e}") from None
                 self._agents.add(proc)

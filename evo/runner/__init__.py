@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from evo.runner._evaluate import Evaluation, Evaluator, Session, SummaryEvaluator
-from evo.runner._harness import DataFiles, HarnessEvaluator, Run, harness_root
+from evo.runner._harness import DataFiles, HarnessEvaluator, Run, harness_root, open_regular
 from evo.runner._metric import CommandEvaluator, MetricEvaluator
 from evo.runner._output import SUMMARY_KEYS, Progress, TrialOutput
 from evo.runner._process import (EXIT_GRACE, INTERRUPTED, LIMIT, OOM, PRUNED, TIMEOUT, Execution, Executor,
@@ -36,6 +36,7 @@ from population.store import RUN_STATUSES
 STATUSES = RUN_STATUSES  # how a run can end: members of population.store.TrialStatus
 # Keys of a genome's summary the engine measures itself: the genome's own values are kept as reported_*.
 MEASURED = ("val_bpb", "training_seconds", "peak_vram_mb")
+SOURCE_READ_LIMIT = 1 << 20  # bytes of a genome file read to flag suspicious code
 
 __all__ = ["STATUSES", "SUMMARY_KEYS", "EXIT_GRACE", "BwrapExecutor", "CommandEvaluator", "DataFiles", "Evaluation",
            "Evaluator", "MetricEvaluator",
@@ -227,8 +228,7 @@ class TrialRunner:
         provenance = {"sandbox": self.executor.name, "evaluator": self.evaluator.name, "clock": clock,
                       "memory": "reported by the genome" if run.gpu else "measured by the engine",
                       **(evaluation.provenance if evaluation is not None else {})}
-        flags = list(dict.fromkeys(flag for path in genome if path.is_file()
-                                   for flag in suspicious(path.read_text(errors="replace"))))
+        flags = list(dict.fromkeys(flag for path in genome for flag in suspicious(_source_text(run.workdir, path))))
         if flags:
             provenance["suspicious"] = flags
         return TrialResult(status, metrics=metrics, error=error, log_tail="\n".join(output.tail),
@@ -240,6 +240,17 @@ def _genome_sources(workdir: Path, harness: list[Path], root: Path) -> list[Path
     """The genome's Python files in a trial's folder: every .py there but the harness's."""
     fixed = {workdir / Path(h).relative_to(root) for h in harness}
     return [p for p in workdir.rglob("*.py") if p not in fixed and ".evo" not in p.parts and ".git" not in p.parts]
+
+
+def _source_text(workdir: Path, path: Path) -> str:
+    """A genome file's text as the trial left it, or "" when it left something else there (a link, a
+    named pipe): the engine opens nothing but regular files, and reads at most SOURCE_READ_LIMIT bytes
+    (a proposal's files are far smaller)."""
+    try:
+        with open_regular(workdir, path.relative_to(workdir)) as f:
+            return f.read(SOURCE_READ_LIMIT).decode("utf-8", errors="replace")
+    except OSError:
+        return ""
 
 
 def _private_cache(run: Run, trusted: Path | None) -> None:

@@ -31,10 +31,12 @@ use only a share of the budget's compute to score (training there is stopped and
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import threading
 import time
@@ -74,19 +76,27 @@ class DataFiles:
 
     tokenizer: every process; train: the genome while it trains; val: the scorer alone.
     root: the whole data cache, for a harness that does not say which file is which (it
-        scores itself, so its training process must see the validation split anyway)."""
+        scores itself, so its training process must see the validation split anyway).
+    sources: what the files were made from (raw text, an installed package that ships it, the
+        data cache): masked in every sandbox, wherever a system, interpreter or --read folder
+        would show it; the files above are shown on top, each to its part."""
 
     tokenizer: tuple[Path, ...] = ()
     train: tuple[Path, ...] = ()
     val: tuple[Path, ...] = ()
     root: Path | None = None
+    sources: tuple[Path, ...] = ()
 
     @classmethod
     def from_describe(cls, facts: dict, cache_root: Path | None) -> "DataFiles":
         files = facts.get("data_files")
+        sources = tuple(Path(p) for p in facts.get("data_sources", ()))
         if not files:
-            return cls(root=cache_root)
-        return cls(**{k: tuple(Path(p) for p in files.get(k, ())) for k in ("tokenizer", "train", "val")})
+            return cls(root=cache_root, sources=tuple(p for p in sources if p != cache_root))
+        if cache_root is not None and cache_root not in sources:
+            sources += (cache_root,)
+        return cls(**{k: tuple(Path(p) for p in files.get(k, ())) for k in ("tokenizer", "train", "val")},
+                   sources=sources)
 
 
 @dataclass
@@ -147,12 +157,12 @@ class Run:
         if data.root is not None:
             read.append(data.root)
         return View(write=(self.workdir,), read=(*read, *self.read), place=self._harness_over_genome(),
-                    network=self.network, gpu=self.gpu)
+                    network=self.network, gpu=self.gpu, masked=data.sources)
 
     def evaluation_view(self) -> View:
         """A trusted evaluation command's view: the trial's folder, read-only, and the extra folders."""
         return View(read=(self.workdir, *self.read), place=self._harness_over_genome(), gpu=self.gpu,
-                    scratch=(self.scratch,))
+                    scratch=(self.scratch,), masked=self.data.sources)
 
     def model_cache(self, index: int) -> Path:
         """Model process `index`'s own compile cache, in the trial's folder (no sandbox of the run sees
@@ -165,15 +175,50 @@ class Run:
         if self.compile_cache.is_dir():  # the trusted cache the run started from, before the genome wrote to it
             shutil.copytree(self.compile_cache, cache, symlinks=True)
         cache.mkdir(parents=True, exist_ok=True)
-        return View(write=(cache,), read=(self.workdir, self.handed), place=self._harness_over_genome(), gpu=self.gpu)
+        return View(write=(cache,), read=(self.workdir, self.handed), place=self._harness_over_genome(), gpu=self.gpu,
+                    masked=self.data.sources)
 
     def scorer_view(self) -> View:
         data = self.data
-        return View(read=(self.harness_base, *data.tokenizer, *data.val), gpu=self.gpu)
+        return View(read=(self.harness_base, *data.tokenizer, *data.val), gpu=self.gpu, masked=data.sources)
 
     def _harness_over_genome(self) -> tuple[tuple[Path, Path], ...]:
         """Each harness file bound read-only over its copy in the genome's folder."""
         return tuple((h, self.workdir / h.relative_to(self.harness_base)) for h in self.harness)
+
+
+def open_regular(root: Path, relative: Path):
+    """The regular file `root`/`relative`, opened for reading without following a link anywhere below
+    `root` and without blocking on a pipe or a device (what a trial leaves is never trusted).
+    OSError otherwise, its strerror saying what was found there."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in relative.parts[:-1]:
+            fd, parent = _open_below(part, os.O_DIRECTORY, fd), fd
+            os.close(parent)
+        source = _open_below(relative.name, os.O_NONBLOCK, fd)
+    finally:
+        os.close(fd)
+    kind = os.fstat(source).st_mode
+    if not stat.S_ISREG(kind):
+        os.close(source)
+        raise OSError(errno.EINVAL, "a named pipe" if stat.S_ISFIFO(kind) else "a special file")
+    return os.fdopen(source, "rb")
+
+
+def _open_below(name: str, flags: int, dir_fd: int) -> int:
+    try:
+        return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | flags, dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(f"/proc/self/fd/{dir_fd}/{name}"):
+            raise OSError(errno.ELOOP, "a symbolic link") from None
+        raise
+
+
+def copy_regular(root: Path, relative: Path, target: Path) -> None:
+    """Copy the regular file `root`/`relative` to `target` (see `open_regular`)."""
+    with open_regular(root, relative) as src, open(target, "wb") as out:
+        shutil.copyfileobj(src, out, 1 << 20)
 
 
 class HarnessEvaluator(Evaluator):
@@ -193,6 +238,7 @@ class _HarnessSession(Session):
         shutil.rmtree(run.handed, ignore_errors=True)
         run.handed.mkdir(parents=True)  # exists before the model processes' sandboxes bind it
         self.handed_over = False
+        self.refused = ""  # why the handed-over files were not taken (a link, a pipe), or ""
         self.log = open(run.folder / "eval.log", "wb")
         self.lock = threading.Lock()
         self.logged = 0
@@ -253,17 +299,28 @@ class _HarnessSession(Session):
         return (tree.cpu / tree.threads if self.run.clock == "cpu" else time.monotonic() - t0), tree.cpu
 
     def result_in(self, output: TrialOutput) -> bool:
-        return (self.run.output / "model.json").exists()
+        return os.path.lexists(self.run.output / "model.json")  # a link counts as handed over (and is refused)
 
     def on_result(self) -> None:
-        """Move the handed-over files out of the genome's reach at once: later writes do not count."""
+        """Copy the handed-over files out of the genome's reach at once: later writes do not count.
+
+        A copy, not a move: a moved link still points into the genome's folder, and a moved file
+        is still the inode an open descriptor of the genome writes to. Only regular files are
+        taken, opened without following a link anywhere below the genome's folder."""
         for name in ("model.json", "model.pt"):  # model.json is written last, so model.pt is complete
-            source = self.run.output / name
-            if source.exists():
-                shutil.move(str(source), str(self.run.handed / name))
-        self.handed_over = (self.run.handed / "model.json").exists() and (self.run.handed / "model.pt").exists()
+            try:
+                copy_regular(self.run.workdir, self.run.output.relative_to(self.run.workdir) / name,
+                             self.run.handed / name)
+            except FileNotFoundError:
+                return  # no model after all: scored as nothing handed over
+            except OSError as e:
+                self.refused = f"handed over {name} as {e.strerror}, not a regular file (save_model writes those)"
+                return
+        self.handed_over = True
 
     def evaluate(self, output: TrialOutput, execution: Execution) -> Evaluation | None:
+        if self.refused:
+            return Evaluation("invalid", error=self.refused, provenance={"evaluator": "harness"})
         if not self.handed_over:
             return None
         t0 = time.monotonic()

@@ -153,7 +153,7 @@ class _Tree:
         # utime, stime, cutime, cstime: a reaped child's time moves into its parent's c*time.
         cpu = sum(sum(int(stats[p][i]) for i in (11, 12, 13, 14)) for p in members) / _TICK
         self.cpu = max(self.cpu, cpu)
-        self.memory_mb = sum(int(stats[p][21]) for p in members) * _PAGE / 2**20
+        self.memory_mb = (sum(int(stats[p][21]) for p in members) * _PAGE + tmpfs_bytes(members)) / 2**20
         self.peak_mb = max(self.peak_mb, self.memory_mb)
         self.count = len(members)
 
@@ -162,6 +162,54 @@ class _Tree:
         if self.clock == "cpu":
             return self.cpu / self.threads
         return time.monotonic() - self.t0
+
+
+def tmpfs_bytes(pids) -> int:
+    """Bytes held in the memory-backed file systems (tmpfs: a sandbox's /tmp, HOME, /dev/shm) that the
+    mount namespaces of `pids` have and the engine's does not: files there are memory the trial
+    holds, which no process's resident size shows. Read through /proc, opening nothing of the trial's."""
+    seen_namespaces, seen_devices, total = {_namespace("self")}, set(), 0
+    for point in _tmpfs_mounts("self"):  # the machine's own (its /dev/shm, /run), which a whole-system view shows too
+        try:
+            seen_devices.add(os.stat(point).st_dev)
+        except OSError:
+            pass
+    for pid in pids:
+        namespace = _namespace(pid)
+        if namespace in seen_namespaces:
+            continue
+        seen_namespaces.add(namespace)
+        for point in _tmpfs_mounts(pid):
+            path = f"/proc/{pid}/root{point}"
+            try:
+                device, s = os.stat(path).st_dev, os.statvfs(path)
+            except OSError:
+                continue
+            if device not in seen_devices:  # one file system, however often it is mounted
+                seen_devices.add(device)
+                total += (s.f_blocks - s.f_bfree) * s.f_frsize
+    return total
+
+
+def _namespace(pid) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/mnt")
+    except OSError:
+        return ""
+
+
+def _tmpfs_mounts(pid) -> list[str]:
+    """Where a process's mount namespace has tmpfs file systems mounted (none when it is gone)."""
+    try:
+        lines = Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
+    except OSError:
+        return []
+    points = []
+    for line in lines:
+        fields = line.split()
+        if "-" in fields and fields[fields.index("-") + 1] == "tmpfs":
+            points.append(fields[4].encode().decode("unicode_escape"))  # mountinfo writes a space as \040
+    return points
 
 
 def folder_bytes(paths: tuple[Path, ...]) -> int:

@@ -54,6 +54,10 @@ class View:
     hidden: folders masked in a whole-system view (the search folder).
     scratch: folders bound read-write last, so one inside a read-only folder stays writable
         (a trial's scratch folder inside its checkout, which its evaluation sees read-only).
+    masked: files or folders hidden wherever the view would show them (a harness's data
+        sources inside site-packages, a --read folder or the system): an empty read-only
+        folder, or an empty file, over each; `write` and `read` paths inside them are shown
+        again on top (the token files of the data cache).
     """
 
     write: tuple[Path, ...] = ()
@@ -64,6 +68,7 @@ class View:
     whole_system: bool = False
     hidden: tuple[Path, ...] = ()
     scratch: tuple[Path, ...] = ()
+    masked: tuple[Path, ...] = ()
 
 
 def allowed_environment(env: dict[str, str]) -> dict[str, str]:
@@ -126,7 +131,9 @@ class BwrapExecutor(Executor):
             for p in view.hidden:
                 args += ["--tmpfs", str(p)]
         private, home = _private_root(view), _home(view)
-        args += ["--proc", "/proc", "--dev", "/dev", "--size", str(self.tmp_size), "--tmpfs", private]
+        # /dev is bwrap's own tmpfs; /dev/shm gets a size-limited one of its own, like /tmp and HOME.
+        args += ["--proc", "/proc", "--dev", "/dev", "--size", str(self.tmp_size), "--tmpfs", "/dev/shm",
+                 "--size", str(self.tmp_size), "--tmpfs", private]
         if view.whole_system:
             args += ["--dir", home]
         else:  # at the user's own path, so ~/.cache/... means what the project expects; --read folders bound inside
@@ -142,6 +149,8 @@ class BwrapExecutor(Executor):
         for p in view.read:
             if os.path.exists(p):
                 args += ["--ro-bind", str(p), str(p)]
+        mask_args, emptied = _masks(view)
+        args += mask_args
         for source, target in view.place:
             args += ["--ro-bind", str(source), str(target)]
         for p in view.scratch:
@@ -149,6 +158,8 @@ class BwrapExecutor(Executor):
         if view.gpu:
             for node in sorted(Path("/dev").glob("nvidia*")):
                 args += ["--dev-bind", str(node), str(node)]
+        for folder in emptied:  # read-only once what is shown inside them is in place
+            args += ["--remount-ro", folder]
         # The root is bwrap's own tmpfs (the folders above the binds live there): read-only, so
         # nothing can be written outside the binds and the size-limited /tmp.
         return args + ([] if view.whole_system else ["--remount-ro", "/"]) + ["--chdir", str(cwd), "--", *argv]
@@ -159,6 +170,26 @@ class BwrapExecutor(Executor):
         return subprocess.Popen(self.command(argv, cwd=cwd, env=env, view=view), env=env, stdin=stdin,
                                 stdout=stdout, stderr=subprocess.STDOUT, start_new_session=True,
                                 pass_fds=tuple(pass_fds))
+
+
+def _masks(view: View) -> tuple[list[str], list[str]]:
+    """bwrap arguments that hide `view.masked` (and show the view's paths inside them again), and the
+    folders emptied, to be made read-only last. A path is masked at its own and its resolved name:
+    an interpreter folder is bound at both."""
+    args: list[str] = []
+    emptied: list[str] = []
+    masks = list(dict.fromkeys(q for p in view.masked for q in (Path(p), Path(p).resolve()) if q.exists()))
+    for p in masks:
+        if p.is_dir():
+            args += ["--tmpfs", str(p)]
+            emptied.append(str(p))
+        else:
+            args += ["--ro-bind", "/dev/null", str(p)]
+    shown = [("--bind", p) for p in view.write] + [("--ro-bind", p) for p in view.read]
+    for how, p in shown:
+        if os.path.exists(p) and any(m in Path(p).parents for m in masks):
+            args += [how, str(p), str(p)]
+    return args, emptied
 
 
 def _home(view: View) -> str:

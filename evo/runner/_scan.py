@@ -21,11 +21,17 @@ _ATTRIBUTES = {"_getframe": "reads interpreter frames (sys._getframe)", "f_back"
                "get_referents": "walks what an object holds (gc.get_referents)", "settrace": "installs a tracer",
                "setprofile": "installs a profiler hook"}
 _HARNESS = "prepare"
+# Characters of literal data (strings, bytes, displays of numbers) past which a genome is flagged:
+# training code needs a docstring or a table, not the text it will be scored on, which an LLM
+# can recite from memory when the corpus is public. The seed's largest literal is ~1 KB.
+LITERAL_LIMIT = 8 << 10
+LITERAL_TOTAL_LIMIT = 32 << 10
 
 
 def suspicious(source: str) -> list[str]:
     """Plain-words flags for code in `source` that reaches for frames, gc, sys.modules, ctypes or the
-    harness's internals (an empty list for honest code, and for code that does not parse)."""
+    harness's internals, or that carries long literal data (an empty list for honest code, and for
+    code that does not parse)."""
     try:
         tree = safe_ast.parse(source)  # runs in trial threads, beside proposal threads
     except SyntaxError:
@@ -59,4 +65,23 @@ def suspicious(source: str) -> list[str]:
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "setattr" and node.args:
             if isinstance(node.args[0], ast.Name) and node.args[0].id in (_HARNESS, "F", "torch"):
                 flag(f"replaces an attribute of {node.args[0].id} (setattr)")
+    largest, total = _literal_sizes(tree)
+    if largest > LITERAL_LIMIT or total > LITERAL_TOTAL_LIMIT:
+        flag(f"holds {max(largest, total) >> 10} KB of literal data (text or numbers a model could look up)")
     return flags
+
+
+def _literal_sizes(tree: ast.AST) -> tuple[int, int]:
+    """(largest, total) size of the literal data in `tree`: strings and bytes by length, displays
+    (lists, tuples, sets, dicts) of constants by their number of elements times a few characters."""
+    largest = total = 0
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, (str, bytes)):
+            size = len(node.value)
+        elif isinstance(node, (ast.List, ast.Tuple, ast.Set, ast.Dict)):
+            items = node.values if isinstance(node, ast.Dict) else node.elts
+            size = 4 * sum(1 for item in items if isinstance(item, ast.Constant) and not isinstance(item.value, (str, bytes)))
+        else:
+            continue
+        largest, total = max(largest, size), total + size
+    return largest, total
