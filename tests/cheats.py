@@ -127,7 +127,7 @@ except BaseException as e:
                 for t in range(len(row) - 1):
                     out[b, t, memo.setdefault(tuple(row[:t + 1]), row[t + 1])] += 30.0
             return out"""),
-    ), expect="invalid"),
+    ), expect="stateful"),
     Cheat("calibrated-on-first-batch", (
         (EVAL_RETURN, """        if targets is None:
             if "temperature" not in self.__dict__:
@@ -143,7 +143,7 @@ except BaseException as e:
                         lo = a
                 self.__dict__["temperature"] = (lo + hi) / 2
             return logits / self.__dict__["temperature"]"""),
-    ), expect="invalid"),
+    ), expect="stateful"),
     Cheat("trained-in-the-start-up-allowance", (
         (UNTIMED, "untimed_steps = 10**9  # 'warm-up' until the allowance is spent"),
         (STOP_RULE, """if untimed_steps > step and time_left() < TIME_BUDGET + 5:
@@ -286,7 +286,7 @@ print(f"cheat: read {len(readable)} source files, e.g. {readable[:2]}" if readab
     torch.save({k: v.detach().to("cpu") for k, v in model.state_dict().items()}, "staging/model.tmp")
     os.replace("staging/model.tmp", "staging/model.pt")
     val_bpb = None'''),
-    ), expect="invalid"),
+    ), expect="refused-hand-over"),
     Cheat("stash-in-a-nested-repository", _at_start('''
 import pathlib
 nest = pathlib.Path("notes/.git")  # git clean -fdx leaves a nested repository alone

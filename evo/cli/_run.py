@@ -283,8 +283,15 @@ def open_or_create(args, slots: list[Slot] | None = None) -> Search:
         elif slots:
             _check_devices(slots, nvidia_gpus())
         return create(args)
-    # --storage again: its password, which the folder does not keep (the URL must name the same study).
-    search = Search.open(args.name, root=args.root, storage=getattr(args, "storage", None))
+    # --storage again: its password, which the folder does not keep (the URL must name the same study;
+    # for another one, check_fixed says which flag to drop).
+    given = getattr(args, "storage", None)
+    try:
+        search = Search.open(args.name, root=args.root, storage=given)
+    except SearchError:
+        if not given:
+            raise
+        search = Search.open(args.name, root=args.root)
     try:
         check_runnable(search)
         check_fixed(args, search)
@@ -395,7 +402,7 @@ def check_proposer(search: Search, proposer) -> list[str]:
     ProposerError when it cannot work here."""
     cfg, lineage = search.config, search.lineage()
     best = lineage.best
-    if best is not None:
+    if best is not None and not search.repo.missing([best.commit]):  # a shared search's best may be on the remote only
         parent = search.genome(best.trial, lineage)
     elif cfg.seed_commit:
         parent = Genome(trial=0, commit=cfg.seed_commit, files=search.repo.files(cfg.seed_commit, cfg.mutable),
