@@ -43,7 +43,12 @@ def test_a_non_ml_program_evolves_with_a_maximised_metric(examples):
             ("elements_per_second", "maximize", "self-reported")
         lineage = search.lineage()
         trials = [t for t in lineage.trials if t.finished_ok]
-        assert len(trials) >= 5 and all(t.value > 1000 for t in trials)
+        # Two knobs make a small neighbourhood: once every neighbour of the best was tried, the offline
+        # proposer says so. Which genome is best depends on measured speed, so on the machine's load:
+        # assert what holds at any load.
+        others = [t for t in lineage.trials if not t.finished_ok]
+        assert all(t.status == "invalid_proposal" and "no unseen" in (t.error or "") for t in others), others
+        assert len(trials) >= 3 and all(t.value > 1000 for t in trials)
         assert lineage.best.score == max(i.score for i in lineage.ranked())  # higher is better
         best_so_far = None
         for r in lineage.history():  # kept means higher than every result before it
