@@ -224,7 +224,7 @@ class SearchLoop:
         self._outage: _Outage | None = None
         self._finished_here = 0                  # trials this run told (for the pace `evo status` shows)
         self._probe: cf.Future | None = None    # the proposal asking a down API again
-        self._flight: dict[cf.Future, dict] = {}  # each pending proposal's facts, for `evo status` (see _propose)
+        self._flight: dict[cf.Future, ProposalFacts] = {}  # each pending proposal's facts, for `evo status`
 
     @property
     def error(self) -> str | None:
@@ -522,8 +522,8 @@ class SearchLoop:
             # Named here, in the planning thread: a name read in the worker could be another proposal's.
             scratch = self.search.paths.scratch(f"plan-{self._plans}")
             self._plans += 1
-            facts = {"operator": plan.operator, "parents": list(plan.parents), "proposer": self.proposer.name,
-                     "started": time.time()}
+            facts = ProposalFacts({"operator": plan.operator, "parents": list(plan.parents),
+                                   "proposer": self.proposer.name, "started": time.time()})
             future = self._proposals.submit(self._propose, plan, lineage, rng, offline_only, scratch, facts)
             self._pending.append(future)
             self._flight[future] = facts
@@ -576,7 +576,7 @@ class SearchLoop:
                         rng=rng)
 
     def _propose(self, plan: Plan, lineage: Lineage, rng: random.Random, offline_only: bool = False,
-                 scratch: Path | None = None, facts: dict | None = None) -> Child:
+                 scratch: Path | None = None, facts: ProposalFacts | None = None) -> Child:
         """Worker thread: turn a plan into a child. Reads git; writes neither git refs nor the store (the loop's
         own thread owns both); a shared search's worker also commits and pushes the child here (`_publish_early`)."""
         search = self.search
@@ -588,7 +588,7 @@ class SearchLoop:
                                         "metric": search.config.metric, "direction": search.config.direction},
                               lineage=lineage, rng=rng, is_known=lambda files: genome_hash(files) in known,
                               scratch=scratch, executor=self.runner.executor,
-                              offline_only=offline_only, progress=(facts if facts is not None else {}).update,
+                              offline_only=offline_only, progress=(facts or ProposalFacts({})).update,
                               say=lambda line: self.on_event("proposer", {"line": line}),
                               hidden_data=self.runner.data.sources,
                               training_data=(*self.runner.data.tokenizer, *self.runner.data.train))
@@ -965,12 +965,28 @@ class SearchLoop:
         """The proposals being written now: operator, parents, proposer (a mix's member once drawn), model,
         phase, tokens so far where known, and seconds since planned."""
         now = time.time()
-        return [{**facts, "seconds": round(now - facts["started"], 1)}
-                for future, facts in list(self._flight.items()) if not future.done()]
+        shown = [facts.snapshot() for future, facts in list(self._flight.items()) if not future.done()]
+        return [{**facts, "seconds": round(now - facts["started"], 1)} for facts in shown]
 
     def _waiting_info(self) -> dict | None:
         o = self._outage
         return None if o is None else {"since": o.since, "retry_at": o.retry_at, "error": o.error, "tries": o.tries}
+
+
+class ProposalFacts:
+    """What `evo status` shows of one proposal in flight. Its worker thread updates it (the proposer's
+    progress) while the loop's thread reads it: the lock makes each read a whole, consistent copy."""
+
+    def __init__(self, facts: dict):
+        self._facts, self._lock = dict(facts), threading.Lock()
+
+    def update(self, facts: dict) -> None:
+        with self._lock:
+            self._facts.update(facts)
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return dict(self._facts)
 
 
 DISK_LIMIT = 16 << 30  # bytes a trial may write into its folder
