@@ -496,8 +496,7 @@ class SearchLoop:
                 return  # sequential semantics: plan only for a device that is free now
             limit = self.options.trials
             trials = self._trials()
-            if limit is not None and sum(1 for t in trials if (t.counts or t.state == "RUNNING") and not t.while_waiting) \
-                    + self._queued() >= limit:
+            if limit is not None and _toward_limit(trials) + self._queued() >= limit:
                 return
             lineage = self.search.lineage(trials)
             offline_only = self._outage is not None and (self._waiting_for_api() or self._probe in self._pending)
@@ -761,8 +760,7 @@ class SearchLoop:
         workers it is where the trial limit holds across hosts, a re-run is taken once, the
         seed is trained once, and re-evaluations stop at the number asked for."""
         trials, limit = lineage.trials, self.options.trials
-        if limit is not None and sum(1 for t in trials if (t.counts or t.state == "RUNNING") and not t.while_waiting) \
-                >= limit:
+        if limit is not None and _toward_limit(trials) >= limit:
             return False
         if child.rerun_of is not None:
             return not any(t.attrs.get("rerun_of") == child.rerun_of for t in trials)
@@ -971,6 +969,11 @@ class SearchLoop:
     def _waiting_info(self) -> dict | None:
         o = self._outage
         return None if o is None else {"since": o.since, "retry_at": o.retry_at, "error": o.error, "tries": o.tries}
+
+
+def _toward_limit(trials) -> int:
+    """Trials that spend one of --trials, finished or running (re-evaluations during an outage spend none)."""
+    return sum(1 for t in trials if (t.counts or t.state == "RUNNING") and not t.while_waiting)
 
 
 class ProposalFacts:
