@@ -357,11 +357,6 @@ def check_ladder(options: RunOptions, *, search: Search | None = None, budget: f
 
 def run_loop(search: Search, args, options: RunOptions, strategy, proposer, slots, hosts: OneHost) -> int:
     """Run the loop until it stops; the exit code says how (0 done, 1 error, 130 interrupted)."""
-    try:
-        _check_tunable(search, proposer)
-    except UsageError:
-        search.close()
-        raise
     slots = slots or default_slots(search)
     cfg = search.config
     try:
@@ -413,23 +408,6 @@ def check_proposer(search: Search, proposer) -> list[str]:
                           settings={"profile": cfg.profile, "seq_len": cfg.seq_len, "budget": cfg.budget,
                                     "name": cfg.name, "metric": cfg.metric, "direction": cfg.direction})
     return proposer.preflight(parent, ctx)
-
-
-def _check_tunable(search: Search, proposer) -> None:
-    """Before any trial: an offline proposer with nothing to tune in the seed says so in one line (an
-    error when it is the only proposer: every child it proposed would fail; a warning in a mix)."""
-    from evo.proposers import OfflineProposer
-
-    members = [m for m, _ in getattr(proposer, "members", [(proposer, 1.0)])]
-    offline = [m for m in members if isinstance(m, OfflineProposer)]
-    if not offline or not search.config.seed_commit:
-        return
-    cfg = search.config
-    why = offline[0].nothing_to_tune(search.repo.files(cfg.seed_commit, cfg.mutable), cfg.mutable, cfg.profile)
-    if why and len(offline) == len(members):
-        raise UsageError(why)
-    if why:
-        print(f"warning: {why}; its share of the mix fails", file=sys.stderr)
 
 
 def cmd_worker(args) -> int:

@@ -6,7 +6,7 @@ same sequence again) and recorded on the trial as ``proposer``.
 
 from __future__ import annotations
 
-from evo.proposers._base import Genome, Proposal, ProposalContext, Proposer
+from evo.proposers._base import Genome, Proposal, ProposalContext, Proposer, ProposerError
 
 
 class MixedProposer(Proposer):
@@ -54,7 +54,17 @@ class MixedProposer(Proposer):
         return proposal
 
     def preflight(self, parent: Genome, ctx: ProposalContext) -> list[str]:
-        return [line for member, _ in self.members for line in member.preflight(parent, ctx)]
+        """The members' lines; a member that cannot work here is a warning while another can (its share
+        of the mix fails), and the mix's error when none can."""
+        lines, failed = [], []
+        for member, _ in self.members:
+            try:
+                lines += member.preflight(parent, ctx)
+            except ProposerError as e:
+                failed.append(e)
+        if failed and len(failed) == len(self.members):
+            raise failed[0]
+        return lines + [f"warning: {e}; its share of the mix fails" for e in failed]
 
     def close(self) -> None:
         for member, _ in self.members:

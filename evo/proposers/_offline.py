@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from evo.proposers._base import Genome, Proposal, ProposalContext, Proposer
+from evo.proposers._base import Genome, Proposal, ProposalContext, Proposer, ProposerError
 from evo.proposers._blocks import inside, marked
 from evo.proposers._hyperparams import FROZEN_PREFIXES, find_hyperparameters, format_value, mutate_value, rewrite
 from population.genomes import merge_texts
@@ -45,6 +45,12 @@ class OfflineProposer(Proposer):
         where = " inside their EVOLVE-BLOCK regions" if any(marked(files.get(p, "")) for p in mutable) else ""
         return (f"the offline proposer finds no UPPERCASE constants (NAME = number) in {', '.join(mutable)}{where}, so "
                 "it has nothing to tune: add some, or use an LLM proposer (--proposer anthropic or openai-compatible)")
+
+    def preflight(self, parent: Genome, ctx: ProposalContext) -> list[str]:
+        why = self.nothing_to_tune(parent.files, ctx.mutable, ctx.settings.get("profile"))
+        if why:
+            raise ProposerError(why)
+        return []
 
     # -- mutation ---------------------------------------------------------------
 
