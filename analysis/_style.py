@@ -12,14 +12,14 @@ from typing import Iterable
 
 from population.store import TrialRecord
 
-OPERATOR_MARKERS = {"seed": "*", "mutate": "o", "crossover": "D", "reeval": "s", "promote": "^"}
+OPERATOR_MARKERS = {"seed": "*", "mutate": "o", "crossover": "D", "reeval": "s", "promote": "^", "enqueued": "P"}
 OPERATOR_NAMES = {"seed": "seed", "mutate": "mutation", "crossover": "crossover", "reeval": "re-evaluation",
-                  "promote": "promotion (larger scale)"}
+                  "promote": "promotion (larger scale)", "enqueued": "your genome (enqueued)"}
 BEST_LINE = "#c0392b"
 WIN_FACE = "#f5b041"
 FAIL = "#7f1d1d"
 # Fixed colours for the engine's own "proposers" so they read the same in every figure.
-FIXED_PROPOSERS = {"seed": "#212121", "reeval": "#607d8b", "promote": "#8d6e63"}
+FIXED_PROPOSERS = {"seed": "#212121", "reeval": "#607d8b", "promote": "#8d6e63", "user": "#e91e63"}
 PALETTE = ("#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#bcbd22")
 STRATEGY_COLOURS = {"greedy": "#d62728", "evolve": "#1f77b4", "random": "#7f7f7f"}
 DPI = 150

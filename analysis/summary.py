@@ -12,6 +12,7 @@ from analysis.live import proposal_text
 from analysis.noise import noise_floor, within_noise
 from analysis.promotion import rung_rows
 from analysis.text import crop, duration, fmt
+from population.devices import DevicesRecord
 from population.lineage import MIN_GAIN_ATTR, NOISE_MULTIPLE, Lineage, finish_order, min_gain_of
 from population.store import TrialRecord
 
@@ -93,19 +94,18 @@ def _devices(search) -> tuple[list[dict], dict]:
     path = search.paths.devices
     if not path.exists() or not search.is_running():
         return [], {}
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, ValueError):
+    state = DevicesRecord.read(path)
+    if state is None:
         return [], {}
-    rows = state.get("slots", [])
-    age = time.time() - state.get("updated", time.time())
+    rows = [dataclasses.asdict(row) for row in state.slots]
+    age = time.time() - (state.updated or time.time())
     for row in rows:  # seconds since the snapshot was written
         if row.get("seconds") is not None:
             row["seconds"] = round(row["seconds"] + age, 1)
-    run = dict(state.get("run") or {})
-    run["waiting"] = state.get("waiting")
+    run = dataclasses.asdict(state.run)
+    run["waiting"] = state.waiting
     # Proposals being written: their seconds as of now, like the devices'.
-    run["proposals"] = [dict(p, seconds=round(float(p.get("seconds") or 0) + age, 1)) for p in state.get("proposals") or []]
+    run["proposals"] = [dict(p, seconds=round(float(p.get("seconds") or 0) + age, 1)) for p in state.proposals]
     return rows, run
 
 

@@ -1,16 +1,20 @@
 """evoresearch: autonomous ML research as evolution.
 
-A notebook builds and drives the same engine as the `evo` command:
+A notebook steps the same engine as the `evo` command, one trial at a time (`Engine`: ask,
+run, tell; `enqueue` hands it a genome of your own):
 
     import evo
     search = evo.create_search("demo", profile="tiny", budget=5)
-    loop = evo.SearchLoop(search, evo.make_strategy("evolve"), evo.from_spec("offline"),
-                          evo.parse_devices("cpu"), evo.RunOptions(trials=12, prune=True))
-    loop.run()
+    engine = evo.Engine(search, evo.make_strategy("evolve"), evo.from_spec("offline"), evo.RunOptions(trials=12))
+    while (ticket := engine.ask()) is not None:
+        told = engine.tell(ticket, engine.run(ticket))   # told.kept: a new best
     search.lineage().best
 
+`SearchLoop` runs the same calls on several devices at once (`SearchLoop(search, strategy,
+proposer, evo.parse_devices("cpu:2"), options).run()`), as `evo run` does.
+
 The layers: `population` (the data: genomes, trials, lineage, the search folder) at the
-bottom; `evo` (this package: runner, proposers, strategies, loop) and `analysis` (the
+bottom; `evo` (this package: runner, proposers, strategies, engine, loop) and `analysis` (the
 read-only views) beside each other on top of it; the `evo` command line over both.
 
 A search shared by several hosts is made with `create_search(..., storage="postgresql://...",
@@ -21,6 +25,8 @@ through `SharedHosts`).
 
 from evo.compare import CompareConfig, Comparison
 from evo.devices import Slot, default_slots, parse_devices
+from evo.engine import Engine, Ticket, Told
+from evo.events import EventKind
 from evo.hosts import OneHost, SharedHosts
 from evo.loop import RunOptions, SearchLoop, StopKind, StopReason
 from evo.proposers import (Genome, OfflineProposer, Proposal, ProposalContext, Proposer, ProposerError, SpecError,
@@ -40,7 +46,7 @@ except Exception:  # running from a checkout that was never installed
 
 __all__ = [
     "CompareConfig", "Comparison", "Slot", "default_slots", "parse_devices",
-    "RunOptions", "SearchLoop", "StopKind", "StopReason",
+    "Engine", "EventKind", "RunOptions", "SearchLoop", "StopKind", "StopReason", "Ticket", "Told",
     "Genome", "OfflineProposer", "Proposal", "ProposalContext", "Proposer", "ProposerError", "SpecError", "from_spec",
     "make_pruner", "TrialResult", "TrialRunner", "run_trial", "trial_environment",
     "create_search", "describe_harness", "join_search", "OneHost", "SharedHosts",

@@ -25,8 +25,9 @@ from population.genomes import RemoteError
 from population.search import Search, SearchError
 from population.store import LIMITS_ATTR, NO_LIMIT, TrialRecord, is_transient, redact
 
-# The methods below take the `evo.loop.SearchLoop` they serve as `loop` (the loop imports this
-# module, so this one does not import it back).
+# The methods below take the `evo.engine.Engine` they serve as `loop` (its search, options, stop,
+# on_event, recover_orphans and queue_reruns; the engine imports this module, so this one does not
+# import it back).
 
 HOST = socket.gethostname()
 

@@ -1,0 +1,131 @@
+"""How a search runs this time (`RunOptions`), and why it stopped (`StopReason`)."""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+
+import optuna
+
+from evo.promotion import DEFAULT_TOP, LADDER_ATTR, Rung, describe
+from evo.pruners import make_pruner
+from population.lineage import Lineage, auto_min_gain
+from population.search import Search, SearchError
+
+AUTO = "auto"  # RunOptions.min_gain: a multiple of the measured noise floor
+
+__all__ = ["AUTO", "INTERRUPTED_STOP", "RunOptions", "StopKind", "StopReason", "fix_ladder"]
+
+
+class StopKind(enum.Enum):
+    """Why a search stopped."""
+
+    TRIALS = "trials"            # reached --trials
+    HOURS = "hours"              # reached --hours
+    COST = "cost"                # reached --max-cost-usd
+    INTERRUPTED = "interrupted"  # Ctrl-C, SIGTERM or a caller's stop
+    ERROR = "error"              # something no retry fixes (a rejected key, no parent to breed from)
+    EXHAUSTED = "exhausted"      # nothing left to plan
+
+
+@dataclass(frozen=True)
+class StopReason:
+    """A stop, as a value: its kind and the sentence a person reads."""
+
+    kind: StopKind
+    message: str
+
+    @property
+    def halts(self) -> bool:
+        """Whether children already prepared must not start either (a trial or cost limit lets them run)."""
+        return self.kind in (StopKind.INTERRUPTED, StopKind.ERROR, StopKind.HOURS)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+INTERRUPTED_STOP = StopReason(StopKind.INTERRUPTED, "interrupted")
+
+
+@dataclass(kw_only=True)
+class RunOptions:
+    """How long and how a search runs this time (not fixed: each `evo run` may change them).
+
+    trials: total finished trials in the search, seed included; it becomes the search's limit, which
+        later runs keep when given None (`population.store.NO_LIMIT` lifts it).
+    hours: wall-clock limit of this run (counted from `since`).
+    reeval: extra seeds for a genome that becomes the best.
+    noise_runs: extra seeds for the seed genome before any child is planned: they measure the
+        noise floor (`Lineage.noise_sd`) that `min_gain="auto"` is a multiple of.
+    min_gain: how much better than the best a result must be to count as better (kept, and
+        the best from then on): a number in val_bpb, or "auto" for `NOISE_MULTIPLE` times the
+        noise floor measured so far (needs noise_runs >= 1). Recorded on every trial.
+    prune: stop children whose loss is clearly behind (with `pruner`, or the default rule).
+    pruner: the Optuna pruner `prune` uses (default: `evo.pruners.make_pruner()`).
+    max_vram_gb: an Optuna constraint on peak memory.
+    max_memory_gb: memory (RSS) one trial's processes may use before they are stopped as oom
+        (default: 85% of the machine's memory shared among the slots).
+    max_cost_usd: stop proposing once the LLM spend reaches this.
+    since: when `hours` starts counting (epoch seconds; default: when the run starts). A shared
+        search's workers count from its first trial.
+    promote: a ladder of larger scales (`evo.promotion.parse_ladder`); the top `promote_top`
+        fraction of the genomes scored at each rung is re-run at the next. Fixed for a search
+        once a run used it.
+    api_backoff: (first, longest) seconds to wait before asking a proposer's API again once it
+        stopped answering; each failed try doubles the wait. The search never stops for an outage.
+    reeval_while_waiting: while the API is down, idle devices re-evaluate the best genomes until
+        each has this many evaluations (0: they wait).
+    """
+
+    trials: int | None = None
+    hours: float | None = None
+    reeval: int = 0
+    noise_runs: int = 0
+    min_gain: float | str = 0.0
+    prune: bool = False
+    pruner: optuna.pruners.BasePruner | None = None
+    max_vram_gb: float | None = None
+    max_memory_gb: float | None = None
+    max_cost_usd: float | None = None
+    since: float | None = None
+    promote: tuple[Rung, ...] = ()
+    promote_top: float = DEFAULT_TOP
+    api_backoff: tuple[float, float] = (15.0, 600.0)
+    reeval_while_waiting: int = 3
+
+    def __post_init__(self):
+        if not 0 < self.promote_top < 1:
+            raise ValueError(f"--promote-top is the fraction of a rung promoted to the next: above 0 and below 1, "
+                             f"not {self.promote_top:g}")
+        if self.min_gain == AUTO:
+            if self.noise_runs < 1:
+                raise ValueError("--min-gain auto needs a measured noise floor: add --noise-runs K (e.g. 3), "
+                                 "or give --min-gain a number")
+        elif not isinstance(self.min_gain, (int, float)) or not math.isfinite(self.min_gain) or self.min_gain < 0:
+            raise ValueError(f"--min-gain must be 'auto' or a number >= 0, not {self.min_gain!r}")
+        if self.noise_runs < 0 or self.reeval < 0:
+            raise ValueError("noise_runs and reeval count seeds: they must be >= 0")
+
+    def min_gain_now(self, lineage: Lineage) -> float:
+        """The min gain a result finishing now must beat the best by (see `population.lineage`)."""
+        return auto_min_gain(lineage.noise_sd()) if self.min_gain == AUTO else float(self.min_gain)
+
+    def pruner_in_use(self) -> optuna.pruners.BasePruner | None:
+        """The pruner that decides, or None when this run does not prune."""
+        if not self.prune:
+            return None
+        return self.pruner or make_pruner()
+
+
+def fix_ladder(search: Search, ladder: tuple[Rung, ...]) -> None:
+    """Record a search's promotion ladder the first time a run uses one; refuse another one later
+    (rungs that changed would compare scores made at different scales)."""
+    if not ladder:
+        return
+    fixed, given = search.store.attr(LADDER_ATTR), describe(ladder)
+    if fixed is None:
+        search.store.set_attr(LADDER_ATTR, given)
+    elif fixed != given:
+        raise SearchError(f"search {search.config.name!r} promotes along --promote {fixed}; give that ladder or "
+                          "none (its promoted trials keep their scale)")
