@@ -1,0 +1,139 @@
+"""The engine without the loop: a whole search stepped by ask, run and tell, with genomes of the
+user's own handed in by enqueue; the events it emits; the devices.json record the loop writes."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from evo import (Engine, EventKind, GreedyStrategy, OfflineProposer, RunOptions, Search, SearchError, StopKind,
+                 create_search)
+from population.devices import DeviceRow, DevicesRecord, RunFacts
+
+OPTIMUM = {"LR": "0.03", "DEPTH": "6", "WARMDOWN_RATIO": "0.4", "BATCH": "128"}  # the instant genome's best knobs
+
+
+def with_knobs(text: str, **knobs: str) -> str:
+    """The instant genome with some of its UPPERCASE knobs set."""
+    for name, value in knobs.items():
+        text = re.sub(rf"^{name} = [^ ]+", f"{name} = {value}", text, flags=re.M)
+    return text
+
+
+@pytest.fixture
+def engine(instant_project):
+    events = []
+    search = create_search("steps", root=instant_project / "runs", project=instant_project, profile="tiny", budget=1)
+    engine = Engine(search, GreedyStrategy(), OfflineProposer(), RunOptions(trials=7),
+                    on_event=lambda kind, info: events.append((kind, info)))
+    engine.events = events
+    yield engine
+    engine.close()
+    search.close()
+
+
+def test_a_whole_search_runs_through_ask_tell_and_enqueue_without_the_loop(engine, instant_project):
+    seed_text = (instant_project / "train.py").read_text()
+    first = engine.ask()
+    assert (first.number, first.operator, first.parents) == (0, "seed", [])
+    told = engine.tell(first, engine.run(first))
+    assert told.status == "ok" and told.kept and told.new_best and told.told
+
+    # A genome of the user's own is the next trial, whatever the strategy would have planned.
+    engine.enqueue({"train.py": with_knobs(seed_text, **OPTIMUM)}, note="the known optimum")
+    mine = engine.ask()
+    assert (mine.number, mine.operator, mine.parents, mine.description) == (1, "enqueued", [], "the known optimum")
+    told = engine.tell(mine, engine.run(mine))
+    assert told.kept and told.value == pytest.approx(1.0) and told.value < engine.search.lineage().score_of(0)
+    assert engine.search.lineage().best.trial == 1
+
+    # The same genome again is recognised and never trained twice; a worse one is told, and not kept.
+    engine.enqueue({"train.py": with_knobs(seed_text, **OPTIMUM)}, note="the optimum once more")
+    engine.enqueue({"train.py": with_knobs(seed_text, LR="0.3")}, note="far too fast", parent=1)
+    worse = engine.ask()
+    assert (worse.number, worse.operator, worse.parents) == (3, "enqueued", [1])
+    told = engine.tell(worse, engine.run(worse))
+    assert told.status == "ok" and not told.kept and not told.new_best
+
+    # The rest of the search comes from the strategy, until the trial limit.
+    while (ticket := engine.ask()) is not None:
+        assert ticket.operator == "mutate" and ticket.parents == [1]  # greedy: the best so far
+        assert not engine.tell(ticket, engine.run(ticket)).kept  # nothing beats the optimum
+    assert engine.limit_reached().kind is StopKind.TRIALS
+
+    trials = engine.search.trials()
+    assert len(trials) == 7 and all(t.status in ("ok", "duplicate") for t in trials)
+    assert [t.status for t in trials[:4]] == ["ok", "ok", "duplicate", "ok"]
+    assert trials[2].attrs["duplicate_of"] == 1 and trials[2].operator == "enqueued"
+    assert {t.proposer for t in trials[1:4]} == {"user"}
+    assert engine.search.repo.parents(trials[3].commit) == [trials[1].commit]  # its lineage, in git too
+    assert "diff against parent" in engine.search.paths.trial(3).diff.read_text()
+    kinds = [kind for kind, _ in engine.events]
+    assert kinds.count("started") == sum(t.status == "ok" for t in trials) and kinds.count("finished") == 7
+    assert all(type(kind) is str and kind in set(EventKind) for kind in kinds)
+
+
+def test_enqueue_refuses_files_the_search_does_not_evolve_and_parents_it_does_not_have(engine):
+    with pytest.raises(SearchError, match=r"outside the mutable set: \['prepare.py'\].*evolves train.py"):
+        engine.enqueue({"prepare.py": "x = 1\n"})
+    with pytest.raises(SearchError, match="trial #5 has no genome"):
+        engine.enqueue({"train.py": "x = 1\n"}, parent=5)
+    assert engine.ready == []
+
+
+def test_ask_refuses_a_second_trial_on_a_busy_slot(engine):
+    ticket = engine.ask()
+    with pytest.raises(SearchError, match="every slot .cpu0. has a trial running: tell one of them first"):
+        engine.ask()
+    assert engine.tell(ticket, engine.run(ticket)).kept
+
+
+def test_the_event_kinds_are_the_ones_the_code_emits():
+    emitted = set()
+    for path in (ROOT / "evo").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "on_event"
+                    and node.args and isinstance(node.args[0], ast.Constant)):
+                emitted.add(node.args[0].value)
+    assert emitted == {kind.value for kind in EventKind}
+
+
+def test_the_devices_record_reads_and_writes_the_json_it_always_had(tmp_path):
+    # As evo 0.x wrote it, key for key.
+    old = {"pid": 12, "updated": 1700000000.5,
+           "slots": [{"slot": "cpu0", "device": "cpu", "trial": 7, "seconds": 2.5, "fraction": 0.4, "loss": 3.25},
+                     {"slot": "cpu1", "device": "cpu", "trial": None, "seconds": None, "fraction": None, "loss": None}],
+           "run": {"target": 50, "hours": None, "started": 1699999000.0, "finished": 6, "stopping": False},
+           "waiting": {"since": 1.0, "retry_at": 2.0, "error": "overloaded", "tries": 2},
+           "proposals": [{"operator": "mutate", "parents": [3], "proposer": "offline", "started": 5.0, "seconds": 1.5}]}
+    record = DevicesRecord.from_json(json.dumps(old))
+    assert record.slots[0] == DeviceRow("cpu0", "cpu", 7, 2.5, 0.4, 3.25) and record.run.finished == 6
+    assert record.to_json() == json.dumps(old)
+    path = tmp_path / "devices.json"
+    DevicesRecord(pid=1, updated=2.0, slots=[DeviceRow("cuda0", "cuda:0")], run=RunFacts(target=3)).write(path)
+    assert DevicesRecord.read(path).slots == [DeviceRow("cuda0", "cuda:0")]
+    assert list(json.loads(path.read_text())) == ["pid", "updated", "slots", "run", "waiting", "proposals"]
+    assert DevicesRecord.read(Path(tmp_path / "missing.json")) is None
+
+
+@pytest.mark.slow
+def test_the_readme_notebook_example_runs(project):
+    readme = (ROOT / "README.md").read_text()
+    code = readme.split("The same engine is a library a notebook can drive", 1)[1].split("```python\n", 1)[1]
+    code = code.split("```", 1)[0].replace("budget=5", "budget=1")  # the same calls, shorter trials
+    text = (project / "train.py").read_text()
+    (project / "my_train.py").write_text(text.replace("EMBEDDING_LR = 0.6 ", "EMBEDDING_LR = 0.5 "))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=project, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("0 seed ok") and lines[1].startswith("1 enqueued ok"), proc.stdout
+    with Search.open("nb", root=project / "runs") as search:
+        trials = search.trials()
+    assert len(trials) == 6 and trials[1].proposer == "user" and trials[1].description == "my own idea"
