@@ -37,7 +37,8 @@ import sqlalchemy.exc
 from optuna.exceptions import ExperimentalWarning, StorageInternalError, UpdateFinishedTrialError
 from optuna.trial import TrialState
 
-from population._sql_trials import UnknownLayout, read_all_trials
+from population._heartbeat import Heartbeats
+from population._trial_cache import TrialCache
 from population.params import PARAM_SPACE_ATTR, as_params
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -290,7 +291,7 @@ def open_storage(url: str | optuna.storages.BaseStorage, *, heartbeat: int | Non
     the first call fails, SQLAlchemy drops the pool, and the caller's retry reconnects."""
     if isinstance(url, str) and url.startswith("sqlite"):
         # An RDBStorage of our own, as for PostgreSQL, rather than Optuna's caching wrapper of one:
-        # the store keeps its own read cache (`_read_trials`) and reads a long search at once.
+        # the store keeps its own read cache (`population._trial_cache`) and reads a long search at once.
         return optuna.storages.RDBStorage(url)
     if not isinstance(url, str) or not is_postgres(url):
         return optuna.storages.get_storage(url)
@@ -355,12 +356,11 @@ class TrialStore:
         self._reported: dict[int, set[int]] = {}
         self._lost: set[int] = set()                     # live trials another worker failed as stale
         self._claim = threading.local()
-        self._beats: threading.Thread | None = None
-        self._stop_beats = threading.Event()
-        self._rows: list[TrialRecord | None] = []   # finished trials' records by number: see _read_trials
+        self._beats: Heartbeats | None = None
+        # RDB storages: the store's own read cache (Optuna's caching wrapper is not used, see open_storage).
+        self._cache = (TrialCache(self.storage, self._study_id, _record)
+                       if isinstance(self.storage, optuna.storages.RDBStorage) else None)
         self._records: dict[int, tuple[optuna.trial.FrozenTrial, TrialRecord]] = {}   # see _record_of
-        self._unfinished: set[int] = set()
-        self._known = 0
 
     @classmethod
     def create(cls, storage: str, name: str, config: dict, *, direction: str = "minimize", metric: str = METRIC,
@@ -645,40 +645,16 @@ class TrialStore:
     # -- heartbeats -----------------------------------------------------------
 
     def start_heartbeats(self) -> None:
-        """Beat every running trial of this process every `heartbeat` seconds, from a thread.
-
-        A beat the database does not take is tried again at the next one; once the
-        database answers after a gap, the trials that another worker failed meanwhile are
-        marked lost (`lost`), so the caller can stop training them."""
+        """Beat every running trial of this process every `heartbeat` seconds, from a thread
+        (`population._heartbeat`); trials another worker failed meanwhile become `lost`."""
         if not self.shared or self._beats is not None:
             return
-        self._stop_beats.clear()
-        self._beats = threading.Thread(target=self._beat_forever, name="heartbeat", daemon=True)
-        self._beats.start()
+        self._beats = Heartbeats(self.storage, self.heartbeat, self._live, self._lost).start()
 
     def stop_heartbeats(self) -> None:
         if self._beats is not None:
-            self._stop_beats.set()
-            self._beats.join(timeout=10)
+            self._beats.stop()
             self._beats = None
-
-    def _beat_forever(self) -> None:
-        missed = False
-        while not self._stop_beats.is_set():
-            # No lock: a beat must never wait for the loop (which may be waiting for the claim). Copying
-            # a dict is one step under the GIL.
-            live = dict(self._live)
-            try:
-                for number, trial_id in live.items():
-                    self.storage.record_heartbeat(trial_id)
-                if missed:
-                    for number, trial_id in live.items():
-                        if self.storage.get_trial(trial_id).state != TrialState.RUNNING:
-                            self._lost.add(number)
-                missed = False
-            except Exception:  # the database is away: beat again at the next interval
-                missed = True
-            self._stop_beats.wait(self.heartbeat)
 
     def lost(self, number: int) -> bool:
         """Whether another worker failed this process's trial as stale (its result must not be told)."""
@@ -691,8 +667,8 @@ class TrialStore:
         (read-only: callers share it), so a long search costs a list per call rather than a record
         per trial."""
         with self._lock:
-            if isinstance(self.storage, optuna.storages.RDBStorage):
-                return self._read_trials()
+            if self._cache is not None:
+                return self._cache.read()
             return [self._record_of(t) for t in self.storage.get_all_trials(self._study_id, deepcopy=False)]
 
     def _record_of(self, t: optuna.trial.FrozenTrial) -> TrialRecord:
@@ -704,63 +680,6 @@ class TrialStore:
         if known is None or known[0] is not t:
             known = self._records[t.number] = (t, _record(t))
         return known[1]
-
-    def _read_trials(self) -> list[TrialRecord]:
-        """Every trial of the study, in number order, reading only what may have changed.
-
-        Optuna refuses to change a finished trial, so finished trials are read once and their
-        records kept in number order (`_rows`); each call reads the unfinished ones, those that
-        finished since the last call, and any new ones (numbers are dense: probing stops at the
-        first that does not exist), and copies the kept list with those put in. A worker reads
-        the trials several times per trial, so this keeps its cost flat as a search grows (a
-        full read of 900 trials from PostgreSQL takes ~0.6 s on 2 cores, a Python pass over
-        10,000 kept trials ~10 ms)."""
-        if self._known == 0:
-            try:
-                frozen = read_all_trials(self.storage, self._study_id)
-            except UnknownLayout:
-                frozen = self.storage.get_all_trials(self._study_id, deepcopy=False)
-            self._known = max((t.number for t in frozen), default=-1) + 1
-            self._rows = [None] * self._known
-            live = {}
-            for t in frozen:
-                if t.state.is_finished():
-                    self._rows[t.number] = _record(t)
-                else:
-                    live[t.number] = t
-        else:
-            live = {t.number: t for t in self.storage.get_all_trials(self._study_id, deepcopy=False,
-                                                                     states=(TrialState.RUNNING, TrialState.WAITING))}
-            changed = [n for n in self._unfinished if n not in live]
-            number = self._known
-            while number in live or self._exists(number):
-                if number not in live:
-                    changed.append(number)
-                number += 1
-            if len(changed) > 50:  # cheaper to read everything once more
-                self._known = 0
-                return self._read_trials()
-            self._rows.extend([None] * (number - self._known))
-            for n in changed:
-                t = self.storage.get_trial(self._trial_id(n))
-                if t.state.is_finished():
-                    self._rows[n] = _record(t)
-                else:
-                    live[n] = t
-            self._known = number
-        self._unfinished = set(live)
-        # Every number below _known is finished (a record in _rows) or unfinished (in live).
-        rows = self._rows.copy()
-        for n, t in live.items():
-            rows[n] = _record(t)
-        return rows
-
-    def _exists(self, number: int) -> bool:
-        try:
-            self._trial_id(number)
-            return True
-        except KeyError:
-            return False
 
     def close(self) -> None:
         """Stop the heartbeats and let go of the database connections."""
