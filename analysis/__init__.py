@@ -25,16 +25,39 @@ noise (noise floor from re-evaluations), report (figures + HTML page), compare
 trials as a pandas DataFrame).
 """
 
-from analysis.compare import ComparisonTable, GroupRow, Run, compare_runs, load_runs, plot_comparison, render_table
-from analysis.frame import trials_frame
-from analysis.noise import NoiseFloor, noise_floor
+import importlib
+
+# `progress` is also the name of its module: bound here, at import, as before (and it is light).
 from analysis.progress import (Point, Progress, device_seconds, failure_rate, is_failure, keep_rate, plot_progress,
                                progress)
-from analysis.report import ReportFiles, SearchFacts, search_facts, write_report
-from population.results_tsv import parse_results_tsv, results_tsv
-from analysis.tree import TreeView, lineage_graph, lineage_svg, plot_lineage, thin, tree_view
-from analysis.walk import Step, best_lineage, render_walk
-from analysis.yields import Yield, render_yields, yield_by
+
+# The other names load with their module on first use (PEP 562), so `evo status`, which needs the
+# summary alone, starts without pandas and networkx (~0.7 s of CPU on every call).
+_LAZY = {
+    "analysis.compare": ("ComparisonTable", "GroupRow", "Run", "compare_runs", "load_runs", "plot_comparison",
+                         "render_table"),
+    "analysis.frame": ("trials_frame",),
+    "analysis.noise": ("NoiseFloor", "noise_floor"),
+    "analysis.report": ("ReportFiles", "SearchFacts", "search_facts", "write_report"),
+    "population.results_tsv": ("parse_results_tsv", "results_tsv"),
+    "analysis.tree": ("TreeView", "lineage_graph", "lineage_svg", "plot_lineage", "thin", "tree_view"),
+    "analysis.walk": ("Step", "best_lineage", "render_walk"),
+    "analysis.yields": ("Yield", "render_yields", "yield_by"),
+}
+_MODULE_OF = {name: module for module, names in _LAZY.items() for name in names}
+
+
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'analysis' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_MODULE_OF[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "ComparisonTable", "GroupRow", "Run", "compare_runs", "load_runs", "plot_comparison", "render_table",

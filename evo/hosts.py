@@ -62,10 +62,11 @@ class OneHost:
         return True
 
     def sync(self, search: Search, trials: list[TrialRecord]) -> None:
-        """Make git agree with the store: a trial asked for just before a crash may lack its branch."""
-        for t in trials:
-            if t.commit and not search.repo.has_branch(search.branch(t.number)):
-                search.repo.set_branch(search.branch(t.number), t.commit)
+        """Make git agree with the store: a trial asked for just before a crash may lack its branch.
+        Two git processes whatever the search's length (one per trial took a minute at 10,000)."""
+        have = search.repo.branches(f"evo/{search.config.name}/")
+        search.repo.set_branches({search.branch(t.number): t.commit for t in trials
+                                  if t.commit and search.branch(t.number) not in have})
 
     def ensure(self, search: Search, commits: list[str]) -> None:
         """Make sure this host's repository holds `commits`."""

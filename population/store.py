@@ -37,6 +37,8 @@ import sqlalchemy.exc
 from optuna.exceptions import ExperimentalWarning, StorageInternalError, UpdateFinishedTrialError
 from optuna.trial import TrialState
 
+from population._heartbeat import Heartbeats
+from population._trial_cache import TrialCache
 from population.params import PARAM_SPACE_ATTR, as_params
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -287,6 +289,10 @@ def open_storage(url: str | optuna.storages.BaseStorage, *, heartbeat: int | Non
     lost database shows up as an error in seconds rather than a hang. Pooled connections
     are not pinged before each use (that would double the round trips): after a restart
     the first call fails, SQLAlchemy drops the pool, and the caller's retry reconnects."""
+    if isinstance(url, str) and url.startswith("sqlite"):
+        # An RDBStorage of our own, as for PostgreSQL, rather than Optuna's caching wrapper of one:
+        # the store keeps its own read cache (`population._trial_cache`) and reads a long search at once.
+        return optuna.storages.RDBStorage(url)
     if not isinstance(url, str) or not is_postgres(url):
         return optuna.storages.get_storage(url)
     try:
@@ -316,8 +322,9 @@ class TrialStore:
     >>> n = store.start({"operator": "seed", "commit": "abc123"})                               # doctest: +SKIP
     >>> store.finish(n, status="ok", value=1.92, metrics={"val_bpb": 1.92})                     # doctest: +SKIP
 
-    Only Optuna's public API is used: the storage comes from `optuna.storages.get_storage`
-    (or an `RDBStorage` for PostgreSQL), trials are created from a template in one write,
+    Optuna's public API is used, but for the first read of a long search (`population._sql_trials`):
+    the storage is an `RDBStorage` for SQLite and PostgreSQL (else from `optuna.storages.get_storage`),
+    trials are created from a template in one write,
     and finished trials are written through that storage by their trial id.
     `study` is the Optuna handle itself, for Optuna's own tools (visualization, dashboard).
 
@@ -349,12 +356,11 @@ class TrialStore:
         self._reported: dict[int, set[int]] = {}
         self._lost: set[int] = set()                     # live trials another worker failed as stale
         self._claim = threading.local()
-        self._beats: threading.Thread | None = None
-        self._stop_beats = threading.Event()
-        self._finished: dict[int, optuna.trial.FrozenTrial] = {}   # see _read_trials
-        self._records: dict[int, tuple[optuna.trial.FrozenTrial, TrialRecord]] = {}   # see trials
-        self._unfinished: set[int] = set()
-        self._known = 0
+        self._beats: Heartbeats | None = None
+        # RDB storages: the store's own read cache (Optuna's caching wrapper is not used, see open_storage).
+        self._cache = (TrialCache(self.storage, self._study_id, _record)
+                       if isinstance(self.storage, optuna.storages.RDBStorage) else None)
+        self._records: dict[int, tuple[optuna.trial.FrozenTrial, TrialRecord]] = {}   # see _record_of
 
     @classmethod
     def create(cls, storage: str, name: str, config: dict, *, direction: str = "minimize", metric: str = METRIC,
@@ -639,40 +645,16 @@ class TrialStore:
     # -- heartbeats -----------------------------------------------------------
 
     def start_heartbeats(self) -> None:
-        """Beat every running trial of this process every `heartbeat` seconds, from a thread.
-
-        A beat the database does not take is tried again at the next one; once the
-        database answers after a gap, the trials that another worker failed meanwhile are
-        marked lost (`lost`), so the caller can stop training them."""
+        """Beat every running trial of this process every `heartbeat` seconds, from a thread
+        (`population._heartbeat`); trials another worker failed meanwhile become `lost`."""
         if not self.shared or self._beats is not None:
             return
-        self._stop_beats.clear()
-        self._beats = threading.Thread(target=self._beat_forever, name="heartbeat", daemon=True)
-        self._beats.start()
+        self._beats = Heartbeats(self.storage, self.heartbeat, self._live, self._lost).start()
 
     def stop_heartbeats(self) -> None:
         if self._beats is not None:
-            self._stop_beats.set()
-            self._beats.join(timeout=10)
+            self._beats.stop()
             self._beats = None
-
-    def _beat_forever(self) -> None:
-        missed = False
-        while not self._stop_beats.is_set():
-            # No lock: a beat must never wait for the loop (which may be waiting for the claim). Copying
-            # a dict is one step under the GIL.
-            live = dict(self._live)
-            try:
-                for number, trial_id in live.items():
-                    self.storage.record_heartbeat(trial_id)
-                if missed:
-                    for number, trial_id in live.items():
-                        if self.storage.get_trial(trial_id).state != TrialState.RUNNING:
-                            self._lost.add(number)
-                missed = False
-            except Exception:  # the database is away: beat again at the next interval
-                missed = True
-            self._stop_beats.wait(self.heartbeat)
 
     def lost(self, number: int) -> bool:
         """Whether another worker failed this process's trial as stale (its result must not be told)."""
@@ -682,65 +664,22 @@ class TrialStore:
 
     def trials(self) -> list[TrialRecord]:
         """Every trial, in number order. A finished trial's record is made once and handed out again
-        while its Optuna trial stays the same object (read-only: callers share it), so a long search
-        costs a list per call rather than a record per trial."""
+        (read-only: callers share it), so a long search costs a list per call rather than a record
+        per trial."""
         with self._lock:
-            frozen = self._read_trials()
-            return [self._record_of(t) for t in frozen]
+            if self._cache is not None:
+                return self._cache.read()
+            return [self._record_of(t) for t in self.storage.get_all_trials(self._study_id, deepcopy=False)]
 
     def _record_of(self, t: optuna.trial.FrozenTrial) -> TrialRecord:
+        """The record of `t`, made again only when its Optuna trial is another object (storages that
+        cache finished trials themselves hand out the same one)."""
         if not t.state.is_finished():
             return _record(t)
         known = self._records.get(t.number)
         if known is None or known[0] is not t:
             known = self._records[t.number] = (t, _record(t))
         return known[1]
-
-    def _read_trials(self) -> list[optuna.trial.FrozenTrial]:
-        """Every trial of the study, in number order, reading only what may have changed.
-
-        Optuna refuses to change a finished trial, so finished trials are read once and
-        kept; each call reads the unfinished ones, those that finished since the last call,
-        and any new ones (numbers are dense: probing stops at the first that does not exist).
-        A worker reads the trials several times per trial, so this keeps its cost flat as a
-        search grows (a full read of 900 trials from PostgreSQL takes ~0.6 s on 2 cores)."""
-        if not isinstance(self.storage, optuna.storages.RDBStorage) or self._known == 0:
-            frozen = self.storage.get_all_trials(self._study_id, deepcopy=False)
-            if isinstance(self.storage, optuna.storages.RDBStorage):
-                self._remember(frozen)
-            return frozen
-        live = {t.number: t for t in self.storage.get_all_trials(self._study_id, deepcopy=False,
-                                                                 states=(TrialState.RUNNING, TrialState.WAITING))}
-        changed = [n for n in self._unfinished if n not in live]
-        number = self._known
-        while number in live or self._exists(number):
-            if number not in live:
-                changed.append(number)
-            number += 1
-        if len(changed) > 50:  # cheaper to read everything once more
-            self._known = 0
-            return self._read_trials()
-        for n in changed:
-            t = self.storage.get_trial(self._trial_id(n))
-            if t.state.is_finished():
-                self._finished[n] = t
-            else:
-                live[n] = t
-        self._known, self._unfinished = number, set(live)
-        return [self._finished[n] if n in self._finished else live[n] for n in range(number)
-                if n in self._finished or n in live]
-
-    def _remember(self, frozen: list[optuna.trial.FrozenTrial]) -> None:
-        self._finished = {t.number: t for t in frozen if t.state.is_finished()}
-        self._unfinished = {t.number for t in frozen if not t.state.is_finished()}
-        self._known = max((t.number for t in frozen), default=-1) + 1
-
-    def _exists(self, number: int) -> bool:
-        try:
-            self._trial_id(number)
-            return True
-        except KeyError:
-            return False
 
     def close(self) -> None:
         """Stop the heartbeats and let go of the database connections."""

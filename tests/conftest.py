@@ -17,6 +17,25 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT_FILES = ("train.py", "prepare.py", "program.md")
+# The files that take longest, longest first (measured with --durations on 2 cores). With `-n 2 --dist
+# loadfile` a worker takes the next file when it runs out, so these start at once, one per worker,
+# and the short files fill in around them; one of them handed out last would run alone at the end.
+SLOWEST_FILES = ("test_search.py", "test_trust.py", "test_trust_escapes.py")
+
+
+def pytest_configure(config):
+    """Keep the order below under xdist (by default it hands out the files with the most tests first)."""
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slowest files first, then the others by how many tests they hold, as xdist would order them."""
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item.path.name] = counts.get(item.path.name, 0) + 1
+    rank = {name: i for i, name in enumerate(SLOWEST_FILES)}
+    items.sort(key=lambda item: (rank.get(item.path.name, len(rank)), -counts[item.path.name], str(item.path)))
 
 
 @pytest.fixture(scope="session")

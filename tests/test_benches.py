@@ -34,6 +34,16 @@ def test_engine_overhead_runs_a_small_search_and_prints_its_figures():
     assert "device idle between trials" in proc.stdout and "evo status on 4 trials" in proc.stdout
 
 
+def test_engine_overhead_runs_on_top_of_a_pre_filled_history():
+    """The figures at scale come from a search pre-filled with synthetic trials: the run resumes it, and
+    its trials build on the pre-filled genomes (real commits, read back through Optuna)."""
+    proc = bench("engine_overhead.py", "--trials", "40", "--run", "4")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "pre-filled 36 trials after the seed" in proc.stdout and "statuses: 40 ok" in proc.stdout
+    assert "3 trials in" in proc.stdout and "reached 40 trials" in proc.stdout and "on top of 37 earlier" in proc.stdout
+    assert "evo status on 40 trials" in proc.stdout
+
+
 def test_workers_throughput_runs_one_worker_on_the_instant_genome(tiny_env):
     try:
         import psycopg  # noqa: F401

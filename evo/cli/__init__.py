@@ -7,25 +7,37 @@ parsers and names its handler; this module only assembles and dispatches.
 
 from __future__ import annotations
 
+import importlib
 import sys
 
-from evo.cli import _compare, _manage, _run, _views
 from evo.cli._common import EXIT_USAGE, Parser, UsageError, machine_failure, quiet_broken_pipe
 from population.search import SearchError
 
 __all__ = ["build_parser", "main"]
 
+COMMAND_MODULES = ("evo.cli._run", "evo.cli._views", "evo.cli._compare", "evo.cli._manage")
+# The read-only views (`evo status`, often run by scripts and --watch) need none of the engine: one of
+# their commands is parsed by a parser of their module alone, so it starts without importing the loop.
+VIEWS = "evo.cli._views"
 
-def build_parser() -> Parser:
+
+def build_parser(modules: tuple[str, ...] = COMMAND_MODULES) -> Parser:
     from evo import __version__
 
     parser = Parser(prog="evo", description="Autonomous ML research as evolution: a population of train.py genomes "
                     "in git, every trial under the same time budget, every result in an Optuna study.")
     parser.add_argument("--version", action="version", version=f"evo (evoresearch) {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
-    for module in (_run, _views, _compare, _manage):
-        module.add_parsers(sub)
+    for name in modules:
+        importlib.import_module(name).add_parsers(sub)
+    parser.commands = frozenset(sub.choices)
     return parser
+
+
+def _parser_for(argv: list[str]) -> Parser:
+    command = next((a for a in argv if not a.startswith("-")), None)  # evo's own options take no value
+    views = build_parser((VIEWS,))
+    return views if command in views.commands else build_parser()
 
 
 EXIT_FAILURE = 1
@@ -33,7 +45,8 @@ EXIT_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser_for(argv).parse_args(argv)
     try:
         return args.handler(args)
     except (SearchError, UsageError, LookupError) as e:

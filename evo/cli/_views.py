@@ -8,11 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from analysis.report import search_facts, write_report
 from analysis.summary import render_status, render_trial, summarize
-from analysis.walk import best_lineage, render_walk
 from evo.cli._common import UsageError, add_root, check_output_file, positive_float, positive_int, resolve_name
-from evo.search import check_folder
 from population.genomes import RemoteError
 from population.results_tsv import results_tsv
 from population.search import Search
@@ -121,6 +118,8 @@ def cmd_show(args) -> int:
 
 
 def cmd_best(args) -> int:
+    from evo.search import check_folder  # the engine's modules: imported by the commands that need them only
+
     name = resolve_name(args.name, args.root)
     with open_synced(name, args.root) as search:
         best = search.lineage().best
@@ -150,6 +149,11 @@ def cmd_export(args) -> int:
 
 
 def cmd_report(args) -> int:
+    # The report's figures need networkx and the engine's modules: `evo status` should not wait for them.
+    from analysis.report import search_facts, write_report
+    from analysis.walk import best_lineage, render_walk
+    from evo.search import check_folder
+
     name = resolve_name(args.name, args.root)
     if args.out:
         check_folder("--out", args.out)
