@@ -22,7 +22,6 @@ import json
 import math
 import os
 import random
-import shutil
 import signal
 import sys
 import threading
@@ -465,7 +464,7 @@ class SearchLoop:
         """Mark trials whose worker is gone as interrupted; kill what they left running on this host."""
         for orphan in self.hosts.fail_orphans(self.search):
             if self.hosts.is_here(orphan):
-                _kill_leftover(orphan.attrs.get("pid"))
+                _kill_leftover(orphan.attrs.get("pid"), self.target.owns_process)
             self.on_event("recovered", {"trial": orphan.number, "host": orphan.host})
 
     def queue_reruns(self, trials) -> None:
@@ -582,9 +581,7 @@ class SearchLoop:
         parents = [search.genome(n, lineage) for n in plan.parents]
         known = {t.tree for t in lineage.trials if t.tree}
         ctx = ProposalContext(program=search.program, mutable=search.config.mutable,
-                              settings={"profile": search.config.profile, "seq_len": search.config.seq_len,
-                                        "budget": search.config.budget, "name": search.config.name,
-                                        "metric": search.config.metric, "direction": search.config.direction},
+                              settings=self.target.proposer_settings(),
                               lineage=lineage, rng=rng, is_known=lambda files: genome_hash(files) in known,
                               scratch=scratch, executor=self.runner.executor,
                               offline_only=offline_only, progress=(facts or ProposalFacts({})).update,
@@ -819,7 +816,7 @@ class SearchLoop:
         future = self._runs.submit(self.runner.run, worktree, log_path=search.paths.trial(number).run_log, env=env,
                                    timeout=target.timeout(), clock=target.clock(slot),
                                    threads=slot.threads or os.cpu_count(),
-                                   limits=self._limits(), compile_cache=search.paths.inductor_cache,
+                                   limits=self._limits(),
                                    on_progress=self._progress_callback(busy), stop=self.stop,
                                    on_start=lambda pid: self._started(busy, pid))
         self._running[future] = busy
@@ -907,7 +904,7 @@ class SearchLoop:
 
     def _after_trial(self, busy: _Busy, result: TrialResult) -> TrialResult:
         """What the engine adds to a result: provenance, the harness check of an unsandboxed trial,
-        and the seed's compile cache, which becomes the trusted one every later trial starts from."""
+        and what the target keeps of it (e.g. the seed's compile cache, which later trials start from)."""
         search = self.search
         result.provenance["harness_sha256"] = search.config.harness_sha256
         if result.provenance.get("sandbox") == "none":
@@ -917,10 +914,7 @@ class SearchLoop:
                 result.status, result.error = "invalid", "changed the search's harness (prepare.py) while it ran"
                 self._error = StopReason(StopKind.ERROR, str(e))
         seed_tree = next((t.tree for t in search.trials() if t.operator == "seed" and t.tree), None)
-        if result.status == OK and busy.tree == seed_tree:
-            private = search.paths.worktree(busy.slot.name) / ".evo" / "inductor-cache"
-            if private.is_dir():
-                shutil.copytree(private, search.paths.inductor_cache, symlinks=True, dirs_exist_ok=True)
+        self.target.after_trial(search, result, workdir=search.paths.worktree(busy.slot.name), seed=busy.tree == seed_tree)
         return result
 
     # -- records ----------------------------------------------------------------------
@@ -1013,7 +1007,7 @@ def _commit_message(child: Child, proposal: Proposal) -> str:
     return subject + "\n\n" + (body + "\n\n" if body else "") + "\n".join(trailers) + "\n"
 
 
-def _kill_leftover(pid) -> None:
+def _kill_leftover(pid, owns_process) -> None:
     """Kill the process group of a trial whose engine died (kill -9 leaves its child running)."""
     if not pid:
         return
@@ -1021,7 +1015,7 @@ def _kill_leftover(pid) -> None:
         cmdline = Path(f"/proc/{int(pid)}/cmdline").read_bytes()
     except (OSError, ValueError):
         return
-    if b"train.py" in cmdline:
+    if owns_process(cmdline):
         try:
             os.killpg(int(pid), signal.SIGKILL)
         except (ProcessLookupError, PermissionError):

@@ -182,3 +182,50 @@ def test_a_search_made_by_the_previous_version_opens_and_resumes(old_search):
         assert all(search.repo.resolve(f"refs/heads/{search.branch(t.number)}") == t.commit for t in trials)
     report = run_evo("report", "old-format", cwd=old_search)
     assert report.returncode == 0 and (old_search / "runs" / "old-format" / "report" / "report.html").exists()
+
+
+# What only evoresearch's own harness knows (prepare.py and its train.py genome): its file names, the
+# keys of its summary block, its knobs, its sequence length, torch's compile cache. The engine, the views
+# and the data layer reach them only through the target (`evo/targets/`: proposer settings, the compile
+# cache, which leftover processes are a trial's), and the runner only through its harness module.
+HARNESS_NAMES = ("train.py", "SUMMARY_KEYS", "MEASURED", "mfu_percent", "total_tokens_M", "num_params_M",
+                 "TOTAL_BATCH_SIZE", "DEVICE_BATCH_SIZE", "seq_len", "inductor", "INDUCTOR")
+HARNESS_HOMES = ("evo/targets/", "evo/runner/_harness.py")
+HARNESS_NAMES_KEPT = {  # module: why it may name the harness
+    "population/search.py": "seq_len is a field of every search.json (the on-disk format stays)",
+    "population/importer.py": "imports autoresearch's results.tsv, whose genome is its train.py",
+}
+
+
+def _code_words(path: Path) -> list[tuple[int, str]]:
+    """(line, word) for every identifier and every string without whitespace in a module's code: a
+    name, a key, a path or an environment variable. Strings with whitespace (docstrings, help, messages)
+    are prose for people, where naming the default target is fine."""
+    words = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Name):
+            words.append((node.lineno, node.id))
+        elif isinstance(node, ast.Attribute):
+            words.append((node.lineno, node.attr))
+        elif isinstance(node, (ast.arg, ast.keyword)) and node.arg:
+            words.append((node.lineno, node.arg))
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            words.append((node.lineno, node.name))
+        elif isinstance(node, ast.alias):
+            words.append((node.lineno, node.asname or node.name))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, (str, bytes)):
+            text = node.value.decode(errors="replace") if isinstance(node.value, bytes) else node.value
+            if text and not any(c.isspace() for c in text):
+                words.append((node.lineno, text))
+    return words
+
+
+def test_only_the_harness_target_names_the_harness():
+    found = []
+    for path in _modules().values():
+        rel = path.relative_to(ROOT).as_posix()
+        if rel.startswith(HARNESS_HOMES) or rel in HARNESS_NAMES_KEPT:
+            continue
+        for line, word in _code_words(path):
+            found += [f"{rel}:{line}: {word}" for name in HARNESS_NAMES if name in word]
+    assert not found, "harness names outside the harness target:\n" + "\n".join(sorted(set(found)))

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from analysis.text import fmt
+from evo.targets import HARNESS_GENOME
 from population.store import NO_LIMIT
 
 EXIT_USAGE = 2
@@ -150,7 +151,7 @@ def creation_kwargs(args) -> dict:
 
 def _plain_creation_kwargs(args) -> dict:
     return dict(root=args.root, project=args.project or ".", profile=args.profile, budget=args.budget,
-                mutable=args.mutable or ["train.py"], data=args.data, storage=args.storage, cache_dir=args.cache_dir,
+                mutable=args.mutable or [HARNESS_GENOME], data=args.data, storage=args.storage, cache_dir=args.cache_dir,
                 seed=args.seed if args.seed is not None else 0, sandbox=args.sandbox or "auto",
                 allow_network=args.allow_network,
                 run=args.run, metric=args.metric, direction=args.direction, metric_pattern=args.metric_pattern,

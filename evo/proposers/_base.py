@@ -51,7 +51,7 @@ class ProposalContext:
 
     program: the research instructions (program.md).
     mutable: the files a child may change; anything else is rejected.
-    settings: fixed facts of the search (profile, seq_len, budget, ...).
+    settings: fixed facts of the search (profile, budget, metric, ...; see `Target.proposer_settings`).
     lineage: the search so far (the proposer's memory).
     rng: seeded per child, so offline proposals are reproducible.
     is_known: whether a genome (path -> text) was already proposed or evaluated.

@@ -44,10 +44,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evo.runner._evaluate import Evaluation, Evaluator, Session
-from evo.runner._output import TrialOutput
+from evo.runner._output import SummaryBlock, TrialOutput
 from evo.runner._process import MEASURE_SECONDS, Execution, Executor, _Tree, proc_stats
 from evo.runner._sandbox import View
 
+# The harness contract as the runner sees it: the genome's entry point, and the summary block it
+# prints; with the harness's scorer the engine measures the score, the training time and the memory.
+HARNESS_SCRIPT = "train.py"
+HARNESS_SUMMARY = SummaryBlock(keys=("val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent",
+                                     "total_tokens_M", "num_steps", "num_params_M", "depth"),
+                               measured=("val_bpb", "training_seconds", "peak_vram_mb"))
 EVAL_LOG_LIMIT = 2 << 20  # bytes of the model process's and the scorer's output kept in eval.log
 SCORE_PREFIX = "EVO_SCORE "
 STARTED_LINE = "EVO_MODEL_STARTED"  # a model process's line once its harness start-up is done
@@ -143,7 +149,19 @@ class Run:
     @property
     def compile_cache(self) -> Path:
         """The run's private copy of the compile cache."""
-        return self.workdir / ".evo" / "inductor-cache"
+        return private_compile_cache(self.workdir)
+
+    def start_compile_cache(self, trusted: Path | None) -> dict[str, str]:
+        """Give the run its own copy of the trusted compile cache (what a trial writes there is never
+        seen by another trial: a shared cache would be a channel between them); return the environment
+        that points torch's compiler at it."""
+        shutil.rmtree(self.compile_cache, ignore_errors=True)
+        if trusted is not None and trusted.is_dir() and any(trusted.iterdir()):
+            shutil.copytree(trusted, self.compile_cache, symlinks=True)
+        else:
+            self.compile_cache.mkdir(parents=True, exist_ok=True)
+        return {"TORCHINDUCTOR_CACHE_DIR": str(self.compile_cache), "TORCHINDUCTOR_FX_GRAPH_CACHE": "1",
+                "TORCHINDUCTOR_AUTOGRAD_CACHE": "1"}
 
     @property
     def gpu(self) -> bool:
@@ -185,6 +203,11 @@ class Run:
     def _harness_over_genome(self) -> tuple[tuple[Path, Path], ...]:
         """Each harness file bound read-only over its copy in the genome's folder."""
         return tuple((h, self.workdir / h.relative_to(self.harness_base)) for h in self.harness)
+
+
+def private_compile_cache(workdir: Path) -> Path:
+    """Where a run in `workdir` keeps its private copy of the compile cache."""
+    return Path(workdir) / ".evo" / "inductor-cache"
 
 
 def open_regular(root: Path, relative: Path):
