@@ -460,6 +460,15 @@ class SearchLoop:
             self._ready.insert(0, Child("seed", [], commit=search.config.seed_commit, seed=search.config.seed,
                                         attrs={"description": "seed genome", "proposer": "seed"}))
 
+    def limits(self) -> tuple[int | None, float | None]:
+        """The trial and hour limits this run works to (`evo.hosts.HostedLoop`)."""
+        return self.options.trials, self.options.hours
+
+    def set_limits(self, *, trials: int | None, hours: float | None, since: float | None = None) -> None:
+        """Work to these limits from now on, hours counted from `since` (None: as before)."""
+        self.options.trials, self.options.hours = trials, hours
+        self.options.since = since if since is not None else self.options.since
+
     def recover_orphans(self) -> None:
         """Mark trials whose worker is gone as interrupted; kill what they left running on this host."""
         for orphan in self.hosts.fail_orphans(self.search):
