@@ -47,7 +47,7 @@ from population.genomes import genome_hash
 from population.importer import check_runnable
 from population.lineage import MIN_GAIN_ATTR, Lineage, auto_min_gain, genome_key
 from population.search import Search, SearchError
-from population.store import DUPLICATE, INTERRUPTED, INVALID, OK
+from population.store import DUPLICATE, INTERRUPTED, INVALID, OK, TrialStatus
 
 AUTO = "auto"  # RunOptions.min_gain: a multiple of the measured noise floor
 
@@ -545,7 +545,7 @@ class SearchLoop:
         if seeds and not any(t.finished_ok for t in lineage.trials):
             t = seeds[-1]
             failed = f"the seed genome failed (trial #{t.number}, {t.status}: {(t.error or 'no error line')[:160]})"
-            if t.status == "no_metric" and cfg.target:  # the metric's name is fixed: running again cannot help
+            if t.status == TrialStatus.NO_METRIC and cfg.target:  # the metric's name is fixed: running again cannot help
                 return (f"{failed}; the search's metric {cfg.metric!r} is fixed: if the run prints its score under "
                         f"another name, delete the search with `evo rm {name} --yes` and create it again with that "
                         f"--metric (or --metric-pattern); if the seed's own files should print it, fix them in the "
@@ -867,7 +867,7 @@ class SearchLoop:
         try:
             result: TrialResult = future.result()
         except Exception as e:  # the runner itself failed: record it, keep going
-            result = TrialResult("crash", error=f"runner error: {type(e).__name__}: {e}")
+            result = TrialResult(TrialStatus.CRASH, error=f"runner error: {type(e).__name__}: {e}")
         try:
             self._tell(busy, result)
         except Exception as e:
@@ -920,7 +920,7 @@ class SearchLoop:
             try:
                 check_harness(search)
             except SearchError as e:
-                result.status, result.error = "invalid", "changed the search's harness (prepare.py) while it ran"
+                result.status, result.error = TrialStatus.INVALID, "changed the search's harness (prepare.py) while it ran"
                 self._error = StopReason(StopKind.ERROR, str(e))
         seed_tree = next((t.tree for t in search.trials() if t.operator == "seed" and t.tree), None)
         self.target.after_trial(search, result, workdir=search.paths.worktree(busy.slot.name), seed=busy.tree == seed_tree)

@@ -73,7 +73,9 @@ class TrialStatus(enum.StrEnum):
     INVALID = "invalid"                    # the run broke the rules (changed the harness while it ran)
 
 
-# The statuses the engine writes itself, by their old names.
+_STATUS_OF = {s.value: s for s in TrialStatus}
+# The statuses the engine writes itself, by their old names (INVALID is an invalid proposal, not
+# TrialStatus.INVALID, a run that broke the rules).
 OK, DUPLICATE, INTERRUPTED, INVALID = (TrialStatus.OK, TrialStatus.DUPLICATE, TrialStatus.INTERRUPTED,
                                        TrialStatus.INVALID_PROPOSAL)
 # How a run can end (`evo.runner.TrialResult.status`).
@@ -94,8 +96,12 @@ class TrialRecord:
     finished: datetime | None = None
 
     @property
-    def status(self) -> str:
-        return "running" if self.state == "RUNNING" else self.attrs.get("status", self.state.lower())
+    def status(self) -> TrialStatus | str:
+        """The trial's status; one that no member names (a record without one: Optuna's state) reads as a string."""
+        if self.state == "RUNNING":
+            return TrialStatus.RUNNING
+        status = self.attrs.get("status", self.state.lower())
+        return _STATUS_OF.get(status, status)
 
     @property
     def commit(self) -> str:
@@ -553,7 +559,7 @@ class TrialStore:
                 self._handle(number, trial_id).set_constraint(key, v)
             if status in (OK, DUPLICATE) and value is not None and math.isfinite(value):
                 self.study.tell(number, value, state=TrialState.COMPLETE)
-            elif status == "pruned":
+            elif status == TrialStatus.PRUNED:
                 self.study.tell(number, state=TrialState.PRUNED)
             else:
                 self.study.tell(number, state=TrialState.FAIL)

@@ -249,3 +249,50 @@ def test_hosts_see_the_loop_only_through_their_protocol():
             for t in ast.walk(target) if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name)
             and t.value.id == "self"}
     assert allowed <= has, f"SearchLoop lacks {sorted(allowed - has)} of HostedLoop"
+
+
+# Modules with a status vocabulary of their own: the enum itself, and autoresearch's results.tsv
+# (its status column says keep, discard or crash).
+STATUS_HOMES = ("population/store.py", "population/results_tsv.py")
+
+
+def _bare_statuses(tree: ast.AST, values: set[str]) -> list[tuple[int, str]]:
+    """(line, code) where a trial status is written or compared as a bare string: compared with something
+    called status, passed as status=, given to Evaluation/TrialResult, returned as (status, error), or
+    assigned to a .status."""
+    def bare(node) -> bool:
+        if isinstance(node, ast.Constant):
+            return node.value in values
+        return isinstance(node, (ast.Tuple, ast.List, ast.Set)) and any(bare(e) for e in node.elts)
+
+    def first(node):
+        return node.elts[0] if isinstance(node, ast.Tuple) and node.elts else node
+
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare) and "status" in ast.unparse(node) and any(
+                bare(e) for e in [node.left, *node.comparators]):
+            found.append(node)
+        elif isinstance(node, ast.keyword) and node.arg == "status" and bare(node.value):
+            found.append(node.value)
+        elif (isinstance(node, ast.Call) and getattr(node.func, "id", "") in ("Evaluation", "TrialResult")
+              and node.args and bare(node.args[0])):
+            found.append(node)
+        elif isinstance(node, ast.Return) and isinstance(node.value, ast.Tuple) and bare(first(node.value)):
+            found.append(node)
+        elif isinstance(node, ast.Assign) and any("status" in ast.unparse(first(t)) for t in node.targets) \
+                and bare(first(node.value)):
+            found.append(node)
+    return [(n.lineno, ast.unparse(n)[:80]) for n in found]
+
+
+def test_trial_statuses_are_one_enum_everywhere():
+    from population.store import TrialStatus
+
+    values = {s.value for s in TrialStatus}
+    found = []
+    for path in _modules().values():
+        rel = path.relative_to(ROOT).as_posix()
+        if rel not in STATUS_HOMES:
+            found += [f"{rel}:{line}: {code}" for line, code in _bare_statuses(ast.parse(path.read_text()), values)]
+    assert not found, "trial statuses as bare strings (use population.store.TrialStatus):\n" + "\n".join(found)

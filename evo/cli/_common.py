@@ -17,7 +17,7 @@ from typing import Callable
 
 from analysis.text import fmt
 from evo.targets import HARNESS_GENOME
-from population.store import NO_LIMIT
+from population.store import NO_LIMIT, TrialStatus
 
 EXIT_USAGE = 2
 
@@ -280,7 +280,7 @@ def finished_line(info: dict, *, width: int = 70, metric: str = "val_bpb", kept:
     mark = f" * {kept}" if info.get("kept") else ""
     what = info.get("description") or info.get("operator", "")
     line = f"#{info['trial']:<4} {info.get('operator', ''):9s} {status:9s} {metric} {fmt(value)}{mark}  {what[:width]}"
-    if status not in ("ok", "duplicate") and info.get("error"):
+    if status not in (TrialStatus.OK, TrialStatus.DUPLICATE) and info.get("error"):
         line += f"  ({info['error'][:160]})"
     return line
 

@@ -32,7 +32,7 @@ from evo.runner._process import (EXIT_GRACE, INTERRUPTED, LIMIT, OOM, PRUNED, TI
                                  Limits, Watch, supervise)
 from evo.runner._sandbox import BwrapExecutor, LocalExecutor, View, allowed_environment, bwrap_works
 from evo.runner._scan import suspicious
-from population.store import RUN_STATUSES
+from population.store import RUN_STATUSES, TrialStatus
 
 STATUSES = RUN_STATUSES  # how a run can end: members of population.store.TrialStatus
 SOURCE_READ_LIMIT = 1 << 20  # bytes of a genome file read to flag suspicious code
@@ -48,7 +48,7 @@ __all__ = ["STATUSES", "EXIT_GRACE", "HARNESS_SCRIPT", "BwrapExecutor", "Command
 class TrialResult:
     """What one run of a genome produced."""
 
-    status: str                      # one of STATUSES
+    status: TrialStatus              # one of STATUSES
     metrics: dict[str, float] = field(default_factory=dict)
     error: str = ""                  # one line saying what went wrong, empty when ok
     log_tail: str = ""               # the last lines of the log
@@ -211,7 +211,7 @@ class TrialRunner:
     def _result(self, run: Run, output: TrialOutput, execution: Execution, evaluation: Evaluation | None,
                 timeout: float, clock: str, genome: list[Path]) -> TrialResult:
         if execution.start_error:
-            return TrialResult("crash", error=execution.start_error, wall_seconds=execution.wall_seconds)
+            return TrialResult(TrialStatus.CRASH, error=execution.start_error, wall_seconds=execution.wall_seconds)
         status, error = classify(execution, output, evaluation, timeout=timeout, clock=clock,
                                  self_reported=self.evaluator.self_reported)
         metrics = dict(output.summary)
@@ -258,27 +258,28 @@ def classify(execution: Execution, output: TrialOutput, evaluation: Evaluation |
     """(status, error) of a run: a score stands first, then what scoring concluded, then how the
     engine stopped the genome, then how it ended."""
     if evaluation is not None and evaluation.ok:
-        return "ok", ""
-    if evaluation is not None and evaluation.status in ("invalid", "crash", "timeout", "interrupted"):
+        return TrialStatus.OK, ""
+    if evaluation is not None and evaluation.status in (TrialStatus.INVALID, TrialStatus.CRASH, TrialStatus.TIMEOUT,
+                                                       TrialStatus.INTERRUPTED):
         return evaluation.status, evaluation.error
     if execution.stopped in (OOM, LIMIT):
         return execution.stopped, execution.limit
     if execution.stopped == PRUNED:
-        return "pruned", "stopped early by the pruner"
+        return TrialStatus.PRUNED, "stopped early by the pruner"
     if execution.stopped == INTERRUPTED:
-        return "interrupted", "stopped by the search (interrupted)"
-    if output.diverged or (evaluation is not None and evaluation.status == "diverged"):
-        return "diverged", output.last_line(prefer="FAIL") or "loss became NaN or exploded"
+        return TrialStatus.INTERRUPTED, "stopped by the search (interrupted)"
+    if output.diverged or (evaluation is not None and evaluation.status == TrialStatus.DIVERGED):
+        return TrialStatus.DIVERGED, output.last_line(prefer="FAIL") or "loss became NaN or exploded"
     if execution.stopped == TIMEOUT:
         what = "budget plus start-up allowance" + (" on the CPU clock" if clock == "cpu" else "")
-        return "timeout", f"no {'result' if self_reported else 'model handed over'} after {timeout:.0f}s ({what})"
+        return TrialStatus.TIMEOUT, f"no {'result' if self_reported else 'model handed over'} after {timeout:.0f}s ({what})"
     if execution.returncode != 0:
-        return "crash", output.last_line() or f"exited with code {execution.returncode}"
+        return TrialStatus.CRASH, output.last_line() or f"exited with code {execution.returncode}"
     if evaluation is not None:
         return evaluation.status, evaluation.error
     if self_reported:
-        return "no_metric", "exited without printing a complete summary block"
-    return "no_metric", "exited without handing a model over (prepare.save_model)"
+        return TrialStatus.NO_METRIC, "exited without printing a complete summary block"
+    return TrialStatus.NO_METRIC, "exited without handing a model over (prepare.save_model)"
 
 
 def run_trial(workdir: str | Path, *, log_path: str | Path, env: dict[str, str], timeout: float,
