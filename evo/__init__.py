@@ -29,7 +29,7 @@ from evo.pruners import make_pruner
 from evo.runner import TrialResult, TrialRunner, run_trial, trial_environment
 from evo.search import create_search, describe_harness, join_search
 from evo.strategies import EvolveStrategy, GreedyStrategy, Plan, RandomStrategy, Strategy, make_strategy
-from population import Search, SearchConfig, SearchError
+from population import EvoError, Search, SearchConfig, SearchError
 
 try:
     from importlib.metadata import version as _version
@@ -45,5 +45,5 @@ __all__ = [
     "make_pruner", "TrialResult", "TrialRunner", "run_trial", "trial_environment",
     "create_search", "describe_harness", "join_search", "OneHost", "SharedHosts",
     "EvolveStrategy", "GreedyStrategy", "Plan", "RandomStrategy", "Strategy", "make_strategy",
-    "Search", "SearchConfig", "SearchError",
+    "EvoError", "Search", "SearchConfig", "SearchError",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+from population.errors import ConfigError
 from population.lineage import MINIMIZE, Lineage
 from population.store import TrialRecord, TrialStatus
 
@@ -38,7 +39,7 @@ def results_tsv(trials: list[TrialRecord], *, metric: str = "val_bpb", direction
     return "\n".join(rows) + "\n"
 
 
-class TsvError(ValueError):
+class TsvError(ConfigError, ValueError):
     """A results.tsv that cannot be read; the message names the line and what is wrong."""
 
 

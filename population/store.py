@@ -37,6 +37,7 @@ import sqlalchemy.exc
 from optuna.exceptions import ExperimentalWarning, StorageInternalError, UpdateFinishedTrialError
 from optuna.trial import TrialState
 
+from population.errors import StorageError
 from population.params import PARAM_SPACE_ATTR, as_params
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -185,7 +186,7 @@ class TrialRecord:
 WHILE_WAITING = "while_waiting"   # the trial attribute that marks a re-evaluation made during an API outage
 
 
-class StudyError(Exception):
+class StudyError(StorageError):
     """A study that cannot be opened (missing, empty, corrupt, foreign); the message says which and why."""
 
 
@@ -253,7 +254,7 @@ def _server_contents(url: str) -> tuple[list[str], list[str]]:
     return tables, studies
 
 
-class StoreUnreachable(ConnectionError):
+class StoreUnreachable(StorageError, ConnectionError):
     """The database cannot be reached; the message is one line naming it and what to check."""
 
 

@@ -296,3 +296,25 @@ def test_trial_statuses_are_one_enum_everywhere():
         if rel not in STATUS_HOMES:
             found += [f"{rel}:{line}: {code}" for line, code in _bare_statuses(ast.parse(path.read_text()), values)]
     assert not found, "trial statuses as bare strings (use population.store.TrialStatus):\n" + "\n".join(found)
+
+
+def test_every_error_of_ours_is_an_evo_error_and_the_cli_shows_parameters_as_flags():
+    import importlib
+    import inspect
+
+    from evo.cli._common import as_flags
+    from evo.loop import RunOptions
+    from population.errors import EvoError
+
+    ours = []
+    for name in [m for m in _modules() if not m.endswith("__main__")]:  # importing that one runs the CLI
+        module = importlib.import_module(name)
+        ours += [cls for _, cls in inspect.getmembers(module, inspect.isclass)
+                 if issubclass(cls, BaseException) and cls.__module__ == name]
+    assert len(ours) >= 14
+    assert not [c.__qualname__ for c in ours if not issubclass(c, EvoError)], "errors outside EvoError"
+    # A library error names the parameter; the command line shows its flag.
+    with pytest.raises(ValueError) as error:
+        RunOptions(min_gain="auto")
+    assert "min_gain auto" in str(error.value) and "noise_runs" in str(error.value)
+    assert as_flags(str(error.value)).startswith("--min-gain auto needs a measured noise floor: add --noise-runs K")

@@ -10,6 +10,7 @@ import contextlib
 import errno
 import math
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -17,12 +18,25 @@ from typing import Callable
 
 from analysis.text import fmt
 from evo.targets import HARNESS_GENOME
+from population.errors import ConfigError
 from population.store import NO_LIMIT, TrialStatus
 
 EXIT_USAGE = 2
 
 
-class UsageError(Exception):
+# Library parameters as the command line spells them: library errors name parameters (min_gain), and
+# the command line shows its flags (--min-gain).
+PARAMETER_FLAGS = {"min_gain": "--min-gain", "noise_runs": "--noise-runs", "promote_top": "--promote-top",
+                   "max_vram_gb": "--max-vram-gb", "max_cost_usd": "--max-cost-usd"}
+_PARAMETER = re.compile(r"\b(" + "|".join(PARAMETER_FLAGS) + r")\b")
+
+
+def as_flags(message: str) -> str:
+    """A library error's message with the parameters it names written as this command line's flags."""
+    return _PARAMETER.sub(lambda m: PARAMETER_FLAGS[m.group(1)], message)
+
+
+class UsageError(ConfigError):
     """A bad argument or state the user can fix; printed as one line with exit code 2."""
 
 
