@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-from population.store import TrialRecord
+from population.store import TrialRecord, TrialStatus
 
 OPERATOR_MARKERS = {"seed": "*", "mutate": "o", "crossover": "D", "reeval": "s", "promote": "^", "enqueued": "P"}
 OPERATOR_NAMES = {"seed": "seed", "mutate": "mutation", "crossover": "crossover", "reeval": "re-evaluation",
@@ -119,7 +119,7 @@ def legend_handles(points, proposers: dict[str, str], *, noise_sd: float | None,
         if op in present:
             handles.append(Line2D([], [], marker=marker, linestyle="", color="#555555", alpha=0.7, markersize=6,
                                   label=OPERATOR_NAMES[op]))
-    if any(p.trial.status == "duplicate" for p in points):
+    if any(p.trial.status == TrialStatus.DUPLICATE for p in points):
         handles.append(Line2D([], [], marker="o", linestyle="", markerfacecolor="none", markeredgecolor="#555555",
                               markersize=6, label="duplicate genome"))
     for name, colour in proposers.items():

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 
 from analysis.text import duration, fmt, shorten
+from population.store import TrialStatus
 
 
 @dataclass
@@ -83,7 +84,7 @@ class RunView:
         elif kind == "finished":
             self.running = {s: r for s, r in self.running.items() if r.trial != info["trial"]}
             self.done_here += 1
-            self.failed_here += info.get("status") not in ("ok", "duplicate")
+            self.failed_here += info.get("status") not in (TrialStatus.OK, TrialStatus.DUPLICATE)
         elif kind == "waiting":
             self.waiting = {"since": info["since"], "retry_at": now + info["seconds"], "error": info["error"]}
         elif kind == "resumed":

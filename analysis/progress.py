@@ -23,11 +23,11 @@ from typing import Iterable
 
 from analysis.text import shorten
 from population.lineage import CHILD_OPERATORS, MINIMIZE, Lineage, better, sign
-from population.store import DUPLICATE, INTERRUPTED, INVALID, OK, TrialRecord
+from population.store import DUPLICATE, INTERRUPTED, INVALID, OK, TrialRecord, TrialStatus
 
 # Finished without a val_bpb of their own, and not because the search chose to stop them
 # (pruned) or because they copy a known genome (duplicate).
-NOT_FAILURES = (OK, DUPLICATE, "pruned", INTERRUPTED, "running")
+NOT_FAILURES = (OK, DUPLICATE, TrialStatus.PRUNED, INTERRUPTED, TrialStatus.RUNNING)
 
 
 def is_failure(t: TrialRecord) -> bool:

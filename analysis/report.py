@@ -37,7 +37,7 @@ from analysis.tree import TreeView, lineage_svg, plot_lineage, tree_view
 from analysis.walk import Step, best_lineage
 from analysis.yields import Yield, gains, yield_by
 from population.lineage import MIN_GAIN_ATTR, MINIMIZE, NOISE_MULTIPLE, Lineage, finish_order, gain, min_gain_of
-from population.store import IMPORTED_ATTR, TrialRecord
+from population.store import IMPORTED_ATTR, TrialRecord, TrialStatus
 
 
 @dataclass(frozen=True)
@@ -345,7 +345,7 @@ def _trials_table(trials: list[TrialRecord], prog: Progress, facts: SearchFacts)
         parents = ", ".join(f'<a href="#trial-{p}">#{p}</a>' for p in t.parents) or "-"
         gain = delta.get(t.number)
         text = t.description or ""
-        if t.error and t.status != "ok":
+        if t.error and t.status != TrialStatus.OK:
             text = (text + " — " if text else "") + t.error
         flags = (t.attrs.get("provenance") or {}).get("suspicious")
         if flags:

@@ -14,7 +14,7 @@ from analysis.promotion import rung_rows
 from analysis.text import crop, duration, fmt
 from population.devices import DevicesRecord
 from population.lineage import MIN_GAIN_ATTR, NOISE_MULTIPLE, Lineage, finish_order, min_gain_of
-from population.store import TrialRecord
+from population.store import TrialRecord, TrialStatus
 
 
 def summarize(search) -> dict:
@@ -196,10 +196,11 @@ def _status_head(s: dict) -> list[tuple[int, str]]:
         head.append((2, f"flagged: {s['flagged']} trial(s) reach for frames, gc, sys.modules, ctypes or the harness "
                         "(see evo show)"))
     counts = s["counts"]
-    failed = sum(v for k, v in counts.items() if k not in ("ok", "duplicate", "running", "interrupted"))
-    head.append((0, f"trials: {s['finished']} finished ({counts.get('ok', 0)} ok, {failed} failed, "
-                    f"{counts.get('duplicate', 0)} duplicate), {counts.get('running', 0)} running"
-                    + (f", {counts['interrupted']} interrupted" if counts.get("interrupted") else "")
+    ok, dup, running, interrupted = (counts.get(k, 0) for k in (TrialStatus.OK, TrialStatus.DUPLICATE,
+                                                                 TrialStatus.RUNNING, TrialStatus.INTERRUPTED))
+    failed = sum(counts.values()) - ok - dup - running - interrupted
+    head.append((0, f"trials: {s['finished']} finished ({ok} ok, {failed} failed, {dup} duplicate), {running} running"
+                    + (f", {interrupted} interrupted" if interrupted else "")
                     + (f"; {s['while_waiting']} re-evaluations while the API was down (not counted towards --trials)"
                        if s.get("while_waiting") else "")))
     run = s.get("run")

@@ -29,7 +29,7 @@ import networkx as nx
 from analysis.progress import is_failure
 from analysis.text import shorten
 from population.lineage import MINIMIZE, Lineage, sign
-from population.store import DUPLICATE, TrialRecord
+from population.store import DUPLICATE, TrialRecord, TrialStatus
 
 Node = int | str  # a trial number, or "+N" for the folded branches under trial N
 
@@ -425,7 +425,7 @@ def _draw_nodes(ax, view: TreeView, norm, cmap) -> dict[str, list]:
         "crossed": [n for n in scored if g.nodes[n]["operator"] == "crossover"],
         "dupes": [n for n, d in nodes if d.get("duplicate") and d.get("score") is None],
         "failed": [n for n, d in nodes if d.get("failed") and not d.get("summary")],
-        "pruned": [n for n, d in nodes if d.get("status") == "pruned"],
+        "pruned": [n for n, d in nodes if d.get("status") == TrialStatus.PRUNED],
         "folds": [n for n, d in nodes if d.get("summary")],
     }
     styles = {"crossed": dict(s=size * 0.18, marker="D", color="#8e44ad", zorder=5),

@@ -61,8 +61,10 @@ from evo.loop import RunOptions  # noqa: E402
 from evo.proposers import Genome, OfflineProposer, ProposalContext  # noqa: E402
 from evo.proposers._hyperparams import find_hyperparameters  # noqa: E402
 from evo.strategies import NoParentError, make_strategy  # noqa: E402
+from evo.targets import HarnessTarget  # noqa: E402
 from population.genomes import genome_hash  # noqa: E402
 from population.lineage import MIN_GAIN_ATTR, Lineage  # noqa: E402
+from population.search import SearchConfig  # noqa: E402
 from population.store import TrialRecord  # noqa: E402
 
 PROFILE, SEQ_LEN, BUDGET, VOCAB = "gpu", 2048, 300.0, 8192
@@ -237,7 +239,9 @@ class Simulation:
         except NoParentError:
             return False
         ctx = ProposalContext(program="", mutable=["train.py"], lineage=done, rng=rng,
-                              settings={"profile": PROFILE, "seq_len": SEQ_LEN, "budget": BUDGET},
+                              settings=HarnessTarget(SearchConfig(name="landscape", profile=PROFILE, budget=BUDGET,
+                                                                  mutable=["train.py"], data="",
+                                                                  seq_len=SEQ_LEN)).proposer_settings(),
                               is_known=lambda files: genome_hash(files) in self.known)
         parents = [Genome(trial=n, commit="", files=self.files[n]) for n in plan.parents]
         if plan.operator == "crossover":

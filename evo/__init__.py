@@ -41,7 +41,7 @@ _LAZY = {
     "evo.runner": ("TrialResult", "TrialRunner", "run_trial", "trial_environment"),
     "evo.search": ("create_search", "describe_harness", "join_search"),
     "evo.strategies": ("EvolveStrategy", "GreedyStrategy", "Plan", "RandomStrategy", "Strategy", "make_strategy"),
-    "population": ("Search", "SearchConfig", "SearchError"),
+    "population": ("EvoError", "Search", "SearchConfig", "SearchError"),
 }
 _MODULE_OF = {name: module for module, names in _LAZY.items() for name in names}
 
@@ -72,5 +72,5 @@ __all__ = [
     "make_pruner", "TrialResult", "TrialRunner", "run_trial", "trial_environment",
     "create_search", "describe_harness", "join_search", "OneHost", "SharedHosts",
     "EvolveStrategy", "GreedyStrategy", "Plan", "RandomStrategy", "Strategy", "make_strategy",
-    "Search", "SearchConfig", "SearchError",
+    "EvoError", "Search", "SearchConfig", "SearchError",
 ]

@@ -20,16 +20,36 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from typing import Protocol
 
 from population.genomes import RemoteError
 from population.search import Search, SearchError
 from population.store import LIMITS_ATTR, NO_LIMIT, TrialRecord, is_transient, redact
 
-# The methods below take the `evo.engine.Engine` they serve as `loop` (its search, options, stop,
-# on_event, recover_orphans and queue_reruns; the engine imports this module, so this one does not
-# import it back).
-
 HOST = socket.gethostname()
+
+
+class HostedLoop(Protocol):
+    """What hosts see of the loop they serve (`evo.engine.Engine`, which imports this module, so the
+    contract lives here): its search and clock, its events, its limits, and two chores it does on request."""
+
+    search: Search
+    started: float             # when the run started (epoch seconds)
+    stop: threading.Event      # set when the run is to stop
+
+    def on_event(self, kind: str, info: dict) -> None: ...
+
+    def limits(self) -> tuple[int | None, float | None]:
+        """The trial and hour limits the run works to."""
+
+    def set_limits(self, *, trials: int | None, hours: float | None, since: float | None = None) -> None:
+        """Work to these limits from now on (hours counted from `since`; None: as before)."""
+
+    def recover_orphans(self) -> None:
+        """Fail trials whose worker is gone and kill what they left running here."""
+
+    def queue_reruns(self, trials: list[TrialRecord]) -> None:
+        """Queue a re-run of every interrupted trial nobody has re-run yet."""
 
 
 class OneHost:
@@ -41,12 +61,13 @@ class OneHost:
                         # all draw the same child
     trials_max_age = None  # seconds the loop may plan from trials it read earlier (None: re-read every turn)
 
-    def begin(self, loop) -> None:
+    def begin(self, loop: HostedLoop) -> None:
         """Before the first trial: a trial limit given to this run becomes the search's, kept for the runs
         after it; none given means the one recorded (hours count for this run only)."""
-        loop.options.trials = record_limits(loop.search, trials=loop.options.trials).get("trials")
+        trials, hours = loop.limits()
+        loop.set_limits(trials=record_limits(loop.search, trials=trials).get("trials"), hours=hours)
 
-    def end(self, loop) -> None:
+    def end(self, loop: HostedLoop) -> None:
         """After the last trial ended (or was left to others)."""
 
     def trial_attrs(self) -> dict:
@@ -77,14 +98,14 @@ class OneHost:
     def started(self, number: int, commit: str | None) -> None:
         """A trial of this process was recorded."""
 
-    def poll(self, loop) -> None:
+    def poll(self, loop: HostedLoop) -> None:
         """Called on every turn of the loop; the shared version looks for stale trials now and then."""
 
     def transient(self, error: BaseException) -> bool:
         """Whether `error` is an outage worth waiting out."""
         return False
 
-    def wait_out(self, error: BaseException, loop) -> str | None:
+    def wait_out(self, error: BaseException, loop: HostedLoop) -> str | None:
         """Wait for the database and the remote to come back: None when they did, else why the worker stops."""
         raise error
 
@@ -126,14 +147,14 @@ class SharedHosts(OneHost):
         self.trials_max_age = self._poll_every
         self._lock = threading.Lock()
 
-    def begin(self, loop) -> None:
+    def begin(self, loop: HostedLoop) -> None:
         """Start beating; limits this worker was given become the search's, for every worker."""
-        store, o = loop.search.store, loop.options
-        record_limits(loop.search, trials=o.trials, hours=o.hours)
-        store.start_heartbeats()
+        trials, hours = loop.limits()
+        record_limits(loop.search, trials=trials, hours=hours)
+        loop.search.store.start_heartbeats()
         self.refresh_limits(loop, loop.search.trials())
 
-    def end(self, loop) -> None:
+    def end(self, loop: HostedLoop) -> None:
         loop.search.store.stop_heartbeats()
         try:
             loop.search.publish_branches()
@@ -173,7 +194,7 @@ class SharedHosts(OneHost):
             with self._lock:
                 self._unpushed[number] = commit
 
-    def poll(self, loop) -> None:
+    def poll(self, loop: HostedLoop) -> None:
         """Every heartbeat interval: fail stale trials (queuing their re-runs) and re-read the limits."""
         now = time.time()
         if now < self._next_poll:
@@ -184,18 +205,17 @@ class SharedHosts(OneHost):
         loop.queue_reruns(trials)
         self.refresh_limits(loop, trials)
 
-    def refresh_limits(self, loop, trials: list[TrialRecord]) -> None:
+    def refresh_limits(self, loop: HostedLoop, trials: list[TrialRecord]) -> None:
         """The search's trial and hour limits, shared by every worker (hours count from its first trial)."""
         limits = loop.search.store.attr(LIMITS_ATTR) or {}
-        loop.options.trials = limits.get("trials")
-        loop.options.hours = limits.get("hours")
         starts = [t.started.timestamp() for t in trials if t.started is not None]
-        loop.options.since = min(starts) if starts else loop.started
+        loop.set_limits(trials=limits.get("trials"), hours=limits.get("hours"),
+                        since=min(starts) if starts else loop.started)
 
     def transient(self, error: BaseException) -> bool:
         return isinstance(error, RemoteError) or is_transient(error)
 
-    def wait_out(self, error: BaseException, loop) -> str | None:
+    def wait_out(self, error: BaseException, loop: HostedLoop) -> str | None:
         """Retry with back-off (1, 2, 4 ... 30 s) until both the database and the remote answer."""
         search = loop.search
         what = (f"the git remote {search.config.remote}" if isinstance(error, RemoteError)

@@ -24,6 +24,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
+from population.errors import ConfigError
 from population.lineage import Individual, Lineage, sign
 from population.search import SearchConfig
 
@@ -38,7 +39,7 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*$")
 _BUDGET = re.compile(r"budget\s*[*x]\s*([0-9.]+)$")
 
 
-class LadderError(ValueError):
+class LadderError(ConfigError, ValueError):
     """A ladder that does not parse or cannot run here; the message is one line with the fix."""
 
 

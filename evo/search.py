@@ -19,7 +19,7 @@ from pathlib import Path
 from evo.runner import DataFiles, TrialRunner
 from evo.targets import data_cache_root, describe_harness, resolve_sandbox, target_of  # noqa: F401 (re-exported)
 from evo.targets._command import command_config, program_template
-from evo.targets._harness import harness_config
+from evo.targets._harness import HARNESS_GENOME, harness_config
 from population.lineage import DIRECTIONS, MINIMIZE
 from population.search import LOCAL_STORAGE, Search, SearchConfig, SearchError, check_name
 from population.store import SQLITE_PREFIX, StudyError, study_names
@@ -41,7 +41,7 @@ def harness_sha256(files: dict[str, bytes]) -> str:
 
 
 def create_search(name: str, *, root: str | Path = "runs", project: str | Path = ".", profile: str | None = None,
-                  budget: float | None = None, mutable: list[str] | tuple[str, ...] = ("train.py",),
+                  budget: float | None = None, mutable: list[str] | tuple[str, ...] = (HARNESS_GENOME,),
                   data: str | None = None, storage: str | None = None, cache_dir: str | None = None,
                   seed: int = 0, sandbox: str = "auto", allow_network: bool = False, run: str | None = None,
                   metric: str | None = None, direction: str | None = None, metric_pattern: str | None = None,

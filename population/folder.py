@@ -103,10 +103,6 @@ class SearchFolder:
         return self.root / "scratch" / name
 
     @property
-    def inductor_cache(self) -> Path:
-        return self.root / "inductor-cache"
-
-    @property
     def devices(self) -> Path:
         return self.root / "devices.json"
 

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import git
 
+from population.errors import StorageError
+
 _IDENTITY = {
     "GIT_AUTHOR_NAME": "evoresearch", "GIT_AUTHOR_EMAIL": "evo@localhost",
     "GIT_COMMITTER_NAME": "evoresearch", "GIT_COMMITTER_EMAIL": "evo@localhost",
@@ -61,7 +63,7 @@ _REMOTE_ENV = {"GIT_TERMINAL_PROMPT": "0",
                "GIT_SSH_COMMAND": os.environ.get("GIT_SSH_COMMAND", "ssh -o BatchMode=yes -o ConnectTimeout=20")}
 
 
-class RemoteError(Exception):
+class RemoteError(StorageError):
     """The git remote cannot be reached or refused a push; the message is one line."""
 
 

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from population.results_tsv import parse_results_tsv
+from population.results_tsv import TSV_CRASH, TSV_KEEP, parse_results_tsv
 from population.search import Search, SearchConfig, SearchError, check_name
-from population.store import IMPORTED_ATTR, OK
+from population.store import IMPORTED_ATTR, OK, TrialStatus
 
 IMPORTED_PROFILE = "imported"
 
@@ -92,12 +92,12 @@ def _record_rows(store, rows: list[dict], seconds: float) -> None:
         # A fork's extra numeric columns (tokens, params, a second score) come along as metrics.
         metrics = {**{k: v for k, v in row.get("extra", {}).items() if isinstance(v, float)},
                    "peak_vram_mb": row["memory_gb"] * 1024}
-        if row["status"] == "crash":
-            store.finish(number, status="crash", metrics=metrics, error="crashed (imported row)",
+        if row["status"] == TSV_CRASH:
+            store.finish(number, status=TrialStatus.CRASH, metrics=metrics, error="crashed (imported row)",
                          wall_seconds=seconds, kept=False)
             continue
         metrics["val_bpb"] = row["val_bpb"]
-        kept = row["status"] == "keep"
+        kept = row["status"] == TSV_KEEP
         store.finish(number, status=OK, value=row["val_bpb"], metrics=metrics, wall_seconds=seconds, kept=kept)
         first_ok.setdefault(tree, number)
         if kept:

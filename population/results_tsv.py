@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import math
 
+from population.errors import ConfigError
 from population.lineage import MINIMIZE, Lineage
-from population.store import TrialRecord
+from population.store import TrialRecord, TrialStatus
 
 TSV_COLUMNS = ("commit", "val_bpb", "memory_gb", "status", "description")
+# The file's own status column (not a trial status): a kept row, a discarded one, a crash.
+TSV_KEEP, TSV_DISCARD, TSV_CRASH = "keep", "discard", "crash"
 
 
 def results_tsv(trials: list[TrialRecord], *, metric: str = "val_bpb", direction: str = MINIMIZE) -> str:
@@ -22,13 +25,13 @@ def results_tsv(trials: list[TrialRecord], *, metric: str = "val_bpb", direction
     lineage = Lineage(trials, direction=direction)
     rows = ["\t".join((TSV_COLUMNS[0], metric, *TSV_COLUMNS[2:]))]
     for t in lineage.trials:
-        if t.state == "RUNNING" or t.status == "interrupted":
+        if t.status in (TrialStatus.RUNNING, TrialStatus.INTERRUPTED):
             continue
-        if t.finished_ok or (t.status == "duplicate" and t.value is not None):
-            status = "keep" if lineage.kept(t.number) or t.operator == "seed" else "discard"
+        if t.finished_ok or (t.status == TrialStatus.DUPLICATE and t.value is not None):
+            status = TSV_KEEP if lineage.kept(t.number) or t.operator == "seed" else TSV_DISCARD
             val = f"{t.value:.6f}"
         else:
-            status, val = "crash", "0.000000"
+            status, val = TSV_CRASH, "0.000000"
         memory = t.metrics.get("peak_vram_mb")
         memory_gb = f"{memory / 1024:.1f}" if memory is not None and math.isfinite(memory) else "0.0"
         description = (t.description or t.operator).replace("\t", " ").replace("\n", " ")
@@ -36,7 +39,7 @@ def results_tsv(trials: list[TrialRecord], *, metric: str = "val_bpb", direction
     return "\n".join(rows) + "\n"
 
 
-class TsvError(ValueError):
+class TsvError(ConfigError, ValueError):
     """A results.tsv that cannot be read; the message names the line and what is wrong."""
 
 
@@ -92,17 +95,17 @@ def _row(lineno: int, line: str, columns: list[str]) -> dict:
                        f"got {len(cells)}")
     cell = dict(zip(columns, (c.strip() for c in cells)))
     status, val, memory = cell["status"].lower(), cell["val_bpb"], cell.get("memory_gb", "")
-    if status not in ("keep", "discard", "crash"):
+    if status not in (TSV_KEEP, TSV_DISCARD, TSV_CRASH):
         raise TsvError(f"line {lineno}: status must be keep, discard or crash, not {status!r}")
     try:
         value = float(val)
         memory_gb = float(memory) if memory else 0.0
     except ValueError:
         raise TsvError(f"line {lineno}: val_bpb and memory_gb must be numbers, got {val!r} and {memory!r}")
-    if status != "crash" and not (math.isfinite(value) and value > 0):
+    if status != TSV_CRASH and not (math.isfinite(value) and value > 0):
         raise TsvError(f"line {lineno}: a {status} row needs a positive val_bpb, got {val!r}")
     extra = {k: _number_or_text(v) for k, v in cell.items() if k not in TSV_COLUMNS and k}
-    return {"commit": cell["commit"], "val_bpb": None if status == "crash" else value, "memory_gb": memory_gb,
+    return {"commit": cell["commit"], "val_bpb": None if status == TSV_CRASH else value, "memory_gb": memory_gb,
             "status": status, "description": cell.get("description", ""), "extra": extra}
 
 

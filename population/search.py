@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from population.folder import SearchFolder
+from population.errors import ConfigError
 from population.genomes import Genome, GenomeRepo, RemoteError
 from population.lineage import MINIMIZE, Lineage
 from population.store import (CONFIG_ATTR, SQLITE_PREFIX, StoreUnreachable, StudyError, TrialRecord, TrialStore,
@@ -46,7 +47,7 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 LOCAL_STORAGE = ""
 
 
-class SearchError(Exception):
+class SearchError(ConfigError):
     """A problem with how a search was asked for; the message says what to change."""
 
 

@@ -39,6 +39,7 @@ from optuna.trial import TrialState
 
 from population._heartbeat import Heartbeats
 from population._trial_cache import TrialCache
+from population.errors import StorageError
 from population.params import PARAM_SPACE_ATTR, as_params
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -75,7 +76,9 @@ class TrialStatus(enum.StrEnum):
     INVALID = "invalid"                    # the run broke the rules (changed the harness while it ran)
 
 
-# The statuses the engine writes itself, by their old names.
+_STATUS_OF = {s.value: s for s in TrialStatus}
+# The statuses the engine writes itself, by their old names (INVALID is an invalid proposal, not
+# TrialStatus.INVALID, a run that broke the rules).
 OK, DUPLICATE, INTERRUPTED, INVALID = (TrialStatus.OK, TrialStatus.DUPLICATE, TrialStatus.INTERRUPTED,
                                        TrialStatus.INVALID_PROPOSAL)
 # How a run can end (`evo.runner.TrialResult.status`).
@@ -96,8 +99,12 @@ class TrialRecord:
     finished: datetime | None = None
 
     @property
-    def status(self) -> str:
-        return "running" if self.state == "RUNNING" else self.attrs.get("status", self.state.lower())
+    def status(self) -> TrialStatus | str:
+        """The trial's status; one that no member names (a record without one: Optuna's state) reads as a string."""
+        if self.state == "RUNNING":
+            return TrialStatus.RUNNING
+        status = self.attrs.get("status", self.state.lower())
+        return _STATUS_OF.get(status, status)
 
     @property
     def commit(self) -> str:
@@ -181,7 +188,7 @@ class TrialRecord:
 WHILE_WAITING = "while_waiting"   # the trial attribute that marks a re-evaluation made during an API outage
 
 
-class StudyError(Exception):
+class StudyError(StorageError):
     """A study that cannot be opened (missing, empty, corrupt, foreign); the message says which and why."""
 
 
@@ -249,7 +256,7 @@ def _server_contents(url: str) -> tuple[list[str], list[str]]:
     return tables, studies
 
 
-class StoreUnreachable(ConnectionError):
+class StoreUnreachable(StorageError, ConnectionError):
     """The database cannot be reached; the message is one line naming it and what to check."""
 
 
@@ -559,7 +566,7 @@ class TrialStore:
                 self._handle(number, trial_id).set_constraint(key, v)
             if status in (OK, DUPLICATE) and value is not None and math.isfinite(value):
                 self.study.tell(number, value, state=TrialState.COMPLETE)
-            elif status == "pruned":
+            elif status == TrialStatus.PRUNED:
                 self.study.tell(number, state=TrialState.PRUNED)
             else:
                 self.study.tell(number, state=TrialState.FAIL)

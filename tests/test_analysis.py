@@ -247,6 +247,39 @@ def test_the_lineage_figure_marks_the_best_evo_status_names(case):
     assert best in thinned.graph and thinned.path[-1] == best
 
 
+@pytest.mark.parametrize("case", ["infeasible", "min_gain"])
+def test_the_report_and_evo_status_name_the_same_best(case, tmp_path):
+    # The same four trials as above, in a real search's store: `evo status` (analysis.summary), the
+    # report's headline, its lineage figure and its best-lineage walk all end at one genome.
+    from analysis.report import search_facts, write_report
+    from analysis.summary import summarize
+    from population.search import Search, SearchConfig
+    from population.store import TrialStatus
+
+    judged = {"min_gain": 0.6} if case == "min_gain" else {}
+    rows = [(0, "seed", [], 2.0, {}), (1, "mutate", [0], 1.5, {"vram_gb": 1.0} if case == "infeasible" else {}),
+            (2, "mutate", [1], 1.8, {}), (3, "mutate", [0], 1.7, {})]
+    search = Search.create(tmp_path / "runs", SearchConfig(name="b", profile="tiny", budget=1.0, mutable=["train.py"],
+                                                           data="none"), seed_files=None)
+    try:
+        for number, operator, parents, value, constraints in rows:
+            attrs = {"operator": operator, "parents": parents, "tree": f"tree{number}", "commit": f"c{number}",
+                     "description": f"change {number}", **({} if operator == "seed" else judged)}
+            assert search.store.start(attrs) == number
+            search.store.finish(number, status=TrialStatus.OK, value=value, metrics={"val_bpb": value},
+                                constraints=constraints)
+        best = summarize(search)["best"]
+        assert best == (3 if case == "infeasible" else 0)
+        assert search_facts(search).best == best
+        files = write_report(search)
+        assert f"(trial #{best}:" in files.html.read_text()
+        trials = search.trials()
+        assert tree_view(trials, engine="tree").path[-1] == best
+        assert best_lineage(search.lineage())[-1].trial == best
+    finally:
+        search.close()
+
+
 def test_small_lineage_is_not_thinned(small):
     view = tree_view(small, max_nodes=70, engine="tree")
     assert view.folded == 0

@@ -201,3 +201,139 @@ def test_a_search_made_by_the_previous_version_opens_and_resumes(old_search):
         assert all(search.repo.resolve(f"refs/heads/{search.branch(t.number)}") == t.commit for t in trials)
     report = run_evo("report", "old-format", cwd=old_search)
     assert report.returncode == 0 and (old_search / "runs" / "old-format" / "report" / "report.html").exists()
+
+
+# What only evoresearch's own harness knows (prepare.py and its train.py genome): its file names, the
+# keys of its summary block, its knobs, its sequence length, torch's compile cache. The engine, the views
+# and the data layer reach them only through the target (`evo/targets/`: proposer settings, the compile
+# cache, which leftover processes are a trial's), and the runner only through its harness module.
+HARNESS_NAMES = ("train.py", "SUMMARY_KEYS", "MEASURED", "mfu_percent", "total_tokens_M", "num_params_M",
+                 "TOTAL_BATCH_SIZE", "DEVICE_BATCH_SIZE", "seq_len", "inductor", "INDUCTOR")
+HARNESS_HOMES = ("evo/targets/", "evo/runner/_harness.py")
+HARNESS_NAMES_KEPT = {  # module: why it may name the harness
+    "population/search.py": "seq_len is a field of every search.json (the on-disk format stays)",
+    "population/importer.py": "imports autoresearch's results.tsv, whose genome is its train.py",
+}
+
+
+def _code_words(path: Path) -> list[tuple[int, str]]:
+    """(line, word) for every identifier and every string without whitespace in a module's code: a
+    name, a key, a path or an environment variable. Strings with whitespace (docstrings, help, messages)
+    are prose for people, where naming the default target is fine."""
+    words = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Name):
+            words.append((node.lineno, node.id))
+        elif isinstance(node, ast.Attribute):
+            words.append((node.lineno, node.attr))
+        elif isinstance(node, (ast.arg, ast.keyword)) and node.arg:
+            words.append((node.lineno, node.arg))
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            words.append((node.lineno, node.name))
+        elif isinstance(node, ast.alias):
+            words.append((node.lineno, node.asname or node.name))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, (str, bytes)):
+            text = node.value.decode(errors="replace") if isinstance(node.value, bytes) else node.value
+            if text and not any(c.isspace() for c in text):
+                words.append((node.lineno, text))
+    return words
+
+
+def test_only_the_harness_target_names_the_harness():
+    found = []
+    for path in _modules().values():
+        rel = path.relative_to(ROOT).as_posix()
+        if rel.startswith(HARNESS_HOMES) or rel in HARNESS_NAMES_KEPT:
+            continue
+        for line, word in _code_words(path):
+            found += [f"{rel}:{line}: {word}" for name in HARNESS_NAMES if name in word]
+    assert not found, "harness names outside the harness target:\n" + "\n".join(sorted(set(found)))
+
+
+def test_hosts_see_the_loop_only_through_their_protocol():
+    # SharedHosts once set the loop's options through an untyped back-reference; what hosts may use of
+    # the loop is `evo.hosts.HostedLoop`, and the loop has all of it.
+    hosts = ast.parse((ROOT / "evo" / "hosts.py").read_text())
+    protocol = next((n for n in hosts.body if isinstance(n, ast.ClassDef) and n.name == "HostedLoop"), None)
+    assert protocol is not None, "evo/hosts.py says nowhere what it uses of the loop (class HostedLoop)"
+    allowed = {n.name for n in protocol.body if isinstance(n, ast.FunctionDef)}
+    allowed |= {n.target.id for n in protocol.body if isinstance(n, ast.AnnAssign)}
+    used = {n.attr for n in ast.walk(hosts)
+            if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "loop"}
+    assert used <= allowed, f"evo/hosts.py uses {sorted(used - allowed)} of the loop outside HostedLoop"
+    loop = next(n for n in ast.parse((ROOT / "evo" / "loop.py").read_text()).body
+                if isinstance(n, ast.ClassDef) and n.name == "SearchLoop")
+    has = {n.name for n in loop.body if isinstance(n, ast.FunctionDef)}
+    has |= {t.attr for n in ast.walk(loop) if isinstance(n, ast.Assign) for target in n.targets
+            for t in ast.walk(target) if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name)
+            and t.value.id == "self"}
+    assert allowed <= has, f"SearchLoop lacks {sorted(allowed - has)} of HostedLoop"
+
+
+# Modules with a status vocabulary of their own: the enum itself, and autoresearch's results.tsv
+# (its status column says keep, discard or crash).
+STATUS_HOMES = ("population/store.py", "population/results_tsv.py")
+
+
+def _bare_statuses(tree: ast.AST, values: set[str]) -> list[tuple[int, str]]:
+    """(line, code) where a trial status is written or compared as a bare string: compared with something
+    called status, passed as status=, given to Evaluation/TrialResult, returned as (status, error), or
+    assigned to a .status."""
+    def bare(node) -> bool:
+        if isinstance(node, ast.Constant):
+            return node.value in values
+        return isinstance(node, (ast.Tuple, ast.List, ast.Set)) and any(bare(e) for e in node.elts)
+
+    def first(node):
+        return node.elts[0] if isinstance(node, ast.Tuple) and node.elts else node
+
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare) and "status" in ast.unparse(node) and any(
+                bare(e) for e in [node.left, *node.comparators]):
+            found.append(node)
+        elif isinstance(node, ast.keyword) and node.arg == "status" and bare(node.value):
+            found.append(node.value)
+        elif (isinstance(node, ast.Call) and getattr(node.func, "id", "") in ("Evaluation", "TrialResult")
+              and node.args and bare(node.args[0])):
+            found.append(node)
+        elif isinstance(node, ast.Return) and isinstance(node.value, ast.Tuple) and bare(first(node.value)):
+            found.append(node)
+        elif isinstance(node, ast.Assign) and any("status" in ast.unparse(first(t)) for t in node.targets) \
+                and bare(first(node.value)):
+            found.append(node)
+    return [(n.lineno, ast.unparse(n)[:80]) for n in found]
+
+
+def test_trial_statuses_are_one_enum_everywhere():
+    from population.store import TrialStatus
+
+    values = {s.value for s in TrialStatus}
+    found = []
+    for path in _modules().values():
+        rel = path.relative_to(ROOT).as_posix()
+        if rel not in STATUS_HOMES:
+            found += [f"{rel}:{line}: {code}" for line, code in _bare_statuses(ast.parse(path.read_text()), values)]
+    assert not found, "trial statuses as bare strings (use population.store.TrialStatus):\n" + "\n".join(found)
+
+
+def test_every_error_of_ours_is_an_evo_error_and_the_cli_shows_parameters_as_flags():
+    import importlib
+    import inspect
+
+    from evo.cli._common import as_flags
+    from evo.loop import RunOptions
+    from population.errors import EvoError
+
+    ours = []
+    for name in [m for m in _modules() if not m.endswith("__main__")]:  # importing that one runs the CLI
+        module = importlib.import_module(name)
+        ours += [cls for _, cls in inspect.getmembers(module, inspect.isclass)
+                 if issubclass(cls, BaseException) and cls.__module__ == name]
+    assert len(ours) >= 14
+    assert not [c.__qualname__ for c in ours if not issubclass(c, EvoError)], "errors outside EvoError"
+    # A library error names the parameter; the command line shows its flag.
+    with pytest.raises(ValueError) as error:
+        RunOptions(min_gain="auto")
+    assert "min_gain auto" in str(error.value) and "noise_runs" in str(error.value)
+    assert as_flags(str(error.value)).startswith("--min-gain auto needs a measured noise floor: add --noise-runs K")

@@ -10,7 +10,9 @@ from conftest import ROOT
 from evo.proposers import Genome, OfflineProposer, ProposalContext
 from evo.proposers._hyperparams import find_hyperparameters, format_value, mutate_value, rewrite
 from evo.strategies import EvolveStrategy, GreedyStrategy, NoParentError, RandomStrategy
+from evo.targets import HarnessTarget
 from population import Lineage, genome_hash
+from population.search import SearchConfig
 from test_population import rec
 
 SEED = (ROOT / "train.py").read_text()
@@ -18,7 +20,9 @@ SEED = (ROOT / "train.py").read_text()
 
 def ctx(seed=0, known=(), profile="tiny", seq_len=128) -> ProposalContext:
     known = set(known)
-    return ProposalContext(program="", mutable=["train.py"], settings={"profile": profile, "seq_len": seq_len},
+    # What the loop hands a proposer: the harness target's settings (its knob invariant included).
+    config = SearchConfig(name="t", profile=profile, budget=2.0, mutable=["train.py"], data="", seq_len=seq_len)
+    return ProposalContext(program="", mutable=["train.py"], settings=HarnessTarget(config).proposer_settings(),
                            lineage=Lineage([]), rng=random.Random(seed),
                            is_known=lambda files: genome_hash(files) in known)
 

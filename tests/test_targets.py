@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -173,3 +174,34 @@ def test_a_project_whose_fixed_files_sit_in_a_subfolder_runs_its_executable_scri
     with Search.open("sub", root=tmp_path / "runs") as search:
         seed = search.lineage().seed
         assert seed.status == "ok" and seed.value == 6, (seed.status, seed.error)
+
+
+def test_each_target_knows_its_own_trials_processes_and_what_proposers_are_told():
+    from evo.targets import CommandTarget, HarnessTarget
+    from population.search import SearchConfig
+
+    def command(run: str) -> CommandTarget:
+        return CommandTarget(SearchConfig(name="c", profile="command", budget=5.0, mutable=["solution.py"], data="",
+                                          target={"kind": "command", "run": run}))
+
+    harness = HarnessTarget(SearchConfig(name="h", profile="tiny", budget=5.0, mutable=["train.py"], data="",
+                                         seq_len=128))
+    # bash runs a simple command in its own place, a compound one as its child.
+    runs = {"simple": "sleep 31", "compound": "sleep 32; true", "other": "sleep 30"}
+    procs = {k: subprocess.Popen(["bash", "-c", run], start_new_session=True) for k, run in runs.items()}
+    try:
+        time.sleep(0.5)  # until bash has replaced itself (or not)
+        cmdline = {k: Path(f"/proc/{p.pid}/cmdline").read_bytes() for k, p in procs.items()}
+        # A resume kills a dead engine's leftover only when the pid is still one of the target's trials.
+        for kind in ("simple", "compound"):
+            assert command(runs[kind]).owns_process(cmdline[kind]), cmdline[kind]
+            assert not command(runs[kind]).owns_process(cmdline["other"])
+        assert harness.owns_process(b"python\0train.py\0") and not harness.owns_process(cmdline["simple"])
+    finally:
+        for proc in procs.values():
+            proc.kill()
+            proc.wait()
+    # The harness's facts reach proposers through its target; a command target has none of them.
+    told = harness.proposer_settings()
+    assert told["target_facts"] == ["sequence length 128"] and told["whole_multiples"]
+    assert not {"target_facts", "whole_multiples"} & set(command("sleep 31").proposer_settings())

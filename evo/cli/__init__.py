@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from evo.cli._common import EXIT_USAGE, Parser, UsageError, machine_failure, quiet_broken_pipe
+from evo.cli._common import EXIT_USAGE, Parser, as_flags, UsageError, machine_failure, quiet_broken_pipe
 from population.search import SearchError
 
 __all__ = ["build_parser", "main"]
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except (SearchError, UsageError, LookupError) as e:
-        print(f"evo {args.command}: error: {e}", file=sys.stderr)
+        print(f"evo {args.command}: error: {as_flags(str(e))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

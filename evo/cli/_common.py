@@ -10,18 +10,33 @@ import contextlib
 import errno
 import math
 import os
+import re
 import signal
 import sys
 from pathlib import Path
 from typing import Callable
 
 from analysis.text import fmt
-from population.store import NO_LIMIT
+from evo.targets import HARNESS_GENOME
+from population.errors import ConfigError
+from population.store import NO_LIMIT, TrialStatus
 
 EXIT_USAGE = 2
 
 
-class UsageError(Exception):
+# Library parameters as the command line spells them: library errors name parameters (min_gain), and
+# the command line shows its flags (--min-gain).
+PARAMETER_FLAGS = {"min_gain": "--min-gain", "noise_runs": "--noise-runs", "promote_top": "--promote-top",
+                   "max_vram_gb": "--max-vram-gb", "max_cost_usd": "--max-cost-usd"}
+_PARAMETER = re.compile(r"\b(" + "|".join(PARAMETER_FLAGS) + r")\b")
+
+
+def as_flags(message: str) -> str:
+    """A library error's message with the parameters it names written as this command line's flags."""
+    return _PARAMETER.sub(lambda m: PARAMETER_FLAGS[m.group(1)], message)
+
+
+class UsageError(ConfigError):
     """A bad argument or state the user can fix; printed as one line with exit code 2."""
 
 
@@ -150,7 +165,7 @@ def creation_kwargs(args) -> dict:
 
 def _plain_creation_kwargs(args) -> dict:
     return dict(root=args.root, project=args.project or ".", profile=args.profile, budget=args.budget,
-                mutable=args.mutable or ["train.py"], data=args.data, storage=args.storage, cache_dir=args.cache_dir,
+                mutable=args.mutable or [HARNESS_GENOME], data=args.data, storage=args.storage, cache_dir=args.cache_dir,
                 seed=args.seed if args.seed is not None else 0, sandbox=args.sandbox or "auto",
                 allow_network=args.allow_network,
                 run=args.run, metric=args.metric, direction=args.direction, metric_pattern=args.metric_pattern,
@@ -279,7 +294,7 @@ def finished_line(info: dict, *, width: int = 70, metric: str = "val_bpb", kept:
     mark = f" * {kept}" if info.get("kept") else ""
     what = info.get("description") or info.get("operator", "")
     line = f"#{info['trial']:<4} {info.get('operator', ''):9s} {status:9s} {metric} {fmt(value)}{mark}  {what[:width]}"
-    if status not in ("ok", "duplicate") and info.get("error"):
+    if status not in (TrialStatus.OK, TrialStatus.DUPLICATE) and info.get("error"):
         line += f"  ({info['error'][:160]})"
     return line
 

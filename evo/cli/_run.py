@@ -22,6 +22,7 @@ from evo.promotion import DEFAULT_TOP, LadderError, check_fits, parse_ladder
 from evo.proposers import Genome, ProposalContext, ProposerError
 from evo.search import NAMED_SOURCES, check_folder, create_search, describe_harness, join_search, resolve_sandbox
 from evo.strategies import STRATEGIES, make_strategy
+from evo.targets import target_of
 from population.importer import check_runnable
 from population.lineage import NOISE_MULTIPLE
 from population.search import Search, SearchError
@@ -405,8 +406,7 @@ def check_proposer(search: Search, proposer) -> list[str]:
     else:
         return []
     ctx = ProposalContext(program=search.program, mutable=cfg.mutable, lineage=lineage, rng=random.Random(0),
-                          settings={"profile": cfg.profile, "seq_len": cfg.seq_len, "budget": cfg.budget,
-                                    "name": cfg.name, "metric": cfg.metric, "direction": cfg.direction})
+                          settings=target_of(cfg).proposer_settings())
     return proposer.preflight(parent, ctx)
 
 

@@ -172,6 +172,15 @@ class Engine:
     def queue_reruns(self, trials) -> None:
         _recovery.queue_reruns(self, trials)
 
+    def limits(self) -> tuple[int | None, float | None]:
+        """The trial and hour limits this run works to (`evo.hosts.HostedLoop`)."""
+        return self.options.trials, self.options.hours
+
+    def set_limits(self, *, trials: int | None, hours: float | None, since: float | None = None) -> None:
+        """Work to these limits from now on, hours counted from `since` (None: as before)."""
+        self.options.trials, self.options.hours = trials, hours
+        self.options.since = since if since is not None else self.options.since
+
     # -- what the engine reads ------------------------------------------------------------
 
     def trials(self):

@@ -56,8 +56,7 @@ def _context(engine, order: Order) -> ProposalContext:
     known = {t.tree for t in lineage.trials if t.tree}
     cfg = search.config
     return ProposalContext(program=search.program, mutable=cfg.mutable,
-                           settings={"profile": cfg.profile, "seq_len": cfg.seq_len, "budget": cfg.budget,
-                                     "name": cfg.name, "metric": cfg.metric, "direction": cfg.direction},
+                           settings=engine.target.proposer_settings(),
                            lineage=lineage, rng=order.rng, is_known=lambda files: genome_hash(files) in known,
                            scratch=order.scratch, executor=runner.executor, offline_only=order.offline_only,
                            progress=order.facts.update, say=lambda line: engine.on_event("proposer", {"line": line}),

@@ -68,7 +68,6 @@ class Ticket:
     clock: str
     threads: int
     limits: Limits
-    compile_cache: Path
     started: float = field(default_factory=time.time)
     fraction: float = 0.0
     loss: float | None = None

@@ -16,7 +16,7 @@ def recover_orphans(engine) -> None:
     """Mark trials whose worker is gone as interrupted; kill what they left running on this host."""
     for orphan in engine.hosts.fail_orphans(engine.search):
         if engine.hosts.is_here(orphan):
-            kill_leftover(orphan.attrs.get("pid"))
+            kill_leftover(orphan.attrs.get("pid"), engine.target.owns_process)
         engine.on_event("recovered", {"trial": orphan.number, "host": orphan.host})
 
 
@@ -51,7 +51,7 @@ def recover(engine) -> None:
                                      attrs={"description": "seed genome", "proposer": "seed"}))
 
 
-def kill_leftover(pid) -> None:
+def kill_leftover(pid, owns_process) -> None:
     """Kill the process group of a trial whose engine died (kill -9 leaves its child running)."""
     if not pid:
         return
@@ -59,7 +59,7 @@ def kill_leftover(pid) -> None:
         cmdline = Path(f"/proc/{int(pid)}/cmdline").read_bytes()
     except (OSError, ValueError):
         return
-    if b"train.py" in cmdline:
+    if owns_process(cmdline):  # the target knows its own processes (a pid may be reused)
         try:
             os.killpg(int(pid), signal.SIGKILL)
         except (ProcessLookupError, PermissionError):

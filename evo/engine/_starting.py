@@ -108,7 +108,7 @@ def make_ticket(engine, child: Child, attrs: dict, parent_commits: list[str], tr
                     description=attrs.get("description", ""), commit=child.commit, tree=tree, seed=child.seed,
                     slot=slot, worktree=worktree, log_path=search.paths.trial(number).run_log, env=env,
                     timeout=target.timeout(), clock=target.clock(slot), threads=slot.threads or os.cpu_count(),
-                    limits=trial_limits(engine), compile_cache=search.paths.inductor_cache)
+                    limits=trial_limits(engine))
     engine.running[number] = ticket
     engine.on_event("started", {"trial": number, "slot": slot.name, "operator": child.operator,
                               "parents": child.parents, "description": ticket.description})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import shutil
 
 from evo.engine._options import StopKind, StopReason
 from evo.engine._records import Ticket, Told
@@ -31,7 +30,7 @@ def run(engine, ticket: Ticket) -> TrialResult:
     try:
         return engine.runner.run(ticket.worktree, log_path=ticket.log_path, env=ticket.env, timeout=ticket.timeout,
                                clock=ticket.clock, threads=ticket.threads, limits=ticket.limits,
-                               compile_cache=ticket.compile_cache, on_progress=on_progress, stop=engine.stop,
+                               on_progress=on_progress, stop=engine.stop,
                                on_start=on_start)
     except Exception as e:  # the runner itself failed: record it, keep going
         return TrialResult("crash", error=f"runner error: {type(e).__name__}: {e}")
@@ -79,7 +78,7 @@ def tell(engine, ticket: Ticket, result: TrialResult) -> Told:
 
 def after_trial(engine, ticket: Ticket, result: TrialResult) -> TrialResult:
     """What the engine adds to a result: provenance, the harness check of an unsandboxed trial,
-    and the seed's compile cache, which becomes the trusted one every later trial starts from."""
+    and what the target keeps of it (e.g. the seed's compile cache, which later trials start from)."""
     search = engine.search
     result.provenance["harness_sha256"] = search.config.harness_sha256
     if result.provenance.get("sandbox") == "none":
@@ -89,8 +88,5 @@ def after_trial(engine, ticket: Ticket, result: TrialResult) -> TrialResult:
             result.status, result.error = "invalid", "changed the search's harness (prepare.py) while it ran"
             engine.failure = StopReason(StopKind.ERROR, str(e))
     seed_tree = next((t.tree for t in engine.trials() if t.operator == "seed" and t.tree), None)
-    if result.status == OK and ticket.tree == seed_tree:
-        private = ticket.worktree / ".evo" / "inductor-cache"
-        if private.is_dir():
-            shutil.copytree(private, search.paths.inductor_cache, symlinks=True, dirs_exist_ok=True)
+    engine.target.after_trial(search, result, workdir=ticket.worktree, seed=ticket.tree == seed_tree)
     return result

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from population.errors import ProposalError
 from population.genomes import Genome
 from population.lineage import Lineage
 
@@ -51,7 +52,7 @@ class ProposalContext:
 
     program: the research instructions (program.md).
     mutable: the files a child may change; anything else is rejected.
-    settings: fixed facts of the search (profile, seq_len, budget, ...).
+    settings: fixed facts of the search (profile, budget, metric, ...; see `Target.proposer_settings`).
     lineage: the search so far (the proposer's memory).
     rng: seeded per child, so offline proposals are reproducible.
     is_known: whether a genome (path -> text) was already proposed or evaluated.
@@ -84,11 +85,11 @@ class ProposalContext:
     training_data: tuple[Path, ...] = ()
 
 
-class ProposerError(RuntimeError):
+class ProposerError(ProposalError, RuntimeError):
     """A problem no retry will fix (a missing or rejected API key, a bad endpoint): stops the search."""
 
 
-class ProposerUnavailable(RuntimeError):
+class ProposerUnavailable(ProposalError, RuntimeError):
     """The proposer's service does not answer for now (down, overloaded, rate-limited, timing out)
     and its own retries are spent, or a network fault ended the call (a dropped or refused
     connection). It is the service's fault, never the idea's: the search records no trial (and no

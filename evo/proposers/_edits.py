@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from evo.proposers._blocks import END, START, outside_change
+from population.errors import ProposalError
 
 # The most text one change may carry, edits and whole files together (characters).
 EDITS_CAP = 4 << 20
@@ -20,7 +21,7 @@ EDITS_CAP = 4 << 20
 CONFLICT_MARKERS = ("<<<<<<< ", ">>>>>>> ")
 
 
-class EditError(ValueError):
+class EditError(ProposalError, ValueError):
     """The proposed change does not give a valid child; the message lists every problem."""
 
 

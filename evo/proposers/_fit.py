@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from evo.proposers._prompts import TOOL_SCHEMA, Prompt, Shape
+from population.errors import ProposalError
 
 BYTES_PER_TOKEN = 3.0   # safe side for code: a model's tokenizer rarely packs more than 3 bytes a token
 MESSAGE_OVERHEAD = 16   # tokens a chat template adds around the system and user messages
@@ -35,7 +36,7 @@ PROGRAM_HEAD = 1500     # characters of program.md kept when even the summarised
 HYPERPARAMETER = re.compile(r"^[A-Z][A-Z0-9_]*\s*(:[^=]*)?=", re.M)
 
 
-class PromptTooLarge(ValueError):
+class PromptTooLarge(ProposalError, ValueError):
     """Even the smallest prompt does not fit the model's context; the message says by how much and what to do."""
 
 

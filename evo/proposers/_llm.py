@@ -24,11 +24,12 @@ from evo.proposers._edits import Change, EditError, apply_change, check_child, p
 from evo.proposers._pricing import Price
 from evo.proposers._fit import Budget, Fit, PromptTooLarge, TokenCounter, changed_lines, fit_prompt
 from evo.proposers._prompts import ANSWER_WITH_TOOL, Prompt, Shape, crossover_prompt, mutation_prompt, repair_message
+from population.errors import ProposalError
 
 TOKEN_KEYS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
 
 
-class CallFailed(Exception):
+class CallFailed(ProposalError):
     """This call got no usable answer (an error reply, a malformed one) but the next proposal may: not fatal.
 
     tokens: what the answer said it used, when it said (a malformed 200 is still billed).
@@ -39,7 +40,7 @@ class CallFailed(Exception):
         self.tokens, self.raw = tokens or {}, raw
 
 
-class CallAborted(Exception):
+class CallAborted(ProposalError):
     """The search stopped while a call was in flight: the call is abandoned, not waited for."""
 
 

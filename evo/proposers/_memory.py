@@ -13,7 +13,7 @@ import math
 import re
 
 from population.lineage import Lineage, better
-from population.store import DUPLICATE, INTERRUPTED, INVALID, OK, TrialRecord
+from population.store import TrialRecord, TrialStatus
 
 # Operators that are not ideas: the seed and re-evaluations of a known genome.
 _NOT_IDEAS = ("seed", "reeval")
@@ -33,7 +33,7 @@ def _bpb(value: float | None) -> str:
 def outcome(t: TrialRecord, lineage: Lineage, metric: str = "val_bpb") -> str:
     """How one trial went, in a few words: what a researcher would write in a lab notebook."""
     status = t.status
-    if status == OK and t.value is not None:
+    if status == TrialStatus.OK and t.value is not None:
         base = lineage.parent_score(t)
         delta = f" ({t.value - base:+.4f} vs parent)" if base is not None else ""
         if lineage.kept(t.number):
@@ -45,13 +45,13 @@ def outcome(t: TrialRecord, lineage: Lineage, metric: str = "val_bpb") -> str:
         if not t.feasible:
             verdict += ", over the memory limit"
         return f"{verdict}: {metric} {_bpb(t.value)}{delta}"
-    if status == DUPLICATE:
+    if status == TrialStatus.DUPLICATE:
         return f"duplicate of #{t.attrs.get('duplicate_of', '?')} (same genome, not re-run)"
-    if status == INVALID:
+    if status == TrialStatus.INVALID_PROPOSAL:
         return f"invalid proposal: {_one_line(t.error)}"
-    if status == "running":
+    if status == TrialStatus.RUNNING:
         return "running now"
-    if status == INTERRUPTED:
+    if status == TrialStatus.INTERRUPTED:
         return "interrupted by the search (re-run later)"
     return f"{status}: {_one_line(t.error) or 'no error message'}"
 
@@ -69,7 +69,8 @@ def feedback(parents: list[int], lineage: Lineage) -> str:
         if parent is not None and parent.attrs.get("artifacts"):
             chosen.append((parent, f"#{n}, the parent"))
         failed = [t for t in lineage.trials if t.parents[:1] == [n] and t.attrs.get("artifacts")
-                  and t.status not in (OK, DUPLICATE, "running", INTERRUPTED)]
+                  and t.status not in (TrialStatus.OK, TrialStatus.DUPLICATE, TrialStatus.RUNNING,
+                                       TrialStatus.INTERRUPTED)]
         if failed:
             chosen.append((failed[-1], f"#{failed[-1].number}, the latest child of #{n} that failed ({failed[-1].status})"))
     lines, used = [], 0
@@ -90,10 +91,10 @@ def _fence(text: str) -> str:
 
 
 def _failed(t: TrialRecord, lineage: Lineage) -> bool:
-    if t.status in (OK, DUPLICATE):
+    if t.status in (TrialStatus.OK, TrialStatus.DUPLICATE):
         base = lineage.parent_score(t)
-        return t.status == OK and t.value is not None and base is not None and not better(t.value, base, lineage.direction)
-    return t.status not in ("running", INTERRUPTED)
+        return t.status == TrialStatus.OK and t.value is not None and base is not None and not better(t.value, base, lineage.direction)
+    return t.status not in (TrialStatus.RUNNING, TrialStatus.INTERRUPTED)
 
 
 def _step(t: TrialRecord) -> str:

@@ -58,14 +58,16 @@ class OfflineProposer(Proposer):
         return tunable(files, ctx.mutable, ctx.settings.get("profile"))
 
     def _valid(self, files: dict[str, str], ctx: ProposalContext) -> bool:
-        # The seed's one hard invariant between knobs: whole micro-batches per optimizer step.
-        seq_len = ctx.settings.get("seq_len")
-        for path in ctx.mutable:
+        # The target's hard invariants between knobs (`whole_multiples`): each (knob, per, factor) says
+        # the knob must be a whole multiple of the knob `per` times `factor`.
+        rules = ctx.settings.get("whole_multiples") or ()
+        for path in ctx.mutable if rules else ():
             params = find_hyperparameters(files.get(path, ""), ctx.settings.get("profile"))
-            total, device = params.get("TOTAL_BATCH_SIZE"), params.get("DEVICE_BATCH_SIZE")
-            if seq_len and total and device and isinstance(total.value, int) and isinstance(device.value, int):
-                if total.value % (device.value * seq_len) != 0:
-                    return False
+            for knob, per, factor in rules:
+                whole, part = params.get(knob), params.get(per)
+                if whole and part and isinstance(whole.value, int) and isinstance(part.value, int):
+                    if whole.value % (part.value * factor) != 0:
+                        return False
         return True
 
     def _mutated(self, files: dict[str, str], ctx: ProposalContext) -> tuple[dict[str, str], list[str]] | None:

@@ -23,6 +23,7 @@ from evo.proposers._base import ProposalContext, ProposerError, ProposerUnavaila
 from evo.proposers._llm import CallAborted, CallFailed, ChatProposer, Reply, cut_off, first_words
 from evo.proposers._pricing import Price, price_for
 from evo.proposers._prompts import ANSWER_AS_JSON, ANSWER_WITH_TOOL, TOOL_DESCRIPTION, TOOL_NAME, TOOL_SCHEMA, Prompt
+from population.errors import ProposalError
 
 KEY_ENV = "OPENAI_API_KEY"
 MODES = ("auto", "tools", "json", "text")
@@ -34,7 +35,7 @@ _THINK = re.compile(r"<think>.*?</think>", re.S)
 _FENCED = re.compile(r"```(?:json)?\s*\n(.*?)\n```", re.S)
 
 
-class _Refused(Exception):
+class _Refused(ProposalError):
     def __init__(self, status: int, message: str):
         super().__init__(f"{status}: {message}")
         self.status, self.message = status, message

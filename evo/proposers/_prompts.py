@@ -147,8 +147,7 @@ def _settings(ctx: ProposalContext, files: dict[str, str] | None = None) -> str:
                      f"that counts)")
     if s.get("budget"):
         facts.append(f"time budget {s['budget']:g} s {'of counted training ' if harness else ''}per trial")
-    if s.get("seq_len"):
-        facts.append(f"sequence length {s['seq_len']}")
+    facts += s.get("target_facts") or []  # what the target adds (the harness: its sequence length)
     facts.append(f"mutable files: {', '.join(ctx.mutable)}")
     blocked = [p for p in ctx.mutable if marked((files or {}).get(p, ""))]
     if blocked:

@@ -18,11 +18,12 @@ from evo.proposers._mixed import MixedProposer
 from evo.proposers._offline import OfflineProposer
 from evo.proposers._openai_compat import OpenAICompatibleProposer
 from evo.proposers._pricing import Price, load_prices, price_for
+from population.errors import ConfigError
 
 PROPOSERS = ("offline", "anthropic", "openai-compatible", "command")
 
 
-class SpecError(ValueError):
+class SpecError(ConfigError, ValueError):
     """A proposer that cannot be built as asked; the message is one line saying what to change."""
 
 

@@ -24,32 +24,31 @@ from pathlib import Path
 from typing import Callable
 
 from evo.runner._evaluate import Evaluation, Evaluator, Session, SummaryEvaluator
-from evo.runner._harness import DataFiles, HarnessEvaluator, Run, harness_root, open_regular
+from evo.runner._harness import (HARNESS_SCRIPT, HARNESS_SUMMARY, DataFiles, HarnessEvaluator, Run, harness_root,
+                                 open_regular, private_compile_cache)
 from evo.runner._metric import CommandEvaluator, MetricEvaluator
-from evo.runner._output import SUMMARY_KEYS, Progress, TrialOutput
+from evo.runner._output import Progress, SummaryBlock, TrialOutput
 from evo.runner._process import (EXIT_GRACE, INTERRUPTED, LIMIT, OOM, PRUNED, TIMEOUT, Execution, Executor,
                                  Limits, Watch, supervise)
 from evo.runner._sandbox import BwrapExecutor, LocalExecutor, View, allowed_environment, bwrap_works
 from evo.runner._scan import suspicious
-from population.store import RUN_STATUSES
+from population.store import RUN_STATUSES, TrialStatus
 
 STATUSES = RUN_STATUSES  # how a run can end: members of population.store.TrialStatus
-# Keys of a genome's summary the engine measures itself: the genome's own values are kept as reported_*.
-MEASURED = ("val_bpb", "training_seconds", "peak_vram_mb")
 SOURCE_READ_LIMIT = 1 << 20  # bytes of a genome file read to flag suspicious code
 
-__all__ = ["STATUSES", "SUMMARY_KEYS", "EXIT_GRACE", "BwrapExecutor", "CommandEvaluator", "DataFiles", "Evaluation",
+__all__ = ["STATUSES", "EXIT_GRACE", "HARNESS_SCRIPT", "BwrapExecutor", "CommandEvaluator", "DataFiles", "Evaluation",
            "Evaluator", "MetricEvaluator",
            "Execution", "Executor", "HarnessEvaluator", "Limits", "LocalExecutor", "Progress", "Run", "Session",
-           "SummaryEvaluator", "TrialOutput", "TrialResult", "TrialRunner", "View", "Watch", "allowed_environment",
-           "bwrap_works", "install_harness", "run_trial", "suspicious", "trial_environment"]
+           "SummaryBlock", "SummaryEvaluator", "TrialOutput", "TrialResult", "TrialRunner", "View", "Watch", "allowed_environment",
+           "bwrap_works", "install_harness", "private_compile_cache", "run_trial", "suspicious", "trial_environment"]
 
 
 @dataclass
 class TrialResult:
     """What one run of a genome produced."""
 
-    status: str                      # one of STATUSES
+    status: TrialStatus              # one of STATUSES
     metrics: dict[str, float] = field(default_factory=dict)
     error: str = ""                  # one line saying what went wrong, empty when ok
     log_tail: str = ""               # the last lines of the log
@@ -131,8 +130,10 @@ class TrialRunner:
         harness: the fixed files, copied into the genome's folder before each run (and, in a
             sandbox, bound read-only over those copies).
         data: the harness's prepared files, so each sandbox sees only its share.
-        script: the genome's entry point, run with `python`.
-        command: the whole command instead (e.g. ["bash", "-c", "uv run train.py"]).
+        script: the genome's entry point, run with `python` (the harness's by default).
+        command: the whole command instead (e.g. ["bash", "-c", "uv run main.py"]).
+        summary: the summary block genomes print (the harness's by default).
+        compile_cache: a trusted compile cache every run starts from; each works on a private copy.
         python: the interpreter.
         read: folders besides the harness that every process of a run may read.
         network: whether sandboxes keep the network.
@@ -142,22 +143,23 @@ class TrialRunner:
     """
 
     def __init__(self, *, executor: Executor | None = None, evaluator: Evaluator | None = None,
-                 harness: list[Path] = (), data: DataFiles = DataFiles(), script: str = "train.py",
+                 harness: list[Path] = (), data: DataFiles = DataFiles(), script: str = HARNESS_SCRIPT,
                  command: list[str] | None = None, python: str = sys.executable, network: bool = False,
                  eval_limit: float = 300.0, read: tuple[Path, ...] = (), harness_dir: Path | None = None,
-                 model_processes: int = 1):
+                 model_processes: int = 1, summary: SummaryBlock = HARNESS_SUMMARY,
+                 compile_cache: Path | None = None):
         self.executor = executor or LocalExecutor()
         self.evaluator = evaluator or SummaryEvaluator()
         self.harness, self.data, self.script, self.python = list(harness), data, script, python
         self.harness_dir = Path(harness_dir) if harness_dir else harness_root(self.harness)
         self.command = list(command) if command else [python, script]
         self.network, self.eval_limit, self.read = network, eval_limit, tuple(Path(p) for p in read)
-        self.model_processes = model_processes
+        self.model_processes, self.summary, self.compile_cache = model_processes, summary, compile_cache
 
     def run(self, workdir: str | Path, *, log_path: str | Path, env: dict[str, str], timeout: float,
             on_progress: Callable[[float, float], bool | None] | None = None, stop: threading.Event | None = None,
             on_start: Callable[[int], None] | None = None, clock: str = "wall", threads: int = 1,
-            limits: Limits | None = None, compile_cache: Path | None = None) -> TrialResult:
+            limits: Limits | None = None) -> TrialResult:
         """Run the genome in `workdir` and return a TrialResult; never raises because of the genome.
 
         env:          the trial's environment (see trial_environment).
@@ -168,7 +170,6 @@ class TrialRunner:
         on_start:     called with the process id (also its process group id) once it runs.
         clock:        "wall", or "cpu" (CPU seconds of the trial's processes / `threads`).
         limits:       memory, processes, output and disk the trial may use.
-        compile_cache: a trusted compile cache to start from; the run works on a private copy.
         """
         workdir, log_path = Path(workdir), Path(log_path)
         install_harness(workdir, self.harness, self.harness_dir)
@@ -179,13 +180,12 @@ class TrialRunner:
                   harness_dir=self.harness_dir, model_processes=self.model_processes, clock=clock,
                   threads=max(1, threads))
         run.folder.mkdir(parents=True, exist_ok=True)
-        _private_cache(run, compile_cache)
+        compiler_env = run.start_compile_cache(self.compile_cache)
         shutil.rmtree(run.scratch, ignore_errors=True)
         run.scratch.mkdir(parents=True)
         run.env["EVO_SCRATCH"] = str(run.scratch)
         env = {**env, "EVO_OUTPUT": str(run.output), "EVO_SCRATCH": str(run.scratch), "EVO_CLOCK": clock, "EVO_THREADS": str(threads),
-               "TORCHINDUCTOR_CACHE_DIR": str(run.compile_cache), "TORCHINDUCTOR_FX_GRAPH_CACHE": "1",
-               "TORCHINDUCTOR_AUTOGRAD_CACHE": "1"}
+               **compiler_env}
         if clock == "cpu":
             # OpenMP threads that spin while waiting for a descheduled sibling burn CPU time without
             # work: on a loaded machine the CPU clock would then run out before the steps are done.
@@ -195,7 +195,7 @@ class TrialRunner:
                         disk_bytes=limits.disk_bytes, disk_paths=(workdir,))
         session = self.evaluator.session(run)
         try:
-            output = TrialOutput(watch=self.evaluator.watch)
+            output = TrialOutput(summary_keys=self.summary.keys, watch=self.evaluator.watch)
             watch = Watch(timeout=timeout, clock=clock, threads=threads, stop=stop, on_start=on_start,
                           result_in=session.result_in, on_result=session.on_result, limits=limits,
                           on_progress=(lambda p: on_progress(p.fraction, p.loss)) if on_progress else None)
@@ -211,14 +211,14 @@ class TrialRunner:
     def _result(self, run: Run, output: TrialOutput, execution: Execution, evaluation: Evaluation | None,
                 timeout: float, clock: str, genome: list[Path]) -> TrialResult:
         if execution.start_error:
-            return TrialResult("crash", error=execution.start_error, wall_seconds=execution.wall_seconds)
+            return TrialResult(TrialStatus.CRASH, error=execution.start_error, wall_seconds=execution.wall_seconds)
         status, error = classify(execution, output, evaluation, timeout=timeout, clock=clock,
                                  self_reported=self.evaluator.self_reported)
         metrics = dict(output.summary)
         if self.evaluator.self_reported:
             metrics.update(evaluation.metrics if evaluation is not None else {})
         else:
-            metrics = {(f"reported_{k}" if k in MEASURED else k): v for k, v in metrics.items()}
+            metrics = {(f"reported_{k}" if k in self.summary.measured else k): v for k, v in metrics.items()}
             metrics.update(evaluation.metrics if evaluation is not None else {})
             if execution.result_clock is not None:
                 metrics["training_seconds"] = execution.result_clock
@@ -253,48 +253,39 @@ def _source_text(workdir: Path, path: Path) -> str:
         return ""
 
 
-def _private_cache(run: Run, trusted: Path | None) -> None:
-    """Give the run its own copy of the trusted compile cache: what a trial writes there is never
-    seen by another trial (a shared cache would be a channel between them)."""
-    shutil.rmtree(run.compile_cache, ignore_errors=True)
-    if trusted is not None and trusted.is_dir() and any(trusted.iterdir()):
-        shutil.copytree(trusted, run.compile_cache, symlinks=True)
-    else:
-        run.compile_cache.mkdir(parents=True, exist_ok=True)
-
-
 def classify(execution: Execution, output: TrialOutput, evaluation: Evaluation | None, *, timeout: float,
              clock: str = "wall", self_reported: bool = True) -> tuple[str, str]:
     """(status, error) of a run: a score stands first, then what scoring concluded, then how the
     engine stopped the genome, then how it ended."""
     if evaluation is not None and evaluation.ok:
-        return "ok", ""
-    if evaluation is not None and evaluation.status in ("invalid", "crash", "timeout", "interrupted"):
+        return TrialStatus.OK, ""
+    if evaluation is not None and evaluation.status in (TrialStatus.INVALID, TrialStatus.CRASH, TrialStatus.TIMEOUT,
+                                                       TrialStatus.INTERRUPTED):
         return evaluation.status, evaluation.error
     if execution.stopped in (OOM, LIMIT):
         return execution.stopped, execution.limit
     if execution.stopped == PRUNED:
-        return "pruned", "stopped early by the pruner"
+        return TrialStatus.PRUNED, "stopped early by the pruner"
     if execution.stopped == INTERRUPTED:
-        return "interrupted", "stopped by the search (interrupted)"
-    if output.diverged or (evaluation is not None and evaluation.status == "diverged"):
-        return "diverged", output.last_line(prefer="FAIL") or "loss became NaN or exploded"
+        return TrialStatus.INTERRUPTED, "stopped by the search (interrupted)"
+    if output.diverged or (evaluation is not None and evaluation.status == TrialStatus.DIVERGED):
+        return TrialStatus.DIVERGED, output.last_line(prefer="FAIL") or "loss became NaN or exploded"
     if execution.stopped == TIMEOUT:
         what = "budget plus start-up allowance" + (" on the CPU clock" if clock == "cpu" else "")
-        return "timeout", f"no {'result' if self_reported else 'model handed over'} after {timeout:.0f}s ({what})"
+        return TrialStatus.TIMEOUT, f"no {'result' if self_reported else 'model handed over'} after {timeout:.0f}s ({what})"
     if execution.returncode != 0:
-        return "crash", output.last_line() or f"exited with code {execution.returncode}"
+        return TrialStatus.CRASH, output.last_line() or f"exited with code {execution.returncode}"
     if evaluation is not None:
         return evaluation.status, evaluation.error
     if self_reported:
-        return "no_metric", "exited without printing a complete summary block"
-    return "no_metric", "exited without handing a model over (prepare.save_model)"
+        return TrialStatus.NO_METRIC, "exited without printing a complete summary block"
+    return TrialStatus.NO_METRIC, "exited without handing a model over (prepare.save_model)"
 
 
 def run_trial(workdir: str | Path, *, log_path: str | Path, env: dict[str, str], timeout: float,
               harness: list[Path] = (), on_progress: Callable[[float, float], bool | None] | None = None,
               stop: threading.Event | None = None, on_start: Callable[[int], None] | None = None,
-              script: str = "train.py", python: str = sys.executable) -> TrialResult:
+              script: str = HARNESS_SCRIPT, python: str = sys.executable) -> TrialResult:
     """Run `script` in `workdir` with the default executor and evaluator (see `TrialRunner.run`)."""
     return TrialRunner(harness=list(harness), script=script, python=python).run(
         workdir, log_path=log_path, env=env, timeout=timeout, on_progress=on_progress, stop=stop, on_start=on_start)

@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 
 from evo.runner._output import TrialOutput
 from evo.runner._process import Execution
+from population.store import TrialStatus
 
 
 @dataclass
 class Evaluation:
     """What an evaluator concluded: a score (status ok) or why there is none."""
 
-    status: str                              # "ok", or a failure such as "diverged", "invalid", "crash", "timeout"
+    status: TrialStatus                      # OK, or a failure such as DIVERGED, INVALID, CRASH, TIMEOUT
     metrics: dict[str, float] = field(default_factory=dict)
     error: str = ""
     provenance: dict = field(default_factory=dict)
@@ -28,7 +29,7 @@ class Evaluation:
 
     @property
     def ok(self) -> bool:
-        return self.status == "ok"
+        return self.status == TrialStatus.OK
 
 
 class Session:
@@ -89,9 +90,9 @@ class _SummarySession(Session):
         if value is None:
             return None
         if not math.isfinite(value):
-            return Evaluation("diverged", dict(output.summary), f"{self.metric} is {value}")
+            return Evaluation(TrialStatus.DIVERGED, dict(output.summary), f"{self.metric} is {value}")
         # A complete block stands even if the run was stopped after it; an incomplete one
         # counts only when the genome exited on its own.
         if output.complete or execution.stopped is None:
-            return Evaluation("ok", dict(output.summary), provenance={"evaluator": "self-reported"})
+            return Evaluation(TrialStatus.OK, dict(output.summary), provenance={"evaluator": "self-reported"})
         return None

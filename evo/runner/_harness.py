@@ -44,10 +44,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evo.runner._evaluate import Evaluation, Evaluator, Session
-from evo.runner._output import TrialOutput
+from evo.runner._output import SummaryBlock, TrialOutput
 from evo.runner._process import MEASURE_SECONDS, Execution, Executor, _Tree, proc_stats
 from evo.runner._sandbox import View
+from population.store import TrialStatus
 
+# The harness contract as the runner sees it: the genome's entry point, and the summary block it
+# prints; with the harness's scorer the engine measures the score, the training time and the memory.
+HARNESS_SCRIPT = "train.py"
+HARNESS_SUMMARY = SummaryBlock(keys=("val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent",
+                                     "total_tokens_M", "num_steps", "num_params_M", "depth"),
+                               measured=("val_bpb", "training_seconds", "peak_vram_mb"))
 EVAL_LOG_LIMIT = 2 << 20  # bytes of the model process's and the scorer's output kept in eval.log
 SCORE_PREFIX = "EVO_SCORE "
 STARTED_LINE = "EVO_MODEL_STARTED"  # a model process's line once its harness start-up is done
@@ -143,7 +150,19 @@ class Run:
     @property
     def compile_cache(self) -> Path:
         """The run's private copy of the compile cache."""
-        return self.workdir / ".evo" / "inductor-cache"
+        return private_compile_cache(self.workdir)
+
+    def start_compile_cache(self, trusted: Path | None) -> dict[str, str]:
+        """Give the run its own copy of the trusted compile cache (what a trial writes there is never
+        seen by another trial: a shared cache would be a channel between them); return the environment
+        that points torch's compiler at it."""
+        shutil.rmtree(self.compile_cache, ignore_errors=True)
+        if trusted is not None and trusted.is_dir() and any(trusted.iterdir()):
+            shutil.copytree(trusted, self.compile_cache, symlinks=True)
+        else:
+            self.compile_cache.mkdir(parents=True, exist_ok=True)
+        return {"TORCHINDUCTOR_CACHE_DIR": str(self.compile_cache), "TORCHINDUCTOR_FX_GRAPH_CACHE": "1",
+                "TORCHINDUCTOR_AUTOGRAD_CACHE": "1"}
 
     @property
     def gpu(self) -> bool:
@@ -185,6 +204,11 @@ class Run:
     def _harness_over_genome(self) -> tuple[tuple[Path, Path], ...]:
         """Each harness file bound read-only over its copy in the genome's folder."""
         return tuple((h, self.workdir / h.relative_to(self.harness_base)) for h in self.harness)
+
+
+def private_compile_cache(workdir: Path) -> Path:
+    """Where a run in `workdir` keeps its private copy of the compile cache."""
+    return Path(workdir) / ".evo" / "inductor-cache"
 
 
 def open_regular(root: Path, relative: Path):
@@ -320,7 +344,7 @@ class _HarnessSession(Session):
 
     def evaluate(self, output: TrialOutput, execution: Execution) -> Evaluation | None:
         if self.refused:
-            return Evaluation("invalid", error=self.refused, provenance={"evaluator": "harness"})
+            return Evaluation(TrialStatus.INVALID, error=self.refused, provenance={"evaluator": "harness"})
         if not self.handed_over:
             return None
         t0 = time.monotonic()
@@ -340,17 +364,17 @@ class _HarnessSession(Session):
         try:
             result = json.loads(self.score_line)
         except ValueError:
-            return Evaluation("crash", error=f"scoring failed: {self._last_scorer_line()}", provenance=provenance)
+            return Evaluation(TrialStatus.CRASH, error=f"scoring failed: {self._last_scorer_line()}", provenance=provenance)
         provenance.update(verdict=result["verdict"], reason=result["reason"], probe_batches=result["probe_batches"],
                           largest_change=result["largest_change"], probe_seed=result["probe_seed"],
                           scored_rows=result["scored_rows"])
         metrics = {"val_bpb": result["val_bpb"], "eval_seconds": result["eval_seconds"]}
         if result["verdict"] != "ok":
-            return Evaluation("invalid", metrics, result["reason"], provenance)
+            return Evaluation(TrialStatus.INVALID, metrics, result["reason"], provenance)
         if budget.get("over"):
             provenance.update(verdict="invalid", reason=budget["over"])
-            return Evaluation("invalid", metrics, budget["over"], provenance)
-        return Evaluation("ok", metrics, provenance=provenance)
+            return Evaluation(TrialStatus.INVALID, metrics, budget["over"], provenance)
+        return Evaluation(TrialStatus.OK, metrics, provenance=provenance)
 
     def _budget(self, execution: Execution, output: TrialOutput) -> dict:
         """The start-up allowance measured for this trial and, under "over", why the genome worked past
@@ -398,9 +422,9 @@ class _HarnessSession(Session):
         limit, measured = self._compute_limit(), 0.0
         while self.scorer.poll() is None:
             if self.run.stop is not None and self.run.stop.is_set():
-                return "interrupted", "stopped by the search while scoring (interrupted)"
+                return TrialStatus.INTERRUPTED, "stopped by the search while scoring (interrupted)"
             if time.monotonic() > deadline:
-                return "timeout", f"scoring took longer than {self.run.eval_limit:g}s"
+                return TrialStatus.TIMEOUT, f"scoring took longer than {self.run.eval_limit:g}s"
             if self.started and time.monotonic() - measured > MEASURE_SECONDS:  # an older harness says nothing
                 measured = time.monotonic()
                 used = self._scoring_compute()
@@ -408,7 +432,7 @@ class _HarnessSession(Session):
                     for proc in (*self.models, self.scorer):
                         self.run.executor.kill(proc)
                     unit = "s on the CPU clock" if self.run.clock == "cpu" else " CPU seconds"
-                    return "invalid", (f"over budget: the model processes used {used:.1f}{unit} to rebuild the model "
+                    return TrialStatus.INVALID, (f"over budget: the model processes used {used:.1f}{unit} to rebuild the model "
                                        f"and answer the scorer, more than the {limit:.1f}s scoring may take "
                                        "(training where the budget does not count?)")
             time.sleep(0.02)

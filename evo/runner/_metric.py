@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from evo.runner._evaluate import Evaluation, Evaluator, Session
 from evo.runner._output import TrialOutput, metric_pattern
 from evo.runner._process import Execution
+from population.store import TrialStatus
 
 OUTPUT_LIMIT = 2 << 20  # bytes of an evaluation command's output kept
 RESULT_PREFIX = "EVO_RESULT "  # an evaluation command's structured result: metrics, validity, artifacts
@@ -65,11 +66,11 @@ class _MetricSession(Session):
     def evaluate(self, output: TrialOutput, execution: Execution) -> Evaluation | None:
         value = output.found.get(self.metric)
         if value is None:
-            return Evaluation("no_metric", error=f"the output never gave {self.metric} (it ended with: {_seen(output)})")
+            return Evaluation(TrialStatus.NO_METRIC, error=f"the output never gave {self.metric} (it ended with: {_seen(output)})")
         if not math.isfinite(value):
-            return Evaluation("diverged", {self.metric: value}, f"{self.metric} is {value}")
+            return Evaluation(TrialStatus.DIVERGED, {self.metric: value}, f"{self.metric} is {value}")
         if execution.stopped is None or self.metric in output.found_in_summary:
-            return Evaluation("ok", {**output.summary, self.metric: value}, provenance={"evaluator": "self-reported"})
+            return Evaluation(TrialStatus.OK, {**output.summary, self.metric: value}, provenance={"evaluator": "self-reported"})
         return None
 
 
@@ -122,7 +123,7 @@ class _CommandSession(Session):
                 quick.error = f"stage 1: {quick.error}"
                 return quick
             if ev.hopeless(quick.metrics[metric]):
-                quick.status = "pruned"
+                quick.status = TrialStatus.PRUNED
                 quick.error = (f"stage 1: {metric} {quick.metrics[metric]:.6g} is "
                                f"{'below' if ev.direction == 'maximize' else 'above'} the threshold {ev.threshold:g}")
                 return quick
@@ -176,16 +177,16 @@ def judge(lines: list[str], returncode: int, metric: str, pattern: re.Pattern) -
     last = next((l.strip() for l in reversed(text) if l.strip()), "")
     if returncode != 0:
         why = reason or last or f"exit code {returncode}"
-        return Evaluation("crash", metrics, f"the evaluation command failed: {why[:200]}", artifacts=artifacts)
+        return Evaluation(TrialStatus.CRASH, metrics, f"the evaluation command failed: {why[:200]}", artifacts=artifacts)
     if not valid:
-        return Evaluation("invalid", metrics, f"the evaluator found the program not valid: "
+        return Evaluation(TrialStatus.INVALID, metrics, f"the evaluator found the program not valid: "
                           f"{(reason or last or 'no reason given')[:200]}", artifacts=artifacts)
     if metric not in metrics:
-        return Evaluation("no_metric", metrics, f"the evaluation command never printed {metric}", artifacts=artifacts)
+        return Evaluation(TrialStatus.NO_METRIC, metrics, f"the evaluation command never printed {metric}", artifacts=artifacts)
     if not math.isfinite(metrics[metric]):
-        return Evaluation("invalid", metrics, f"the evaluation command gave {metric} = {metrics[metric]}",
+        return Evaluation(TrialStatus.INVALID, metrics, f"the evaluation command gave {metric} = {metrics[metric]}",
                           artifacts=artifacts)
-    return Evaluation("ok", metrics, artifacts=artifacts)
+    return Evaluation(TrialStatus.OK, metrics, artifacts=artifacts)
 
 
 @dataclass
@@ -246,9 +247,9 @@ def _wait(proc: subprocess.Popen, run) -> tuple[str, str] | None:
     deadline = time.monotonic() + run.eval_limit
     while proc.poll() is None:
         if run.stop is not None and run.stop.is_set():
-            return "interrupted", "stopped by the search while evaluating (interrupted)"
+            return TrialStatus.INTERRUPTED, "stopped by the search while evaluating (interrupted)"
         if time.monotonic() > deadline:
-            return "timeout", f"the evaluation command took longer than {run.eval_limit:g}s"
+            return TrialStatus.TIMEOUT, f"the evaluation command took longer than {run.eval_limit:g}s"
         time.sleep(0.05)
     return None
 

@@ -12,9 +12,6 @@ import math
 import re
 from dataclasses import dataclass, field
 
-# The summary block train.py prints after '---', in order; the last key completes it.
-SUMMARY_KEYS = ("val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent",
-                "total_tokens_M", "num_steps", "num_params_M", "depth")
 TAIL_LINES = 30
 
 _PROGRESS = re.compile(r"^step\s+\d+\s*\|\s*([\d.]+)%\s*\|\s*loss\s+(\S+)")
@@ -31,6 +28,17 @@ def metric_pattern(metric: str, pattern: str | None = None) -> re.Pattern:
 
 
 @dataclass(frozen=True)
+class SummaryBlock:
+    """The summary block a genome prints after a `---` line: its keys in order (the last one
+    completes it), and those the engine measures itself when the score is not self-reported
+    (the genome's own values of those are kept as `reported_<key>`). The harness's block is
+    `evo.runner._harness.HARNESS_SUMMARY`."""
+
+    keys: tuple[str, ...] = ()
+    measured: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Progress:
     """One progress line: how much of the budget is done, and the smoothed training loss."""
 
@@ -42,7 +50,7 @@ class Progress:
 class TrialOutput:
     """What a trial's output has said so far.
 
-    >>> out = TrialOutput()
+    >>> out = TrialOutput(summary_keys=("val_bpb",))
     >>> out.feed("step 00010 | 50.0% | loss 3.25 | lrm 1.00", now=1.0)
     Progress(fraction=0.5, loss=3.25)
     >>> out.feed("---", now=2.0); out.feed("val_bpb: 1.5", now=2.0); out.summary
@@ -53,7 +61,7 @@ class TrialOutput:
         (first group, as a float) and `found_in_summary` the names last seen after a `---` line.
     """
 
-    summary_keys: tuple[str, ...] = SUMMARY_KEYS
+    summary_keys: tuple[str, ...] = ()
     watch: tuple[tuple[str, re.Pattern], ...] = ()
     found: dict[str, float] = field(default_factory=dict)
     found_in_summary: set[str] = field(default_factory=set)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from evo.runner._output import Progress, TrialOutput
+from population.store import TrialStatus
 
 # Seconds a process may take to exit on its own once its result is in. Past that it is
 # killed: the interpreter's teardown can hold a GPU for 10-14 s for nothing.
@@ -30,7 +31,10 @@ MEASURE_SECONDS = 0.2   # how often the process tree is measured
 DISK_SECONDS = 2.0      # how often the writable folders are measured
 
 # Why the engine stopped a process (None in Execution.stopped: it exited by itself).
-FINISHED, PRUNED, INTERRUPTED, TIMEOUT, OOM, LIMIT = "finished", "pruned", "interrupted", "timeout", "oom", "limit"
+# All but FINISHED are also the status the trial then gets.
+FINISHED = "finished"
+PRUNED, INTERRUPTED, TIMEOUT, OOM, LIMIT = (TrialStatus.PRUNED, TrialStatus.INTERRUPTED, TrialStatus.TIMEOUT,
+                                            TrialStatus.OOM, TrialStatus.LIMIT)
 _TICK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from population.errors import EvoError
 from population.lineage import Individual, Lineage
 
 
@@ -17,7 +18,7 @@ class Plan:
     island: int = 0
 
 
-class NoParentError(RuntimeError):
+class NoParentError(EvoError, RuntimeError):
     """No genome has been evaluated successfully, so there is nothing to breed from."""
 
 

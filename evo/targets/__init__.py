@@ -2,7 +2,7 @@
 
 from evo.targets._base import SANDBOXES, Target, read_paths, resolve_sandbox
 from evo.targets._command import CommandTarget
-from evo.targets._harness import HARNESS, HarnessTarget, data_cache_root, describe_harness
+from evo.targets._harness import HARNESS, HARNESS_GENOME, HarnessTarget, data_cache_root, describe_harness
 from evo.targets._peers import PeerProject, read_peer
 from population.search import SearchConfig
 
@@ -14,5 +14,5 @@ def target_of(config: SearchConfig) -> Target:
     return TARGETS[config.target.get("kind", "harness")](config)
 
 
-__all__ = ["SANDBOXES", "TARGETS", "CommandTarget", "HARNESS", "HarnessTarget", "Target", "data_cache_root",
+__all__ = ["SANDBOXES", "TARGETS", "CommandTarget", "HARNESS", "HARNESS_GENOME", "HarnessTarget", "Target", "data_cache_root",
            "describe_harness", "PeerProject", "read_paths", "read_peer", "resolve_sandbox", "target_of"]

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Callable
 
 from evo.slots import Slot
-from evo.runner import BwrapExecutor, Executor, LocalExecutor, TrialRunner, bwrap_works
+from evo.runner import (BwrapExecutor, Executor, LocalExecutor, TrialResult, TrialRunner, bwrap_works,
+                        private_compile_cache)
 from population.search import Search, SearchConfig, SearchError
+from population.store import TrialStatus
 
 SANDBOXES = ("auto", "bwrap", "none")
 
@@ -19,9 +22,10 @@ class Target:
 
     A search's configuration names its target (`target_of`); the loop asks the target how to
     prepare before the first trial, which runner runs a genome (command, evaluator, harness,
-    what a sandbox may see), the environment and time limit of a trial, and which clock
-    measures it. Everything else (planning, proposing, the population, the records) is the
-    same for every target.
+    what a sandbox may see), the environment and time limit of a trial, which clock measures
+    it, what to keep after a trial, which leftover processes are its own, and what proposers
+    are told about it. Everything else (planning, proposing, the population, the records) is
+    the same for every target, and names nothing of what a target runs.
     """
 
     kind = "base"
@@ -45,6 +49,27 @@ class Target:
     def clock(self, slot: Slot) -> str:
         """The budget clock: CPU time on a CPU slot (load cannot bend it), wall time on a GPU."""
         return "cpu" if slot.device == "cpu" else "wall"
+
+    def proposer_settings(self) -> dict:
+        """The fixed facts of the search a proposer is given (`ProposalContext.settings`)."""
+        cfg = self.config
+        return {"profile": cfg.profile, "budget": cfg.budget, "name": cfg.name, "metric": cfg.metric,
+                "direction": cfg.direction}
+
+    def compile_cache(self, search: Search) -> Path:
+        """The trusted compile cache every trial starts from (on a private copy); the seed's run fills it."""
+        return search.paths.root / "inductor-cache"
+
+    def after_trial(self, search: Search, result: TrialResult, *, workdir: Path, seed: bool) -> None:
+        """Keep what a finished trial leaves for later ones: the seed's compile cache becomes the trusted one."""
+        private = private_compile_cache(workdir)
+        if seed and result.status == TrialStatus.OK and private.is_dir():
+            shutil.copytree(private, self.compile_cache(search), symlinks=True, dirs_exist_ok=True)
+
+    def owns_process(self, cmdline: bytes) -> bool:
+        """Whether a process (its /proc cmdline) is one of this target's trials, so a leftover of a dead
+        engine may be killed (a pid can have been reused by anything since)."""
+        return False
 
     def executor(self, search: Search, *, python: str) -> Executor:
         """The sandbox the search's processes start in (bwrap, or plain processes)."""

@@ -140,7 +140,7 @@ def command_config(project: Path, *, run: str | None, metric: str, direction: st
         if command is not None:
             _check_evaluator(flag, command, project, mutable, added)
     harness = {**project_harness(project, mutable), **(added or {})}
-    fields = dict(profile="command", budget=float(budget or DEFAULT_BUDGET), data="", seq_len=0, startup_grace=0.0,
+    fields = dict(profile="command", budget=float(budget or DEFAULT_BUDGET), data="", startup_grace=0.0,
                   evaluation="evaluated" if evaluate else "self-reported", metric=metric, direction=direction,
                   target={"kind": "command", "run": run, "pattern": pattern, "evaluate": evaluate,
                           **({"evaluate_quick": quick, "quick_threshold": threshold} if quick else {})})
@@ -193,7 +193,17 @@ class CommandTarget(Target):
             evaluator = MetricEvaluator(cfg.metric, target.get("pattern"))
         return TrialRunner(executor=self.executor(search, python=python), evaluator=evaluator, harness=search.harness,
                            harness_dir=search.paths.harness, data=DataFiles(), command=["bash", "-c", target.get("run") or ":"],
-                           python=python, network=cfg.allow_network, eval_limit=cfg.eval_limit, read=read_paths(cfg))
+                           python=python, network=cfg.allow_network, eval_limit=cfg.eval_limit, read=read_paths(cfg),
+                           compile_cache=self.compile_cache(search))
+
+    def owns_process(self, cmdline: bytes) -> bool:
+        """A trial runs `bash -c RUN` (in its sandbox): RUN is in its command line, or, where bash ran a
+        simple command in its own place, that command's words are."""
+        run = self.config.target.get("run")
+        if not run:
+            return False
+        words = [w for w in shlex.split(run) if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", w)]
+        return run.encode() in cmdline or ("\0".join(words) + "\0").encode() in cmdline
 
     def environment(self, search: Search, *, slot: Slot, seed: int) -> dict[str, str]:
         cfg = self.config

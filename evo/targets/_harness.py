@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Callable
 
 from evo.slots import Slot
-from evo.runner import DataFiles, HarnessEvaluator, SummaryEvaluator, TrialRunner, trial_environment
+from evo.runner import HARNESS_SCRIPT, DataFiles, HarnessEvaluator, SummaryEvaluator, TrialRunner, trial_environment
 from evo.targets._base import Target, read_paths
 from population.search import Search, SearchConfig, SearchError
 
 HARNESS = ("prepare.py",)
+HARNESS_GENOME = HARNESS_SCRIPT  # the mutable file of a harness project, unless told otherwise
 
 
 def describe_harness(prepare_py: Path, profile: str | None, python: str = sys.executable, *, source: str | None = None,
@@ -64,7 +65,7 @@ def data_cache_root(config: SearchConfig) -> Path:
 def harness_config(name: str, project: Path, *, profile: str | None, budget: float | None, mutable: list[str],
                    data: str | None, cache_dir: str | None) -> tuple[dict, dict[str, bytes]]:
     """The configuration fields and harness files of a search of this target, checked; SearchError otherwise."""
-    for f in HARNESS + ("train.py",):
+    for f in HARNESS + (HARNESS_GENOME,):
         if not (project / f).exists():
             raise SearchError(f"{project} has no {f}; run evo from the project folder, pass --project, or evolve "
                               "another kind of project with --run (see evo init --help)")
@@ -107,7 +108,19 @@ class HarnessTarget(Target):
         return TrialRunner(executor=self.executor(search, python=python), evaluator=evaluator, harness=search.harness,
                            harness_dir=search.paths.harness, data=DataFiles.from_describe(facts, data_cache_root(cfg)),
                            python=python, network=cfg.allow_network, eval_limit=cfg.eval_limit, read=read_paths(cfg),
-                           model_processes=int(facts.get("model_processes", 1)))
+                           model_processes=int(facts.get("model_processes", 1)), compile_cache=self.compile_cache(search))
+
+    def proposer_settings(self) -> dict:
+        """Also the sequence length, and the seed's one hard invariant between knobs: whole micro-batches
+        per optimizer step (`whole_multiples`: knob, per-knob, factor)."""
+        settings = super().proposer_settings()
+        if self.config.seq_len:
+            settings["target_facts"] = [f"sequence length {self.config.seq_len}"]
+            settings["whole_multiples"] = [("TOTAL_BATCH_SIZE", "DEVICE_BATCH_SIZE", self.config.seq_len)]
+        return settings
+
+    def owns_process(self, cmdline: bytes) -> bool:
+        return HARNESS_SCRIPT.encode() in cmdline
 
     def environment(self, search: Search, *, slot: Slot, seed: int) -> dict[str, str]:
         cfg = self.config

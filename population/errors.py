@@ -1,0 +1,28 @@
+"""The errors evoresearch raises on purpose: one base, so a caller can catch any of them, and a kind each.
+
+Every message is one line that says what is wrong and how to fix it, naming the library's own
+parameters (`min_gain`); the command line shows them as its flags (`--min-gain`). The classes
+raised are the specific ones of each module (`SearchError`, `LadderError`, `ProposerError` ...);
+those that were a `ValueError` or `RuntimeError` before still are.
+
+    >>> try:
+    ...     evo.create_search("bad name!", project=".")          # doctest: +SKIP
+    ... except EvoError as e:
+    ...     print(e)
+"""
+
+
+class EvoError(Exception):
+    """Base of every error evoresearch raises on purpose."""
+
+
+class ConfigError(EvoError):
+    """How something was asked for cannot work (a search, an option, a spec, a file to import)."""
+
+
+class StorageError(EvoError):
+    """The search's study, database or git remote cannot be opened or reached."""
+
+
+class ProposalError(EvoError):
+    """A proposer could not make a child (now, or at all)."""
