@@ -23,6 +23,8 @@ from optuna.exceptions import StorageInternalError
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from population.errors import StorageError
+
 _TYPES = {"datetime_start": sqlalchemy.DateTime, "datetime_complete": sqlalchemy.DateTime}
 _TRIALS = sqlalchemy.text("SELECT trial_id, number, state, datetime_start, datetime_complete FROM trials "
                           "WHERE study_id = :study ORDER BY trial_id").columns(**_TYPES)
@@ -59,7 +61,7 @@ def _attribute_objects(dialect: str, table: str, id_column: str) -> sqlalchemy.T
                            f"WHERE t.study_id = :study ORDER BY x.{id_column}) AS x GROUP BY trial_id")
 
 
-class UnknownLayout(Exception):
+class UnknownLayout(StorageError):
     """The database does not have the tables this module reads: use Optuna's own read."""
 
 

@@ -252,7 +252,7 @@ def test_only_the_harness_target_names_the_harness():
 
 def test_hosts_see_the_loop_only_through_their_protocol():
     # SharedHosts once set the loop's options through an untyped back-reference; what hosts may use of
-    # the loop is `evo.hosts.HostedLoop`, and the loop has all of it.
+    # the engine they serve is `evo.hosts.HostedLoop`, and the engine has all of it.
     hosts = ast.parse((ROOT / "evo" / "hosts.py").read_text())
     protocol = next((n for n in hosts.body if isinstance(n, ast.ClassDef) and n.name == "HostedLoop"), None)
     assert protocol is not None, "evo/hosts.py says nowhere what it uses of the loop (class HostedLoop)"
@@ -261,13 +261,13 @@ def test_hosts_see_the_loop_only_through_their_protocol():
     used = {n.attr for n in ast.walk(hosts)
             if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "loop"}
     assert used <= allowed, f"evo/hosts.py uses {sorted(used - allowed)} of the loop outside HostedLoop"
-    loop = next(n for n in ast.parse((ROOT / "evo" / "loop.py").read_text()).body
-                if isinstance(n, ast.ClassDef) and n.name == "SearchLoop")
+    loop = next(n for n in ast.parse((ROOT / "evo" / "engine" / "_engine.py").read_text()).body
+                if isinstance(n, ast.ClassDef) and n.name == "Engine")
     has = {n.name for n in loop.body if isinstance(n, ast.FunctionDef)}
     has |= {t.attr for n in ast.walk(loop) if isinstance(n, ast.Assign) for target in n.targets
             for t in ast.walk(target) if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name)
             and t.value.id == "self"}
-    assert allowed <= has, f"SearchLoop lacks {sorted(allowed - has)} of HostedLoop"
+    assert allowed <= has, f"Engine lacks {sorted(allowed - has)} of HostedLoop"
 
 
 # Modules with a status vocabulary of their own: the enum itself, and autoresearch's results.tsv

@@ -6,6 +6,7 @@ from evo.engine._options import StopKind, StopReason
 from evo.strategies import NoParentError
 from population.lineage import Lineage
 from population.search import SearchConfig
+from population.store import TrialStatus
 
 
 def no_parent(cfg: SearchConfig, lineage: Lineage, error: NoParentError | None, again: str = "") -> str:
@@ -15,7 +16,7 @@ def no_parent(cfg: SearchConfig, lineage: Lineage, error: NoParentError | None, 
     if seeds and not any(t.finished_ok for t in lineage.trials):
         t = seeds[-1]
         failed = f"the seed genome failed (trial #{t.number}, {t.status}: {(t.error or 'no error line')[:160]})"
-        if t.status == "no_metric" and cfg.target:  # the metric's name is fixed: running again cannot help
+        if t.status == TrialStatus.NO_METRIC and cfg.target:  # the metric's name is fixed: running again cannot help
             return (f"{failed}; the search's metric {cfg.metric!r} is fixed: if the run prints its score under "
                     f"another name, delete the search with `evo rm {name} --yes` and create it again with that "
                     f"--metric (or --metric-pattern); if the seed's own files should print it, fix them in the "

@@ -10,7 +10,7 @@ from evo.runner import TrialResult
 from evo.search import check_harness
 from population.lineage import MIN_GAIN_ATTR, genome_key
 from population.search import SearchError
-from population.store import OK
+from population.store import OK, TrialStatus
 
 
 def run(engine, ticket: Ticket) -> TrialResult:
@@ -33,7 +33,7 @@ def run(engine, ticket: Ticket) -> TrialResult:
                                on_progress=on_progress, stop=engine.stop,
                                on_start=on_start)
     except Exception as e:  # the runner itself failed: record it, keep going
-        return TrialResult("crash", error=f"runner error: {type(e).__name__}: {e}")
+        return TrialResult(TrialStatus.CRASH, error=f"runner error: {type(e).__name__}: {e}")
 
 
 def tell(engine, ticket: Ticket, result: TrialResult) -> Told:
@@ -85,7 +85,7 @@ def after_trial(engine, ticket: Ticket, result: TrialResult) -> TrialResult:
         try:
             check_harness(search)
         except SearchError as e:
-            result.status, result.error = "invalid", "changed the search's harness (prepare.py) while it ran"
+            result.status, result.error = TrialStatus.INVALID, "changed the search's harness (prepare.py) while it ran"
             engine.failure = StopReason(StopKind.ERROR, str(e))
     seed_tree = next((t.tree for t in engine.trials() if t.operator == "seed" and t.tree), None)
     engine.target.after_trial(search, result, workdir=ticket.worktree, seed=ticket.tree == seed_tree)
