@@ -35,6 +35,7 @@ import optuna
 
 from evo.devices import Slot, check_slots, parse_devices, visible_gpus
 from evo.hosts import OneHost, SharedHosts
+from evo.memory import recall
 from evo.proposers import (Genome, Proposal, ProposalContext, Proposer, ProposerError, ProposerUnavailable, cap_proposal,
                            hyperparameter_values)
 from evo.promotion import DEFAULT_TOP, LADDER_ATTR, RUNG_ATTRS, Rung, describe
@@ -130,6 +131,7 @@ class RunOptions:
     promote_top: float = DEFAULT_TOP
     api_backoff: tuple[float, float] = (15.0, 600.0)
     reeval_while_waiting: int = 3
+    memory: bool = True   # hand proposers the lab notebook (evo.memory); False: as before it existed
 
     def __post_init__(self):
         if not 0 < self.promote_top < 1:
@@ -590,7 +592,8 @@ class SearchLoop:
                               offline_only=offline_only, progress=(facts or ProposalFacts({})).update,
                               say=lambda line: self.on_event("proposer", {"line": line}),
                               hidden_data=self.runner.data.sources,
-                              training_data=(*self.runner.data.tokenizer, *self.runner.data.train))
+                              training_data=(*self.runner.data.tokenizer, *self.runner.data.train),
+                              memory=recall(search, lineage) if self.options.memory else None)
         try:
             if plan.operator == "crossover":
                 base_commit = search.repo.merge_base(parents[0].commit, parents[1].commit)
@@ -784,6 +787,7 @@ class SearchLoop:
         attrs.update(self.hosts.trial_attrs())
         p = child.proposal
         if p is not None:
+            attrs.update(p.attrs)
             attrs.update(description=p.description, rationale=p.rationale, proposer=p.proposer, usage=p.usage)
             if p.capped:
                 attrs["capped"] = p.capped
