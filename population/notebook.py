@@ -179,7 +179,10 @@ class Notebook:
         self.engine = sa.create_engine(with_driver(url), **options)
         self._lock = threading.Lock()
         self._synced: dict[str, set[int]] = {}   # search id -> trials known to be in the table
-        _metadata.create_all(self.engine, checkfirst=True)
+        try:
+            _metadata.create_all(self.engine, checkfirst=True)
+        except sa.exc.IntegrityError:  # another host made the table at the same moment (PostgreSQL's catalog race)
+            _metadata.create_all(self.engine, checkfirst=True)
 
     @staticmethod
     def url_for(search) -> str:

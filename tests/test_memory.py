@@ -59,3 +59,78 @@ def test_the_offline_proposer_leans_towards_a_move_measured_better_but_still_exp
     hits = sum("MATRIX_LR 0.04 -> 0.05" in d for d in picked)
     assert hits > 3 * max(1, sum("MATRIX_LR 0.04 -> 0.05" in d for d in plain))
     assert hits < len(picked)  # exploration: other moves still get drawn
+
+
+def finished_children(search) -> set[int]:
+    return {t.number for t in search.trials() if t.operator in ("mutate", "crossover") and t.counts}
+
+
+def notebook_rows(root, search_name: str) -> set[int]:
+    with sqlite3.connect(root / FILE) as db:
+        return {n for (n,) in db.execute("SELECT trial FROM evo_ideas WHERE search = ?", (search_name,))}
+
+
+@pytest.mark.slow
+def test_the_notebook_loses_nothing_to_kill_9_and_is_rebuilt_from_the_searches(instant_project):
+    from population import Search
+
+    project, root = instant_project, instant_project / "runs"
+    argv = [sys.executable, "-m", "evo.cli", "run", "a", "--profile", "tiny", "--budget", "1", "--trials", "500",
+            "--strategy", "greedy", "--devices", "cpu"]
+    proc = subprocess.Popen(argv, cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "EVO_TEST_SLEEP": "0.2"}, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not ((root / FILE).exists() and len(notebook_rows(root, "a")) >= 5):
+            time.sleep(0.3)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the run and its trial's processes, mid-trial
+        proc.wait()
+    with Search.open("a", root=root) as search:
+        search.store.fail_running()
+        done = finished_children(search)
+    assert len(notebook_rows(root, "a")) >= 5, "the run wrote its ideas as it went"
+    # A search made without memory never touched the notebook: its reader adds its ideas.
+    made = run_evo("run", "b", "--profile", "tiny", "--budget", "1", "--trials", "8", "--strategy", "greedy",
+                   "--devices", "cpu", "--no-memory", "--quiet", cwd=project)
+    assert made.returncode == 0, made.stderr
+    assert notebook_rows(root, "b") == set()
+    listed = run_evo("ideas", "--json", cwd=project)
+    assert listed.returncode == 0, listed.stderr
+    assert notebook_rows(root, "a") == done, "what finished before the kill is all there, once"
+    with Search.open("b", root=root) as search:
+        assert notebook_rows(root, "b") == finished_children(search) != set()
+    rows = json.loads(listed.stdout)
+    assert sum(r["tries"] for r in rows) == len(done) + len(notebook_rows(root, "b"))
+    assert {s for r in rows for s in r["searches"]} == {"a", "b"}
+    # Derived data: deleted, it is made again from the studies, the same.
+    before = sorted(rows, key=lambda r: r["idea"])
+    (root / FILE).unlink()
+    again = run_evo("ideas", "--json", cwd=project)
+    assert sorted(json.loads(again.stdout), key=lambda r: r["idea"]) == before
+
+
+@pytest.mark.slow
+def test_evo_ideas_on_two_searches_ranks_what_helped_above_what_hurt(instant_project):
+    project = instant_project
+    for name in ("a", "b"):
+        made = run_evo("run", name, "--profile", "tiny", "--budget", "1", "--trials", "10", "--strategy", "greedy",
+                       "--devices", "cpu", "--quiet", cwd=project)
+        assert made.returncode == 0, made.stderr
+    listed = run_evo("ideas", "--json", cwd=project)
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    means = [r["mean"] for r in rows if r["mean"] is not None]
+    assert means == sorted(means, reverse=True)
+    helped = next(i for i, r in enumerate(rows) if r["mean"] is not None and r["mean"] > 0)
+    hurt = next(i for i, r in enumerate(rows) if r["mean"] is not None and r["mean"] < 0)
+    assert helped < hurt
+    # b starts from a's notebook and the same seed, so it retries the moves a measured better: one idea each.
+    both = [r for r in rows if r["searches"] == ["a", "b"]]
+    assert both and all(r["tries"] >= 2 for r in both)
+    table = run_evo("ideas", "--search", "b", "--like", rows[0]["idea"].split()[0].lower(), cwd=project)
+    assert table.returncode == 0 and rows[0]["idea"].split()[0] in table.stdout and "effect" in table.stdout
+    only_b = json.loads(run_evo("ideas", "--search", "b", "--json", cwd=project).stdout)
+    assert only_b and all(r["searches"] == ["b"] for r in only_b)
+    bad = run_evo("ideas", "--root", "nowhere", cwd=project)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--root" in bad.stderr

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from evo.cli import _compare, _manage, _run, _views
+from evo.cli import _compare, _ideas, _manage, _run, _views
 from evo.cli._common import EXIT_USAGE, Parser, UsageError, machine_failure, quiet_broken_pipe
 from population.search import SearchError
 
@@ -23,7 +23,7 @@ def build_parser() -> Parser:
                     "in git, every trial under the same time budget, every result in an Optuna study.")
     parser.add_argument("--version", action="version", version=f"evo (evoresearch) {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
-    for module in (_run, _views, _compare, _manage):
+    for module in (_run, _views, _compare, _manage, _ideas):
         module.add_parsers(sub)
     return parser
 

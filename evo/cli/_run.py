@@ -104,6 +104,8 @@ def add_run_options(p, *, shared: bool = False) -> None:
                    help="seconds to wait before asking an LLM API again once it stopped answering, doubling up to "
                    "LONGEST while it stays down (default: 15,600); meanwhile devices re-evaluate the best genomes "
                    "or the offline member of a mix proposes, and the search never stops for an outage")
+    g.add_argument("--no-memory", action="store_true", help="propose without the lab notebook (what this and earlier "
+                   "searches of the task measured, see evo ideas), as before it existed: for fair comparisons")
     g.add_argument("--quiet", action="store_true", help="print only the final line")
 
 
@@ -126,7 +128,8 @@ def run_options(args) -> RunOptions:
                           noise_runs=args.noise_runs or 0, min_gain=0.0 if args.min_gain is None else args.min_gain,
                           max_vram_gb=args.max_vram_gb, max_memory_gb=args.max_memory_gb,
                           max_cost_usd=args.max_cost_usd, promote_top=args.promote_top, api_backoff=args.api_backoff,
-                          promote=parse_ladder(args.promote) if args.promote else ())
+                          promote=parse_ladder(args.promote) if args.promote else (),
+                          memory=not args.no_memory)
     except ValueError as e:
         raise UsageError(str(e)) from None
 
