@@ -134,3 +134,30 @@ def test_evo_ideas_on_two_searches_ranks_what_helped_above_what_hurt(instant_pro
     assert only_b and all(r["searches"] == ["b"] for r in only_b)
     bad = run_evo("ideas", "--root", "nowhere", cwd=project)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--root" in bad.stderr
+
+
+@pytest.mark.slow
+def test_the_llm_reads_earlier_searches_ideas_with_their_outcomes_in_the_cached_part_of_its_prompt(instant_project):
+    from fake_llm import FakeServer, anthropic_reply, proposal
+
+    project = instant_project
+    made = run_evo("run", "a", "--profile", "tiny", "--budget", "1", "--trials", "8", "--strategy", "greedy",
+                   "--devices", "cpu", "--quiet", cwd=project)
+    assert made.returncode == 0, made.stderr
+    with FakeServer([anthropic_reply(proposal("lower LR 0.04 -> 0.03", [("train.py", "LR = 0.04", "LR = 0.03")]))]) as server:
+        runs = {name: run_evo("run", name, "--proposer", "anthropic", "--model", "claude-sonnet-5-5", "--profile", "tiny",
+                              "--budget", "1", "--trials", "2", "--devices", "cpu", "--quiet", *extra, cwd=project,
+                              env={"ANTHROPIC_API_KEY": "sk-ant-test", "ANTHROPIC_BASE_URL": server.url})
+                for name, extra in (("b", ()), ("c", ("--no-memory",)))}
+    assert all(p.returncode == 0 for p in runs.values()), [p.stderr for p in runs.values()]
+    with_memory, without = server.received
+    blocks = with_memory.body["system"]
+    notebook = next(b for b in blocks if b["text"].startswith("# Lab notebook"))
+    assert notebook["cache_control"] == {"type": "ephemeral"}
+    listed = json.loads(run_evo("ideas", "--search", "a", "--json", cwd=project).stdout)
+    measured = [r for r in listed if r["mean"] is not None]
+    assert measured
+    shown = [r for r in measured if f"- {r['idea']} | " in notebook["text"]]
+    assert shown, notebook["text"]
+    assert all(f"effect {r['mean']:+.4f}" in notebook["text"] for r in shown)
+    assert not any("Lab notebook" in b["text"] for b in without.body["system"])  # --no-memory: as before
