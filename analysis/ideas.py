@@ -18,6 +18,7 @@ import statistics
 from dataclasses import asdict, dataclass
 
 from analysis.stats import bootstrap_ci
+from population.lineage import MIX_WEIGHTS_ATTR
 from population.notebook import Idea
 
 RESAMPLES = 2000   # per row: enough for a 95% interval to two digits, cheap for hundreds of rows
@@ -91,3 +92,31 @@ def render_ideas(rows: list[IdeaRow], *, limit: int | None = None) -> str:
 
 def as_json(rows: list[IdeaRow]) -> list[dict]:
     return [{**asdict(r), "searches": list(r.searches)} for r in rows]
+
+
+def notebook_rows(search) -> list[IdeaRow]:
+    """The ranked ideas of every search of `search`'s task in its notebook, after adding its own (none when
+    the notebook cannot be read: the report goes on without that section)."""
+    import sqlalchemy as sa
+
+    from population.notebook import Notebook, task_of
+    try:
+        book = Notebook.for_search(search)
+        try:
+            book.sync(search)
+            return rank_ideas(book.ideas(task=task_of(search.config)))
+        finally:
+            book.close()
+    except sa.exc.SQLAlchemyError:
+        return []
+
+
+def weights_over_time(trials, *, rows: int = 12) -> list[tuple[int, dict[str, float]]]:
+    """(trial number, the adaptive mix's weights when it was proposed), for about `rows` trials spread
+    over the search (first and last included); empty for a search without an adaptive mix."""
+    weighed = [(t.number, t.attrs[MIX_WEIGHTS_ATTR]) for t in sorted(trials, key=lambda t: t.number)
+               if isinstance(t.attrs.get(MIX_WEIGHTS_ATTR), dict)]
+    if len(weighed) <= rows:
+        return weighed
+    step = (len(weighed) - 1) / (rows - 1)
+    return [weighed[round(i * step)] for i in range(rows)]

@@ -161,3 +161,47 @@ def test_the_llm_reads_earlier_searches_ideas_with_their_outcomes_in_the_cached_
     assert shown, notebook["text"]
     assert all(f"effect {r['mean']:+.4f}" in notebook["text"] for r in shown)
     assert not any("Lab notebook" in b["text"] for b in without.body["system"])  # --no-memory: as before
+
+
+def test_an_adaptive_mix_shifts_its_weight_to_the_member_whose_children_make_new_bests():
+    from evo.proposers import WEIGHTS_ATTR, AdaptiveProposer, CommandProposer, from_spec
+    from population.store import TrialRecord
+
+    def child(n: int, proposer: str, value: float) -> TrialRecord:
+        return TrialRecord(n, "COMPLETE", value, attrs={"operator": "mutate", "parents": [0], "status": "ok",
+                                                        "proposer": proposer, "tree": f"t{n}", "commit": f"c{n}"})
+
+    seed = TrialRecord(0, "COMPLETE", 2.0, attrs={"operator": "seed", "parents": [], "status": "ok", "tree": "t0"})
+    trials = [seed] + [child(n, "offline" if n % 2 else "command", 2.0 - 0.05 * n if n % 2 else 3.0)
+                       for n in range(1, 21)]
+    mix = AdaptiveProposer([(OfflineProposer(), 1.0), (CommandProposer("true"), 1.0)])
+    assert mix.name == "adaptive:offline,command"
+    assert mix.record(Lineage(trials)) == {"offline": (10, 10), "command": (10, 0)}
+    start, now = mix.weights(Lineage([seed])), mix.weights(Lineage(trials))
+    assert 0.4 < start["offline"] < 0.6 and now["offline"] > 0.95 and sum(now.values()) == pytest.approx(1.0)
+    # Drawn by the learnt weights: the useful member gets the children, each recording the weights in force.
+    ctx_now = ProposalContext(program="", mutable=["train.py"], settings={"profile": "tiny", "seq_len": 128},
+                              lineage=Lineage(trials), rng=random.Random(3))
+    proposal = mix.mutate(Genome(trial=0, commit="c0", files={"train.py": SEED}), ctx_now)
+    assert proposal.proposer == "offline" and proposal.attrs[WEIGHTS_ATTR] == now
+    built = from_spec("adaptive:offline:2,command", agent_command="true")
+    assert isinstance(built, AdaptiveProposer) and [w for _, w in built.members] == [2.0, 1.0]
+
+
+@pytest.mark.slow
+def test_an_adaptive_run_records_its_weights_and_the_report_shows_them_and_the_notebook(instant_project):
+    from population import Search
+
+    project = instant_project
+    made = run_evo("run", "ad", "--proposer", "adaptive:offline,command", "--agent-command", "true", "--trials", "8",
+                   "--strategy", "greedy", "--profile", "tiny", "--budget", "1", "--devices", "cpu", "--quiet",
+                   cwd=project)
+    assert made.returncode == 0, made.stderr
+    with Search.open("ad", root=project / "runs") as search:
+        children = [t for t in search.trials() if t.operator == "mutate"]
+    assert children and all(set(t.attrs["mix_weights"]) == {"offline", "command"} for t in children)
+    assert all(sum(t.attrs["mix_weights"].values()) == pytest.approx(1.0, abs=0.01) for t in children)
+    report = run_evo("report", "ad", cwd=project)
+    assert report.returncode == 0, report.stderr
+    page = (project / "runs" / "ad" / "report" / "report.html").read_text()
+    assert "How the adaptive mix moved" in page and "Lab notebook: what the searches of this task measured" in page

@@ -86,7 +86,8 @@ def add_run_options(p, *, shared: bool = False) -> None:
                    help="evolve (default): tournament + crossover; greedy: autoresearch's hill-climb; random: best-of-N from the seed")
     g.add_argument("--proposer", default="offline", metavar="SPEC",
                    help="who writes children: offline (default, no network), anthropic, openai-compatible, command, "
-                   "or a weighted mix such as offline:0.8,anthropic:0.2 (each trial records which one wrote it)")
+                   "or a weighted mix such as offline:0.8,anthropic:0.2 (each trial records which one wrote it); "
+                   "adaptive:offline,anthropic learns the weights from which member's children make new bests")
     g.add_argument("--reeval", type=non_negative_int, default=0, metavar="K",
                    help="re-evaluate a genome with K new seeds when it becomes the best; rank by the mean (default: 0)")
     add_noise_options(g)
