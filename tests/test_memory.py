@@ -14,6 +14,7 @@ import time
 import pytest
 
 from conftest import ROOT, run_evo
+from test_hosts import database, postgres  # noqa: F401  (fixtures: a PostgreSQL database per test)
 from evo.proposers import Genome, OfflineProposer, ProposalContext
 from population import Lineage, genome_hash
 from population.notebook import FILE, Change, Idea, Notebook, Recall, task_of
@@ -205,3 +206,38 @@ def test_an_adaptive_run_records_its_weights_and_the_report_shows_them_and_the_n
     assert report.returncode == 0, report.stderr
     page = (project / "runs" / "ad" / "report" / "report.html").read_text()
     assert "How the adaptive mix moved" in page and "Lab notebook: what the searches of this task measured" in page
+
+
+@pytest.mark.slow
+def test_two_hosts_of_a_shared_search_fill_one_notebook_in_its_database(instant_project, database, tmp_path):
+    from services import GitDaemon
+    from test_hosts import GRACE, finish, log_of, open_on, worker
+
+    project = instant_project
+    served = tmp_path / "served"
+    subprocess.run(["git", "init", "--quiet", "--bare", str(served / "population.git")], check=True)
+    daemon = GitDaemon(served)
+    try:
+        remote = daemon.url("population.git")
+        init = run_evo("init", "s", "--profile", "tiny", "--budget", "1", "--storage", database, "--remote", remote,
+                       *GRACE, "--root", "hosts/a", cwd=project)
+        assert init.returncode == 0, init.stderr
+        procs = [worker(project, h, "s", "--storage", database, "--remote", remote, "--trials", "14", sleep=0.3)
+                 for h in ("a", "b")]
+        finish(procs)
+        assert all(p.returncode == 0 for p in procs), log_of(project, "a") + log_of(project, "b")
+        with open_on(project, "a", "s") as search:
+            children = {t.number: t.attrs["worker"] for t in search.trials()
+                        if t.operator in ("mutate", "crossover") and t.counts}
+        book = Notebook(database)
+        try:
+            written = {i.trial for i in book.ideas(search="s")}  # what the workers' proposals wrote, read as it is
+            assert not (tmp_path / "hosts" / "a" / FILE).exists() and not (project / "hosts" / "a" / FILE).exists()
+            assert len({children[n].rsplit("/", 2)[-2] for n in written}) == 2, "both hosts' trials are in it"
+            with open_on(project, "b", "s") as search:
+                book.sync(search)  # a reader adds the last results, which no proposal came after
+            assert {i.trial for i in book.ideas(search="s")} == set(children)
+        finally:
+            book.close()
+    finally:
+        daemon.stop()
