@@ -241,3 +241,21 @@ def test_two_hosts_of_a_shared_search_fill_one_notebook_in_its_database(instant_
             book.close()
     finally:
         daemon.stop()
+
+
+def test_an_imported_results_tsv_adds_its_ideas_to_the_notebook(tmp_path, instant_project):
+    tsv = tmp_path / "results.tsv"
+    tsv.write_text("commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
+                   "a1b2c3d\t0.997900\t44.0\tkeep\tbaseline\n"
+                   "b2c3d4e\t0.000000\t0.0\tcrash\tdouble the width (OOM)\n"
+                   "c3d4e5f\t0.993200\t44.2\tkeep\tadd warmup 0.05\n"
+                   "d4e5f6a\t0.999000\t44.2\tdiscard\tlr 0.04 -> 0.08\n")
+    proc = run_evo("import", str(tsv), "overnight", cwd=instant_project)
+    assert proc.returncode == 0, proc.stderr
+    assert "3 ideas into the lab notebook" in proc.stdout
+    rows = json.loads(run_evo("ideas", "--json", cwd=instant_project).stdout)
+    assert [(r["idea"], r["kind"], r["failed"]) for r in rows] == [
+        ("add warmup 0.05", "code", 0), ("lr 0.04 -> 0.08", "code", 0), ("double the width (OOM)", "code", 1)]
+    assert rows[0]["mean"] == pytest.approx(0.9979 - 0.9932) and rows[1]["mean"] == pytest.approx(0.9932 - 0.999)
+    warm = json.loads(run_evo("ideas", "--like", "WARMUP", "--json", cwd=instant_project).stdout)
+    assert [r["idea"] for r in warm] == ["add warmup 0.05"]
