@@ -6,7 +6,7 @@ from evo.proposers._base import Genome, Proposal, ProposalContext, Proposer, Pro
 from evo.proposers._blocks import inside, marked
 from evo.proposers._hyperparams import FROZEN_PREFIXES, find_hyperparameters, format_value, mutate_value, rewrite
 from population.genomes import merge_texts
-from population.lineage import auto_min_gain
+from population.lineage import auto_min_gain, pooled_sd
 from population.notebook import Change, Recall
 from population.params import flatten
 
@@ -21,12 +21,12 @@ TREND_WEIGHT = 0.5
 
 
 class Moves:
-    """What the notebook measured of each constant's moves: mean effects of ideas that changed only it.
+    """What the notebook measured of each constant's moves: effects of ideas that changed only it.
 
-    An idea that changed several constants is left out: its effect cannot be shared among them."""
+    An idea that changed several constants is left out: its effect cannot be shared among them.
+    A move counts as better or worse only where its mean effect is beyond the noise (`verdict`)."""
 
     def __init__(self, recall: Recall):
-        self.noise_sd = recall.noise_sd
         self.exact: dict[tuple, list[float]] = {}
         self.trend: dict[tuple, list[float]] = {}
         for idea in recall.scored():
@@ -34,27 +34,42 @@ class Moves:
                 c = idea.changes[0]
                 self.exact.setdefault((c.name, c.old, c.new), []).append(idea.effect)
                 self.trend.setdefault((c.name, c.direction), []).append(idea.effect)
+        # The searches' noise floor; where none was measured (no --noise-runs), the spread of the same move's
+        # effects measured more than once: each is a difference of two measurements, so sqrt(2) floors wide.
+        spread = pooled_sd(self.exact.values())
+        self.noise_sd = recall.noise_sd or (spread / 2 ** 0.5 if spread else None)
+
+    def verdict(self, effects: list[float] | None) -> int:
+        """+1 better, -1 worse, 0 not known to differ: the mean effect beyond the gain `--min-gain auto` asks
+        of a better result, shrunk by the square root of the times it was measured. With no noise floor
+        known at all, one measurement is no evidence: it takes two, all on the same side."""
+        if not effects:
+            return 0
+        mean = statistics.fmean(effects)
+        if self.noise_sd:
+            margin = auto_min_gain(self.noise_sd) / len(effects) ** 0.5
+            return 1 if mean > margin else -1 if mean < -margin else 0
+        if len(effects) < 2:
+            return 0
+        return 1 if min(effects) > 0 else -1 if max(effects) < 0 else 0
 
     def worse(self, change: Change) -> bool:
-        """Whether `change` was measured worse beyond the noise: its mean effect below minus the gain
-        `--min-gain auto` asks of a better result, shrunk by the square root of the times it was measured."""
-        effects = self.exact.get((change.name, change.old, change.new))
-        if not effects:
-            return False
-        return statistics.fmean(effects) < -auto_min_gain(self.noise_sd) / len(effects) ** 0.5
+        """Whether `change` was measured worse beyond the noise."""
+        return self.verdict(self.exact.get((change.name, change.old, change.new))) < 0
 
     def helped(self) -> list[tuple[str, object, object]]:
-        """(name, old, new) of the moves whose mean effect was an improvement, the best first."""
-        means = {key: statistics.fmean(v) for key, v in self.exact.items()}
-        return sorted((key for key, mean in means.items() if mean > 0), key=lambda key: -means[key])
+        """(name, old, new) of the moves measured better beyond the noise, the best first."""
+        better = [key for key, effects in self.exact.items() if self.verdict(effects) > 0]
+        return sorted(better, key=lambda key: -statistics.fmean(self.exact[key]))
 
     def value(self, change: Change) -> float:
-        """The effect expected of `change`: measured exactly, else a share of its trend's, else 0."""
+        """The effect expected of `change`: its mean where measured beyond the noise, else a share of its
+        direction's (NAME up or down, from any value) where that is, else 0."""
         effects = self.exact.get((change.name, change.old, change.new))
-        if effects:
+        if self.verdict(effects):
             return statistics.fmean(effects)
         trend = self.trend.get((change.name, change.direction))
-        return TREND_WEIGHT * statistics.fmean(trend) if trend else 0.0
+        return TREND_WEIGHT * statistics.fmean(trend) if self.verdict(trend) else 0.0
 
 
 def changes_of(moves: list[tuple[str, object, object]]) -> list[Change]:
