@@ -42,7 +42,7 @@ def recall(search: Search, lineage: Lineage, say=lambda line: None) -> Recall:
         if opened and not search.config.shared:
             book.sync_root(search.folder.parent, warn=say)
         book.sync(search, lineage)
-        return Recall.of(book.ideas(task=task_of(search.config)))
+        return Recall.of(book.of_task(task_of(search.config)))
     except sa.exc.SQLAlchemyError as e:
         say(f"the lab notebook could not be read ({type(e).__name__}); this proposal goes without it")
         return Recall()

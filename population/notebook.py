@@ -179,6 +179,7 @@ class Notebook:
         self.engine = sa.create_engine(with_driver(url), **options)
         self._lock = threading.Lock()
         self._synced: dict[str, set[int]] = {}   # search id -> trials known to be in the table
+        self._tasks: dict[str, dict[tuple[str, int], Idea]] = {}   # task -> its rows as last read (see `of_task`)
         try:
             _metadata.create_all(self.engine, checkfirst=True)
         except sa.exc.IntegrityError:  # another host made the table at the same moment (PostgreSQL's catalog race)
@@ -216,10 +217,24 @@ class Notebook:
             if not new:
                 return 0
             noise = lineage.noise_sd()
-            rows = [_row(idea_of(t, lineage, search.config, diff=_diff_of(search, lineage, t), noise_sd=noise)) for t in new]
-            self._insert(rows)
+            ideas = [idea_of(t, lineage, search.config, diff=_diff_of(search, lineage, t), noise_sd=noise) for t in new]
+            self._insert([_row(i) for i in ideas])
             known.update(t.number for t in new)
-            return len(rows)
+            cached = self._tasks.get(task_of(search.config))
+            if cached is not None:
+                cached.update(((i.search_id, i.trial), i) for i in ideas)
+            return len(ideas)
+
+    def of_task(self, task: str) -> list[Idea]:
+        """The rows of one task, read again only when the table holds rows this process has not seen (rows are
+        only ever added): a search that proposes thousands of times reads its notebook once, then counts it."""
+        with self._lock:
+            with self.engine.connect() as c:
+                count = c.execute(sa.select(sa.func.count()).select_from(_table).where(_table.c.task == task)).scalar()
+            cached = self._tasks.get(task)
+            if cached is None or len(cached) != count:
+                cached = self._tasks[task] = {(i.search_id, i.trial): i for i in self.ideas(task=task)}
+            return list(cached.values())
 
     def sync_root(self, root: str | Path, *, warn=None) -> int:
         """Sync every search whose folder is in `root` (those that cannot be opened are skipped, said to
