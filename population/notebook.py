@@ -276,7 +276,13 @@ class Notebook:
 
 
 def _diff_of(search, lineage: Lineage, t: TrialRecord) -> str:
-    """The child's diff against its first parent (empty without genomes, e.g. an imported search)."""
+    """The child's diff against its parent(s): the one its trial folder keeps, else git's against its first
+    parent (a trial another host ran); empty without genomes (an imported search)."""
+    kept = search.paths.trial(t.number).diff
+    try:
+        return kept.read_text(errors="replace")
+    except OSError:
+        pass
     parent = lineage.by_number.get(t.parents[0]) if t.parents else None
     if not (t.commit and parent is not None and parent.commit) or t.commit == parent.commit:
         return ""
