@@ -16,8 +16,8 @@ import pytest
 from conftest import ROOT, run_evo
 from test_hosts import database, postgres  # noqa: F401  (fixtures: a PostgreSQL database per test)
 from evo.proposers import Genome, OfflineProposer, ProposalContext
-from population import Lineage, genome_hash
-from population.notebook import FILE, Change, Idea, Notebook, Recall, task_of
+from population import Lineage
+from population.notebook import FILE, Change, Idea, Notebook, Recall
 
 SEED = (ROOT / "train.py").read_text()
 
