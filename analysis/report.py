@@ -35,6 +35,7 @@ from analysis.progress import (Progress, children, device_seconds, failure_rate,
                                progress)
 from analysis.tree import TreeView, lineage_svg, plot_lineage, tree_view
 from analysis.walk import Step, best_lineage
+from analysis.ideas import IdeaRow, notebook_rows, weights_over_time
 from analysis.yields import Yield, gains, yield_by
 from population.lineage import MIN_GAIN_ATTR, MINIMIZE, NOISE_MULTIPLE, Lineage, finish_order, gain, min_gain_of
 from population.store import IMPORTED_ATTR, TrialRecord, TrialStatus
@@ -178,14 +179,16 @@ def write_report(search, *, out: str | Path | None = None, max_nodes: int = 70, 
     files.html.write_text(render_html(facts, trials, files=files, steps=steps, view=big_view,
                                       by_operator=yield_by(trials, key="operator", direction=facts.direction),
                                       by_proposer=yield_by(trials, key="proposer", direction=facts.direction),
-                                      prog=progress(trials, direction=facts.direction)))
+                                      prog=progress(trials, direction=facts.direction),
+                                      ideas=notebook_rows(search), weights=weights_over_time(trials)))
     return files
 
 
 # -- the page ---------------------------------------------------------------------------------
 
 def render_html(facts: SearchFacts, trials: list[TrialRecord], *, files: ReportFiles, steps: list[Step],
-                view: TreeView, by_operator: list[Yield], by_proposer: list[Yield], prog: Progress) -> str:
+                view: TreeView, by_operator: list[Yield], by_proposer: list[Yield], prog: Progress,
+                ideas: list[IdeaRow] = (), weights: list[tuple[int, dict[str, float]]] = ()) -> str:
     """The report page as one HTML string.
 
     Args:
@@ -197,6 +200,8 @@ def render_html(facts: SearchFacts, trials: list[TrialRecord], *, files: ReportF
         by_operator: yields by operator.
         by_proposer: yields by proposer.
         prog: the search's progress (for each trial's order and keep flag).
+        ideas: the lab notebook's ideas of the search's task (`analysis.ideas.notebook_rows`).
+        weights: an adaptive mix's weights over the trials (`analysis.ideas.weights_over_time`).
     """
     sections = [f"<h1>Search {esc(facts.name)}</h1>",
                 f'<p class="headline">{esc(facts.headline())}</p>',
@@ -225,6 +230,8 @@ def render_html(facts: SearchFacts, trials: list[TrialRecord], *, files: ReportF
                 "means are over children with a result.</p>",
                 _yields(by_operator, "operator"),
                 _yields(by_proposer, "proposer") if len(by_proposer) > 1 or by_proposer else "",
+                _weights(weights),
+                _ideas(ideas, facts),
                 "<h2>All trials</h2>",
                 '<p class="muted">Click a header to sort. Highlighted rows made a new best.</p>',
                 _trials_table(trials, prog, facts)]
@@ -316,6 +323,31 @@ def _yields(rows: list[Yield], title: str) -> str:
     headers = [(title, False), ("children", True), ("improved on parent", True), ("yield", True), ("failed", True),
                ("mean gain", True), ("best gain", True)]
     return f"<h3>By {esc(title)}</h3>" + _html.table(headers, body)
+
+
+def _weights(weights: list[tuple[int, dict[str, float]]]) -> str:
+    if not weights:
+        return ""
+    names = sorted({name for _, w in weights for name in w})
+    rows = [(f"#{n}", *(f"{100 * w.get(name, 0):.0f}%" for name in names)) for n, w in weights]
+    return ("<h3>How the adaptive mix moved</h3>"
+            '<p class="muted">Each member\'s chance to propose the trial, from how often its children made a new best '
+            "(Thompson sampling).</p>" + _html.table([("trial", True), *((esc(n), True) for n in names)], rows))
+
+
+def _ideas(rows: list[IdeaRow], facts: SearchFacts, limit: int = 25) -> str:
+    if not rows:
+        return ""
+    body = [(esc(r.idea[:120]), num(r.mean, 4, signed=True),
+             f"[{num(r.low, 4, signed=True)}, {num(r.high, 4, signed=True)}]" if r.low is not None else "-",
+             str(r.tries), str(r.failed), str(r.kept), esc(", ".join(r.searches[:3]) + ("..." if len(r.searches) > 3 else "")))
+            for r in rows[:limit]]
+    headers = [("idea", False), ("effect", True), ("95% interval", False), ("tries", True), ("failed", True),
+               ("new bests", True), ("searches", False)]
+    return ("<h2>Lab notebook: what the searches of this task measured</h2>"
+            f'<p class="muted">Every idea tried in a search of this task (this one and others; `evo ideas` lists them '
+            f"all), the best measured first. Effect is the child's {esc(facts.metric)} against its parent's, positive "
+            f"is better, with a bootstrap interval where it was tried twice or more.</p>" + _html.table(headers, body))
 
 
 def _rungs(f: SearchFacts) -> str:

@@ -206,6 +206,7 @@ class Simulation:
         self.clock = 0.0
         self.rng = random.Random(f"sim:{job.landscape}:{job.strategy}")
         self.curve: list[float] = []   # true val_bpb of the search's best after each finished trial
+        self.tag = ""                  # tells apart the draws of searches on one landscape (bench/memory_payoff.py)
 
     def run(self) -> list[float]:
         """The true val_bpb of the search's best genome after each finished trial."""
@@ -233,7 +234,7 @@ class Simulation:
                 return True
             if self._measuring(done):
                 return False
-        rng = random.Random(f"{self.job.landscape}:{number}")
+        rng = random.Random(f"{self.job.landscape}:{number}{self.tag}")
         try:
             plan = self.strategy.plan(done, rng)
         except NoParentError:
@@ -242,7 +243,8 @@ class Simulation:
                               settings=HarnessTarget(SearchConfig(name="landscape", profile=PROFILE, budget=BUDGET,
                                                                   mutable=["train.py"], data="",
                                                                   seq_len=SEQ_LEN)).proposer_settings(),
-                              is_known=lambda files: genome_hash(files) in self.known)
+                              is_known=lambda files: genome_hash(files) in self.known,
+                              memory=self.memory(done))
         parents = [Genome(trial=n, commit="", files=self.files[n]) for n in plan.parents]
         if plan.operator == "crossover":
             base = merge_base(done, *plan.parents)
@@ -256,6 +258,10 @@ class Simulation:
             return True
         self._start(number, plan.operator, list(plan.parents), proposal.files, seed=0, island=plan.island)
         return True
+
+    def memory(self, done: Lineage):
+        """What the proposer gets from the lab notebook (none here; see bench/memory_payoff.py)."""
+        return None
 
     def _evaluations(self, lineage: Lineage, ind) -> int:
         return sum(1 for t in lineage.trials if t.tree == ind.tree and (t.number == ind.trial or t.operator == "reeval"))

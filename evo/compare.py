@@ -85,9 +85,10 @@ class CompareConfig:
     harness_sha256: str = ""
 
     def run_options(self) -> RunOptions:
-        """The options every member runs with (raises ValueError for a combination that cannot work)."""
+        """The options every member runs with (raises ValueError for a combination that cannot work). Without
+        the lab notebook: the members are replicates, and one must not learn from another that ran before it."""
         return RunOptions(trials=self.trials, reeval=self.reeval, noise_runs=self.noise_runs, min_gain=self.min_gain,
-                          prune=self.prune, max_vram_gb=self.max_vram_gb, max_cost_usd=self.max_cost_usd)
+                          prune=self.prune, max_vram_gb=self.max_vram_gb, max_cost_usd=self.max_cost_usd, memory=False)
 
     def strategy(self, name: str) -> Strategy:
         """Strategy `name` with the options this comparison fixed for it."""

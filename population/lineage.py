@@ -50,6 +50,9 @@ MINIMIZE, MAXIMIZE = "minimize", "maximize"
 DIRECTIONS = (MINIMIZE, MAXIMIZE)
 # The trial attribute holding the min gain the loop applied when the trial finished.
 MIN_GAIN_ATTR = "min_gain"
+# The trial attribute holding an adaptive mix's weights when the trial was proposed (member name -> its
+# chance to be drawn; see evo.proposers._adaptive).
+MIX_WEIGHTS_ATTR = "mix_weights"
 # `--min-gain auto` = NOISE_MULTIPLE x the noise floor. A new result is one evaluation and the
 # best's mean has n of them, so their difference has sd sigma * sqrt(1 + 1/n): at 2 sigma a child
 # with no real gain passes by luck 8% of the time against a best measured once and 4% against

@@ -97,6 +97,7 @@ class TrialRecord:
     constraints: dict[str, float] = field(default_factory=dict)
     started: datetime | None = None
     finished: datetime | None = None
+    params: dict[str, Any] = field(default_factory=dict)  # the genome's hyperparameters (population.params)
 
     @property
     def status(self) -> TrialStatus | str:
@@ -703,4 +704,4 @@ def _record(t: optuna.trial.FrozenTrial) -> TrialRecord:
     constraints = {k.split(":", 1)[1]: v for k, v in t.system_attrs.items() if k.startswith("constraints:")}
     return TrialRecord(number=t.number, state=t.state.name, value=t.value if t.state == TrialState.COMPLETE else None,
                        attrs=dict(t.user_attrs), constraints=constraints,
-                       started=t.datetime_start, finished=t.datetime_complete)
+                       started=t.datetime_start, finished=t.datetime_complete, params=dict(t.params))

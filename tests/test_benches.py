@@ -62,3 +62,9 @@ def test_strategy_landscape_runs_one_small_landscape():
                  "--jobs", "1")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "greedy" in proc.stdout and "evolve" in proc.stdout
+
+
+def test_memory_payoff_runs_one_small_landscape():
+    proc = bench("memory_payoff.py", "--seeds", "1", "--trials", "12", "--jobs", "1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ratio with notebook / without" in proc.stdout and "ratio adaptive / fixed 50/50" in proc.stdout

@@ -150,6 +150,8 @@ def test_compare_takes_the_run_options_fixes_them_and_refuses_a_changed_harness(
         assert trials[3].attrs["min_gain"] > 0
     assert "95% CI of mean" in proc.stdout and "too few seeds to test (2 vs 2 seeds" in proc.stdout
     assert "a single evaluation by" in proc.stdout
+    # Replicates are independent: none proposed from the lab notebook of those that ran before it.
+    assert not (instant_project / "runs" / "notebook.db").exists()
     changed = run_evo("compare", "c", "--min-gain", "0.1", cwd=instant_project)
     assert changed.returncode == 2 and "--min-gain is fixed at 'auto'" in changed.stderr
     changed = run_evo("compare", "c", "--elite", "9", cwd=instant_project)

@@ -15,7 +15,7 @@ from population.search import SearchError
 
 __all__ = ["build_parser", "main"]
 
-COMMAND_MODULES = ("evo.cli._run", "evo.cli._views", "evo.cli._compare", "evo.cli._manage")
+COMMAND_MODULES = ("evo.cli._run", "evo.cli._views", "evo.cli._compare", "evo.cli._manage", "evo.cli._ideas")
 # The read-only views (`evo status`, often run by scripts and --watch) need none of the engine: one of
 # their commands is parsed by a parser of their module alone, so it starts without importing the loop.
 VIEWS = "evo.cli._views"

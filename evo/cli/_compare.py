@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+import sqlalchemy as sa
+
 from analysis.compare import compare_runs, load_runs, plot_comparison, render_table
 from evo.cli._common import (UsageError, add_creation, add_noise_options, add_proposer_options, add_root,
                              add_strategy_options, build_proposer, creation_kwargs, exit_code, finished_line,
@@ -13,6 +15,7 @@ from evo.devices import default_slots, parse_devices
 from evo.search import check_folder
 from evo.strategies import STRATEGIES, make_strategy
 from population.importer import import_results_tsv
+from population.notebook import Notebook
 from population.search import Search, SearchError
 
 
@@ -71,8 +74,21 @@ def cmd_import(args) -> int:
         trials = search.trials()
         best = search.lineage().best
         best_s = f"; best val_bpb {best.score:.6f} (row {best.trial + 1}: {best.description})" if best else ""
-        print(f"imported {len(trials)} rows from {args.file} as search {args.name} in {search.folder}{best_s}")
+        ideas = _into_notebook(search)
+        print(f"imported {len(trials)} rows from {args.file} as search {args.name} in {search.folder}{best_s}{ideas}")
     return 0
+
+
+def _into_notebook(search) -> str:
+    """Add the imported rows' ideas to the lab notebook (as its next reader would); what to say about it."""
+    try:
+        book = Notebook.for_search(search)
+        try:
+            return f"; {book.sync(search)} ideas into the lab notebook (evo ideas)"
+        finally:
+            book.close()
+    except sa.exc.SQLAlchemyError as e:
+        return f"; the lab notebook could not take its ideas now ({type(e).__name__}), its next reader adds them"
 
 
 EVOLVE_OPTIONS = ("elite", "tournament", "crossover_rate", "islands", "migration_rate", "cross_from")

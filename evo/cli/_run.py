@@ -87,7 +87,8 @@ def add_run_options(p, *, shared: bool = False) -> None:
                    help="evolve (default): tournament + crossover; greedy: autoresearch's hill-climb; random: best-of-N from the seed")
     g.add_argument("--proposer", default="offline", metavar="SPEC",
                    help="who writes children: offline (default, no network), anthropic, openai-compatible, command, "
-                   "or a weighted mix such as offline:0.8,anthropic:0.2 (each trial records which one wrote it)")
+                   "or a weighted mix such as offline:0.8,anthropic:0.2 (each trial records which one wrote it); "
+                   "adaptive:offline,anthropic learns the weights from which member's children make new bests")
     g.add_argument("--reeval", type=non_negative_int, default=0, metavar="K",
                    help="re-evaluate a genome with K new seeds when it becomes the best; rank by the mean (default: 0)")
     add_noise_options(g)
@@ -105,6 +106,8 @@ def add_run_options(p, *, shared: bool = False) -> None:
                    help="seconds to wait before asking an LLM API again once it stopped answering, doubling up to "
                    "LONGEST while it stays down (default: 15,600); meanwhile devices re-evaluate the best genomes "
                    "or the offline member of a mix proposes, and the search never stops for an outage")
+    g.add_argument("--no-memory", action="store_true", help="propose without the lab notebook (what this and earlier "
+                   "searches of the task measured, see evo ideas), as before it existed: for fair comparisons")
     g.add_argument("--quiet", action="store_true", help="print only the final line")
 
 
@@ -127,7 +130,8 @@ def run_options(args) -> RunOptions:
                           noise_runs=args.noise_runs or 0, min_gain=0.0 if args.min_gain is None else args.min_gain,
                           max_vram_gb=args.max_vram_gb, max_memory_gb=args.max_memory_gb,
                           max_cost_usd=args.max_cost_usd, promote_top=args.promote_top, api_backoff=args.api_backoff,
-                          promote=parse_ladder(args.promote) if args.promote else ())
+                          promote=parse_ladder(args.promote) if args.promote else (),
+                          memory=not args.no_memory)
     except ValueError as e:
         raise UsageError(str(e)) from None
 

@@ -93,6 +93,7 @@ class RunOptions:
     promote_top: float = DEFAULT_TOP
     api_backoff: tuple[float, float] = (15.0, 600.0)
     reeval_while_waiting: int = 3
+    memory: bool = True   # hand proposers the lab notebook (evo.memory); False: as before it existed
 
     def __post_init__(self):
         if not 0 < self.promote_top < 1:

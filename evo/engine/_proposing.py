@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from evo.engine._records import Order
 from evo.engine._trial_files import commit_message
+from evo.memory import recall
 from evo.proposers import Genome, Proposal, ProposalContext, ProposerError, ProposerUnavailable, cap_proposal
 from evo.schedulers import Child
 from population.genomes import genome_hash
@@ -60,7 +61,8 @@ def _context(engine, order: Order) -> ProposalContext:
                            lineage=lineage, rng=order.rng, is_known=lambda files: genome_hash(files) in known,
                            scratch=order.scratch, executor=runner.executor, offline_only=order.offline_only,
                            progress=order.facts.update, say=lambda line: engine.on_event("proposer", {"line": line}),
-                           hidden_data=runner.data.sources, training_data=(*runner.data.tokenizer, *runner.data.train))
+                           hidden_data=runner.data.sources, training_data=(*runner.data.tokenizer, *runner.data.train),
+                           memory=recall(search, lineage) if engine.options.memory else None)
 
 
 def publish_early(engine, child: Child, parent_commits: list[str]) -> None:

@@ -19,6 +19,7 @@ def trial_attrs(child: Child, strategy: str, host_attrs: dict) -> dict:
     attrs.update(host_attrs)
     p = child.proposal
     if p is not None:
+        attrs.update(p.attrs)  # what the proposer records of itself (an adaptive mix's weights in force)
         attrs.update(description=p.description, rationale=p.rationale, proposer=p.proposer, usage=p.usage)
         if p.capped:
             attrs["capped"] = p.capped

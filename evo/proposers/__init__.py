@@ -11,11 +11,12 @@ from evo.proposers._offline import OfflineProposer
 from evo.proposers._anthropic import AnthropicProposer
 from evo.proposers._command import CommandProposer
 from evo.proposers._mixed import MixedProposer
+from evo.proposers._adaptive import WEIGHTS_ATTR, AdaptiveProposer
 from evo.proposers._openai_compat import OpenAICompatibleProposer
 from evo.proposers._pricing import Price, load_prices
 from evo.proposers._spec import PROPOSERS, SpecError, from_spec, parse_spec
 
 __all__ = ["hyperparameter_values", "CAPS", "Genome", "Proposal", "ProposalContext", "Proposer", "ProposerError", "ProposerUnavailable",
            "cap_proposal", "OfflineProposer",
-           "AnthropicProposer", "CommandProposer", "MixedProposer", "OpenAICompatibleProposer", "Price", "load_prices",
+           "AnthropicProposer", "CommandProposer", "MixedProposer", "AdaptiveProposer", "WEIGHTS_ATTR", "OpenAICompatibleProposer", "Price", "load_prices",
            "PROPOSERS", "SpecError", "from_spec", "parse_spec"]

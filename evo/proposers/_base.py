@@ -10,6 +10,7 @@ from typing import Callable
 from population.errors import ProposalError
 from population.genomes import Genome
 from population.lineage import Lineage
+from population.notebook import Recall
 
 __all__ = ["CAPS", "Genome", "Proposal", "ProposalContext", "Proposer", "ProposerError", "ProposerUnavailable",
            "cap_proposal", "truncated"]
@@ -43,6 +44,7 @@ class Proposal:
     artifacts: dict[str, str] = field(default_factory=dict)
     proposer: str = ""
     capped: dict = field(default_factory=dict)   # field -> {"length": what came, "cap": what was kept}
+    attrs: dict = field(default_factory=dict)    # more to record on the trial (a mix's weights in force)
     remote: bool = True   # written by a service that can be down (an LLM API); False for the offline proposer
 
 
@@ -65,6 +67,8 @@ class ProposalContext:
     hidden_data: what the harness's data was made from (the raw text, the data cache): masked in
         the sandbox of a proposer's processes, which may run genome code.
     training_data: the token files of the training split (and the tokenizer), shown again on top.
+    memory: the lab notebook's ideas of searches of the same task, this one's included
+        (`population.notebook`); None when the search runs without memory (`--no-memory`).
     """
 
     program: str
@@ -83,6 +87,7 @@ class ProposalContext:
     say: Callable[[str], None] = lambda line: None
     hidden_data: tuple[Path, ...] = ()
     training_data: tuple[Path, ...] = ()
+    memory: Recall | None = None
 
 
 class ProposerError(ProposalError, RuntimeError):

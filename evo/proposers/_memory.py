@@ -13,6 +13,7 @@ import math
 import re
 
 from population.lineage import Lineage, better
+from population.notebook import Idea, Recall
 from population.store import TrialRecord, TrialStatus
 
 # Operators that are not ideas: the seed and re-evaluations of a known genome.
@@ -175,3 +176,65 @@ def search_memory(parents: list[int], lineage: Lineage, *, recent: int = 30, fai
                          f"smaller differences are not evidence.")
         parts.append("## Current best\n\n" + "\n".join(lines))
     return "\n\n".join(parts)
+
+
+# -- the lab notebook: what other searches of the task measured ------------------------------
+
+# The most characters of notebook a prompt carries (about 700 tokens): the closest ideas, not all.
+NOTEBOOK_CHARS = 2800
+_WORD = re.compile(r"[a-z_][a-z0-9_]+")
+
+
+def _words(text: str) -> set[str]:
+    return set(_WORD.findall(text.lower()))
+
+
+def notebook_memory(memory: Recall | None, parents: list[int], lineage: Lineage, *, search: str = "",
+                    metric: str = "val_bpb", limit: int = NOTEBOOK_CHARS) -> str:
+    """The notebook block of a prompt: ideas other searches of this task tried, each with what it measured,
+    the closest to the parents' line of research first (words shared with the descriptions of their
+    ancestry), at most `limit` characters. "" without such ideas.
+
+    The closeness depends only on the parents and on other searches, so the block repeats while a
+    search breeds from the same parent, and it is cached with the prompt's other fixed parts."""
+    others = [i for i in (memory.ideas if memory else []) if i.search != search]
+    if not others:
+        return ""
+    groups: dict[str, list[Idea]] = {}
+    for i in others:
+        groups.setdefault(i.move or " ".join(i.description.split()) or "(no description)", []).append(i)
+    line_of_research = " ".join(lineage.by_number[n].description for p in parents if p in lineage.by_number
+                                for n in lineage.path_to(p) if n in lineage.by_number)
+    query = _words(line_of_research)
+
+    def closeness(item: tuple[str, list[Idea]]) -> tuple[float, float]:
+        words = _words(item[0] + " " + " ".join(i.diff for i in item[1][:3]))
+        effects = [i.effect for i in item[1] if i.effect is not None]
+        shared = len(words & query) / len(words | query) if words and query else 0.0
+        return -shared, -abs(sum(effects) / len(effects)) if effects else 0.0
+
+    head = (f"# Lab notebook: what earlier searches of this task measured\n\nIdeas tried in other searches of this "
+            f"task, the closest to this line of research first. Effect is the child's {metric} against its parent's, "
+            f"positive = better; differences inside the noise are not evidence. Build on what helped; do not repeat "
+            f"what hurt unless you say why it would work now.\n")
+    lines, size = [], len(head)
+    for key, tries in sorted(groups.items(), key=closeness):
+        line = _notebook_line(key, tries)
+        if size + len(line) + 1 > limit:
+            break
+        lines.append(line)
+        size += len(line) + 1
+    return head + "\n".join(lines) if lines else ""
+
+
+def _notebook_line(key: str, tries: list[Idea]) -> str:
+    effects = [i.effect for i in tries if i.effect is not None]
+    searches = len({i.search_id for i in tries})
+    where = f"{len(tries)} tr{'y' if len(tries) == 1 else 'ies'} in {searches} search{'es' if searches > 1 else ''}"
+    if not effects:
+        failed = _one_line(tries[-1].status) or "failed"
+        return f"- {key[:160]} | {where}: no score ({failed})"
+    mean = sum(effects) / len(effects)
+    kept = sum(1 for i in tries if i.kept)
+    return (f"- {key[:160]} | {where}: effect {mean:+.4f} ({'helped' if mean > 0 else 'hurt' if mean < 0 else 'no change'})"
+            + (f", made a new best {kept}x" if kept else ""))

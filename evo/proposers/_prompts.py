@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from evo.proposers._base import Genome, ProposalContext
 from evo.proposers._blocks import marked
-from evo.proposers._memory import search_memory
+from evo.proposers._memory import NOTEBOOK_CHARS, notebook_memory, search_memory
 from population.genomes import merge_texts
 
 TOOL_NAME = "propose_change"
@@ -163,6 +163,16 @@ def _system(ctx: ProposalContext, shape: Shape | None = None) -> list[Block]:
     return [Block(role), Block("# Research program (program.md)\n\n" + program.strip(), cache=True)]
 
 
+def _notebook(ctx: ProposalContext, parents: list[int], shape: Shape) -> list[Block]:
+    """The lab notebook's block (none without memory or earlier searches): after program.md and before the
+    parent's files, cached with them, since it changes only when the parent does. It shrinks with the
+    search's own memory when the prompt must fit a small context (`shape.recent`)."""
+    share = min(1.0, shape.recent / Shape().recent)
+    text = notebook_memory(ctx.memory, parents, ctx.lineage, search=ctx.settings.get("name", ""),
+                           metric=objective(ctx)[0], limit=int(NOTEBOOK_CHARS * share))
+    return [Block(text, cache=True)] if text else []
+
+
 def mutation_prompt(parent: Genome, ctx: ProposalContext, *, answer: str = ANSWER_WITH_TOOL,
                     show_files: bool = True, shape: Shape | None = None) -> tuple[Prompt, dict[str, str]]:
     """The prompt for one mutation of `parent`, and the files its edits apply to (the parent's).
@@ -183,7 +193,7 @@ def mutation_prompt(parent: Genome, ctx: ProposalContext, *, answer: str = ANSWE
             f"the budget. Read the memory above first: build on what improved, and do not repeat what failed.\n\n{answer}")
     memory = search_memory([parent.trial], ctx.lineage, metric=metric, recent=shape.recent, failures=shape.failures)
     user.append(Block("# What the search has learned\n\n" + memory + "\n\n" + task))
-    return Prompt(_system(ctx, shape), user), dict(parent.files)
+    return Prompt(_system(ctx, shape) + _notebook(ctx, [parent.trial], shape), user), dict(parent.files)
 
 
 def crossover_prompt(a: Genome, b: Genome, base: Genome | None, ctx: ProposalContext, *, answer: str = ANSWER_WITH_TOOL,
@@ -234,7 +244,7 @@ def crossover_prompt(a: Genome, b: Genome, base: Genome | None, ctx: ProposalCon
                            failures=shape.failures)
     # Not cached: a pair of parents rarely meets twice, and a cache write costs more than plain input.
     user = [Block("\n\n".join(parts)), Block("# What the search has learned\n\n" + memory + "\n\n" + task)]
-    return Prompt(_system(ctx, shape), user), start
+    return Prompt(_system(ctx, shape) + _notebook(ctx, [a.trial, b.trial], shape), user), start
 
 
 def repair_message(error: str) -> str:

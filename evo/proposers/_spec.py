@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from evo.proposers._adaptive import AdaptiveProposer
 from evo.proposers._anthropic import DEFAULT_MODEL, AnthropicProposer
 from evo.proposers._base import Proposer, ProposerError
 from evo.proposers._command import CommandProposer
@@ -21,6 +22,7 @@ from evo.proposers._pricing import Price, load_prices, price_for
 from population.errors import ConfigError
 
 PROPOSERS = ("offline", "anthropic", "openai-compatible", "command")
+ADAPTIVE = "adaptive:"   # a mix whose weights learn: `adaptive:offline,anthropic` (see evo.proposers._adaptive)
 
 
 class SpecError(ConfigError, ValueError):
@@ -28,7 +30,10 @@ class SpecError(ConfigError, ValueError):
 
 
 def parse_spec(spec: str) -> list[tuple[str, float]]:
-    """`offline:0.8,anthropic:0.2` -> [("offline", 0.8), ("anthropic", 0.2)]; a bare name weighs 1."""
+    """`offline:0.8,anthropic:0.2` -> [("offline", 0.8), ("anthropic", 0.2)]; a bare name weighs 1.
+    An adaptive mix (`adaptive:offline,anthropic`) gives its members the same way (weights are priors)."""
+    spec = spec.strip()
+    spec = spec[len(ADAPTIVE):] if spec.startswith(ADAPTIVE) else spec
     mix, hint = [], f"use {', '.join(PROPOSERS)} or a weighted mix such as offline:0.8,anthropic:0.2"
     for part in (p.strip() for p in spec.split(",")):
         name, sep, weight = part.partition(":")
@@ -55,7 +60,8 @@ def from_spec(spec: str = "offline", *, model: str | None = None, base_url: str 
     """The proposer (or weighted mix) that `spec` names, configured as the `evo run` flags would.
 
     Args:
-        spec: a proposer name or a weighted mix, e.g. "offline:0.8,anthropic:0.2".
+        spec: a proposer name or a weighted mix, e.g. "offline:0.8,anthropic:0.2"; "adaptive:" before a mix
+            makes its weights learn from which member's children make new bests (`AdaptiveProposer`).
         model: the anthropic model (default DEFAULT_MODEL), or the openai-compatible one when
             anthropic is not in the mix.
         base_url: the openai-compatible endpoint (default $OPENAI_BASE_URL).
@@ -90,6 +96,8 @@ def from_spec(spec: str = "offline", *, model: str | None = None, base_url: str 
         for proposer, _ in built:
             proposer.close()
         raise SpecError(str(e)) from None
+    if spec.strip().startswith(ADAPTIVE):
+        return AdaptiveProposer(built)
     return built[0][0] if len(built) == 1 else MixedProposer(built)
 
 
