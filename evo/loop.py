@@ -802,7 +802,9 @@ class SearchLoop:
         self.search.repo.set_branch(self.search.branch(number), child.commit)
         self._write_trial_files(number, child.proposal, child.commit, parent_commits)
         value = lineage.score_of(original.number) if original.finished_ok else None
-        store.finish(number, status=DUPLICATE, value=value, duplicate_of=original.number, metrics=original.metrics,
+        values = list(lineage.individual(original.number).objectives) if value is not None else None
+        store.finish(number, status=DUPLICATE, value=value, values=values, duplicate_of=original.number,
+                     metrics=original.metrics,
                      error="" if value is not None else f"same genome as #{original.number}")
         self.on_event("finished", {"trial": number, "status": DUPLICATE, "duplicate_of": original.number,
                                    "value": value, "operator": child.operator, "description": attrs.get("description", "")})
@@ -879,14 +881,19 @@ class SearchLoop:
         peak_mb = result.metrics.get("peak_vram_mb")
         if self.options.max_vram_gb is not None and peak_mb is not None and math.isfinite(peak_mb):
             constraints["vram_gb"] = peak_mb / 1024 - self.options.max_vram_gb
+        spec = search.objectives  # several objectives and --constraint (population.objectives)
+        constraints.update(spec.violations(result.metrics) if result.status == OK else {})
+        values = spec.values(result.metrics) if spec.multi and value is not None else None
+        if spec.multi and value is not None and values is None:
+            result.status, result.error, value = "no_metric", spec.missing(result.metrics), None
         feasible = all(v <= 0 for v in constraints.values())
         with search.store.claim():  # the best as every host left it, and no result told in between
             lineage = search.lineage()
             trial = lineage.by_number.get(number)
             min_gain = self.options.min_gain_now(lineage)
             kept = trial is not None and lineage.would_keep(value, operator=trial.operator, feasible=feasible,
-                                                            min_gain=min_gain, key=genome_key(trial))
-            told = search.store.finish(number, status=result.status, value=value, metrics=result.metrics,
+                                                            min_gain=min_gain, key=genome_key(trial), values=values)
+            told = search.store.finish(number, status=result.status, value=value, values=values, metrics=result.metrics,
                                        constraints=constraints, error=result.error,
                                        log_tail=result.log_tail[-2000:], wall_seconds=round(result.wall_seconds, 2),
                                        kept=kept, provenance=result.provenance,
