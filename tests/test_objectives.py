@@ -7,6 +7,7 @@ buffers with the harness's real scorer.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -18,7 +19,7 @@ import optuna
 import pytest
 
 from conftest import ROOT, run_evo
-from evo import create_search
+from evo import Proposal, Proposer, RunOptions, SearchLoop, create_search, parse_devices
 from evo.strategies import make_strategy
 from population import Search, SearchError
 from population.lineage import Lineage
@@ -298,3 +299,79 @@ def test_weights_hidden_in_buffers_count_towards_the_models_size(tiny_env, tmp_p
                                                     f"torch.randn({HIDDEN}), persistent=False)\n"))
     hider = _score(tmp_path, env)
     assert hider["verdict"] == "ok" and hider["params"] == honest["params"] + HIDDEN
+
+
+class _Sizes(Proposer):
+    """Proposes the seed with given edits, one child each, in order: the sizes a front is made of."""
+
+    name = "sizes"
+
+    def __init__(self, seed: str, children: list[tuple[str, list[tuple[str, str]]]]):
+        self.queue = []
+        for label, edits in children:
+            text = seed
+            for old, new in edits:
+                assert old in text, old
+                text = text.replace(old, new, 1)
+            self.queue.append((label, text))
+
+    def mutate(self, parent, ctx):
+        label, text = self.queue.pop(0)
+        return Proposal({"train.py": text}, label, rationale="a size of the seed")
+
+
+@pytest.mark.slow
+def test_a_two_objective_tiny_harness_search_finds_a_front_of_sizes(project):
+    """val_bpb and the scorer's size on the tiny profile, end to end in the sandbox. At a budget this short a
+    smaller model trains better, so the smaller child also learns 100 times slower: a smaller, worse model.
+    With the seed (larger, better) both lie on the front whatever the third child does."""
+    search = create_search("sizes", root=project / "runs", project=project, profile="tiny", budget=2,
+                           objectives=["val_bpb", "params:min"], constraints=["peak_memory_mb<=100000"])
+    seed = (project / "train.py").read_text()
+    slow = [(f"{name} = {value}", f"{name} = {value} * 0.01")
+            for name, value in (("EMBEDDING_LR", "0.6"), ("UNEMBEDDING_LR", "0.004"), ("MATRIX_LR", "0.04"),
+                                ("SCALAR_LR", "0.5"))]
+    proposer = _Sizes(seed, [("one layer, learning slowly", [("DEPTH = per_profile(tiny=2,", "DEPTH = per_profile(tiny=1,"),
+                                                             *slow]),
+                             ("wider", [("ASPECT_RATIO = per_profile(tiny=32,", "ASPECT_RATIO = per_profile(tiny=64,")])])
+    reason = SearchLoop(search, make_strategy("greedy"), proposer, parse_devices("cpu"),
+                        RunOptions(trials=3, max_memory_gb=4)).run()
+    assert str(reason) == "reached 3 trials", reason
+    lineage = search.lineage()
+    assert all(t.finished_ok for t in lineage.trials), [(t.status, t.error) for t in lineage.trials]
+    sizes = {t.number: t.metrics["params"] for t in lineage.trials}
+    assert sizes[2] > sizes[0] > sizes[1] > 0 and all(t.values == (t.value, t.metrics["params"]) for t in lineage.trials)
+    front = lineage.front()
+    assert len(front) >= 2 and 1 in {i.trial for i in front}, [(i.trial, i.objectives) for i in front]
+    # Ordered by val_bpb: the best model is the largest on the front, the smallest the worst.
+    assert front[0].objectives[1] > front[-1].objectives[1] and front[-1].trial == 1
+    study = optuna.load_study(study_name="sizes", storage=search.config.storage_url(search.paths))
+    assert len(study.directions) == 2 and {t.number for t in study.best_trials} == {i.trial for i in front}
+    search.close()
+
+
+def test_compare_ranks_strategies_by_the_hypervolume_of_their_fronts():
+    from analysis.compare import Run, compare_runs, render_table
+
+    def run(label, seed, front):
+        trials = [rec(0, (3.0, 100), op="seed")] + [rec(n, v, [0]) for n, v in enumerate(front, start=1)]
+        return Run(label=label, name=f"{label}-{seed}", trials=trials, metric="loss", objectives=("loss", "size"),
+                   directions=MIN2)
+
+    runs = [run("greedy", 0, [(2.9, 100)]), run("greedy", 1, [(2.8, 100)]),
+            run("evolve", 0, [(2.0, 150), (2.9, 60)]), run("evolve", 1, [(2.1, 150), (2.9, 50)])]
+    table = compare_runs(runs, reference="greedy")
+    hv = table.hypervolume
+    # The reference point: the worst of each objective over every front, a tenth of its range further out.
+    assert hv.objectives == ("loss", "size") and hv.reference_point == pytest.approx((2.99, 160.0))
+    by_label = dict(hv.rows)
+    assert by_label["greedy"] == pytest.approx(((2.99 - 2.9) * (160 - 100), (2.99 - 2.8) * (160 - 100)))
+    assert by_label["evolve"] == pytest.approx((0.9 * 10 + 0.09 * 100, 0.8 * 10 + 0.09 * 110))
+    assert min(by_label["evolve"]) > max(by_label["greedy"])
+    text = render_table(table)
+    assert "fronts by hypervolume over loss, size (larger is better" in text
+    assert "evolve vs greedy" in text and "95% CI [" in text.split("fronts by hypervolume")[1]
+    # A single-objective comparison prints what it printed before.
+    plain = [Run(label=r.label, name=r.name, trials=[dataclasses.replace(t, values=None) for t in r.trials],
+                 metric="loss") for r in runs]
+    assert compare_runs(plain).hypervolume is None and "hypervolume" not in render_table(compare_runs(plain))
