@@ -120,7 +120,7 @@ def search_facts(search, trials: list[TrialRecord] | None = None) -> SearchFacts
     """
     trials = search.trials() if trials is None else trials
     cfg = search.config
-    lineage = Lineage(trials, direction=cfg.direction)
+    lineage = Lineage(trials, direction=cfg.direction, directions=search.objectives.directions)
     best = lineage.best
     seed = lineage.seed
     seed_ind = lineage.individual(seed.number) if seed else None

@@ -283,7 +283,8 @@ def render_trial(search, number: int) -> str:
         last = max(trials) if trials else None
         raise LookupError(f"search {search.config.name!r} has no trial #{number}" + (f" (trials 0..{last})" if last is not None else ""))
     t = trials[number]
-    lineage = Lineage(list(trials.values()), direction=search.config.direction)
+    lineage = Lineage(list(trials.values()), direction=search.config.direction,
+                      directions=search.objectives.directions)
     folder = search.paths.trial(number)
     lines = [f"trial #{t.number} of {search.config.name}: {t.status}" + (" (kept: improved the best)" if lineage.kept(number) else ""),
              f"operator: {t.operator}" + (f" of {', '.join('#' + str(p) for p in t.parents)}" if t.parents else ""),

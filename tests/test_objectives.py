@@ -375,3 +375,16 @@ def test_compare_ranks_strategies_by_the_hypervolume_of_their_fronts():
     plain = [Run(label=r.label, name=r.name, trials=[dataclasses.replace(t, values=None) for t in r.trials],
                  metric="loss") for r in runs]
     assert compare_runs(plain).hypervolume is None and "hypervolume" not in render_table(compare_runs(plain))
+
+
+def test_promotion_climbs_the_front_first():
+    from evo.promotion import next_promotion, parse_ladder
+
+    trials = [rec(0, (3.0, 100), op="seed"), rec(1, (2.0, 300), [0]), rec(2, (2.5, 350), [0]), rec(3, (4.0, 50), [0])]
+    lineage = lineage_of(trials)
+    chosen: list[int] = []
+    while (step := next_promotion(lineage, parse_ladder("budget*3"), top=0.75,
+                                  taken=lambda ind, rung: ind.trial in chosen)) is not None:
+        chosen.append(step[0].trial)
+    # #2 has the second-best loss but #1 beats it in both objectives: the front (#1, #0, #3) climbs instead.
+    assert chosen == [1, 0, 3]
