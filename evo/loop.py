@@ -881,11 +881,10 @@ class SearchLoop:
         peak_mb = result.metrics.get("peak_vram_mb")
         if self.options.max_vram_gb is not None and peak_mb is not None and math.isfinite(peak_mb):
             constraints["vram_gb"] = peak_mb / 1024 - self.options.max_vram_gb
-        spec = search.objectives  # several objectives and --constraint (population.objectives)
-        constraints.update(spec.violations(result.metrics) if result.status == OK else {})
-        values = spec.values(result.metrics) if spec.multi and value is not None else None
-        if spec.multi and value is not None and values is None:
-            result.status, result.error, value = "no_metric", spec.missing(result.metrics), None
+        values, violations, missing = search.objectives.judge(value, result.metrics)  # --objective, --constraint
+        constraints.update(violations)
+        if missing:
+            result.status, result.error, value = "no_metric", missing, None
         feasible = all(v <= 0 for v in constraints.values())
         with search.store.claim():  # the best as every host left it, and no result told in between
             lineage = search.lineage()

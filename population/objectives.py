@@ -143,6 +143,15 @@ class ObjectiveSpec:
         gone = [n for n in self.names if not (isinstance(metrics.get(n), (int, float)) and math.isfinite(metrics[n]))]
         return f"the run reported no finite {', '.join(gone)} (objectives of this search)"
 
+    def judge(self, value: float | None, metrics: dict) -> tuple[list[float] | None, dict[str, float], str]:
+        """What a finished trial with score `value` (None: it has none) is told: its objective vector (None
+        with one objective), its constraints' violations, and why a scored trial still has no vector ("" when
+        it has one: the run left out another objective, so it cannot be placed on the front)."""
+        if value is None:
+            return None, {}, ""
+        values = self.values(metrics) if self.multi else None
+        return values, self.violations(metrics), self.missing(metrics) if self.multi and values is None else ""
+
     def violations(self, metrics: dict) -> dict[str, float]:
         """Each constraint's violation (<= 0: met), keyed as Optuna records them."""
         return {c.key: c.violation(metrics) for c in self.constraints}

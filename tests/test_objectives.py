@@ -65,6 +65,16 @@ def test_objectives_and_constraints_parse_with_directions_and_bounds():
         Constraint.parse("peak_memory_mb<40000")
 
 
+def test_a_trials_metrics_become_its_vector_and_its_constraints():
+    spec = ObjectiveSpec((Objective("loss"), Objective("size")), (Constraint("peak", "<=", 100),))
+    assert spec.judge(0.5, {"loss": 0.5, "size": 8, "peak": 80}) == ([0.5, 8.0], {"peak<=100": -20}, "")
+    values, violations, missing = spec.judge(0.5, {"loss": 0.5, "peak": 120})
+    assert values is None and violations == {"peak<=100": 20} and "no finite size" in missing
+    assert spec.judge(None, {}) == (None, {}, "")  # a failed trial: nothing to judge
+    one = ObjectiveSpec((Objective("loss"),))
+    assert not one.multi and one.judge(0.5, {"loss": 0.5}) == (None, {}, "")
+
+
 def test_the_first_objective_is_the_metric_and_each_is_given_once():
     assert [o.name for o in parse_objectives(["loss", "size:min"], metric=None, direction=None)] == ["loss", "size"]
     with pytest.raises(ObjectiveError, match="put --objective score first"):
