@@ -771,6 +771,41 @@ def _buffers(message, fds, device):
     return inputs, logits
 
 
+def value_counter():
+    """A function counting every value a model holds: each tensor reachable from its modules (parameters,
+    buffers, persistent or not, and tensors kept as plain attributes), each counted once. Made before the
+    genome is imported, from torch's functions as they are then, so a genome that patches them later does
+    not change the count; the scorer takes the larger of this and the handed-over file's count, so a model
+    process that reports less than the file holds gains nothing either."""
+    import torch
+    Tensor, numel, get = torch.Tensor, torch.Tensor.numel, object.__getattribute__
+
+    def count(model):
+        seen, stack, modules, total = set(), [model], set(), 0
+        while stack:
+            module = stack.pop()
+            if id(module) in modules:
+                continue
+            modules.add(id(module))
+            attrs = get(module, "__dict__")
+            tensors = [*attrs.get("_parameters", {}).values(), *attrs.get("_buffers", {}).values(),
+                       *(v for v in attrs.values() if isinstance(v, Tensor))]
+            for t in tensors:
+                if isinstance(t, Tensor) and id(t) not in seen:
+                    seen.add(id(t))
+                    total += numel(t)
+            stack.extend(m for m in attrs.get("_modules", {}).values() if m is not None)
+        return total
+    return count
+
+
+def file_values(output):
+    """How many values the handed-over weights file holds (read by the trusted scorer: tensors only)."""
+    import torch
+    state = torch.load(os.path.join(output, MODEL_FILE), map_location="cpu", weights_only=True)
+    return int(sum(v.numel() for v in state.values()))
+
+
 MODEL_STARTED = "EVO_MODEL_STARTED"
 
 
@@ -793,12 +828,14 @@ def serve_model(channel, *, genome="train"):
         channel.send({"op": "error", "error": f"cuda-ipc: {type(e).__name__}: {e}"})
         message, fds = channel.receive(with_fds=True)  # the scorer falls back to host memory
         inputs, logits = _buffers(message, fds, device)
+    count = value_counter()  # before the genome is imported
     try:
         model = _rebuild_model(genome, os.environ["EVO_OUTPUT"], device)
+        values = count(model)
     except BaseException as e:
         channel.send({"op": "error", "error": f"could not rebuild the model: {type(e).__name__}: {e}"})
         return 1
-    channel.send({"op": "ready"})
+    channel.send({"op": "ready", "values": values})
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     while True:
         message = channel.receive()
@@ -988,7 +1025,7 @@ def _connect(channels, B, T, V, device):
     The processes rebuild at the same time. On a GPU the buffers live on the device and are
     shared by CUDA IPC (nothing is copied); where a model process cannot open them, and on a
     CPU, they are a memfd the scorer and that one process map (no two processes share one)."""
-    buffers, replies = [None] * len(channels), [None] * len(channels)
+    buffers, replies = [None] * len(channels), [{}] * len(channels)
     if device != "cpu":
         import torch
         from torch.multiprocessing.reductions import reduce_tensor
@@ -1014,18 +1051,19 @@ def _connect(channels, B, T, V, device):
         channels[p].send({"op": "load", "mode": "host", "B": B, "T": T, "V": V}, fds=[fd])
         os.close(fd)
     for p in host:
-        reply = channels[p].receive()
-        if reply.get("op") != "ready":
-            raise RuntimeError(f"the model process failed: {str(reply.get('error', reply))[:300]}")
-    return buffers
+        replies[p] = channels[p].receive()
+        if replies[p].get("op") != "ready":
+            raise RuntimeError(f"the model process failed: {str(replies[p].get('error', replies[p]))[:300]}")
+    return buffers, [int(r.get("values") or 0) for r in replies]
 
 
-def _answer(requests, assignment, channels, buffers, on_answer):
+def _answer(requests, assignment, channels, buffers, on_answer, seconds=None):
     """Send each request to its model process, each process one at a time and in the plan's order,
-    all processes at once; call on_answer(i, logits) as each answer arrives, before that buffer is reused."""
+    all processes at once; call on_answer(i, logits) as each answer arrives, before that buffer is reused.
+    seconds: a dict that receives each request's wall time from sent to answered, timed here."""
     import selectors
     queues = [[i for i, p in enumerate(assignment) if p == q] for q in range(len(channels))]
-    busy, selector = {}, selectors.DefaultSelector()
+    busy, sent, selector = {}, {}, selectors.DefaultSelector()
     for p, channel in enumerate(channels):
         selector.register(channel.socket, selectors.EVENT_READ, p)
 
@@ -1040,6 +1078,7 @@ def _answer(requests, assignment, channels, buffers, on_answer):
             inputs.copy_(torch.from_numpy(requests[i].inputs))
         channels[p].send({"op": "run", "id": i})
         busy[p] = i
+        sent[p] = time.perf_counter()
 
     for p in range(len(channels)):
         send_next(p)
@@ -1047,6 +1086,8 @@ def _answer(requests, assignment, channels, buffers, on_answer):
         for key, _ in selector.select():
             p = key.data
             reply, i = channels[p].receive(), busy.pop(p)
+            if seconds is not None:
+                seconds[i] = time.perf_counter() - sent[p]
             if reply.get("op") != "done" or reply.get("id") != i:
                 raise RuntimeError(f"the model process failed: {str(reply.get('error', reply))[:300]}")
             on_answer(i, buffers[p][1])
@@ -1078,7 +1119,9 @@ def score(channels, *, device="cpu", wait=None):
     if wait is not None:
         wait()
     t0 = time.time()
-    buffers = _connect(channels, B, T, V, device)
+    handed = file_values(os.environ["EVO_OUTPUT"]) if os.environ.get("EVO_OUTPUT") else 0
+    buffers, counted = _connect(channels, B, T, V, device)
+    seconds = {}
     answers, totals = [None] * len(requests), {"nats": 0.0, "bytes": 0, "finite": True}
 
     def on_answer(i, logits):
@@ -1093,7 +1136,7 @@ def score(channels, *, device="cpu", wait=None):
             totals["nats"] += float(-(lp[scored] * (counted > 0)).sum())
             totals["bytes"] += int(counted.sum())
 
-    _answer(requests, assignment, channels, buffers, on_answer)
+    _answer(requests, assignment, channels, buffers, on_answer, seconds)
     for channel in channels:
         channel.send({"op": "exit"})
     verdict, reason, largest = _compare(requests, answers, device)
@@ -1103,7 +1146,12 @@ def score(channels, *, device="cpu", wait=None):
     return {"val_bpb": totals["nats"] / (math.log(2) * nbytes), "verdict": verdict, "reason": reason,
             "scored_rows": n_rows, "scored_bytes": nbytes, "requests": len(requests),
             "probe_batches": sum(r.kind == "probe" for r in requests), "model_processes": len(channels),
-            "largest_change": largest, "probe_seed": seed, "eval_seconds": round(time.time() - t0, 3)}
+            "largest_change": largest, "probe_seed": seed, "eval_seconds": round(time.time() - t0, 3),
+            # Trusted numbers a search may optimise besides val_bpb: the model's size over all its tensors
+            # (see value_counter) and the median time of one evaluation batch through it.
+            "params": max([handed, *counted]),
+            "forward_ms": round(1000 * float(np.median([seconds[i] for i, r in enumerate(requests)
+                                                         if r.kind == "eval"])), 3)}
 
 # ---------------------------------------------------------------------------
 # Main

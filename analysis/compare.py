@@ -27,6 +27,7 @@ from pathlib import Path
 from analysis.progress import Progress, children, is_failure, progress
 from analysis.stats import Verdict, bootstrap_ci, verdict
 from population.lineage import MINIMIZE, Lineage, pooled_sd
+from population.objectives import hypervolume
 from population.search import Search
 from population.store import TrialRecord
 
@@ -44,9 +45,16 @@ class Run:
     config: dict = field(default_factory=dict)   # its fixed settings (SearchConfig fields)
     metric: str = "val_bpb"
     direction: str = MINIMIZE
+    objectives: tuple[str, ...] = ()     # several objectives: their names (the first is `metric`)
+    directions: tuple[str, ...] = ()     # and directions
 
     def __post_init__(self):
         self.progress: Progress = progress(self.trials, direction=self.direction)
+
+    def front(self) -> list[tuple[float, ...]]:
+        """The final Pareto front's mean objective vectors (several objectives only)."""
+        lineage = Lineage(self.trials, direction=self.direction, directions=self.directions)
+        return [i.objectives for i in lineage.front()] if lineage.multi else []
 
 
 def load_runs(groups: dict[str, list[str]], *, root: str | Path = "runs") -> list[Run]:
@@ -63,8 +71,10 @@ def load_runs(groups: dict[str, list[str]], *, root: str | Path = "runs") -> lis
             try:
                 cfg = search.config
                 config = {key: getattr(cfg, key) for key in (*COMPARABLE, "direction")}
+                spec = search.objectives
                 runs.append(Run(label=label, name=name, trials=search.trials(), config=config, metric=cfg.metric,
-                                direction=cfg.direction))
+                                direction=cfg.direction, objectives=tuple(spec.names) if spec.multi else (),
+                                directions=spec.directions if spec.multi else ()))
             finally:
                 search.close()
     return runs
@@ -114,6 +124,46 @@ class ComparisonTable:
     noise_sd: float | None = None         # single-evaluation noise, pooled over every search's re-evaluations
     direction: str = MINIMIZE
     metric: str = "val_bpb"
+    hypervolume: "Hypervolumes | None" = None   # searches with several objectives: their fronts compared
+
+
+@dataclass(frozen=True)
+class Hypervolumes:
+    """Several objectives: each group's final fronts by hypervolume (larger is better) against one
+    reference point shared by every search, with the same statistics as the final bests."""
+
+    objectives: tuple[str, ...]
+    reference_point: tuple[float, ...]
+    rows: tuple[tuple[str, tuple[float, ...]], ...]   # (label, hypervolume of each search's final front)
+    verdicts: tuple[Verdict, ...] = ()
+
+
+def hypervolumes(runs: list[Run], *, reference: str) -> Hypervolumes | None:
+    """The hypervolume of every search's final front (None unless every search has the same several objectives).
+
+    The reference point is the worst value of each objective over every front, moved a tenth of that
+    objective's range further out (so the extremes of a front still add volume): the same for all groups."""
+    kinds = {(r.objectives, r.directions) for r in runs}
+    if len(kinds) != 1 or not runs or len(runs[0].objectives) < 2:
+        return None
+    names, directions = runs[0].objectives, runs[0].directions
+    fronts = {id(r): r.front() for r in runs}
+    points = [p for f in fronts.values() for p in f]
+    if not points:
+        return None
+    ref = []
+    for k, d in enumerate(directions):
+        column = [p[k] for p in points]
+        span = (max(column) - min(column)) or abs(max(column)) or 1.0
+        ref.append(max(column) + 0.1 * span if d == MINIMIZE else min(column) - 0.1 * span)
+    labels = list(dict.fromkeys(r.label for r in runs))
+    rows = tuple((label, tuple(hypervolume(fronts[id(r)], ref, directions) for r in runs if r.label == label))
+                 for label in labels)
+    ref_label = reference if reference in labels else labels[0]
+    ref_values = dict(rows)[ref_label]
+    verdicts = tuple(verdict(label, values, ref_label, ref_values, direction="maximize", unit="hypervolume")
+                     for label, values in rows if label != ref_label)
+    return Hypervolumes(objectives=names, reference_point=tuple(ref), rows=rows, verdicts=verdicts)
 
 
 def compare_runs(runs: list[Run], *, reference: str = "greedy") -> ComparisonTable:
@@ -138,7 +188,8 @@ def compare_runs(runs: list[Run], *, reference: str = "greedy") -> ComparisonTab
     noise = pooled_sd(ind.values for r in runs for ind in Lineage(r.trials).individuals)
     return ComparisonTable(rows=rows, reference=ref, target=target, verdicts=verdicts,
                            problems=tuple(comparability(runs)), noise_sd=noise, direction=direction,
-                           metric=runs[0].metric if runs else "val_bpb")
+                           metric=runs[0].metric if runs else "val_bpb",
+                           hypervolume=hypervolumes(runs, reference=ref) if ref is not None else None)
 
 
 def _row(label: str, group: list[Run], target: float | None) -> GroupRow:
@@ -204,9 +255,25 @@ def render_table(table: ComparisonTable) -> str:
     lines.append("")
     lines += [v.sentence for v in table.verdicts]
     lines.append(_noise_line(table))
+    if table.hypervolume is not None:
+        lines += [""] + _hypervolume_lines(table.hypervolume)
     if table.problems:
         lines.append("(the warning above stands: differences may come from the settings, not the strategies)")
     return "\n".join(lines)
+
+
+def _hypervolume_lines(hv: Hypervolumes) -> list[str]:
+    """The fronts by hypervolume: one line per group (mean ± sd, bootstrap 95% CI), then the tests in words."""
+    point = ", ".join(f"{n} {v:.6g}" for n, v in zip(hv.objectives, hv.reference_point))
+    lines = [f"fronts by hypervolume over {', '.join(hv.objectives)} (larger is better; reference point {point}):"]
+    for label, values in hv.rows:
+        mean = statistics.fmean(values) if values else None
+        sd = f" ± {statistics.stdev(values):.6g}" if len(values) > 1 else ""
+        ci = bootstrap_ci(values)
+        shown = "-" if mean is None else f"{mean:.6g}{sd}"
+        lines.append(f"  {label[:12]:12s} {len(values):>2} seeds  {shown:>24}  95% CI "
+                     + (f"[{ci[0]:.6g}, {ci[1]:.6g}]" if ci else "-"))
+    return lines + [v.sentence for v in hv.verdicts]
 
 
 def _table_line(r: GroupRow, table: ComparisonTable) -> str:

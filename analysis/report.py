@@ -28,6 +28,7 @@ from pathlib import Path
 
 from analysis import _html
 from analysis._html import esc, num
+from analysis.front import plot_front
 from analysis.noise import NoiseFloor, noise_floor, within_noise
 from analysis.summary import trust_line
 from analysis.promotion import RungRow, describe_rho, rung_rows
@@ -49,6 +50,7 @@ class ReportFiles:
     html: Path
     progress: Path
     lineage: Path
+    front: Path | None = None     # several objectives: the Pareto front (analysis.front)
 
 
 @dataclass
@@ -119,7 +121,7 @@ def search_facts(search, trials: list[TrialRecord] | None = None) -> SearchFacts
     """
     trials = search.trials() if trials is None else trials
     cfg = search.config
-    lineage = Lineage(trials, direction=cfg.direction)
+    lineage = Lineage(trials, direction=cfg.direction, directions=search.objectives.directions)
     best = lineage.best
     seed = lineage.seed
     seed_ind = lineage.individual(seed.number) if seed else None
@@ -166,8 +168,11 @@ def write_report(search, *, out: str | Path | None = None, max_nodes: int = 70, 
     facts = search_facts(search, trials)
     lineage = search.lineage()
     scale = dict(direction=facts.direction, metric=facts.metric)
+    spec = search.objectives
     files = ReportFiles(folder=folder, html=folder / "report.html", progress=folder / "progress.png",
-                        lineage=folder / "lineage.png")
+                        lineage=folder / "lineage.png", front=folder / "front.png" if spec.multi else None)
+    if files.front is not None:
+        plot_front(lineage, spec.names, files.front, title=f"{facts.name}: Pareto front of {', '.join(spec.names)}")
     best = f" (best {facts.best_score:.4f} at #{facts.best})" if facts.best is not None else ""
     plot_progress(trials, files.progress, title=f"{facts.name}: {facts.metric} over {facts.finished} trials{best}",
                   noise_sd=facts.noise.sd if facts.noise else None, **scale)
@@ -212,6 +217,10 @@ def render_html(facts: SearchFacts, trials: list[TrialRecord], *, files: ReportF
                 "genome so far (its mean over re-evaluations); circled points made a new best and are labelled "
                 f"with their gain; crosses on the axis are trials that produced no {esc(facts.metric)}.</p>",
                 _html.image(files.progress, f"{facts.metric} progress"),
+                *(["<h2>Pareto front</h2>",
+                   '<p class="muted">Every genome by its mean in the first two objectives; red: the front now '
+                   "(genomes no other beats in every objective), blue: the front earlier in the search.</p>",
+                   _html.image(files.front, "Pareto front")] if files.front is not None else []),
                 "<h2>Lineage</h2>",
                 '<p class="muted">Each trial is a node, drawn from its parent (a crossover also from its second '
                 f"parent, dashed). Colour is the genome's {esc(facts.metric)}; the red line is the path from the seed "

@@ -59,6 +59,7 @@ def summarize(search) -> dict:
         "api_faults": search.store.api_faults,
         "cost_per_kept_usd": spend / kept if kept and spend else None,
         "devices": devices,
+        **_front(search, lineage),
         **_noise(lineage),
         "hosts": _hosts(trials),
         "rungs": [dataclasses.asdict(r) for r in rung_rows(lineage)],
@@ -128,6 +129,16 @@ def _run_line_facts(run: dict, finished: int) -> dict | None:
             "proposals": run.get("proposals") or [],
             "waiting": None if not waiting else {"retry_in": max(0.0, waiting["retry_at"] - now),
                                                   "error": waiting.get("error", "")}}
+
+
+def _front(search, lineage: Lineage) -> dict:
+    """A search with several objectives: its objectives and its Pareto front, each member's mean vector."""
+    spec = search.objectives
+    if not spec.multi:
+        return {}
+    return {"objectives": [o.spelled() for o in spec.objectives],
+            "front": [{"trial": i.trial, "values": list(i.objectives), "description": i.description}
+                      for i in lineage.front()]}
 
 
 def _named_best(config, best) -> dict:
@@ -219,6 +230,10 @@ def _status_head(s: dict) -> list[tuple[int, str]]:
         head.append((0, " ".join(best.split())))
     else:
         head.append((0, "best: none yet"))
+    if s.get("front"):
+        head.append((0, f"front ({len(s['front'])} genomes; {', '.join(s['objectives'])}):"))
+        head += [(1, f"  #{m['trial']}: " + ", ".join(f"{v:.6g}" for v in m["values"]) + f"  {m['description']}")
+                 for m in s["front"]]
     if s["keep_rate"] is not None:
         head.append((1, f"keep rate: {100 * s['keep_rate']:.0f}% of children improved the best so far"))
     head += [(1, line) for line in _noise_lines(s)]
@@ -269,7 +284,8 @@ def render_trial(search, number: int) -> str:
         last = max(trials) if trials else None
         raise LookupError(f"search {search.config.name!r} has no trial #{number}" + (f" (trials 0..{last})" if last is not None else ""))
     t = trials[number]
-    lineage = Lineage(list(trials.values()), direction=search.config.direction)
+    lineage = Lineage(list(trials.values()), direction=search.config.direction,
+                      directions=search.objectives.directions)
     folder = search.paths.trial(number)
     lines = [f"trial #{t.number} of {search.config.name}: {t.status}" + (" (kept: improved the best)" if lineage.kept(number) else ""),
              f"operator: {t.operator}" + (f" of {', '.join('#' + str(p) for p in t.parents)}" if t.parents else ""),

@@ -121,7 +121,9 @@ def next_promotion(lineage: Lineage, ladder: tuple[Rung, ...], *, top: float, ta
     for rung in range(len(ladder) - 1, -1, -1):
         scored = [i for i in lineage.individuals if i.feasible and i.score_at(rung) is not None]
         quota = math.floor(len(scored) * top + 1e-9)
-        for ind in sorted(scored, key=lambda i: (s * i.score_at(rung), i.trial))[:quota]:
+        # Several objectives: at the search's own scale the front climbs first (rungs score the metric alone).
+        front = (lambda i: lineage.pareto(i)[0]) if rung == 0 and lineage.multi else (lambda i: 0)
+        for ind in sorted(scored, key=lambda i: (front(i), s * i.score_at(rung), i.trial))[:quota]:
             if not taken(ind, rung + 1):
                 return ind, rung + 1
     return None

@@ -21,6 +21,7 @@ from evo.targets import data_cache_root, describe_harness, resolve_sandbox, targ
 from evo.targets._command import command_config, program_template
 from evo.targets._harness import HARNESS_GENOME, harness_config
 from population.lineage import DIRECTIONS, MINIMIZE
+from population.objectives import Constraint, ObjectiveError, check_trusted, parse_objectives
 from population.search import LOCAL_STORAGE, Search, SearchConfig, SearchError, check_name
 from population.store import SQLITE_PREFIX, StudyError, study_names
 
@@ -48,7 +49,8 @@ def create_search(name: str, *, root: str | Path = "runs", project: str | Path =
                   evaluate: str | None = None, read: list[str] | tuple[str, ...] = (), remote: str | None = None,
                   heartbeat: int = 10, grace: int = 60, program: str | None = None,
                   added: dict[str, bytes] | None = None, evaluate_quick: str | None = None,
-                  quick_threshold: float | None = None, eval_limit: float | None = None) -> Search:
+                  quick_threshold: float | None = None, eval_limit: float | None = None,
+                  objectives: list[str] | tuple[str, ...] = (), constraints: list[str] | tuple[str, ...] = ()) -> Search:
     """Create search `name` from a project's seed genome and fixed files, and return it open.
 
     >>> search = create_search("demo", profile="tiny", budget=5)                              # doctest: +SKIP
@@ -88,6 +90,9 @@ def create_search(name: str, *, root: str | Path = "runs", project: str | Path =
         added: files of ours added to the fixed harness (the runner of a peer project's evaluator).
         evaluate_quick, quick_threshold: a stage-1 evaluation run first; a program worse than the
             threshold stops there (pruned). eval_limit: seconds one evaluation may take (default 300).
+        objectives: several objectives, each NAME[:min|max] (the first is the metric): a Pareto search
+            (see population.objectives); a harness search may use only numbers measured outside the genome.
+        constraints: NAME<=BOUND or NAME>=BOUND on a trial's metrics; a trial beyond one is infeasible.
 
     Raises:
         SearchError: with one line saying what to change; nothing is created then.
@@ -99,6 +104,11 @@ def create_search(name: str, *, root: str | Path = "runs", project: str | Path =
     if Search.exists(name, root=root):
         raise SearchError(f"search {name!r} already exists in {Path(root).resolve()}; open it with `evo run {name}` "
                           "or pick another name")
+    harness_target = run is None and evaluate is None
+    goals, bounds = _objective_spec(objectives, constraints, metric="val_bpb" if harness_target else metric,
+                                    direction=MINIMIZE if harness_target else direction, trusted=harness_target)
+    if goals and not harness_target:
+        metric, direction = goals[0].name, goals[0].direction
     direction = direction or MINIMIZE
     _check_flags(project=project, budget=budget, direction=direction, read=read, remote=remote, storage=storage,
                  heartbeat=heartbeat, grace=grace)
@@ -126,7 +136,9 @@ def create_search(name: str, *, root: str | Path = "runs", project: str | Path =
     config = SearchConfig(name=name, mutable=mutable, seed=seed, storage=storage or LOCAL_STORAGE,
                           harness_sha256=harness_sha256(harness), sandbox=sandbox, allow_network=allow_network,
                           read=[str(Path(os.path.expanduser(r)).resolve()) for r in read], remote=remote or "",
-                          heartbeat=heartbeat, grace=grace, project=str(project), **fields)
+                          heartbeat=heartbeat, grace=grace, project=str(project), **fields,
+                          objectives=[o.as_dict() for o in goals] if len(goals) > 1 else [],
+                          constraints=[c.as_dict() for c in bounds])
     program = program if program is not None else _program(project, config)
     search = Search.create(root, config, seed_files={f: (project / f).read_text() for f in mutable}, harness=harness,
                            program=program)
@@ -229,6 +241,18 @@ def _keep_modes(project: Path, search: Search, harness: dict) -> None:
     for f in harness:
         if os.access(project / f, os.X_OK) and (search.paths.harness / f).is_file():
             (search.paths.harness / f).chmod((project / f).stat().st_mode & 0o777)
+
+
+def _objective_spec(objectives, constraints, *, metric, direction, trusted: bool):
+    """The parsed --objective and --constraint flags (a SearchError naming the fix where one cannot work)."""
+    try:
+        goals = parse_objectives(objectives, metric=metric, direction=direction)
+        bounds = [Constraint.parse(c) for c in constraints]
+        if trusted:
+            check_trusted(goals, bounds)
+    except ObjectiveError as e:
+        raise SearchError(str(e)) from None
+    return goals, bounds
 
 
 def _check_flags(*, project: Path, budget, direction, read, remote, storage, heartbeat, grace) -> None:

@@ -25,6 +25,13 @@ This module holds the one definition of the words the whole project uses:
 - **noise floor**: the pooled standard deviation of genomes evaluated more than once
   (`Lineage.noise_sd`); `--min-gain auto` is `NOISE_MULTIPLE` times it.
 
+With several objectives (`population.objectives`) "better" is a partial order, Pareto dominance
+of the genomes' mean objective vectors: a genome displaces the best (and a result is kept) when it
+*dominates* it, no worse in any objective and better in one (in the first, the search's metric, by
+more than the min gain); the **front** is the feasible genomes no other dominates; `ranked` orders
+genomes by NSGA-II's non-dominated rank, then crowding distance (the lonelier first: diversity
+along the front), then age.
+
 Everything here is computed from the store's records, so it survives any restart.
 """
 
@@ -39,6 +46,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Iterable
 
+from population.objectives import dominates, nsga_order
 from population.store import TrialRecord
 
 # Operators that make a new genome from parents (the seed and re-evaluations do not).
@@ -129,6 +137,14 @@ class Individual:
     evaluations: list[int] = field(default_factory=list)  # their trial numbers
     feasible: bool = True
     rungs: dict[int, list[float]] = field(default_factory=dict)  # ok scores at promoted scales (rung >= 1)
+    vectors: list[tuple[float, ...]] = field(default_factory=list)  # several objectives: each evaluation's vector
+
+    @property
+    def objectives(self) -> tuple[float, ...]:
+        """The mean objective vector (several objectives); the mean score alone otherwise."""
+        if not self.vectors:
+            return (self.score,)
+        return tuple(statistics.fmean(column) for column in zip(*self.vectors))
 
     @property
     def score(self) -> float:
@@ -258,26 +274,75 @@ class _Replay:
                                direction=self.direction, min_gain=min_gain))
 
 
+class _ParetoReplay(_Replay):
+    """The best under several objectives: the incumbent is displaced by a genome whose mean vector
+    dominates its own (in the first objective by more than the min gain), so the best never moves to a
+    genome that is worse in anything. Each step compares with the incumbent alone: O(objectives)."""
+
+    def __init__(self, directions: tuple[str, ...]):
+        super().__init__(directions[0])
+        self.directions = directions
+        self.vectors: dict[str, list[tuple[float, ...]]] = {}
+
+    def copy(self) -> "_ParetoReplay":
+        twin = super().copy()
+        twin.vectors = dict(self.vectors)
+        return twin
+
+    def mean(self, key: str) -> tuple[float, ...]:
+        return tuple(statistics.fmean(column) for column in zip(*self.vectors[key]))
+
+    def step(self, key: str, number: int, value: float, *, operator: str, feasible: bool, min_gain: float,
+             vector: tuple[float, ...] | None = None) -> bool:
+        before_key = self.incumbent
+        self.values[key] = self.values.get(key, []) + [value]
+        self.vectors[key] = self.vectors.get(key, []) + [tuple(vector) if vector else (value,)]
+        self.first.setdefault(key, number)
+        if not feasible:
+            self.infeasible.add(key)
+        if self.incumbent is not None and self.incumbent in self.infeasible:
+            self.incumbent = self._earliest_undominated()
+        if key in self.infeasible or operator in RESCORE_OPERATORS:
+            return False
+        margins = [min_gain] + [0.0] * (len(self.directions) - 1)
+        if self.incumbent is None or (key != self.incumbent and
+                                      dominates(self.mean(key), self.mean(self.incumbent), self.directions, margins)):
+            self.incumbent = key
+        return self.incumbent == key != before_key and math.isfinite(value)
+
+    def _earliest_undominated(self) -> str | None:
+        """The incumbent after the last one turned out infeasible: the earliest feasible genome on the front."""
+        feasible = [k for k in self.vectors if k not in self.infeasible]
+        means = {k: self.mean(k) for k in feasible}
+        front = [k for k in feasible if not any(dominates(means[o], means[k], self.directions) for o in feasible)]
+        return min(front, key=lambda k: self.first[k], default=None)
+
+
 class Lineage:
     """Derived view over a search's trials: individuals, ranking, ancestry, history.
 
     direction: whether the search's metric is minimised (val_bpb) or maximised.
     """
 
-    def __init__(self, trials: list[TrialRecord], *, direction: str = MINIMIZE, previous: "Lineage | None" = None):
+    def __init__(self, trials: list[TrialRecord], *, direction: str = MINIMIZE, previous: "Lineage | None" = None,
+                 directions: tuple[str, ...] = ()):
         """Args:
             trials: the search's trials (any order).
             direction: whether the metric is minimised or maximised.
+            directions: several objectives' directions (the first is `direction`'s): genomes are then
+                compared by Pareto dominance of their objective vectors (`TrialRecord.values`).
             previous: an earlier lineage of the same search. Where the new trials only add to it
                 (new trials, and running ones that finished since, in the order they finished),
                 the new one is built on it in time proportional to what changed, not to the
                 history; otherwise, and without it, from scratch. Either way the same lineage.
         """
         self.direction = direction
+        self.directions = tuple(directions) if len(directions) > 1 else (direction,)
         self._sign = sign(direction)
         self.trials = sorted(trials, key=lambda t: t.number)
         self.by_number = {t.number: t for t in self.trials}
-        changed = _changes(previous, self) if previous is not None and previous.direction == direction else None
+        same = previous is not None and (previous.direction, previous.directions) == (direction, self.directions)
+        changed = _changes(previous, self) if same else None
         if changed is None or not self._extend(previous, changed):
             self._build()
 
@@ -304,6 +369,8 @@ class Lineage:
                                                      operator=t.operator, description=t.description,
                                                      island=int(t.attrs.get("island", 0)))
         ind.values.append(t.value)
+        if self.multi:
+            ind.vectors.append(tuple(t.values) if t.values else (t.value,))
         ind.evaluations.append(t.number)
         ind.feasible = ind.feasible and t.feasible
         self._home[t.number] = ind
@@ -324,7 +391,8 @@ class Lineage:
             if key in by_key and key not in copied:  # never change an individual `previous` holds
                 old = by_key[key]
                 by_key[key] = dataclasses.replace(old, values=list(old.values), evaluations=list(old.evaluations),
-                                                  rungs={r: list(v) for r, v in old.rungs.items()})
+                                                  rungs={r: list(v) for r, v in old.rungs.items()},
+                                                  vectors=list(old.vectors))
                 self._home.update((n, by_key[key]) for n in old.evaluations)
             copied.add(key)
             self._add(t, by_key)
@@ -338,19 +406,63 @@ class Lineage:
 
     # -- ranking ----------------------------------------------------------------
 
+    @property
+    def multi(self) -> bool:
+        """Whether the search has several objectives (a partial order: see the module docstring)."""
+        return len(self.directions) > 1
+
+    @cached_property
+    def _nsga(self) -> dict[str, tuple[int, float]]:
+        """NSGA-II's (non-dominated rank, crowding distance) of each feasible genome at its own scale."""
+        feasible = [i for i in self.individuals if i.feasible]
+        order = nsga_order([i.objectives for i in feasible], self.directions)
+        return {i.tree or f"trial:{i.trial}": o for i, o in zip(feasible, order)}
+
+    def pareto(self, ind: Individual) -> tuple[int, float]:
+        """(non-dominated rank, crowding distance) of an individual: (0, ...) on the front; an infeasible
+        one is ranked after every feasible one."""
+        return self._nsga.get(ind.tree or f"trial:{ind.trial}", (len(self.individuals), 0.0))
+
+    def front(self) -> list[Individual]:
+        """The Pareto front: the feasible genomes no other dominates, in the order of their first objective
+        (a single-objective search: the best alone)."""
+        if not self.multi:
+            return [self.best] if self.best else []
+        members = [i for i in self.individuals if i.feasible and self.pareto(i)[0] == 0]
+        return sorted(members, key=lambda i: (self._sign * i.score, i.trial))
+
+    def dominates(self, a: Individual, b: Individual) -> bool:
+        """Whether genome `a` is better than `b` in the partial order (by its mean score alone with one objective)."""
+        return dominates(a.objectives, b.objectives, self.directions)
+
+    def apart(self, a: Individual, b: Individual) -> float:
+        """How far apart two genomes lie in objective space, each objective scaled by its range over the
+        feasible genomes (0 with one objective): crossover prefers partners from another part of the front."""
+        if not self.multi:
+            return 0.0
+        feasible = [i.objectives for i in self.individuals if i.feasible] or [a.objectives]
+        spans = [(max(c) - min(c)) or 1.0 for c in zip(*feasible)]
+        return math.sqrt(sum(((x - y) / s) ** 2 for x, y, s in zip(a.objectives, b.objectives, spans)))
+
     def ranked(self, *, feasible_only: bool = True) -> list[Individual]:
         """Feasible individuals from the best down: the best first, the rest by mean score (ties:
         the earlier trial). With `feasible_only=False`, every individual by mean score alone."""
+        if not feasible_only and self.multi:
+            return sorted(self.individuals, key=lambda i: (not i.feasible, self.pareto(i), self._sign * i.score, i.trial))
         if not feasible_only:
             return sorted(self.individuals, key=lambda i: (self._sign * i.score, i.trial))
         return sorted((i for i in self.individuals if i.feasible), key=self.rank_key)
 
-    def rank_key(self, ind: Individual) -> tuple[bool, int, float, int]:
+    def rank_key(self, ind: Individual) -> tuple:
         """Sort key putting the better individual first: the best, then the genomes scored at the
         highest rung (promotion), each rung by mean there (ties: the earlier trial).
 
         Without a min gain the best already has the better mean; with one, a genome whose mean
-        is better only by less than the min gain ranks second: it did not count as better."""
+        is better only by less than the min gain ranks second: it did not count as better. With several
+        objectives, genomes at the same rung rank by non-dominated rank, then the larger crowding distance."""
+        if self.multi:
+            rank, crowding = self.pareto(ind)
+            return (ind is not self.best, -ind.rung, rank, -crowding, self._sign * ind.score_at(ind.rung), ind.trial)
         return (ind is not self.best, -ind.rung, self._sign * ind.score_at(ind.rung), ind.trial)
 
     @cached_property
@@ -417,7 +529,7 @@ class Lineage:
         return best_of(scores, self.direction) if scores else None
 
     def would_keep(self, value: float | None, *, operator: str, feasible: bool, min_gain: float = 0.0,
-                   key: str | None = None) -> bool:
+                   key: str | None = None, values: list[float] | None = None) -> bool:
         """Whether a result arriving now would make a new best (see the module docstring).
 
         Args:
@@ -426,11 +538,13 @@ class Lineage:
             feasible: whether it met the search's constraints.
             min_gain: the gain it must beat the best by (record it on the trial: see MIN_GAIN_ATTR).
             key: its genome (`genome_key`), when it may have been evaluated before; default: a new one.
+            values: its objective vector, in a search with several objectives.
         """
         if value is None or not math.isfinite(value) or operator in RESCORE_OPERATORS:
             return False
         replay = self._replay.copy()
-        return replay.step(key or "\0new", math.inf, value, operator=operator, feasible=feasible, min_gain=min_gain)
+        return replay.step(key or "\0new", math.inf, value, operator=operator, feasible=feasible, min_gain=min_gain,
+                           **({"vector": values} if self.multi else {}))
 
     # -- history ----------------------------------------------------------------
 
@@ -452,7 +566,7 @@ class Lineage:
     @cached_property
     def _replayed(self) -> tuple[_Replay, tuple[Result, ...]]:
         """Run the replay once: its final state and every step it went through."""
-        replay, out = _Replay(self.direction), []
+        replay, out = (_ParetoReplay(self.directions) if self.multi else _Replay(self.direction)), []
         for t in finish_order(self.trials):
             out.append(self._replay_step(replay, t))
         return replay, tuple(out)
@@ -471,7 +585,7 @@ class Lineage:
         kept, before = False, replay.best
         if t.finished_ok and t.operator != "promote":  # another scale: not comparable with rung 0
             kept = replay.step(genome_key(t), t.number, t.value, operator=t.operator, feasible=t.feasible,
-                               min_gain=min_gain_of(t))
+                               min_gain=min_gain_of(t), **({"vector": t.values} if self.multi else {}))
         best = replay.best
         return Result(trial=t, best=self._sign * math.inf if best is None else best, kept=kept,
                       gain=gain(before, best, self.direction) if kept and before is not None else None)

@@ -39,10 +39,13 @@ from population.folder import SearchFolder
 from population.errors import ConfigError
 from population.genomes import Genome, GenomeRepo, RemoteError
 from population.lineage import MINIMIZE, Lineage
+from population.objectives import ObjectiveSpec
 from population.store import (CONFIG_ATTR, SQLITE_PREFIX, StoreUnreachable, StudyError, TrialRecord, TrialStore,
                               check_study, is_postgres, open_storage, redact)
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# Fields search.json holds only when they say something (an old reader ignores them; see SearchConfig).
+OPTIONAL_FIELDS = ("objectives", "constraints")
 # `storage` value meaning "the study.db in the search's own folder" (relocatable).
 LOCAL_STORAGE = ""
 
@@ -89,6 +92,11 @@ class SearchConfig:
     heartbeat: int = 10               # shared searches: seconds between a running trial's heartbeats
     grace: int = 60                   # shared searches: seconds of silence before another worker re-runs a trial
     project: str = ""                 # the folder the search was created from ("" in searches made before it was kept)
+    # Several objectives (see population.objectives): [{"name", "direction"}], the first being `metric`; and
+    # constraints [{"metric", "op", "bound"}]. Empty in a single-objective search, and then not written at all,
+    # so such a search's search.json and study are what they were before objectives existed.
+    objectives: list[dict] = field(default_factory=list)
+    constraints: list[dict] = field(default_factory=list)
 
     @property
     def shared(self) -> bool:
@@ -120,7 +128,8 @@ class SearchConfig:
 def _recorded(config: SearchConfig) -> dict:
     """The configuration as search.json and the study record it: the database URL without its password,
     which lives only in the memory of the process given it (a user gives it again, or PGPASSWORD / ~/.pgpass)."""
-    return {**asdict(config), "storage": redact(config.storage)}
+    recorded = {**asdict(config), "storage": redact(config.storage)}
+    return {k: v for k, v in recorded.items() if k not in OPTIONAL_FIELDS or v}
 
 
 def _open_repo(paths: SearchFolder) -> GenomeRepo:
@@ -187,6 +196,11 @@ class Search:
     def folder(self) -> Path:
         return self.paths.root
 
+    @property
+    def objectives(self) -> ObjectiveSpec:
+        """What the search optimises (its metric alone, or several objectives) and its constraints."""
+        return ObjectiveSpec.of(self.config)
+
     # -- creating and opening -------------------------------------------------------
 
     @classmethod
@@ -240,8 +254,10 @@ class Search:
             _publish_creation(repo, config, harness or {}, program)
         recorded = _recorded(config)
         url = config.storage_url(paths)
+        spec = ObjectiveSpec.of(config)
         store = _shield(lambda: TrialStore.create(url, config.name, recorded, direction=config.direction,
-                                                  metric=config.metric))
+                                                  metric=config.metric, directions=list(spec.directions),
+                                                  metrics=spec.names))
         try:
             for key, value in (study_attrs or {}).items():
                 store.set_attr(key, value)
@@ -500,7 +516,7 @@ class Search:
         """The lineage of the search's trials (read now unless given), built on the last one made where
         only new results came in since: a search of thousands of trials replays only what changed."""
         lineage = Lineage(self.store.trials() if trials is None else trials, direction=self.config.direction,
-                          previous=self._lineage)
+                          previous=self._lineage, directions=self.objectives.directions)
         self._lineage = lineage
         return lineage
 

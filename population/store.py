@@ -92,12 +92,13 @@ class TrialRecord:
 
     number: int
     state: str                       # Optuna's: COMPLETE, FAIL, PRUNED, RUNNING
-    value: float | None              # val_bpb as told to Optuna (None unless COMPLETE)
+    value: float | None              # val_bpb as told to Optuna (None unless COMPLETE); a vector's first entry
     attrs: dict[str, Any] = field(default_factory=dict)
     constraints: dict[str, float] = field(default_factory=dict)
     started: datetime | None = None
     finished: datetime | None = None
     params: dict[str, Any] = field(default_factory=dict)  # the genome's hyperparameters (population.params)
+    values: tuple[float, ...] | None = None   # a multi-objective study's vector (None in a single-objective one)
 
     @property
     def status(self) -> TrialStatus | str:
@@ -372,11 +373,14 @@ class TrialStore:
 
     @classmethod
     def create(cls, storage: str, name: str, config: dict, *, direction: str = "minimize", metric: str = METRIC,
-               **options) -> "TrialStore":
+               directions: list[str] | None = None, metrics: list[str] | None = None, **options) -> "TrialStore":
         """Create the study (optuna.exceptions.DuplicatedStudyError if the name is taken), name its
-        objective `metric` and open it."""
+        objective `metric` and open it. With several `directions` (and their `metrics`' names), a
+        multi-objective study: each finished trial is told as a vector."""
         opened = open_storage(storage)
-        study = optuna.create_study(storage=opened, study_name=name, direction=direction)
+        several = directions is not None and len(directions) > 1
+        study = (optuna.create_study(storage=opened, study_name=name, directions=directions) if several else
+                 optuna.create_study(storage=opened, study_name=name, direction=direction))
         study.set_user_attr(CONFIG_ATTR, config)
         study.set_user_attr(SPEND_ATTR, 0.0)
         if not options:
@@ -385,7 +389,7 @@ class TrialStore:
             if getattr(opened, "engine", None) is not None:
                 opened.engine.dispose()
             store = cls(storage, name, **options)  # the heartbeat settings belong to the storage: open it again
-        store.name_metric(metric)
+        store.name_metric(metrics if several else metric)
         return store
 
     @staticmethod
@@ -396,13 +400,16 @@ class TrialStore:
         except KeyError:
             pass
 
-    def name_metric(self, metric: str = METRIC) -> None:
+    def name_metric(self, metric: str | list[str] = METRIC) -> None:
         """Name the objective, so optuna-dashboard and `trials_dataframe` say val_bpb (or the
-        project's metric), not "Objective 0"."""
-        if self.study.metric_names != [metric]:
+        project's metric), not "Objective 0". A multi-objective study keeps the names it was made with."""
+        names = [metric] if isinstance(metric, str) else list(metric)
+        if len(names) != len(self.study.directions):
+            return
+        if self.study.metric_names != names:
             with warnings.catch_warnings():  # experimental in Optuna: its warning is not the user's business
                 warnings.simplefilter("ignore")
-                self.study.set_metric_names([metric])
+                self.study.set_metric_names(names)
 
     @classmethod
     def open(cls, storage: str, name: str, **options) -> "TrialStore":
@@ -541,8 +548,10 @@ class TrialStore:
                 raise
 
     def finish(self, number: int, *, status: str, value: float | None = None, metrics: dict | None = None,
-               constraints: dict[str, float] | None = None, **attrs: Any) -> bool:
+               constraints: dict[str, float] | None = None, values: list[float] | None = None, **attrs: Any) -> bool:
         """Tell Optuna how the trial ended. ok/duplicate with a value -> COMPLETE, pruned -> PRUNED, else FAIL.
+        A multi-objective study is told `values` (the objective vector, `value` its first entry); without
+        them such a trial has no score to tell (FAIL, its status kept).
 
         Returns False, writing nothing, when the trial is no longer RUNNING because another
         worker failed it as stale (its re-run owns the genome now). The status is written
@@ -565,7 +574,10 @@ class TrialStore:
                 return False
             for key, v in (constraints or {}).items():
                 self._handle(number, trial_id).set_constraint(key, v)
-            if status in (OK, DUPLICATE) and value is not None and math.isfinite(value):
+            several = len(self.study.directions) > 1
+            if several and status in (OK, DUPLICATE) and values is not None and all(map(math.isfinite, values)):
+                self.study.tell(number, list(values), state=TrialState.COMPLETE)
+            elif not several and status in (OK, DUPLICATE) and value is not None and math.isfinite(value):
                 self.study.tell(number, value, state=TrialState.COMPLETE)
             elif status == TrialStatus.PRUNED:
                 self.study.tell(number, state=TrialState.PRUNED)
@@ -702,6 +714,10 @@ class TrialStore:
 
 def _record(t: optuna.trial.FrozenTrial) -> TrialRecord:
     constraints = {k.split(":", 1)[1]: v for k, v in t.system_attrs.items() if k.startswith("constraints:")}
-    return TrialRecord(number=t.number, state=t.state.name, value=t.value if t.state == TrialState.COMPLETE else None,
+    complete = t.state == TrialState.COMPLETE
+    several = complete and t.values is not None and len(t.values) > 1
+    return TrialRecord(number=t.number, state=t.state.name,
+                       value=(t.values[0] if several else t.value) if complete else None,
                        attrs=dict(t.user_attrs), constraints=constraints,
-                       started=t.datetime_start, finished=t.datetime_complete, params=dict(t.params))
+                       started=t.datetime_start, finished=t.datetime_complete, params=dict(t.params),
+                       values=tuple(t.values) if several else None)

@@ -111,6 +111,14 @@ def add_creation(p) -> None:
     g.add_argument("--allow-network", action="store_true", help="let trials reach the network (off by default)")
     g.add_argument("--read", action="append", default=[], metavar="FOLDER",
                    help="a folder outside the project that trials may read, e.g. ~/.cache/autoresearch (repeatable)")
+    g.add_argument("--objective", action="append", default=[], metavar="NAME[:min|max]",
+                   help="optimise several numbers at once (repeat; the first is the metric): e.g. --objective val_bpb "
+                   "--objective params:min; genomes are ranked by Pareto dominance and `evo status` lists the front. "
+                   "The harness allows only numbers measured outside the genome: val_bpb, params, forward_ms, "
+                   "peak_memory_mb, cpu_seconds, training_seconds")
+    g.add_argument("--constraint", action="append", default=[], metavar="NAME<=X|NAME>=X",
+                   help="a bound on a recorded metric, e.g. 'peak_memory_mb<=40000': trials beyond it are never "
+                   "parents nor the best (repeatable)")
     t = p.add_argument_group("any project (instead of evoresearch's harness)",
                              "evolve your own files with your own command and metric, e.g. an autoresearch fork: "
                              "--run 'python train.py' --metric val_bpb --budget 600 --read ~/.cache/autoresearch")
@@ -171,7 +179,8 @@ def _plain_creation_kwargs(args) -> dict:
                 run=args.run, metric=args.metric, direction=args.direction, metric_pattern=args.metric_pattern,
                 evaluate=args.evaluate, read=args.read, evaluate_quick=getattr(args, "evaluate_quick", None),
                 quick_threshold=getattr(args, "quick_threshold", None),
-                remote=args.remote, heartbeat=args.heartbeat or 10, grace=args.grace or 60)
+                remote=args.remote, heartbeat=args.heartbeat or 10, grace=args.grace or 60,
+                objectives=getattr(args, "objective", []), constraints=getattr(args, "constraint", []))
 
 
 def add_noise_options(g) -> None:

@@ -185,7 +185,8 @@ def _run_members(args, comparison: Comparison) -> int:
     # Built once here so a bad spec or a missing key fails before any search exists.
     build_proposer(cfg.proposer, args).close()
     slots = [] if comparison.complete() else _slots(args, comparison)  # a finished comparison asks no harness
-    creation = {k: v for k, v in creation_kwargs(args).items() if k in ("project", "mutable", "data", "storage", "cache_dir")}
+    creation = {k: v for k, v in creation_kwargs(args).items()
+                if k in ("project", "mutable", "data", "storage", "cache_dir", "objectives", "constraints")}
     out = sys.stdout
 
     def on_member(event: str, name: str, info: dict) -> None:

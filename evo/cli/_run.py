@@ -25,6 +25,7 @@ from evo.strategies import STRATEGIES, make_strategy
 from evo.targets import target_of
 from population.importer import check_runnable
 from population.lineage import NOISE_MULTIPLE
+from population.objectives import Constraint, Objective, ObjectiveError
 from population.search import Search, SearchError
 from population.store import redact
 
@@ -179,7 +180,32 @@ FIXED = (
     FixedFlag("--direction", "direction", lambda s: (s.config.direction,), kind="command"),
     FixedFlag("--metric-pattern", "metric_pattern", lambda s: (s.config.target.get("pattern"),), kind="command"),
     FixedFlag("--evaluate", "evaluate", lambda s: (s.config.target.get("evaluate"),), kind="command"),
+    # Compared as the search records them (the spelling may differ: params:min is params:minimize).
+    FixedFlag("--objective", "objective", lambda s: ([o.spelled() for o in s.objectives.objectives],),
+              lambda given: _objectives_given(given)),
+    FixedFlag("--constraint", "constraint", lambda s: ([c.key for c in s.objectives.constraints],),
+              lambda given: _constraints_given(given)),
 )
+
+
+def _objectives_given(texts: list[str]):
+    """--objective flags as the search would record them (None when none were given; a spelling that does
+    not parse is left as it is, so it differs and the fixed-flag line names it)."""
+    if not texts:
+        return None
+    try:
+        return [Objective.parse(t).spelled() for t in texts]
+    except ObjectiveError:
+        return texts
+
+
+def _constraints_given(texts: list[str]):
+    if not texts:
+        return None
+    try:
+        return [Constraint.parse(t).key for t in texts]
+    except ObjectiveError:
+        return texts
 
 
 def check_fixed(args, search: Search) -> None:
@@ -197,7 +223,7 @@ def check_fixed(args, search: Search) -> None:
                     "runs evoresearch's harness (prepare.py), not a command")
             raise UsageError(f"search {cfg.name!r} already exists and {what}: drop {fixed.flag}, or give a new name "
                              "to create another search")
-        shown = "none" if recorded[0] in (None, "") else repr(recorded[0])
+        shown = "none" if recorded[0] in (None, "", []) else repr(recorded[0])
         raise UsageError(f"{fixed.flag} is fixed at {shown} for search {cfg.name!r}; drop the flag or start a new "
                          "search (another name)")
 

@@ -36,6 +36,10 @@ def add_parsers(sub) -> None:
                        "(the best mean score among feasible trials) into a folder.")
     p.add_argument("name", nargs="?", help="name of the search (optional when there is only one)")
     p.add_argument("--out", default=None, help="folder to write into (default: runs/NAME/best)")
+    p.add_argument("--front", action="store_true", help="several objectives: list the Pareto front instead (trial, "
+                   "each objective's mean) and write nothing")
+    p.add_argument("--prefer", metavar="OBJECTIVE", help="several objectives: write the front's best genome in this "
+                   "objective (e.g. --prefer params: the smallest model on the front)")
     add_root(p)
     p.set_defaults(handler=cmd_best)
 
@@ -122,9 +126,15 @@ def cmd_best(args) -> int:
 
     name = resolve_name(args.name, args.root)
     with open_synced(name, args.root) as search:
-        best = search.lineage().best
+        lineage = search.lineage()
+        best = lineage.best
         if best is None:
             raise UsageError(f"search {name!r} has no successful trial yet")
+        if args.front:
+            print(render_front(search, lineage))
+            return 0
+        if args.prefer:
+            best = preferred(search, lineage, args.prefer)
         out = check_folder("--out", args.out) if args.out else search.folder / "best"
         out.mkdir(parents=True, exist_ok=True)
         for path, text in search.repo.files(best.commit, search.config.mutable).items():
@@ -133,6 +143,27 @@ def cmd_best(args) -> int:
         spread = f" ± {best.spread:.4f} over {len(best.values)} seeds" if best.spread is not None else ""
         print(f"trial #{best.trial} ({search.config.metric} {best.score:.6f}{spread}; {best.description}) -> {out}")
     return 0
+
+
+def render_front(search: Search, lineage) -> str:
+    """The Pareto front as a table (a single-objective search: its best alone)."""
+    names = search.objectives.names
+    lines = ["trial  " + "  ".join(f"{n:>14}" for n in names) + "  description"]
+    for ind in lineage.front():
+        lines.append(f"#{ind.trial:<5} " + "  ".join(f"{v:>14.6g}" for v in ind.objectives) + f"  {ind.description}")
+    return "\n".join(lines)
+
+
+def preferred(search: Search, lineage, name: str):
+    """The front's best genome in objective `name` (ties: the better first objective)."""
+    spec = search.objectives
+    if name not in spec.names:
+        raise UsageError(f"--prefer {name}: search {search.config.name!r} optimises {', '.join(spec.names)}; "
+                         "name one of those")
+    k = spec.names.index(name)
+    sign = 1.0 if spec.directions[k] == "minimize" else -1.0
+    first = 1.0 if spec.directions[0] == "minimize" else -1.0
+    return min(lineage.front(), key=lambda i: (sign * i.objectives[k], first * i.objectives[0], i.trial))
 
 
 def cmd_export(args) -> int:

@@ -90,7 +90,9 @@ def record_duplicate(engine, child: Child, attrs: dict, parent_commits: list[str
     search.repo.set_branch(search.branch(number), child.commit)
     write_trial_files(search, number, child.proposal, child.commit, parent_commits)
     value = lineage.score_of(original.number) if original.finished_ok else None
-    store.finish(number, status=DUPLICATE, value=value, duplicate_of=original.number, metrics=original.metrics,
+    values = list(lineage.individual(original.number).objectives) if value is not None else None
+    store.finish(number, status=DUPLICATE, value=value, values=values, duplicate_of=original.number,
+                 metrics=original.metrics,
                  error="" if value is not None else f"same genome as #{original.number}")
     engine.on_event("finished", {"trial": number, "status": DUPLICATE, "duplicate_of": original.number,
                                "value": value, "operator": child.operator, "description": attrs.get("description", "")})

@@ -46,14 +46,18 @@ def tell(engine, ticket: Ticket, result: TrialResult) -> Told:
     peak_mb = result.metrics.get("peak_vram_mb")
     if engine.options.max_vram_gb is not None and peak_mb is not None and math.isfinite(peak_mb):
         constraints["vram_gb"] = peak_mb / 1024 - engine.options.max_vram_gb
+    values, violations, missing = search.objectives.judge(value, result.metrics)  # --objective, --constraint
+    constraints.update(violations)
+    if missing:
+        result.status, result.error, value = TrialStatus.NO_METRIC, missing, None
     feasible = all(v <= 0 for v in constraints.values())
     with search.store.claim():  # the best as every host left it, and no result told in between
         lineage = search.lineage()
         trial = lineage.by_number.get(number)
         min_gain = engine.options.min_gain_now(lineage)
         kept = trial is not None and lineage.would_keep(value, operator=trial.operator, feasible=feasible,
-                                                        min_gain=min_gain, key=genome_key(trial))
-        told = search.store.finish(number, status=result.status, value=value, metrics=result.metrics,
+                                                        min_gain=min_gain, key=genome_key(trial), values=values)
+        told = search.store.finish(number, status=result.status, value=value, values=values, metrics=result.metrics,
                                    constraints=constraints, error=result.error,
                                    log_tail=result.log_tail[-2000:], wall_seconds=round(result.wall_seconds, 2),
                                    kept=kept, provenance=result.provenance,

@@ -199,7 +199,9 @@ class Run:
 
     def scorer_view(self) -> View:
         data = self.data
-        return View(read=(self.harness_base, *data.tokenizer, *data.val), gpu=self.gpu, masked=data.sources)
+        # The handed-over weights too: the scorer counts the values they hold (the model's size).
+        return View(read=(self.harness_base, *data.tokenizer, *data.val, self.handed), gpu=self.gpu,
+                    masked=data.sources)
 
     def _harness_over_genome(self) -> tuple[tuple[Path, Path], ...]:
         """Each harness file bound read-only over its copy in the genome's folder."""
@@ -368,7 +370,8 @@ class _HarnessSession(Session):
         provenance.update(verdict=result["verdict"], reason=result["reason"], probe_batches=result["probe_batches"],
                           largest_change=result["largest_change"], probe_seed=result["probe_seed"],
                           scored_rows=result["scored_rows"])
-        metrics = {"val_bpb": result["val_bpb"], "eval_seconds": result["eval_seconds"]}
+        metrics = {"val_bpb": result["val_bpb"], "eval_seconds": result["eval_seconds"],
+                   **{k: result[k] for k in ("params", "forward_ms") if k in result}}
         if result["verdict"] != "ok":
             return Evaluation(TrialStatus.INVALID, metrics, result["reason"], provenance)
         if budget.get("over"):

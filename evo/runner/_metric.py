@@ -48,17 +48,20 @@ class MetricEvaluator(Evaluator):
     name = "self-reported"
     self_reported = True
 
-    def __init__(self, metric: str, pattern: str | None = None):
+    def __init__(self, metric: str, pattern: str | None = None, *, also: list[str] | tuple[str, ...] = ()):
+        """also: other metrics to read from `name: value` lines (a search's further objectives, constrained
+        metrics), kept with the score."""
         self.metric = metric
-        self.watch = ((metric, metric_pattern(metric, pattern)),)
+        self.also = tuple(n for n in dict.fromkeys(also) if n != metric)
+        self.watch = ((metric, metric_pattern(metric, pattern)), *((n, metric_pattern(n)) for n in self.also))
 
     def session(self, run) -> Session:
-        return _MetricSession(self.metric)
+        return _MetricSession(self.metric, self.also)
 
 
 class _MetricSession(Session):
-    def __init__(self, metric: str):
-        self.metric = metric
+    def __init__(self, metric: str, also: tuple[str, ...] = ()):
+        self.metric, self.also = metric, also
 
     def result_in(self, output: TrialOutput) -> bool:
         return self.metric in output.found_in_summary
@@ -70,7 +73,9 @@ class _MetricSession(Session):
         if not math.isfinite(value):
             return Evaluation(TrialStatus.DIVERGED, {self.metric: value}, f"{self.metric} is {value}")
         if execution.stopped is None or self.metric in output.found_in_summary:
-            return Evaluation(TrialStatus.OK, {**output.summary, self.metric: value}, provenance={"evaluator": "self-reported"})
+            others = {n: output.found[n] for n in self.also if n in output.found}
+            return Evaluation(TrialStatus.OK, {**output.summary, **others, self.metric: value},
+                              provenance={"evaluator": "self-reported"})
         return None
 
 

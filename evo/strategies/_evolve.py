@@ -59,8 +59,13 @@ class EvolveStrategy(Strategy):
         pool = [i for i in ranked if i.operator == "seed" or i.island == island]
         return pool[: self.elite] or ranked[:1]
 
-    def _tournament(self, elites: list[Individual], rng: random.Random, lineage: Lineage) -> Individual:
+    def _tournament(self, elites: list[Individual], rng: random.Random, lineage: Lineage,
+                    away_from: Individual | None = None) -> Individual:
         contenders = rng.sample(elites, min(self.tournament, len(elites)))
+        if away_from is not None and lineage.multi:
+            # Several objectives: a partner from another part of the front (the farther, the better, at the
+            # same non-dominated rank), so a crossover can join what two trade-offs found.
+            return min(contenders, key=lambda i: (lineage.pareto(i)[0], -lineage.apart(i, away_from), i.trial))
         return min(contenders, key=lineage.rank_key)
 
     def plan(self, lineage: Lineage, rng: random.Random) -> Plan:
@@ -74,6 +79,6 @@ class EvolveStrategy(Strategy):
             first = winner or elites[0]
             partners = [i for i in elites if not lineage.related(i.trial, first.trial)]
             if partners:
-                second = self._tournament(partners, rng, lineage)
+                second = self._tournament(partners, rng, lineage, away_from=first)
                 return Plan("crossover", (first.trial, second.trial), island=island)
         return Plan("mutate", ((winner or self._tournament(elites, rng, lineage)).trial,), island=island)

@@ -190,7 +190,9 @@ class CommandTarget(Target):
                                          target.get("pattern"), quick=quick and program_command(quick, cfg.mutable, python),
                                          threshold=target.get("quick_threshold"), direction=cfg.direction)
         else:
-            evaluator = MetricEvaluator(cfg.metric, target.get("pattern"))
+            spec = search.objectives  # the run's other objectives and constrained metrics are read too
+            evaluator = MetricEvaluator(cfg.metric, target.get("pattern"),
+                                        also=[*spec.names[1:], *(c.metric for c in spec.constraints)])
         return TrialRunner(executor=self.executor(search, python=python), evaluator=evaluator, harness=search.harness,
                            harness_dir=search.paths.harness, data=DataFiles(), command=["bash", "-c", target.get("run") or ":"],
                            python=python, network=cfg.allow_network, eval_limit=cfg.eval_limit, read=read_paths(cfg),
