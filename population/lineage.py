@@ -431,19 +431,6 @@ class Lineage:
         members = [i for i in self.individuals if i.feasible and self.pareto(i)[0] == 0]
         return sorted(members, key=lambda i: (self._sign * i.score, i.trial))
 
-    def dominates(self, a: Individual, b: Individual) -> bool:
-        """Whether genome `a` is better than `b` in the partial order (by its mean score alone with one objective)."""
-        return dominates(a.objectives, b.objectives, self.directions)
-
-    def apart(self, a: Individual, b: Individual) -> float:
-        """How far apart two genomes lie in objective space, each objective scaled by its range over the
-        feasible genomes (0 with one objective): crossover prefers partners from another part of the front."""
-        if not self.multi:
-            return 0.0
-        feasible = [i.objectives for i in self.individuals if i.feasible] or [a.objectives]
-        spans = [(max(c) - min(c)) or 1.0 for c in zip(*feasible)]
-        return math.sqrt(sum(((x - y) / s) ** 2 for x, y, s in zip(a.objectives, b.objectives, spans)))
-
     def ranked(self, *, feasible_only: bool = True) -> list[Individual]:
         """Feasible individuals from the best down: the best first, the rest by mean score (ties:
         the earlier trial). With `feasible_only=False`, every individual by mean score alone."""
@@ -629,3 +616,13 @@ class Lineage:
                 break
             chain.append(parent)
         return chain[::-1]
+
+
+def apart(lineage: Lineage, a: Individual, b: Individual) -> float:
+    """How far apart two genomes lie in objective space, each objective scaled by its range over the
+    feasible genomes (0 with one objective): crossover prefers partners from another part of the front."""
+    if not lineage.multi:
+        return 0.0
+    feasible = [i.objectives for i in lineage.individuals if i.feasible] or [a.objectives]
+    spans = [(max(c) - min(c)) or 1.0 for c in zip(*feasible)]
+    return math.sqrt(sum(((x - y) / s) ** 2 for x, y, s in zip(a.objectives, b.objectives, spans)))

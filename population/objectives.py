@@ -22,6 +22,8 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+from population.errors import ConfigError
+
 MINIMIZE, MAXIMIZE = "minimize", "maximize"
 _DIRECTION_WORDS = {"min": MINIMIZE, "minimize": MINIMIZE, "max": MAXIMIZE, "maximize": MAXIMIZE}
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
@@ -35,7 +37,7 @@ _CONSTRAINT = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*(<=|>=)\s*([-+0-9.eE]
 HARNESS_METRICS = ("val_bpb", "params", "forward_ms", "peak_memory_mb", "cpu_seconds", "training_seconds")
 
 
-class ObjectiveError(ValueError):
+class ObjectiveError(ConfigError, ValueError):
     """An objective or constraint that cannot be used; the message names it and the fix."""
 
 

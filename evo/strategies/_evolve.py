@@ -3,7 +3,7 @@ from __future__ import annotations
 import random
 
 from evo.strategies._base import Plan, Strategy, require_individuals
-from population.lineage import Individual, Lineage
+from population.lineage import Individual, Lineage, apart
 
 
 class EvolveStrategy(Strategy):
@@ -65,7 +65,7 @@ class EvolveStrategy(Strategy):
         if away_from is not None and lineage.multi:
             # Several objectives: a partner from another part of the front (the farther, the better, at the
             # same non-dominated rank), so a crossover can join what two trade-offs found.
-            return min(contenders, key=lambda i: (lineage.pareto(i)[0], -lineage.apart(i, away_from), i.trial))
+            return min(contenders, key=lambda i: (lineage.pareto(i)[0], -apart(lineage, i, away_from), i.trial))
         return min(contenders, key=lineage.rank_key)
 
     def plan(self, lineage: Lineage, rng: random.Random) -> Plan:
