@@ -1,4 +1,5 @@
-"""The search loop: asynchronous, steady-state, resumable.
+"""The search loop: asynchronous, steady-state, resumable; the engine's calls (`evo.engine.Engine`:
+plan, propose, start, run, tell) on every device at once.
 
 Whenever a device is free, the next child starts on it: first any trial a dead or
 interrupted process left unfinished, then a re-evaluation of a best genome that has too

@@ -7,9 +7,9 @@
 
 One concept per module: `_engine` (the Engine), `_options` (RunOptions, StopReason),
 `_records` (Order, Ticket, Told), `_outage` (an API outage waited out), `_admission` (whether
-a child still becomes a trial), `_starting` (a child becomes a trial), `_telling` (its run and result), `_trial_files` (what is written in its folder),
-`_proposing` (a plan turned into a child), `_recovery` (after a crash), `_explain` (why a
-search cannot go on).
+a child still becomes a trial), `_starting` (a child becomes a trial), `_telling` (its run and
+result), `_trial_files` (what is written in its folder), `_proposing` (a plan turned into a
+child), `_recovery` (after a crash), `_explain` (why a search cannot go on).
 """
 
 from evo.engine._engine import ENQUEUED, Engine

@@ -104,7 +104,8 @@ class Engine:
         return None
 
     def enqueue(self, files: dict[str, str], *, note: str = "", parent: int | None = None) -> Child:
-        """Put a genome of your own first in line (after the seed and re-runs): the next free device evaluates it.
+        """Queue a genome of your own: the next free device evaluates it (the seed, re-runs and children queued
+        before it go first; proposals not yet taken come after it).
 
         files: mutable files (name -> text); those not given are the parent's. parent: the trial the files
         were edited from (default: none, the seed's files fill the gaps and the genome is a root of its own).
@@ -228,7 +229,8 @@ class Engine:
         fresh = False  # whether the trials were read again for a decision to stop
         while True:
             trials = self.trials()
-            if self.options.trials is not None and toward_limit(trials) + in_flight + len(self.ready) >= self.options.trials:
+            limit = self.options.trials
+            if limit is not None and toward_limit(trials) + in_flight + len(self.ready) >= limit:
                 return None
             lineage = self.search.lineage(trials)
             offline_only = self.outages.offline_only()
