@@ -29,6 +29,7 @@ import threading
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -172,7 +173,9 @@ class TrialRecord:
     @property
     def counts(self) -> bool:
         """A finished evaluation: not running, and not cut short by the search itself."""
-        return self.state != "RUNNING" and self.status != INTERRUPTED
+        # Read from the attribute itself, not `status`: the engine counts every trial of a search several
+        # times per trial (10,000 records at a time), and only the attribute can say interrupted.
+        return self.state != "RUNNING" and self.attrs.get("status") != INTERRUPTED.value
 
     @property
     def while_waiting(self) -> bool:
@@ -180,11 +183,20 @@ class TrialRecord:
         trial limit (an outage must not use up a search), counted as an evaluation all the same."""
         return bool(self.attrs.get(WHILE_WAITING))
 
-    @property
+    # The two below are counted over every trial of a search several times per trial: each record works
+    # them out once (a record never changes: Optuna refuses to change a finished trial, and a running
+    # one is read into a new record each time).
+    @cached_property
     def spends_trial(self) -> bool:
         """Counts towards the search's trial limit (--trials): finished, and neither cut short by the search
         nor a re-evaluation made while the API was down."""
         return self.counts and not self.while_waiting
+
+    @cached_property
+    def holds_trial(self) -> bool:
+        """Spends one of --trials once finished: finished or running, and not a re-evaluation made while the
+        API was down (what the engine counts before it plans or admits another child)."""
+        return (self.counts or self.state == "RUNNING") and not self.while_waiting
 
 
 WHILE_WAITING = "while_waiting"   # the trial attribute that marks a re-evaluation made during an API outage

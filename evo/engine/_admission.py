@@ -13,7 +13,7 @@ NEW_GENOME_OPERATORS = ("mutate", "crossover", "enqueued")
 
 def toward_limit(trials) -> int:
     """Trials that spend one of --trials, finished or running (re-evaluations during an outage spend none)."""
-    return sum(1 for t in trials if (t.counts or t.state == "RUNNING") and not t.while_waiting)
+    return sum(1 for t in trials if t.holds_trial)
 
 
 def admit(child: Child, lineage: Lineage, *, limit: int | None, shared: bool, base_seed: int) -> bool:
