@@ -25,7 +25,7 @@ noise (noise floor from re-evaluations), report (figures + HTML page), compare
 trials as a pandas DataFrame).
 """
 
-import importlib
+from population._exports import lazy_exports
 
 # `progress` is also the name of its module: bound here, at import, as before (and it is light).
 from analysis.progress import (Point, Progress, device_seconds, failure_rate, is_failure, keep_rate, plot_progress,
@@ -44,19 +44,7 @@ _LAZY = {
     "analysis.walk": ("Step", "best_lineage", "render_walk"),
     "analysis.yields": ("Yield", "render_yields", "yield_by"),
 }
-_MODULE_OF = {name: module for module, names in _LAZY.items() for name in names}
-
-
-def __getattr__(name: str):
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module 'analysis' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_MODULE_OF[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports("analysis", _LAZY, globals())
 
 
 __all__ = [

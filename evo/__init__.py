@@ -23,7 +23,7 @@ remote=GIT_URL)`; each host joins it once (`join_search`), opens it with
 through `SharedHosts`).
 """
 
-import importlib
+from population._exports import lazy_exports
 
 # Each public name loads with its module on first use (PEP 562): `evo.cli` lives in this package,
 # so every `evo` command imports this file, and `evo status` needs none of the loop, proposers or
@@ -43,19 +43,7 @@ _LAZY = {
     "evo.strategies": ("EvolveStrategy", "GreedyStrategy", "Plan", "RandomStrategy", "Strategy", "make_strategy"),
     "population": ("EvoError", "Search", "SearchConfig", "SearchError"),
 }
-_MODULE_OF = {name: module for module, names in _LAZY.items() for name in names}
-
-
-def __getattr__(name: str):
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module 'evo' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_MODULE_OF[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports("evo", _LAZY, globals())
 
 
 try:
