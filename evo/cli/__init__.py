@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from evo.cli._common import EXIT_USAGE, Parser, as_flags, UsageError, machine_failure, quiet_broken_pipe
+from evo.cli._common import EXIT_USAGE, Parser, UsageError, as_flags, machine_failure, quiet_broken_pipe
 from population.search import SearchError
 
 __all__ = ["build_parser", "main"]
