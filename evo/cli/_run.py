@@ -223,7 +223,7 @@ def check_fixed(args, search: Search) -> None:
                     "runs evoresearch's harness (prepare.py), not a command")
             raise UsageError(f"search {cfg.name!r} already exists and {what}: drop {fixed.flag}, or give a new name "
                              "to create another search")
-        shown = "none" if recorded[0] in (None, "", []) else repr(recorded[0])
+        shown = "none" if recorded[0] in (None, "") else repr(recorded[0])  # a search made without --objective: none
         raise UsageError(f"{fixed.flag} is fixed at {shown} for search {cfg.name!r}; drop the flag or start a new "
                          "search (another name)")
 
