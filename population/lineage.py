@@ -138,6 +138,18 @@ class Individual:
     feasible: bool = True
     rungs: dict[int, list[float]] = field(default_factory=dict)  # ok scores at promoted scales (rung >= 1)
     vectors: list[tuple[float, ...]] = field(default_factory=list)  # several objectives: each evaluation's vector
+    # (highest rung, mean there): worked out once, when a finished lineage first ranks this genome. A
+    # lineage never changes an individual once built (it copies one to add an evaluation, and the copy
+    # starts without it), and ranking a 10,000-genome search once per planned child is on the path
+    # between two trials.
+    _standing: tuple[int, float | None] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def standing(self) -> tuple[int, float | None]:
+        """(the highest rung where it has a score, its mean score there)."""
+        if self._standing is None:
+            rung = self.rung
+            self._standing = (rung, self.score_at(rung))
+        return self._standing
 
     @property
     def objectives(self) -> tuple[float, ...]:
@@ -451,8 +463,10 @@ class Lineage:
         objectives, genomes at the same rung rank by non-dominated rank, then the larger crowding distance."""
         if self.multi:
             rank, crowding = self.pareto(ind)
-            return (ind is not self.best, -ind.rung, rank, -crowding, self._sign * ind.score_at(ind.rung), ind.trial)
-        return (ind is not self.best, -ind.rung, self._sign * ind.score_at(ind.rung), ind.trial)
+            rung, score = ind.standing()
+            return (ind is not self.best, -rung, rank, -crowding, self._sign * score, ind.trial)
+        rung, score = ind.standing()
+        return (ind is not self.best, -rung, self._sign * score, ind.trial)
 
     @cached_property
     def best(self) -> Individual | None:
