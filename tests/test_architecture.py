@@ -203,6 +203,34 @@ def test_a_search_made_by_the_previous_version_opens_and_resumes(old_search):
     assert report.returncode == 0 and (old_search / "runs" / "old-format" / "report" / "report.html").exists()
 
 
+@pytest.mark.slow
+def test_a_search_made_before_the_engine_and_the_notebook_opens_resumes_and_is_read_into_the_notebook(project):
+    # tests/data/pre-engine-search.tar.gz: 4 tiny trials made by the version before the ask/tell engine,
+    # several objectives and the lab notebook (63429b1), as `evo run pre-engine --profile tiny --budget 2
+    # --trials 4` left it (the last trial's hand-over left out: it is what any trial leaves behind).
+    with tarfile.open(Path(__file__).parent / "data" / "pre-engine-search.tar.gz") as archive:
+        archive.extractall(project / "runs", filter="data")
+    status = run_evo("status", "pre-engine", cwd=project)
+    assert status.returncode == 0, status.stderr
+    assert "4 finished (4 ok" in status.stdout and "best: val_bpb 2.870088 at trial #3" in status.stdout
+    ideas = run_evo("ideas", "--search", "pre-engine", "--json", cwd=project)
+    assert ideas.returncode == 0, ideas.stderr
+    assert "HEAD_DIM 32 -> 16" in ideas.stdout and "WEIGHT_DECAY 0.2 -> 0.1" in ideas.stdout
+    resumed = run_evo("run", "pre-engine", "--trials", "6", cwd=project)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "stopped: reached 6 trials" in resumed.stdout
+    from population import Search
+
+    with Search.open("pre-engine", root=project / "runs") as search:
+        trials = search.trials()
+        assert [t.number for t in trials] == list(range(6))
+        assert search.config.objectives in ((), [], None) and not search.lineage().multi
+        assert all(search.repo.resolve(f"refs/heads/{search.branch(t.number)}") == t.commit for t in trials
+                   if t.commit)
+    report = run_evo("report", "pre-engine", cwd=project)
+    assert report.returncode == 0 and (project / "runs" / "pre-engine" / "report" / "report.html").exists()
+
+
 # What only evoresearch's own harness knows (prepare.py and its train.py genome): its file names, the
 # keys of its summary block, its knobs, its sequence length, torch's compile cache. The engine, the views
 # and the data layer reach them only through the target (`evo/targets/`: proposer settings, the compile
