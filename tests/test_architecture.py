@@ -171,12 +171,33 @@ def test_the_library_builds_and_runs_what_the_cli_builds_without_argparse(instan
         evo.RunOptions(6)  # options are keyword-only
 
 
+def _unpack(archive: str, runs: Path) -> None:
+    """Unpack a search folder kept in tests/data into `runs`."""
+    with tarfile.open(Path(__file__).parent / "data" / archive) as archive_file:
+        archive_file.extractall(runs, filter="data")
+
+
+def _resumed_and_reported(project: Path, name: str, trials: int) -> list:
+    """Resume search `name` to `trials` trials, check every trial's branch, write its report; its trials."""
+    resumed = run_evo("run", name, "--trials", str(trials), cwd=project)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"stopped: reached {trials} trials" in resumed.stdout
+    from population import Search
+
+    with Search.open(name, root=project / "runs") as search:
+        found = search.trials()
+        assert [t.number for t in found] == list(range(trials))
+        assert all(search.repo.resolve(f"refs/heads/{search.branch(t.number)}") == t.commit for t in found)
+    report = run_evo("report", name, cwd=project)
+    assert report.returncode == 0 and (project / "runs" / name / "report" / "report.html").exists()
+    return found
+
+
 @pytest.fixture
 def old_search(project) -> Path:
     """A search folder made by evoresearch 0.1 (tests/data/old-format-search.tar.gz), unpacked
     somewhere else than where it was made: its search.json names /tmp/fx/runs/old-format/study.db."""
-    with tarfile.open(Path(__file__).parent / "data" / "old-format-search.tar.gz") as archive:
-        archive.extractall(project / "runs", filter="data")
+    _unpack("old-format-search.tar.gz", project / "runs")
     assert "/tmp/fx/runs/old-format/study.db" in (project / "runs" / "old-format" / "search.json").read_text()
     shutil.rmtree("/tmp/fx/runs/old-format", ignore_errors=True)  # the original must not be what opens
     return project
@@ -189,18 +210,8 @@ def test_a_search_made_by_the_previous_version_opens_and_resumes(old_search):
     assert "5 finished" in status.stdout and "best: val_bpb 2.921956 at trial #1" in status.stdout
     shown = run_evo("show", "old-format", "1", cwd=old_search)
     assert shown.returncode == 0 and "WEIGHT_DECAY 0.2 -> 0.1" in shown.stdout and "diff against parent" in shown.stdout
-    resumed = run_evo("run", "old-format", "--trials", "7", cwd=old_search)
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert "stopped: reached 7 trials" in resumed.stdout
-    from population import Search
-
-    with Search.open("old-format", root=old_search / "runs") as search:
-        trials = search.trials()
-        assert [t.number for t in trials] == list(range(7))
-        assert all(t.status == "ok" for t in trials[5:]), [(t.status, t.error) for t in trials]
-        assert all(search.repo.resolve(f"refs/heads/{search.branch(t.number)}") == t.commit for t in trials)
-    report = run_evo("report", "old-format", cwd=old_search)
-    assert report.returncode == 0 and (old_search / "runs" / "old-format" / "report" / "report.html").exists()
+    trials = _resumed_and_reported(old_search, "old-format", 7)
+    assert all(t.status == "ok" for t in trials[5:]), [(t.status, t.error) for t in trials]
 
 
 @pytest.mark.slow
@@ -208,27 +219,18 @@ def test_a_search_made_before_the_engine_and_the_notebook_opens_resumes_and_is_r
     # tests/data/pre-engine-search.tar.gz: 4 tiny trials made by the version before the ask/tell engine,
     # several objectives and the lab notebook (63429b1), as `evo run pre-engine --profile tiny --budget 2
     # --trials 4` left it (the last trial's hand-over left out: it is what any trial leaves behind).
-    with tarfile.open(Path(__file__).parent / "data" / "pre-engine-search.tar.gz") as archive:
-        archive.extractall(project / "runs", filter="data")
+    _unpack("pre-engine-search.tar.gz", project / "runs")
     status = run_evo("status", "pre-engine", cwd=project)
     assert status.returncode == 0, status.stderr
     assert "4 finished (4 ok" in status.stdout and "best: val_bpb 2.870088 at trial #3" in status.stdout
     ideas = run_evo("ideas", "--search", "pre-engine", "--json", cwd=project)
     assert ideas.returncode == 0, ideas.stderr
     assert "HEAD_DIM 32 -> 16" in ideas.stdout and "WEIGHT_DECAY 0.2 -> 0.1" in ideas.stdout
-    resumed = run_evo("run", "pre-engine", "--trials", "6", cwd=project)
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert "stopped: reached 6 trials" in resumed.stdout
+    _resumed_and_reported(project, "pre-engine", 6)
     from population import Search
 
     with Search.open("pre-engine", root=project / "runs") as search:
-        trials = search.trials()
-        assert [t.number for t in trials] == list(range(6))
         assert search.config.objectives in ((), [], None) and not search.lineage().multi
-        assert all(search.repo.resolve(f"refs/heads/{search.branch(t.number)}") == t.commit for t in trials
-                   if t.commit)
-    report = run_evo("report", "pre-engine", cwd=project)
-    assert report.returncode == 0 and (project / "runs" / "pre-engine" / "report" / "report.html").exists()
 
 
 # What only evoresearch's own harness knows (prepare.py and its train.py genome): its file names, the
