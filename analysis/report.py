@@ -138,7 +138,7 @@ def search_facts(search, trials: list[TrialRecord] | None = None) -> SearchFacts
         device_hours=sum(device_seconds(t) for t in counted) / 3600,
         first_start=min((t.started for t in trials if t.started), default=None),
         last_finish=max((t.finished for t in trials if t.finished), default=None),
-        spend_usd=search.store.spend_usd, noise=noise_floor(lineage),
+        spend_usd=search.store.ledger.spend_usd, noise=noise_floor(lineage),
         imported=search.store.attr(IMPORTED_ATTR), within_noise=tuple(r.trial.number for r in within_noise(lineage)),
         min_gain=next((min_gain_of(t) for t in reversed(finish_order(trials)) if MIN_GAIN_ATTR in t.attrs), None),
         trust=trust_line(cfg.sandbox, cfg.evaluation),

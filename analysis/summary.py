@@ -25,7 +25,7 @@ def summarize(search) -> dict:
     counts = Counter(t.status for t in trials)
     children = lineage.children()
     kept = sum(1 for t in children if lineage.kept(t.number))
-    spend = search.store.spend_usd
+    spend = search.store.ledger.spend_usd
     devices, run = _devices(search)
     finished = sum(1 for t in trials if t.spends_trial)
     best_record = lineage.by_number.get(best.trial) if best else None
@@ -56,7 +56,7 @@ def summarize(search) -> dict:
         "counts": dict(counts),
         "keep_rate": kept / len(children) if children else None,
         "spend_usd": spend,
-        "api_faults": search.store.api_faults,
+        "api_faults": search.store.ledger.api_faults,
         "cost_per_kept_usd": spend / kept if kept and spend else None,
         "devices": devices,
         **_front(search, lineage),

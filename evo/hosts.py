@@ -76,7 +76,7 @@ class OneHost:
 
     def fail_orphans(self, search: Search) -> list[TrialRecord]:
         """Mark trials whose process is gone as interrupted; return them."""
-        return search.store.fail_running()
+        return search.store.orphans.fail_running()
 
     def is_here(self, trial: TrialRecord) -> bool:
         """Whether `trial` ran on this host (so a leftover process of it may be killed here)."""
@@ -165,7 +165,7 @@ class SharedHosts(OneHost):
         return {"host": HOST, "worker": self.worker}
 
     def fail_orphans(self, search: Search) -> list[TrialRecord]:
-        return search.store.fail_stale(dead={self.worker})
+        return search.store.orphans.fail_stale(dead={self.worker})
 
     def is_here(self, trial: TrialRecord) -> bool:
         return trial.host == HOST

@@ -21,15 +21,11 @@ When several hosts share one study (`heartbeat` given), three more rules hold:
 from __future__ import annotations
 
 import contextlib
-import enum
 import math
 import re
 import sqlite3
 import threading
 import warnings
-from dataclasses import dataclass, field
-from datetime import datetime
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -38,168 +34,26 @@ import sqlalchemy.exc
 from optuna.exceptions import ExperimentalWarning, StorageInternalError, UpdateFinishedTrialError
 from optuna.trial import TrialState
 
+from population._claim import StudyClaim
 from population._heartbeat import Heartbeats
+from population._ledger import SPEND_ATTR, SpendLedger
+from population._orphans import BEATING, Orphans
 from population._trial_cache import TrialCache
 from population.errors import StorageError
 from population.params import PARAM_SPACE_ATTR, as_params
+# The trial's status and record live in population.trials; they are read here as they always were.
+from population.trials import (DUPLICATE, INTERRUPTED, INVALID, METRICS_PREFIX, OK,  # noqa: F401
+                               RUN_STATUSES, WHILE_WAITING, TrialRecord, TrialStatus, record_of)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 METRIC = "val_bpb"  # the objective's name in the study
 CONFIG_ATTR = "evo_config"
-METRICS_PREFIX = "metrics."    # a trial attribute per metric: metrics.val_bpb, metrics.peak_vram_mb, ...
-FAULTS_ATTR = "evo_api_faults"   # proposals lost to their API: count, seconds, tokens, cost (see add_api_fault)
-SPEND_ATTR = "evo_spend_usd"
 LIMITS_ATTR = "evo_limits"      # a search's limits: {"trials": N} (shared: also "hours": H, from its first trial)
 NO_LIMIT = 0                    # a limit given as this lifts the one a search recorded
 IMPORTED_ATTR = "evo_imported"  # set by `evo import`: the results.tsv a search was made from (it has no genomes)
-BEATING = "evo:heartbeat"       # system attr: the trial's first heartbeat is recorded (see `fail_stale`)
-CLAIM_LOCK = 0x65766F           # "evo": first key of the PostgreSQL advisory lock; the study id is the second
 
 
-class TrialStatus(enum.StrEnum):
-    """Every status a trial can have: the one vocabulary of the runner, the store, the loop and the
-    views. Members are strings, so records written before it (and `t.status == "ok"`) read the same."""
-
-    RUNNING = "running"
-    OK = "ok"                              # the only one with a usable score of its own
-    DUPLICATE = "duplicate"                # a genome already evaluated: its score reused, never trained twice
-    INTERRUPTED = "interrupted"            # cut short by the search itself (a stop, a crash of the engine): re-run
-    INVALID_PROPOSAL = "invalid_proposal"  # the proposer's child could not be made
-    # How a run ended, as the runner tells it.
-    CRASH = "crash"
-    TIMEOUT = "timeout"
-    DIVERGED = "diverged"
-    NO_METRIC = "no_metric"
-    PRUNED = "pruned"
-    OOM = "oom"
-    LIMIT = "limit"
-    INVALID = "invalid"                    # the run broke the rules (changed the harness while it ran)
-
-
-_STATUS_OF = {s.value: s for s in TrialStatus}
-# The statuses the engine writes itself, by their old names (INVALID is an invalid proposal, not
-# TrialStatus.INVALID, a run that broke the rules).
-OK, DUPLICATE, INTERRUPTED, INVALID = (TrialStatus.OK, TrialStatus.DUPLICATE, TrialStatus.INTERRUPTED,
-                                       TrialStatus.INVALID_PROPOSAL)
-# How a run can end (`evo.runner.TrialResult.status`).
-RUN_STATUSES = (TrialStatus.OK, TrialStatus.CRASH, TrialStatus.TIMEOUT, TrialStatus.DIVERGED, TrialStatus.NO_METRIC,
-                TrialStatus.PRUNED, TrialStatus.INTERRUPTED, TrialStatus.OOM, TrialStatus.LIMIT, TrialStatus.INVALID)
-
-
-@dataclass
-class TrialRecord:
-    """A read-only view of one trial, as analysis and strategies see it."""
-
-    number: int
-    state: str                       # Optuna's: COMPLETE, FAIL, PRUNED, RUNNING
-    value: float | None              # val_bpb as told to Optuna (None unless COMPLETE); a vector's first entry
-    attrs: dict[str, Any] = field(default_factory=dict)
-    constraints: dict[str, float] = field(default_factory=dict)
-    started: datetime | None = None
-    finished: datetime | None = None
-    params: dict[str, Any] = field(default_factory=dict)  # the genome's hyperparameters (population.params)
-    values: tuple[float, ...] | None = None   # a multi-objective study's vector (None in a single-objective one)
-
-    @property
-    def status(self) -> TrialStatus | str:
-        """The trial's status; one that no member names (a record without one: Optuna's state) reads as a string."""
-        if self.state == "RUNNING":
-            return TrialStatus.RUNNING
-        status = self.attrs.get("status", self.state.lower())
-        return _STATUS_OF.get(status, status)
-
-    @property
-    def commit(self) -> str:
-        return self.attrs.get("commit", "")
-
-    @property
-    def tree(self) -> str:
-        return self.attrs.get("tree", "")
-
-    @property
-    def parents(self) -> list[int]:
-        return list(self.attrs.get("parents", []))
-
-    @property
-    def operator(self) -> str:
-        return self.attrs.get("operator", "")
-
-    @property
-    def description(self) -> str:
-        return self.attrs.get("description", "")
-
-    @property
-    def rationale(self) -> str:
-        return self.attrs.get("rationale", "")
-
-    @property
-    def proposer(self) -> str:
-        return self.attrs.get("proposer", "")
-
-    @property
-    def seed(self) -> int:
-        return int(self.attrs.get("seed", 0))
-
-    @property
-    def metrics(self) -> dict[str, float]:
-        """The run's metrics: one `metrics.NAME` attribute each, or (searches before that) one `metrics` dict."""
-        found = dict(self.attrs.get("metrics") or {})
-        found.update({k[len(METRICS_PREFIX):]: v for k, v in self.attrs.items() if k.startswith(METRICS_PREFIX)})
-        return found
-
-    @property
-    def error(self) -> str:
-        return self.attrs.get("error", "")
-
-    @property
-    def host(self) -> str:
-        """The host whose worker ran this trial (shared searches only; its logs stay on that host)."""
-        return self.attrs.get("host", "")
-
-    @property
-    def cost_usd(self) -> float:
-        return float(self.attrs.get("usage", {}).get("cost_usd", 0.0))
-
-    @property
-    def feasible(self) -> bool:
-        return all(v <= 0 for v in self.constraints.values())
-
-    @property
-    def finished_ok(self) -> bool:
-        """A real evaluation with a finite val_bpb (duplicates reuse one; they are not one)."""
-        return self.status == OK and self.value is not None and math.isfinite(self.value)
-
-    @property
-    def counts(self) -> bool:
-        """A finished evaluation: not running, and not cut short by the search itself."""
-        # Read from the attribute itself, not `status`: the engine counts every trial of a search several
-        # times per trial (10,000 records at a time), and only the attribute can say interrupted.
-        return self.state != "RUNNING" and self.attrs.get("status") != INTERRUPTED.value
-
-    @property
-    def while_waiting(self) -> bool:
-        """A re-evaluation a device made only because the proposer's API was down: kept apart from the
-        trial limit (an outage must not use up a search), counted as an evaluation all the same."""
-        return bool(self.attrs.get(WHILE_WAITING))
-
-    # The two below are counted over every trial of a search several times per trial: each record works
-    # them out once (a record never changes: Optuna refuses to change a finished trial, and a running
-    # one is read into a new record each time).
-    @cached_property
-    def spends_trial(self) -> bool:
-        """Counts towards the search's trial limit (--trials): finished, and neither cut short by the search
-        nor a re-evaluation made while the API was down."""
-        return self.counts and not self.while_waiting
-
-    @cached_property
-    def holds_trial(self) -> bool:
-        """Spends one of --trials once finished: finished or running, and not a re-evaluation made while the
-        API was down (what the engine counts before it plans or admits another child)."""
-        return (self.counts or self.state == "RUNNING") and not self.while_waiting
-
-
-WHILE_WAITING = "while_waiting"   # the trial attribute that marks a re-evaluation made during an API outage
 
 
 class StudyError(StorageError):
@@ -359,10 +213,9 @@ class TrialStore:
 
     def __init__(self, storage: str | optuna.storages.BaseStorage, name: str, *, heartbeat: int | None = None,
                  grace: int | None = None):
-        self._stale: list[optuna.trial.FrozenTrial] = []
         if isinstance(storage, str):
             storage = open_storage(storage, heartbeat=heartbeat, grace=grace,
-                                   on_stale=lambda study, trial: self._stale.append(trial))
+                                   on_stale=lambda study, trial: self.orphans.on_stale(study, trial))
         self.storage = storage
         try:
             self.study = optuna.load_study(study_name=name, storage=self.storage)
@@ -376,10 +229,14 @@ class TrialStore:
         self._trials: dict[int, optuna.Trial] = {}       # Optuna's handles, made when a trial first reports
         self._reported: dict[int, set[int]] = {}
         self._lost: set[int] = set()                     # live trials another worker failed as stale
-        self._claim = threading.local()
+        # Lock order: the claim first, then self._lock, which is only ever held for database calls, so the
+        # progress thread's reports never wait behind another worker's claim.
+        self.claim = StudyClaim(self.storage, self._study_id, shared=self.shared, grace=grace)
+        self.ledger = SpendLedger(self.storage, self._study_id, self.claim, self._lock)
+        self.orphans = Orphans(self.storage, self.study, self._study_id, self.claim, self._lock, self._live)
         self._beats: Heartbeats | None = None
         # RDB storages: the store's own read cache (Optuna's caching wrapper is not used, see open_storage).
-        self._cache = (TrialCache(self.storage, self._study_id, _record)
+        self._cache = (TrialCache(self.storage, self._study_id, record_of)
                        if isinstance(self.storage, optuna.storages.RDBStorage) else None)
         self._records: dict[int, tuple[optuna.trial.FrozenTrial, TrialRecord]] = {}   # see _record_of
 
@@ -460,38 +317,6 @@ class TrialStore:
         with self._lock:
             self.storage.set_study_user_attr(self._study_id, key, value)
 
-    # -- the claim ------------------------------------------------------------
-
-    # Lock order: the claim first, then self._lock, which is only ever held for database calls, so the
-    # progress thread's reports never wait behind another worker's claim.
-    @contextlib.contextmanager
-    def claim(self):
-        """Hold the study's claim lock while deciding from the study and writing the decision.
-
-        On a shared study this is a PostgreSQL transaction-scoped advisory lock, held by a
-        connection of its own: it is released when the block ends, when this process dies
-        (its connection closes), or when the connection sits idle in the block for longer
-        than max(60 s, the grace period): a host that froze or lost power holds it no
-        longer than that. Re-entrant within a thread.
-        On a study one process owns, there is no one to exclude: a no-op."""
-        if not self.shared or getattr(self._claim, "depth", 0):
-            self._claim.depth = getattr(self._claim, "depth", 0) + 1
-            try:
-                yield
-            finally:
-                self._claim.depth -= 1
-            return
-        hold = max(60, self.grace or 0)  # far above any honest time inside a claim: a stall must not lose it
-        with self.storage.engine.connect() as conn, conn.begin():
-            conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{2 * hold}s'")  # outwaits a holder that died silently
-            conn.exec_driver_sql(f"SET LOCAL idle_in_transaction_session_timeout = '{hold}s'")
-            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s, %s)", (CLAIM_LOCK, self._study_id))
-            self._claim.depth = 1
-            try:
-                yield
-            finally:
-                self._claim.depth = 0
-
     # -- writing --------------------------------------------------------------
 
     def start(self, attrs: dict[str, Any], params: dict[str, Any] | None = None) -> int:
@@ -501,7 +326,7 @@ class TrialStore:
         one distribution per name for the whole study (`population.params`).
         On a shared study the trial's first heartbeat is recorded and marked before the
         claim is let go, so every RUNNING trial another worker sees is either beating or
-        an orphan of a worker that died in between (see `fail_stale`)."""
+        an orphan of a worker that died in between (see `population._orphans`)."""
         with self.claim(), self._lock:
             user_attrs = {"status": INTERRUPTED, **attrs} if self.shared else dict(attrs)
             values, distributions = self._as_params(params or {})
@@ -609,71 +434,6 @@ class TrialStore:
         self._reported.pop(number, None)
         self._lost.discard(number)
 
-    def fail_running(self) -> list["TrialRecord"]:
-        """Mark every RUNNING trial as interrupted (FAIL) and return them: for resuming after a dead process.
-
-        Call this only while holding the search's lock: then no live process owns them."""
-        with self._lock:
-            orphans = [t for t in self.trials() if t.state == "RUNNING"]
-            for t in orphans:
-                self.set_attrs(t.number, {"status": INTERRUPTED,
-                                          "error": "the process running it stopped (crash, kill or Ctrl-C)"})
-                self.study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
-            return orphans
-
-    def fail_stale(self, *, dead: set[str] = frozenset()) -> list["TrialRecord"]:
-        """Fail (as interrupted) the RUNNING trials whose worker is gone; return those this call failed.
-
-        Gone means: no heartbeat for the grace period (Optuna's `fail_stale_trials`, whose
-        state change is atomic, so two workers never both fail one trial); or recorded by a
-        worker in `dead` (the caller knows it stopped: it holds that worker's folder lock); or
-        never marked as beating, which under the claim means its worker died between creating
-        it and its first heartbeat. Shared studies only; runs inside the claim."""
-        with self.claim(), self._lock:
-            for trial_id in self._live.values():  # our own trials are alive, however long the database was away
-                self.storage.record_heartbeat(trial_id)
-            self._stale.clear()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ExperimentalWarning)
-                optuna.storages.fail_stale_trials(self.study)
-            failed = {t.number: _record(t) for t in self._stale}
-            running = self.storage.get_all_trials(self._study_id, deepcopy=False, states=(TrialState.RUNNING,))
-            for t in running:
-                if t.number in self._live:
-                    continue
-                if t.user_attrs.get("worker") in dead or not t.system_attrs.get(BEATING):
-                    self.storage.set_trial_user_attr(t._trial_id, "status", INTERRUPTED)
-                    self.study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
-                    failed[t.number] = _record(t)
-            return [failed[n] for n in sorted(failed)]
-
-    def add_spend(self, usd: float) -> float:
-        """Add to the search's LLM spend (dropped proposals included); return the new total."""
-        with self.claim(), self._lock:
-            total = self.spend_usd + float(usd)
-            self.set_attr(SPEND_ATTR, total)
-            return total
-
-    @property
-    def spend_usd(self) -> float:
-        return float(self.attr(SPEND_ATTR, 0.0))
-
-    def add_api_fault(self, usage: dict) -> dict:
-        """Count one proposal its API failed (an outage, a dropped or refused connection): no trial records
-        it, so the search does, with the seconds its calls ran and what they had used; return the totals."""
-        with self.claim(), self._lock:
-            faults = dict(self.attr(FAULTS_ATTR, {}) or {})
-            faults["proposals"] = int(faults.get("proposals", 0)) + 1
-            for key in ("seconds", "calls", "input_tokens", "output_tokens", "cost_usd"):
-                faults[key] = round(float(faults.get(key, 0)) + float(usage.get(key) or 0), 6)
-            self.set_attr(FAULTS_ATTR, faults)
-            return faults
-
-    @property
-    def api_faults(self) -> dict:
-        """The totals `add_api_fault` keeps (empty when no proposal was lost to its API)."""
-        return dict(self.attr(FAULTS_ATTR, {}) or {})
-
     # -- heartbeats -----------------------------------------------------------
 
     def start_heartbeats(self) -> None:
@@ -707,10 +467,10 @@ class TrialStore:
         """The record of `t`, made again only when its Optuna trial is another object (storages that
         cache finished trials themselves hand out the same one)."""
         if not t.state.is_finished():
-            return _record(t)
+            return record_of(t)
         known = self._records.get(t.number)
         if known is None or known[0] is not t:
-            known = self._records[t.number] = (t, _record(t))
+            known = self._records[t.number] = (t, record_of(t))
         return known[1]
 
     def close(self) -> None:
@@ -722,14 +482,3 @@ class TrialStore:
 
     def _trial_id(self, number: int) -> int:
         return self.storage.get_trial_id_from_study_id_trial_number(self._study_id, number)
-
-
-def _record(t: optuna.trial.FrozenTrial) -> TrialRecord:
-    constraints = {k.split(":", 1)[1]: v for k, v in t.system_attrs.items() if k.startswith("constraints:")}
-    complete = t.state == TrialState.COMPLETE
-    several = complete and t.values is not None and len(t.values) > 1
-    return TrialRecord(number=t.number, state=t.state.name,
-                       value=(t.values[0] if several else t.value) if complete else None,
-                       attrs=dict(t.user_attrs), constraints=constraints,
-                       started=t.datetime_start, finished=t.datetime_complete, params=dict(t.params),
-                       values=tuple(t.values) if several else None)

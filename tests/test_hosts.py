@@ -260,7 +260,7 @@ def test_a_stale_trial_is_failed_by_exactly_one_of_the_workers_racing_for_it(dat
 
     def race(store):
         barrier.wait()
-        failed.append([t.number for t in store.fail_stale()])
+        failed.append([t.number for t in store.orphans.fail_stale()])
 
     threads = [threading.Thread(target=race, args=(s,)) for s in racers]
     for t in threads:

@@ -137,7 +137,7 @@ def test_a_malformed_answer_keeps_its_cost_and_text_and_a_30mb_rationale_is_capp
     assert big.attrs["capped"]["rationale"] == {"length": len(huge.strip()), "cap": 4000}
     with Search.open("odd", root=instant_project / "runs") as search:
         message = search.repo.message(big.commit)
-        spend = search.store.spend_usd
+        spend = search.store.ledger.spend_usd
     expected = (1234 * PRICE_IN + 99 * PRICE_OUT) + (1000 * PRICE_IN + 7_500_000 * PRICE_OUT)
     paid = sum(t.attrs.get("usage", {}).get("cost_usd", 0.0) for t in trials)
     assert spend == pytest.approx(paid) and paid >= expected - 1e-9  # both odd answers were paid for and counted

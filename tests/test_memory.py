@@ -93,7 +93,7 @@ def test_the_notebook_loses_nothing_to_kill_9_and_is_rebuilt_from_the_searches(i
         os.killpg(proc.pid, signal.SIGKILL)  # the run and its trial's processes, mid-trial
         proc.wait()
     with Search.open("a", root=root) as search:
-        search.store.fail_running()
+        search.store.orphans.fail_running()
         done = finished_children(search)
     assert len(notebook_rows(root, "a")) >= 5, "the run wrote its ideas as it went"
     # A search made without memory never touched the notebook: its reader adds its ideas.

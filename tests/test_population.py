@@ -98,7 +98,7 @@ def test_store_round_trips_attrs_states_and_constraints(tmp_path):
     assert (t[n1].state, t[n1].status, t[n1].error, t[n1].value) == ("FAIL", "crash", "boom", None)
     assert t[n2].feasible is False
     assert t[n3].status == "running" and not t[n3].counts
-    orphans = reopened.fail_running()
+    orphans = reopened.orphans.fail_running()
     assert [o.number for o in orphans] == [n3]
     t3 = {r.number: r for r in reopened.trials()}[n3]
     assert (t3.state, t3.status, t3.counts) == ("FAIL", "interrupted", False)
@@ -106,9 +106,9 @@ def test_store_round_trips_attrs_states_and_constraints(tmp_path):
 
 def test_store_spend_accumulates(tmp_path):
     store = TrialStore.create(f"sqlite:///{tmp_path / 's.db'}", "s", {})
-    store.add_spend(0.25)
-    assert store.add_spend(0.5) == pytest.approx(0.75)
-    assert TrialStore.open(f"sqlite:///{tmp_path / 's.db'}", "s").spend_usd == pytest.approx(0.75)
+    store.ledger.add_spend(0.25)
+    assert store.ledger.add_spend(0.5) == pytest.approx(0.75)
+    assert TrialStore.open(f"sqlite:///{tmp_path / 's.db'}", "s").ledger.spend_usd == pytest.approx(0.75)
 
 
 def test_store_works_on_a_journal_file_too(tmp_path):

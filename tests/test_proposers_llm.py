@@ -275,7 +275,7 @@ def test_anthropic_search_trains_children_and_the_key_reaches_neither_trials_nor
     search = Search.open("s", root=project / "runs")
     try:
         trials = search.trials()
-        spend = search.store.spend_usd
+        spend = search.store.ledger.spend_usd
     finally:
         search.close()
     children = [t for t in trials if t.operator == "mutate"]
@@ -333,7 +333,7 @@ def test_max_cost_usd_stops_planning_once_the_priced_usage_reaches_it(project, t
     assert "LLM spend reached the $0.015 cap" in proc.stdout
     search = Search.open("s", root=project / "runs")
     try:
-        trials, spend = search.trials(), search.store.spend_usd
+        trials, spend = search.trials(), search.store.ledger.spend_usd
     finally:
         search.close()
     # The one child that was paid for still trains; nothing is planned after it.

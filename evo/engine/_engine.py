@@ -216,7 +216,7 @@ class Engine:
             return StopReason(StopKind.TRIALS, f"reached {o.trials} trials")
         if o.hours is not None and time.time() - (o.since or self.started) >= o.hours * 3600:
             return StopReason(StopKind.HOURS, f"reached the {o.hours:g} h limit")
-        if o.max_cost_usd is not None and self.search.store.spend_usd >= o.max_cost_usd:
+        if o.max_cost_usd is not None and self.search.store.ledger.spend_usd >= o.max_cost_usd:
             return StopReason(StopKind.COST, f"LLM spend reached the ${o.max_cost_usd:g} cap")
         return None
 
@@ -292,7 +292,7 @@ class Engine:
             return None
         except ProposerUnavailable as e:
             self.spend(e.usage)  # a first answer billed before the server failed
-            self.search.store.add_api_fault(e.usage)  # no trial records it: the search does
+            self.search.store.ledger.add_api_fault(e.usage)  # no trial records it: the search does
             outage = self.outages.failed(str(e))
             if outage is not None:
                 self.on_event("waiting", {"error": str(e), "seconds": outage.delay, "since": outage.since,
@@ -307,7 +307,7 @@ class Engine:
     def spend(self, usage: dict) -> None:
         cost = float(usage.get("cost_usd") or 0.0)
         if cost:
-            self.search.store.add_spend(cost)
+            self.search.store.ledger.add_spend(cost)
 
     # -- starting, running, telling ---------------------------------------------------------
 
