@@ -25,160 +25,20 @@ remote, the refs of search NAME are
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import datetime as dt
 import fcntl
 import json
 import os
-import re
 import shutil
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from population._laying_out import in_database, join_folder, lay_out, open_repo
 from population.folder import SearchFolder
-from population.errors import ConfigError
-from population.genomes import Genome, GenomeRepo, RemoteError
-from population.lineage import MINIMIZE, Lineage
+from population.genomes import Genome, GenomeRepo
+from population.lineage import Lineage
 from population.objectives import ObjectiveSpec
-from population.store import (CONFIG_ATTR, SQLITE_PREFIX, StoreUnreachable, StudyError, TrialRecord, TrialStore,
-                              check_study, is_postgres, open_storage, redact)
-
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-# Fields search.json holds only when they say something (an old reader ignores them; see SearchConfig).
-OPTIONAL_FIELDS = ("objectives", "constraints")
-# `storage` value meaning "the study.db in the search's own folder" (relocatable).
-LOCAL_STORAGE = ""
-
-
-class SearchError(ConfigError):
-    """A problem with how a search was asked for; the message says what to change."""
-
-
-def check_name(name: str, what: str = "search") -> None:
-    if not NAME.match(name):
-        raise SearchError(f"bad {what} name {name!r}: use letters, digits, '.', '_' or '-' (at most 64)")
-
-
-@dataclass
-class SearchConfig:
-    """What stays fixed for the life of a search (changing any of it means a new search)."""
-
-    name: str
-    profile: str
-    budget: float
-    mutable: list[str]
-    data: str
-    seed: int = 0
-    seq_len: int = 0
-    startup_grace: float = 60.0
-    harness_sha256: str = ""
-    seed_commit: str = ""
-    storage: str = LOCAL_STORAGE     # an Optuna URL, or "" for the folder's own study.db
-    cache_dir: str | None = None
-    direction: str = MINIMIZE         # whether the metric is minimised (val_bpb) or maximised
-    created: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
-    # How trials run. A search made before these existed reads as: sandboxed where bwrap works,
-    # scored by its own summary block (its harness has no scorer), no network.
-    sandbox: str = "auto"              # bwrap, none, or auto (bwrap where a probe run works)
-    allow_network: bool = False
-    evaluation: str = "self-reported"  # harness: scored by the harness's scorer; self-reported: by the summary
-    eval_limit: float = 300.0          # seconds the scoring of one trial may take
-    # What the search evolves: empty for a project with evoresearch's own harness (prepare.py and
-    # train.py, what every search before targets evolved), else {"kind": "command", "run": ...}.
-    target: dict = field(default_factory=dict)
-    metric: str = "val_bpb"            # the name of the score, as the project prints it
-    read: list[str] = field(default_factory=list)  # folders besides the harness that trials may read
-    remote: str = ""                  # git URL of the shared population ("" for a search on one host)
-    heartbeat: int = 10               # shared searches: seconds between a running trial's heartbeats
-    grace: int = 60                   # shared searches: seconds of silence before another worker re-runs a trial
-    project: str = ""                 # the folder the search was created from ("" in searches made before it was kept)
-    # Several objectives (see population.objectives): [{"name", "direction"}], the first being `metric`; and
-    # constraints [{"metric", "op", "bound"}]. Empty in a single-objective search, and then not written at all,
-    # so such a search's search.json and study are what they were before objectives existed.
-    objectives: list[dict] = field(default_factory=list)
-    constraints: list[dict] = field(default_factory=list)
-
-    @property
-    def shared(self) -> bool:
-        """Whether several hosts work on this search (a PostgreSQL study and a git remote)."""
-        return bool(self.remote)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "SearchConfig":
-        """Read a search.json of this or an earlier version (keys no longer used are ignored)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-    def storage_url(self, folder: SearchFolder) -> str:
-        """The Optuna URL of this search's study when its folder is `folder`.
-
-        Searches made before folders were relocatable name their own study.db by an absolute
-        path: when that path is some other folder's `<name>/study.db`, the folder was moved
-        or copied, and its own study.db is the one to open."""
-        if self.storage == LOCAL_STORAGE:
-            return folder.local_storage
-        prefix = "sqlite:///"
-        if self.storage.startswith(prefix):
-            path = Path(self.storage[len(prefix):])
-            if path.name == "study.db" and path.parent.name == self.name and path != folder.study_db:
-                return folder.local_storage
-        return self.storage
-
-
-def _recorded(config: SearchConfig) -> dict:
-    """The configuration as search.json and the study record it: the database URL without its password,
-    which lives only in the memory of the process given it (a user gives it again, or PGPASSWORD / ~/.pgpass)."""
-    recorded = {**asdict(config), "storage": redact(config.storage)}
-    return {k: v for k, v in recorded.items() if k not in OPTIONAL_FIELDS or v}
-
-
-def _open_repo(paths: SearchFolder) -> GenomeRepo:
-    """The population repository of a search folder; a SearchError when it is missing or broken."""
-    if not (paths.population / "HEAD").is_file():
-        raise SearchError(f"search {paths.root.name!r} has no population repository ({paths.population} is missing "
-                          "or empty): its genomes live only there; restore the folder from a backup")
-    try:
-        return GenomeRepo(paths.population)
-    except Exception as e:
-        raise SearchError(f"the population repository {paths.population} cannot be read ({type(e).__name__}: "
-                          f"{e}); restore it from a backup") from None
-
-
-def _shield(action):
-    """Run `action`, turning an unreachable database or remote into a SearchError (one line, no traceback)."""
-    try:
-        return action()
-    except (StoreUnreachable, RemoteError) as e:
-        raise SearchError(str(e)) from None
-    except KeyError as e:
-        raise SearchError(f"{e.args[0] if e.args else e}; create it with `evo init` and --storage/--remote") from None
-
-
-def _check_shared_free(config: SearchConfig) -> None:
-    """Before a shared search is created: its database answers and holds no search of that name, its remote answers."""
-    if not is_postgres(config.storage):
-        raise SearchError(f"a search shared through --remote needs a PostgreSQL --storage (postgresql://...), "
-                          f"not {redact(config.storage) or 'the local SQLite file'}")
-    if Search.in_database(config.storage, config.name):
-        raise SearchError(f"search {config.name!r} already exists in that database; join it with "
-                          f"`evo worker {config.name} --storage ... --remote ...` or pick another name")
-    _shield(lambda: GenomeRepo.check_remote(config.remote, create=True))
-
-
-def _publish_creation(repo: GenomeRepo, config: SearchConfig, harness: dict[str, bytes], program: str | None) -> None:
-    """Push the seed genome and the harness, so a host that joins later finds them on the remote."""
-    files = {name: content.decode("utf-8") for name, content in harness.items()}
-    if program is not None:
-        files["program.md"] = program
-    fixed = repo.commit(files, parents=[], message=f"harness of search {config.name}\n\n"
-                        f"Harness-SHA256: {config.harness_sha256}\n")
-    prefix = f"refs/heads/evo/{config.name}"
-    repo.set_branch(f"evo/{config.name}/harness", fixed)
-    specs = [f"+{fixed}:{prefix}/harness"]
-    if config.seed_commit:
-        specs += [f"+{config.seed_commit}:{prefix}/seed",
-                  f"+{config.seed_commit}:refs/evo/{config.name}/genomes/{config.seed_commit}"]
-    _shield(lambda: repo.push(config.remote, specs))
+from population.search_config import (LOCAL_STORAGE, NAME, OPTIONAL_FIELDS, SearchConfig,  # noqa: F401
+                                      SearchError, check_name, recorded, shield)
+from population.store import CONFIG_ATTR, SQLITE_PREFIX, StudyError, TrialRecord, TrialStore, check_study, redact
 
 
 class Search:
@@ -227,47 +87,11 @@ class Search:
                               f"`evo run {config.name}` or pick another name")
         made = not paths.root.exists()
         try:
-            return cls._lay_out(paths, config, seed_files, harness, program, study_attrs)
+            return cls(paths, config, *lay_out(paths, config, seed_files, harness, program, study_attrs))
         except BaseException:
             if made:  # a half-made folder is no search (a full disk, a storage that refused): leave none behind
                 shutil.rmtree(paths.root, ignore_errors=True)
             raise
-
-    @classmethod
-    def _lay_out(cls, paths: SearchFolder, config: SearchConfig, seed_files: dict[str, str] | None,
-                 harness: dict[str, bytes] | None, program: str | None, study_attrs: dict | None) -> "Search":
-        paths.root.mkdir(parents=True, exist_ok=True)
-        paths.harness.mkdir(exist_ok=True)
-        for name, content in (harness or {}).items():
-            (paths.harness / name).parent.mkdir(parents=True, exist_ok=True)
-            (paths.harness / name).write_bytes(content)
-        if program is not None:
-            paths.program.write_text(program)
-        if config.shared:
-            _check_shared_free(config)
-        repo = GenomeRepo.init(paths.population)
-        if seed_files is not None:
-            config.seed_commit = repo.commit(seed_files, parents=[], message=f"seed genome of search {config.name}\n\n"
-                                             f"Evo-Operator: seed\nHarness-SHA256: {config.harness_sha256}\n")
-            repo.set_branch(f"evo/{config.name}/seed", config.seed_commit)
-        if config.shared:
-            _publish_creation(repo, config, harness or {}, program)
-        recorded = _recorded(config)
-        url = config.storage_url(paths)
-        spec = ObjectiveSpec.of(config)
-        store = _shield(lambda: TrialStore.create(url, config.name, recorded, direction=config.direction,
-                                                  metric=config.metric, directions=list(spec.directions),
-                                                  metrics=spec.names))
-        try:
-            for key, value in (study_attrs or {}).items():
-                store.set_attr(key, value)
-            paths.config.write_text(json.dumps(_recorded(config), indent=2) + "\n")
-        except BaseException:
-            if config.storage != LOCAL_STORAGE:  # a shared database keeps no study of a search that was never made
-                store.close()
-                TrialStore.delete(url, config.name)
-            raise
-        return cls(paths, config, store, repo)
 
     @classmethod
     def open(cls, name: str, *, root: str | Path = "runs", worker: bool = False, storage: str | None = None) -> "Search":
@@ -294,7 +118,7 @@ class Search:
         try:
             if url.startswith(SQLITE_PREFIX):
                 check_study(url, config.name)  # before Optuna, which would write a schema into an empty file
-            store = _shield(lambda: TrialStore.open(url, config.name, **beats))
+            store = shield(lambda: TrialStore.open(url, config.name, **beats))
         except StudyError as e:
             raise SearchError(f"cannot open search {name!r}: {e}; restore the database from a backup") from None
         except SearchError:
@@ -302,7 +126,7 @@ class Search:
         except Exception as e:  # SQLAlchemy's and Optuna's errors run to dozens of lines: keep the first
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
             raise SearchError(f"cannot open the study of search {name!r} ({type(e).__name__}: {first})") from None
-        return cls(paths, config, store, _open_repo(paths))
+        return cls(paths, config, store, open_repo(paths))
 
     @classmethod
     def join(cls, name: str, *, root: str | Path = "runs", storage: str, remote: str,
@@ -313,49 +137,17 @@ class Search:
         host reaches them (they may differ between hosts: addresses, user names);
         `cache_dir` is this host's data cache. The harness and program.md come from the
         remote as the search was created. search.json is written last, as in `create`."""
-        check_name(name)
-        paths = SearchFolder(Path(root).resolve() / name)
-        if paths.exists():
-            raise SearchError(f"{paths.root} already holds search {name!r}; open it instead")
-        store = _shield(lambda: TrialStore.open(storage, name))
-        try:
-            recorded = store.config
-        finally:
-            store.close()
-        if not recorded.get("remote"):
-            raise SearchError(f"search {name!r} in that database was not created for several hosts (no remote); "
-                              "run it where it was made with `evo run`")
-        config = SearchConfig.from_dict({**recorded, "storage": storage, "remote": remote, "cache_dir": cache_dir})
-        _shield(lambda: GenomeRepo.check_remote(remote))
-        paths.root.mkdir(parents=True, exist_ok=True)
-        repo = GenomeRepo.init(paths.population)
-        prefix = f"evo/{name}"
-        _shield(lambda: repo.fetch(remote, [f"+refs/heads/{prefix}/seed:refs/heads/{prefix}/seed",
-                                            f"+refs/heads/{prefix}/harness:refs/heads/{prefix}/harness"]))
-        if repo.missing([config.seed_commit]):
-            raise SearchError(f"the remote {remote} lacks the seed genome of search {name!r} "
-                              f"({config.seed_commit[:12]}): is it the remote the search was created with?")
-        paths.harness.mkdir(exist_ok=True)
-        for file, text in repo.files(f"refs/heads/{prefix}/harness").items():
-            (paths.program if file == "program.md" else paths.harness / file).write_text(text)
-        search = cls(paths, config, _shield(lambda: TrialStore.open(storage, name)), repo)
+        paths, config, repo = join_folder(name, root=root, storage=storage, remote=remote, cache_dir=cache_dir)
+        search = cls(paths, config, shield(lambda: TrialStore.open(storage, name)), repo)
         search.sync()
-        paths.config.write_text(json.dumps(_recorded(config), indent=2) + "\n")
+        search._write_config_file()
         return search
+
+    in_database = staticmethod(in_database)
 
     @classmethod
     def exists(cls, name: str, *, root: str | Path = "runs") -> bool:
         return SearchFolder(Path(root) / name).exists()
-
-    @staticmethod
-    def in_database(storage: str, name: str) -> bool:
-        """Whether the database at `storage` holds a search called `name` (SearchError if it does not answer)."""
-        opened = _shield(lambda: open_storage(storage))
-        try:
-            return any(s.study_name == name for s in opened.get_all_studies())
-        finally:
-            if getattr(opened, "engine", None) is not None:
-                opened.engine.dispose()
 
     def close(self) -> None:
         self.repo.close()
@@ -470,12 +262,12 @@ class Search:
 
     def _save_config(self) -> None:
         """Write the configuration to search.json (atomically) and to the study."""
-        self.store.set_attr(CONFIG_ATTR, _recorded(self.config))
+        self.store.set_attr(CONFIG_ATTR, recorded(self.config))
         self._write_config_file()
 
     def _write_config_file(self) -> None:
         tmp = self.paths.config.with_suffix(".tmp")
-        tmp.write_text(json.dumps(_recorded(self.config), indent=2) + "\n")
+        tmp.write_text(json.dumps(recorded(self.config), indent=2) + "\n")
         os.replace(tmp, self.paths.config)
 
     def delete(self) -> None:
