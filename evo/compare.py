@@ -12,13 +12,14 @@ stopped early still holds complete pairs; running it again continues: finished
 searches are skipped, an unfinished one resumes like `evo run`.
 
 >>> comparison = Comparison.create(CompareConfig("cmp", strategies=["greedy", "evolve"], seeds=2, trials=12,
-...                                              profile="tiny", budget=3))               # doctest: +SKIP
+...                                              profile="tiny", budget=3, run=RunOptions(reeval=1)))  # doctest: +SKIP
 >>> comparison.run(make_proposer=OfflineProposer, slots=parse_devices("cpu"))             # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import datetime as dt
 import json
@@ -37,6 +38,10 @@ from population.lineage import strategy_of
 from population.search import Search, SearchError, check_name
 
 MANIFEST = "compare.json"
+# The run options a comparison fixes for its members (`CompareConfig.run`). The manifest keeps them flat
+# beside its other settings, under these names, as it did before they were a `RunOptions`; the others
+# (hours, promotion, ...) are no part of a comparison.
+FIXED_RUN_OPTIONS = ("reeval", "noise_runs", "min_gain", "prune", "max_vram_gb", "max_cost_usd")
 
 
 @dataclass
@@ -53,11 +58,11 @@ class CompareConfig:
         profile: the task profile (None: the harness's default).
         budget: training seconds per trial (None: the profile's).
         base_seed: seed of the first replicate; replicate k uses base_seed + k.
-        reeval: re-evaluations of each new best (as `evo run --reeval`).
+        run: how every member runs: its `FIXED_RUN_OPTIONS` (re-evaluations, noise runs, min gain,
+            pruning, constraints; as `evo run --reeval`, `--noise-runs`, ...). Only those are kept;
+            each member's trials are `trials` (see `member_options`).
         searches: for a comparison of existing searches: "LABEL=NAME[,NAME...]" or "NAME"
             entries; then nothing is run.
-        noise_runs, min_gain, prune, max_vram_gb, max_cost_usd: each member's `RunOptions`
-            (as `evo run --noise-runs`, `--min-gain`, `--prune`, `--max-vram-gb`, `--max-cost-usd`).
         strategy_options: keyword options of the strategies that take any (evolve's elite,
             tournament, ...), as `make_strategy` takes them.
         data, harness_sha256: the data source and harness hash of the first member, which
@@ -72,23 +77,41 @@ class CompareConfig:
     profile: str | None = None
     budget: float | None = None
     base_seed: int = 0
-    reeval: int = 0
+    run: RunOptions = field(default_factory=RunOptions)
     searches: list[str] = field(default_factory=list)
     created: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
-    noise_runs: int = 0
-    min_gain: float | str = 0.0
-    prune: bool = False
-    max_vram_gb: float | None = None
-    max_cost_usd: float | None = None
     strategy_options: dict = field(default_factory=dict)
     data: str | None = None
     harness_sha256: str = ""
 
-    def run_options(self) -> RunOptions:
-        """The options every member runs with (raises ValueError for a combination that cannot work). Without
-        the lab notebook: the members are replicates, and one must not learn from another that ran before it."""
-        return RunOptions(trials=self.trials, reeval=self.reeval, noise_runs=self.noise_runs, min_gain=self.min_gain,
-                          prune=self.prune, max_vram_gb=self.max_vram_gb, max_cost_usd=self.max_cost_usd, memory=False)
+    def member_options(self) -> RunOptions:
+        """The options a member runs with: `run`, up to this comparison's trials (a fresh copy each time, as
+        a loop changes its own). Without the lab notebook: the members are replicates, and one must not
+        learn from another that ran before it."""
+        return dataclasses.replace(self.run, trials=self.trials, memory=False)
+
+    def unkept_run_options(self) -> list[str]:
+        """The options `run` sets that the manifest would not keep (the comparison's own `trials` aside)."""
+        kept = RunOptions(**{key: getattr(self.run, key) for key in FIXED_RUN_OPTIONS}, memory=self.run.memory)
+        return [f.name for f in dataclasses.fields(RunOptions) if getattr(self.run, f.name) != getattr(kept, f.name)]
+
+    def to_manifest(self) -> dict:
+        """The manifest's JSON object: every setting flat, `run` as its `FIXED_RUN_OPTIONS`."""
+        manifest = {}
+        for f in dataclasses.fields(self):
+            if f.name == "run":
+                manifest.update({key: getattr(self.run, key) for key in FIXED_RUN_OPTIONS})
+            else:
+                manifest[f.name] = copy.deepcopy(getattr(self, f.name))
+        return manifest
+
+    @classmethod
+    def from_manifest(cls, manifest: dict) -> "CompareConfig":
+        """The configuration a manifest holds (one a later version wrote may hold keys this one ignores; the
+        run options it lacks take `RunOptions`' defaults). Raises ValueError for run options that cannot work."""
+        known = {f.name for f in dataclasses.fields(cls)} - {"run"}
+        run = RunOptions(**{key: manifest[key] for key in FIXED_RUN_OPTIONS if key in manifest})
+        return cls(**{k: v for k, v in manifest.items() if k in known}, run=run)
 
     def strategy(self, name: str) -> Strategy:
         """Strategy `name` with the options this comparison fixed for it."""
@@ -166,8 +189,12 @@ class Comparison:
             raise SearchError(f"unknown strategies {unknown}: use {', '.join(STRATEGIES)}")
         if not config.searches and (not config.strategies or config.seeds < 1 or config.trials < 1):
             raise SearchError("a comparison needs --strategies, --seeds >= 1 and --trials >= 1 (or --searches)")
+        unkept = config.unkept_run_options()
+        if unkept:
+            raise SearchError(f"a comparison keeps only {', '.join(FIXED_RUN_OPTIONS)} of its members' run options; "
+                              f"{', '.join(unkept)} would not be kept (a member's trials are the comparison's): "
+                              "leave them unset")
         try:
-            config.run_options()
             for name in config.strategies:
                 config.strategy(name)
         except ValueError as e:
@@ -189,16 +216,18 @@ class Comparison:
         path = root / name / MANIFEST
         if not path.exists():
             raise SearchError(f"no comparison named {name!r} in {root}; start one with --strategies and --trials")
-        data = json.loads(path.read_text())
-        known = {f.name for f in dataclasses.fields(CompareConfig)}
-        return cls(path.parent, CompareConfig(**{k: v for k, v in data.items() if k in known}), root)
+        try:
+            config = CompareConfig.from_manifest(json.loads(path.read_text()))
+        except ValueError as e:  # a manifest edited by hand
+            raise SearchError(f"comparison {name!r} ({path}): {e}") from None
+        return cls(path.parent, config, root)
 
     @classmethod
     def exists(cls, name: str, *, root: str | Path = "runs") -> bool:
         return (Path(root) / name / MANIFEST).exists()
 
     def save(self) -> None:
-        (self.folder / MANIFEST).write_text(json.dumps(dataclasses.asdict(self.config), indent=2) + "\n")
+        (self.folder / MANIFEST).write_text(json.dumps(self.config.to_manifest(), indent=2) + "\n")
 
     def discard(self) -> bool:
         """Remove a comparison none of whose searches exists (its first run failed before making one), so the
@@ -270,7 +299,7 @@ class Comparison:
                 if finished >= cfg.trials and not any(t.state == "RUNNING" for t in search.trials()):
                     on_member("skip", name, {"finished": finished})
                     continue
-                loop = SearchLoop(search, make_strategy(strategy), make_proposer(), slots, cfg.run_options(),
+                loop = SearchLoop(search, make_strategy(strategy), make_proposer(), slots, cfg.member_options(),
                                   on_event=(lambda kind, info, n=name: on_event(n, kind, info)) if on_event else None,
                                   python=python)
                 self._loop = loop

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import json
 import random
 import re
 import statistics
@@ -160,6 +161,67 @@ def test_compare_takes_the_run_options_fixes_them_and_refuses_a_changed_harness(
     grown = run_evo("compare", "c", "--seeds", "3", cwd=instant_project)
     assert grown.returncode == 2 and "the harness (prepare.py" in grown.stderr and "changed since" in grown.stderr
     assert not (instant_project / "runs" / "c-greedy-s2").exists()
+
+
+# A comparison's manifest as evoresearch wrote it before its run options were a `RunOptions`: every
+# setting a flat key. Comparisons made then must still open, keep their settings and resume.
+FLAT_MANIFEST = """{
+  "name": "c",
+  "strategies": [
+    "greedy"
+  ],
+  "seeds": 1,
+  "trials": 4,
+  "proposer": "offline",
+  "profile": "tiny",
+  "budget": 1.0,
+  "base_seed": 3,
+  "reeval": 1,
+  "searches": [],
+  "created": "2026-05-01T09:30:00+00:00",
+  "noise_runs": 2,
+  "min_gain": "auto",
+  "prune": false,
+  "max_vram_gb": 40.0,
+  "max_cost_usd": null,
+  "strategy_options": {},
+  "data": null,
+  "harness_sha256": ""
+}
+"""
+
+
+def test_a_comparison_saved_with_flat_run_options_opens_with_them_and_is_saved_as_it_was(tmp_path):
+    from evo.compare import Comparison
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "compare.json").write_text(FLAT_MANIFEST)
+    comparison = Comparison.open("c", root=tmp_path)
+    run = comparison.config.run
+    assert (run.reeval, run.noise_runs, run.min_gain, run.prune, run.max_vram_gb, run.max_cost_usd) == \
+        (1, 2, "auto", False, 40.0, None)
+    member = comparison.config.member_options()
+    assert (member.trials, member.reeval, member.noise_runs, member.min_gain, member.max_vram_gb) == \
+        (4, 1, 2, "auto", 40.0)
+    assert member.memory is False   # replicates never read each other's notebook
+    assert member is not run and run.trials is None   # a loop changes its options; the comparison's stay
+    comparison.save()
+    assert json.loads((tmp_path / "c" / "compare.json").read_text()) == json.loads(FLAT_MANIFEST)
+
+
+@pytest.mark.slow
+def test_a_comparison_saved_with_flat_run_options_resumes_with_them(instant_project):
+    (instant_project / "runs" / "c").mkdir(parents=True)
+    (instant_project / "runs" / "c" / "compare.json").write_text(FLAT_MANIFEST.replace('"reeval": 1', '"reeval": 0'))
+    changed = run_evo("compare", "c", "--min-gain", "0.1", cwd=instant_project)
+    assert changed.returncode == 2 and "--min-gain is fixed at 'auto'" in changed.stderr
+    proc = run_evo("compare", "c", "--quiet", cwd=instant_project, env={"EVO_TEST_NOISE": "0.02"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    from population.search import Search
+    with Search.open("c-greedy-s0", root=instant_project / "runs") as search:
+        trials = search.trials()
+        assert search.config.seed == 3 and search.config.budget == 1.0
+    assert [t.operator for t in trials[:3]] == ["seed", "reeval", "reeval"] and len(trials) == 4
+    assert trials[3].attrs["min_gain"] > 0
 
 
 def test_compare_refuses_min_gain_auto_without_noise_runs_before_writing_anything(project):

@@ -10,8 +10,9 @@ from analysis.compare import compare_runs, load_runs, plot_comparison, render_ta
 from evo.cli._common import (UsageError, add_creation, add_noise_options, add_proposer_options, add_root,
                              add_strategy_options, build_proposer, creation_kwargs, exit_code, finished_line,
                              non_negative_int, positive_float, positive_int, stop_on_signals)
-from evo.compare import CompareConfig, Comparison
+from evo.compare import FIXED_RUN_OPTIONS, CompareConfig, Comparison
 from evo.devices import default_slots, parse_devices
+from evo.loop import RunOptions
 from evo.search import check_folder
 from evo.strategies import STRATEGIES, make_strategy
 from population.importer import import_results_tsv
@@ -92,9 +93,11 @@ def _into_notebook(search) -> str:
 
 
 EVOLVE_OPTIONS = ("elite", "tournament", "crossover_rate", "islands", "migration_rate", "cross_from")
-# Options fixed when a comparison is created: flag, and its name in argparse and in CompareConfig.
-FIXED_RUN_OPTIONS = (("--reeval", "reeval"), ("--noise-runs", "noise_runs"), ("--min-gain", "min_gain"),
-                     ("--prune", "prune"), ("--max-vram-gb", "max_vram_gb"), ("--max-cost-usd", "max_cost_usd"))
+
+
+def _flag(key: str) -> str:
+    """The flag of an option named `key` in argparse, `RunOptions` and the strategies (min_gain: --min-gain)."""
+    return f"--{key.replace('_', '-')}"
 
 
 def _evolve_options(args) -> dict:
@@ -114,17 +117,17 @@ def _comparison(args) -> Comparison:
     unknown = [s for s in strategies or [] if s not in STRATEGIES]
     if unknown:
         raise SearchError(f"unknown strategy {unknown[0]!r}: use {', '.join(STRATEGIES)}")
-    config = CompareConfig(name=args.name, strategies=strategies or [], seeds=args.seeds or 1, trials=args.trials or 0,
-                           proposer=args.proposer or "offline", profile=args.profile, budget=args.budget,
-                           base_seed=args.seed or 0, reeval=args.reeval or 0, searches=list(args.searches or []),
-                           noise_runs=args.noise_runs or 0, min_gain=0.0 if args.min_gain is None else args.min_gain,
-                           prune=bool(args.prune), max_vram_gb=args.max_vram_gb, max_cost_usd=args.max_cost_usd,
-                           strategy_options=_evolve_options(args) if "evolve" in (strategies or []) else {},
-                           data=args.data)
-    try:
-        config.run_options()  # a combination that cannot work fails here, before anything is written
+    try:  # a combination that cannot work fails here, before anything is written
+        run = RunOptions(reeval=args.reeval or 0, noise_runs=args.noise_runs or 0,
+                         min_gain=0.0 if args.min_gain is None else args.min_gain, prune=bool(args.prune),
+                         max_vram_gb=args.max_vram_gb, max_cost_usd=args.max_cost_usd)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    config = CompareConfig(name=args.name, strategies=strategies or [], seeds=args.seeds or 1, trials=args.trials or 0,
+                           proposer=args.proposer or "offline", profile=args.profile, budget=args.budget,
+                           base_seed=args.seed or 0, run=run, searches=list(args.searches or []),
+                           strategy_options=_evolve_options(args) if "evolve" in (strategies or []) else {},
+                           data=args.data)
     check_folder("--root", args.root)
     return Comparison.create(config, root=args.root)
 
@@ -141,14 +144,14 @@ def _reopen(args, strategies: list[str] | None) -> Comparison:
             raise SearchError(f"{flag} is fixed at {value!r} for comparison {cfg.name!r}; drop the flag or pick a new name")
     # Run options are fixed when it is created, "none" included: a cap given only later would hold
     # for some members and not others.
-    fixed = [(flag, getattr(args, name), getattr(cfg, name)) for flag, name in FIXED_RUN_OPTIONS]
+    fixed = [(_flag(key), getattr(args, key), getattr(cfg.run, key)) for key in FIXED_RUN_OPTIONS]
     if "evolve" in cfg.strategies and not cfg.strategy_options:  # a comparison made before they were pinned
         cfg.strategy_options = _evolve_options(args)
         comparison.save()
     for key in EVOLVE_OPTIONS:  # pinned with evolve; a comparison without evolve has none to fix
         value = cfg.strategy_options.get(key)
         if value is not None:
-            fixed.append((f"--{key.replace('_', '-')}", getattr(args, key), value))
+            fixed.append((_flag(key), getattr(args, key), value))
     for flag, given, value in fixed:
         if given is not None and given != value:
             shown = "none" if value is None else repr(value)
