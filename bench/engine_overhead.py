@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 import sqlalchemy  # noqa: E402
 
-from evo import EvolveStrategy, OfflineProposer, RunOptions, SearchLoop, create_search, parse_devices  # noqa: E402
+from evo import EvolveStrategy, LimitSpec, OfflineProposer, RunOptions, SearchLoop, create_search, parse_devices  # noqa: E402
 from population import Search, genome_hash  # noqa: E402
 from population.genomes import git_environment  # noqa: E402
 
@@ -89,11 +89,11 @@ def measure(work: Path, args) -> None:
     if prefilled:
         t0 = time.time()
         SearchLoop(search, EvolveStrategy(), OfflineProposer(), parse_devices(args.devices),
-                   RunOptions(trials=1)).run()
+                   RunOptions(limits=LimitSpec(trials=1))).run()
         prefill(search, prefilled)
         print(f"pre-filled {prefilled} trials after the seed in {time.time() - t0:.1f}s")
     loop = SearchLoop(search, EvolveStrategy(), OfflineProposer(), parse_devices(args.devices),
-                      RunOptions(trials=args.trials))
+                      RunOptions(limits=LimitSpec(trials=args.trials)))
     t0 = time.time()
     reason = loop.run()
     elapsed = time.time() - t0

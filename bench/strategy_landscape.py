@@ -57,7 +57,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from analysis.stats import bootstrap_ci, verdict  # noqa: E402
-from evo.loop import RunOptions  # noqa: E402
+from evo.loop import LimitSpec, NoiseSpec, RunOptions  # noqa: E402
 from evo.proposers import Genome, OfflineProposer, ProposalContext  # noqa: E402
 from evo.proposers._hyperparams import find_hyperparameters  # noqa: E402
 from evo.strategies import NoParentError, make_strategy  # noqa: E402
@@ -197,7 +197,8 @@ class Simulation:
         self.land = Landscape(job.landscape, noise=job.noise)
         self.strategy = make_strategy(job.strategy, **(job.options if job.strategy == "evolve" else {}))
         self.proposer = OfflineProposer()
-        self.options = RunOptions(trials=job.trials, noise_runs=job.noise_runs, min_gain=job.min_gain, reeval=job.reeval)
+        self.options = RunOptions(limits=LimitSpec(trials=job.trials),
+                                  noise=NoiseSpec(noise_runs=job.noise_runs, min_gain=job.min_gain, reeval=job.reeval))
         self.records: list[TrialRecord] = []
         self.files: dict[int, dict[str, str]] = {}
         self.truth: dict[str, float | None] = {}
@@ -297,7 +298,7 @@ class Simulation:
         self.clock, number, record = heapq.heappop(self.running)
         value = self.land.measure(params_of(self.files[number]), tree=record.tree, seed=record.seed)
         lineage = Lineage(self.records)
-        min_gain = self.options.min_gain_now(lineage)
+        min_gain = self.options.noise.min_gain_now(lineage)
         kept = lineage.would_keep(value, operator=record.operator, feasible=True, min_gain=min_gain, key=record.tree)
         self._record(number, record.operator, record.parents, value, tree=record.tree, seed=record.seed,
                      island=int(record.attrs["island"]), status="ok" if value is not None else "crash",

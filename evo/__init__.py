@@ -5,7 +5,7 @@ run, tell; `enqueue` hands it a genome of your own):
 
     import evo
     search = evo.create_search("demo", profile="tiny", budget=5)
-    engine = evo.Engine(search, evo.make_strategy("evolve"), evo.from_spec("offline"), evo.RunOptions(trials=12))
+    engine = evo.Engine(search, evo.make_strategy("evolve"), evo.from_spec("offline"), evo.RunOptions(limits=evo.LimitSpec(trials=12)))
     while (ticket := engine.ask()) is not None:
         told = engine.tell(ticket, engine.run(ticket))   # told.kept: a new best
     search.lineage().best
@@ -31,7 +31,7 @@ from population._exports import lazy_exports
 _LAZY = {
     "evo.compare": ("CompareConfig", "Comparison"),
     "evo.devices": ("Slot", "default_slots", "parse_devices"),
-    "evo.engine": ("Engine", "Ticket", "Told"),
+    "evo.engine": ("BackoffSpec", "Engine", "LimitSpec", "NoiseSpec", "PromotionSpec", "Ticket", "Told"),
     "evo.events": ("EventKind",),
     "evo.hosts": ("OneHost", "SharedHosts"),
     "evo.loop": ("RunOptions", "SearchLoop", "StopKind", "StopReason"),
@@ -55,7 +55,8 @@ except Exception:  # running from a checkout that was never installed
 
 __all__ = [
     "CompareConfig", "Comparison", "Slot", "default_slots", "parse_devices",
-    "Engine", "EventKind", "RunOptions", "SearchLoop", "StopKind", "StopReason", "Ticket", "Told",
+    "BackoffSpec", "Engine", "EventKind", "LimitSpec", "NoiseSpec", "PromotionSpec", "RunOptions", "SearchLoop",
+    "StopKind", "StopReason", "Ticket", "Told",
     "Genome", "OfflineProposer", "Proposal", "ProposalContext", "Proposer", "ProposerError", "SpecError", "from_spec",
     "make_pruner", "TrialResult", "TrialRunner", "run_trial", "trial_environment",
     "create_search", "describe_harness", "join_search", "OneHost", "SharedHosts",

@@ -12,7 +12,8 @@ stopped early still holds complete pairs; running it again continues: finished
 searches are skipped, an unfinished one resumes like `evo run`.
 
 >>> comparison = Comparison.create(CompareConfig("cmp", strategies=["greedy", "evolve"], seeds=2, trials=12,
-...                                              profile="tiny", budget=3, run=RunOptions(reeval=1)))  # doctest: +SKIP
+...                                              profile="tiny", budget=3,
+...                                              run=RunOptions(noise=NoiseSpec(reeval=1))))  # doctest: +SKIP
 >>> comparison.run(make_proposer=OfflineProposer, slots=parse_devices("cpu"))             # doctest: +SKIP
 """
 
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 from evo.slots import Slot
-from evo.loop import RunOptions, SearchLoop, StopKind, StopReason
+from evo.loop import LimitSpec, NoiseSpec, RunOptions, SearchLoop, StopKind, StopReason
 from evo.proposers import Proposer
 from evo.search import create_search, harness_sha256
 from evo.targets import HARNESS
@@ -39,9 +40,34 @@ from population.search import Search, SearchError, check_name
 
 MANIFEST = "compare.json"
 # The run options a comparison fixes for its members (`CompareConfig.run`). The manifest keeps them flat
-# beside its other settings, under these names, as it did before they were a `RunOptions`; the others
-# (hours, promotion, ...) are no part of a comparison.
-FIXED_RUN_OPTIONS = ("reeval", "noise_runs", "min_gain", "prune", "max_vram_gb", "max_cost_usd")
+# beside its other settings, under these names, as it did before they were a `RunOptions`; each name maps
+# to the spec of RunOptions that holds it ("": a field of RunOptions itself). The others (hours,
+# promotion, ...) are no part of a comparison.
+FIXED_RUN_OPTIONS = {"reeval": "noise", "noise_runs": "noise", "min_gain": "noise", "prune": "", "max_vram_gb": "",
+                     "max_cost_usd": "limits"}
+
+
+def fixed_run_option(run: RunOptions, name: str):
+    """The value of the fixed run option `name` (a key of FIXED_RUN_OPTIONS) in `run`."""
+    spec = FIXED_RUN_OPTIONS[name]
+    return getattr(getattr(run, spec) if spec else run, name)
+
+
+def _run_options(flat: dict) -> RunOptions:
+    """RunOptions from fixed run options by their flat names (those missing take the defaults)."""
+    def of(spec: str) -> dict:
+        return {k: v for k, v in flat.items() if FIXED_RUN_OPTIONS.get(k) == spec}
+    return RunOptions(noise=NoiseSpec(**of("noise")), limits=LimitSpec(**of("limits")), **of(""))
+
+
+def _leaves(options) -> dict:
+    """Every setting of a RunOptions by its dotted name (limits.hours, prune, ...)."""
+    found = {}
+    for f in dataclasses.fields(options):
+        value = getattr(options, f.name)
+        found.update({f"{f.name}.{k}": v for k, v in _leaves(value).items()} if dataclasses.is_dataclass(value)
+                     else {f.name: value})
+    return found
 
 
 @dataclass
@@ -88,19 +114,22 @@ class CompareConfig:
         """The options a member runs with: `run`, up to this comparison's trials (a fresh copy each time, as
         a loop changes its own). Without the lab notebook: the members are replicates, and one must not
         learn from another that ran before it."""
-        return dataclasses.replace(self.run, trials=self.trials, memory=False)
+        return dataclasses.replace(self.run.with_limits(trials=self.trials), memory=False)
 
     def unkept_run_options(self) -> list[str]:
         """The options `run` sets that the manifest would not keep (the comparison's own `trials` aside)."""
-        kept = RunOptions(**{key: getattr(self.run, key) for key in FIXED_RUN_OPTIONS}, memory=self.run.memory)
-        return [f.name for f in dataclasses.fields(RunOptions) if getattr(self.run, f.name) != getattr(kept, f.name)]
+        kept = _leaves(dataclasses.replace(_run_options(self._fixed_run_options()), memory=self.run.memory))
+        return [name for name, value in _leaves(self.run).items() if value != kept[name]]
+
+    def _fixed_run_options(self) -> dict:
+        return {key: fixed_run_option(self.run, key) for key in FIXED_RUN_OPTIONS}
 
     def to_manifest(self) -> dict:
         """The manifest's JSON object: every setting flat, `run` as its `FIXED_RUN_OPTIONS`."""
         manifest = {}
         for f in dataclasses.fields(self):
             if f.name == "run":
-                manifest.update({key: getattr(self.run, key) for key in FIXED_RUN_OPTIONS})
+                manifest.update(self._fixed_run_options())
             else:
                 manifest[f.name] = copy.deepcopy(getattr(self, f.name))
         return manifest
@@ -110,7 +139,7 @@ class CompareConfig:
         """The configuration a manifest holds (one a later version wrote may hold keys this one ignores; the
         run options it lacks take `RunOptions`' defaults). Raises ValueError for run options that cannot work."""
         known = {f.name for f in dataclasses.fields(cls)} - {"run"}
-        run = RunOptions(**{key: manifest[key] for key in FIXED_RUN_OPTIONS if key in manifest})
+        run = _run_options({key: manifest[key] for key in FIXED_RUN_OPTIONS if key in manifest})
         return cls(**{k: v for k, v in manifest.items() if k in known}, run=run)
 
     def strategy(self, name: str) -> Strategy:

@@ -24,8 +24,8 @@ import time
 from typing import Callable
 
 from evo.devices import Slot, parse_devices
-from evo.engine import (AUTO, INTERRUPTED_STOP, Engine, Order, RunOptions, StopKind, StopReason, Ticket,
-                        fix_ladder)
+from evo.engine import (AUTO, INTERRUPTED_STOP, BackoffSpec, Engine, LimitSpec, NoiseSpec, Order, PromotionSpec,
+                        RunOptions, StopKind, StopReason, Ticket, fix_ladder)
 from evo.engine._explain import unless_nothing_succeeded
 from evo.hosts import OneHost
 from evo.proposers import Proposer
@@ -35,7 +35,8 @@ from evo.strategies import Strategy
 from population.devices import DeviceRow, DevicesRecord, RunFacts
 from population.search import Search
 
-__all__ = ["AUTO", "Child", "RunOptions", "SearchLoop", "Slot", "StopKind", "StopReason", "fix_ladder", "parse_devices"]
+__all__ = ["AUTO", "BackoffSpec", "Child", "LimitSpec", "NoiseSpec", "PromotionSpec", "RunOptions", "SearchLoop", "Slot",
+           "StopKind", "StopReason", "fix_ladder", "parse_devices"]
 
 PROGRESS_SECONDS = 1.0  # how often running trials' progress is written and sent as an event
 SHUTDOWN_WAIT = 5.0    # seconds a stop waits for proposals to end (an LLM call in flight is abandoned at once)
@@ -46,7 +47,8 @@ class SearchLoop:
     """Runs a search until its trial limit, its time limit, or a stop request: the engine's ask/tell
     (`evo.engine.Engine`) on every device at once, with proposals written while the devices train.
 
-    >>> loop = SearchLoop(search, GreedyStrategy(), OfflineProposer(), parse_devices("cpu"), RunOptions(trials=10))  # doctest: +SKIP
+    >>> loop = SearchLoop(search, GreedyStrategy(), OfflineProposer(), parse_devices("cpu"),
+    ...                   RunOptions(limits=LimitSpec(trials=10)))  # doctest: +SKIP
     >>> loop.run()                                                                                                  # doctest: +SKIP
 
     Args:
@@ -65,7 +67,7 @@ class SearchLoop:
     def __init__(self, search: Search, strategy: Strategy, proposer: Proposer, slots: list[Slot], options: RunOptions,
                  *, on_event: Callable[[str, dict], None] | None = None, python: str | None = None,
                  runner: TrialRunner | None = None, hosts: OneHost | None = None):
-        self.search, self.strategy, self.proposer, self.slots, self.options = search, strategy, proposer, slots, options
+        self.search, self.strategy, self.proposer, self.slots = search, strategy, proposer, slots
         self._told = on_event or (lambda kind, info: None)
         self.engine = Engine(search, strategy, proposer, options, slots=slots, hosts=hosts, runner=runner,
                              on_event=self._event, python=python)
@@ -96,7 +98,7 @@ class SearchLoop:
             finally:
                 self._shut_down(proposals)
                 self.engine.end()
-        reason = unless_nothing_succeeded(self.search, reason, self.options.trials)
+        reason = unless_nothing_succeeded(self.search, reason, self.engine.options.limits.trials)
         self.on_event("stopped", {"reason": str(reason), "kind": reason.kind.value})
         return reason
 
@@ -282,7 +284,7 @@ class SearchLoop:
 
     def _write_devices(self) -> list[dict]:
         """What each device is doing, for `evo status` while the search runs (and returned, as dicts)."""
-        now, o = time.time(), self.options
+        now, o = time.time(), self.engine.options.limits
         busy = {t.slot.name: t for t in self.engine.running.values()}
         rows = [DeviceRow(s.name, s.device) if s.name not in busy else
                 DeviceRow(s.name, s.device, trial=busy[s.name].number, seconds=round(now - busy[s.name].started, 1),

@@ -3,6 +3,7 @@ that builds what the CLI builds, and a search made by an earlier version that st
 
 from __future__ import annotations
 
+import dataclasses
 import ast
 import shutil
 import tarfile
@@ -150,7 +151,8 @@ def test_the_library_builds_and_runs_what_the_cli_builds_without_argparse(instan
                                  cross_from="best")
     assert strategy.describe() == ("evolve(elite=4, tournament=2, crossover_rate=0.5, islands=2, "
                                    "migration_rate=0.2, cross_from=best)")
-    options = evo.RunOptions(trials=6, prune=True, reeval=1, max_vram_gb=100.0, noise_runs=1, min_gain="auto")
+    options = evo.RunOptions(limits=evo.LimitSpec(trials=6), noise=evo.NoiseSpec(reeval=1, noise_runs=1, min_gain="auto"),
+                             prune=True, max_vram_gb=100.0)
     # The pruner a notebook gets from prune=True is the rule `evo run --prune` uses.
     assert type(options.pruner_in_use()) is type(percentile_pruner())
     assert vars(options.pruner_in_use()) == vars(percentile_pruner())
@@ -168,6 +170,8 @@ def test_the_library_builds_and_runs_what_the_cli_builds_without_argparse(instan
         evo.make_strategy("greedy", elite=3)
     with pytest.raises(TypeError):
         evo.RunOptions(6)  # options are keyword-only
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.limits.trials = 7  # and frozen: the engine that runs with them owns them
 
 
 def _unpack(archive: str, runs: Path) -> None:
@@ -351,7 +355,7 @@ def test_every_error_of_ours_is_an_evo_error_and_the_cli_shows_parameters_as_fla
     import inspect
 
     from evo.cli._common import as_flags
-    from evo.loop import RunOptions
+    from evo.loop import NoiseSpec
     from population.errors import EvoError
 
     ours = []
@@ -363,6 +367,6 @@ def test_every_error_of_ours_is_an_evo_error_and_the_cli_shows_parameters_as_fla
     assert not [c.__qualname__ for c in ours if not issubclass(c, EvoError)], "errors outside EvoError"
     # A library error names the parameter; the command line shows its flag.
     with pytest.raises(ValueError) as error:
-        RunOptions(min_gain="auto")
+        NoiseSpec(min_gain="auto")
     assert "min_gain auto" in str(error.value) and "noise_runs" in str(error.value)
     assert as_flags(str(error.value)).startswith("--min-gain auto needs a measured noise floor: add --noise-runs K")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from evo import (Engine, EventKind, GreedyStrategy, OfflineProposer, RunOptions, Search, SearchError, StopKind,
+from evo import (Engine, EventKind, GreedyStrategy, LimitSpec, OfflineProposer, RunOptions, Search, SearchError, StopKind,
                  create_search)
 from population.devices import DeviceRow, DevicesRecord, RunFacts
 
@@ -31,7 +31,7 @@ def with_knobs(text: str, **knobs: str) -> str:
 def engine(instant_project):
     events = []
     search = create_search("steps", root=instant_project / "runs", project=instant_project, profile="tiny", budget=1)
-    engine = Engine(search, GreedyStrategy(), OfflineProposer(), RunOptions(trials=7),
+    engine = Engine(search, GreedyStrategy(), OfflineProposer(), RunOptions(limits=LimitSpec(trials=7)),
                     on_event=lambda kind, info: events.append((kind, info)))
     engine.events = events
     yield engine

@@ -281,7 +281,8 @@ def test_two_workers_never_train_the_same_genome(instant_project, database, tmp_
     duplicate (of a trial running on another host, or finished there), never a second training."""
     import threading
 
-    from evo import GreedyStrategy, Proposal, Proposer, RunOptions, SearchLoop, create_search, join_search, parse_devices
+    from evo import (GreedyStrategy, LimitSpec, Proposal, Proposer, RunOptions, SearchLoop, create_search, join_search,
+                     parse_devices)
     from population import Search
 
     class SameChild(Proposer):
@@ -296,7 +297,8 @@ def test_two_workers_never_train_the_same_genome(instant_project, database, tmp_
                   remote=remote, heartbeat=1, grace=4).close()
     join_search("d", root=tmp_path / "b", storage=database, remote=remote).close()
     searches = [Search.open("d", root=tmp_path / h, worker=True) for h in "ab"]
-    loops = [SearchLoop(s, GreedyStrategy(), SameChild(), parse_devices("cpu"), RunOptions(trials=8)) for s in searches]
+    loops = [SearchLoop(s, GreedyStrategy(), SameChild(), parse_devices("cpu"), RunOptions(limits=LimitSpec(trials=8)))
+             for s in searches]
     threads = [threading.Thread(target=loop.run) for loop in loops]
     for t in threads:
         t.start()

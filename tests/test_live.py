@@ -88,7 +88,7 @@ def test_plain_mode_prints_starts_ends_and_a_progress_line_at_most_every_30_seco
     search = evo.create_search("plain", root=instant_project / "runs", project=instant_project, profile="tiny", budget=1)
     clock = iter([0.0, 1.0, 5.0, 31.0, 40.0, 62.0, 70.0, 71.0, 72.0]).__next__
     out = io.StringIO()
-    reporter = Reporter(search, evo.RunOptions(trials=4), out=out, clock=clock)
+    reporter = Reporter(search, evo.RunOptions(limits=evo.LimitSpec(trials=4)), out=out, clock=clock)
     reporter("started", {"trial": 0, "slot": "cpu0", "operator": "seed", "parents": [], "description": "seed genome"})
     for _ in range(4):  # at 5, 31, 40 and 62 s
         reporter("progress", {"slots": [{"slot": "cpu0", "trial": 0, "fraction": 0.5, "loss": 3.5, "seconds": 9}]})
@@ -108,12 +108,13 @@ def test_plain_mode_prints_starts_ends_and_a_progress_line_at_most_every_30_seco
 def test_the_live_reporter_prints_finished_trials_above_the_view_through_a_real_run(instant_project):
     search = evo.create_search("live", root=instant_project / "runs", project=instant_project, profile="tiny", budget=1)
     console = Console(width=80, height=24, record=True, file=io.StringIO(), force_terminal=True, color_system=None)
-    options = evo.RunOptions(trials=3)
+    options = evo.RunOptions(limits=evo.LimitSpec(trials=3))
     reporter = LiveReporter(search, options, console=console, strategy="evolve", proposer="offline")
     with reporter:
         reason = evo.SearchLoop(search, evo.make_strategy("evolve"), evo.from_spec("offline"), evo.parse_devices("cpu"),
                                 options, on_event=reporter).run()
-    resumed = Reporter(search, evo.RunOptions(trials=6), out=io.StringIO()).view  # `evo run live --trials 6`
+    # As `evo run live --trials 6` would:
+    resumed = Reporter(search, evo.RunOptions(limits=evo.LimitSpec(trials=6)), out=io.StringIO()).view
     search.close()
     assert reason.kind is evo.StopKind.TRIALS
     assert resumed.done == 3 and resumed.best is not None  # a resumed run starts from what the search has

@@ -19,7 +19,7 @@ import optuna
 import pytest
 
 from conftest import ROOT, run_evo
-from evo import Proposal, Proposer, RunOptions, SearchLoop, create_search, parse_devices
+from evo import LimitSpec, Proposal, Proposer, RunOptions, SearchLoop, create_search, parse_devices
 from evo.strategies import make_strategy
 from population import Search, SearchError
 from population.lineage import Lineage
@@ -345,7 +345,7 @@ def test_a_two_objective_tiny_harness_search_finds_a_front_of_sizes(project):
                                                              *slow]),
                              ("wider", [("ASPECT_RATIO = per_profile(tiny=32,", "ASPECT_RATIO = per_profile(tiny=64,")])])
     reason = SearchLoop(search, make_strategy("greedy"), proposer, parse_devices("cpu"),
-                        RunOptions(trials=3, max_memory_gb=4)).run()
+                        RunOptions(limits=LimitSpec(trials=3), max_memory_gb=4)).run()
     assert str(reason) == "reached 3 trials", reason
     lineage = search.lineage()
     assert all(t.finished_ok for t in lineage.trials), [(t.status, t.error) for t in lineage.trials]

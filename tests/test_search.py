@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_evo
-from evo import (EvolveStrategy, GreedyStrategy, OfflineProposer, Proposal, Proposer, RunOptions, Search, SearchLoop,
+from evo import (EvolveStrategy, GreedyStrategy, LimitSpec, OfflineProposer, Proposal, Proposer, RunOptions, Search, SearchLoop,
                  create_search, parse_devices)
 from evo.proposers._hyperparams import find_hyperparameters, rewrite
 from evo.strategies import Plan, Strategy
@@ -95,7 +95,8 @@ class CrossTheFirstTwoChildren(Strategy):
 
 def test_crossover_child_is_a_merge_commit_of_both_parents(project):
     search = create_search("x", root=project / "runs", project=project, profile="tiny", budget=2)
-    SearchLoop(search, CrossTheFirstTwoChildren(), OfflineProposer(), parse_devices("cpu"), RunOptions(trials=5)).run()
+    SearchLoop(search, CrossTheFirstTwoChildren(), OfflineProposer(), parse_devices("cpu"),
+               RunOptions(limits=LimitSpec(trials=5))).run()
     trials = search.trials()
     crosses = [t for t in trials if t.operator == "crossover"]
     assert crosses, [(t.number, t.operator, t.status) for t in trials]
@@ -121,7 +122,8 @@ class SameEditEveryTime(Proposer):
 
 def test_identical_genomes_are_recorded_as_duplicates_and_never_trained_again(project):
     search = create_search("d", root=project / "runs", project=project, profile="tiny", budget=2)
-    SearchLoop(search, GreedyStrategy(), SameEditEveryTime(), parse_devices("cpu"), RunOptions(trials=4)).run()
+    SearchLoop(search, GreedyStrategy(), SameEditEveryTime(), parse_devices("cpu"),
+               RunOptions(limits=LimitSpec(trials=4))).run()
     trials = search.trials()
     assert [t.status for t in trials[:2]] == ["ok", "ok"]
     for t in trials[2:]:
@@ -299,7 +301,8 @@ class InvalidEveryOtherTime(Proposer):
 @pytest.mark.parametrize("strategy", [GreedyStrategy(), EvolveStrategy(crossover_rate=0.0)])
 def test_invalid_proposals_are_recorded_and_the_search_goes_on_to_its_limit(instant_project, strategy):
     search = create_search("inv", root=instant_project / "runs", project=instant_project, profile="tiny", budget=1)
-    reason = SearchLoop(search, strategy, InvalidEveryOtherTime(), parse_devices("cpu"), RunOptions(trials=9)).run()
+    reason = SearchLoop(search, strategy, InvalidEveryOtherTime(), parse_devices("cpu"),
+                        RunOptions(limits=LimitSpec(trials=9))).run()
     trials = search.trials()
     assert str(reason) == "reached 9 trials" and len(trials) == 9
     invalid = [t for t in trials if t.status == "invalid_proposal"]
@@ -312,7 +315,8 @@ def test_concurrent_cpu_slots_run_trials_side_by_side(instant_project):
     (instant_project / "train.py").write_text((instant_project / "train.py").read_text().replace(
         "def main():", "def main():\n    import time; time.sleep(1.5)"))
     search = create_search("par", root=instant_project / "runs", project=instant_project, profile="tiny", budget=1)
-    SearchLoop(search, EvolveStrategy(), OfflineProposer(), parse_devices("cpu:2"), RunOptions(trials=5)).run()
+    SearchLoop(search, EvolveStrategy(), OfflineProposer(), parse_devices("cpu:2"),
+               RunOptions(limits=LimitSpec(trials=5))).run()
     trials = [t for t in search.trials() if t.operator != "seed"]
     overlapping = [(a.number, b.number) for a in trials for b in trials
                    if a.number < b.number and a.started < b.finished and b.started < a.finished]

@@ -197,13 +197,15 @@ def test_a_comparison_saved_with_flat_run_options_opens_with_them_and_is_saved_a
     (tmp_path / "c" / "compare.json").write_text(FLAT_MANIFEST)
     comparison = Comparison.open("c", root=tmp_path)
     run = comparison.config.run
-    assert (run.reeval, run.noise_runs, run.min_gain, run.prune, run.max_vram_gb, run.max_cost_usd) == \
+    assert (run.noise.reeval, run.noise.noise_runs, run.noise.min_gain, run.prune, run.max_vram_gb,
+            run.limits.max_cost_usd) == \
         (1, 2, "auto", False, 40.0, None)
     member = comparison.config.member_options()
-    assert (member.trials, member.reeval, member.noise_runs, member.min_gain, member.max_vram_gb) == \
+    assert (member.limits.trials, member.noise.reeval, member.noise.noise_runs, member.noise.min_gain,
+            member.max_vram_gb) == \
         (4, 1, 2, "auto", 40.0)
     assert member.memory is False   # replicates never read each other's notebook
-    assert member is not run and run.trials is None   # a loop changes its options; the comparison's stay
+    assert member is not run and run.limits.trials is None   # a member's limit is not the comparison's
     comparison.save()
     assert json.loads((tmp_path / "c" / "compare.json").read_text()) == json.loads(FLAT_MANIFEST)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cheats import SECRET, Cheat
 from conftest import PROJECT_FILES, ROOT
-from evo import Proposal, Proposer, RandomStrategy, RunOptions, SearchLoop, create_search, parse_devices
+from evo import LimitSpec, Proposal, Proposer, RandomStrategy, RunOptions, SearchLoop, create_search, parse_devices
 from population import Search
 
 BUDGET = 2
@@ -38,7 +38,7 @@ def run_corpus(folder: Path, cache_dir: Path, cheats: tuple[Cheat, ...]) -> Iter
         search = create_search("trust", root=folder / "runs", project=folder, profile="tiny", budget=BUDGET,
                                sandbox="bwrap")
         reason = SearchLoop(search, RandomStrategy(), Corpus((folder / "train.py").read_text(), cheats),
-                            parse_devices("cpu"), RunOptions(trials=1 + len(cheats), max_memory_gb=2)).run()
+                            parse_devices("cpu"), RunOptions(limits=LimitSpec(trials=1 + len(cheats)), max_memory_gb=2)).run()
         assert str(reason) == f"reached {1 + len(cheats)} trials", reason
         trials = search.trials()
         by_name = {t.description: t for t in trials if t.operator == "mutate"}

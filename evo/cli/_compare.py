@@ -10,9 +10,9 @@ from analysis.compare import compare_runs, load_runs, plot_comparison, render_ta
 from evo.cli._common import (UsageError, add_creation, add_noise_options, add_proposer_options, add_root,
                              add_strategy_options, build_proposer, creation_kwargs, exit_code, finished_line,
                              non_negative_int, positive_float, positive_int, stop_on_signals)
-from evo.compare import FIXED_RUN_OPTIONS, CompareConfig, Comparison
+from evo.compare import FIXED_RUN_OPTIONS, CompareConfig, Comparison, fixed_run_option
 from evo.devices import default_slots, parse_devices
-from evo.loop import RunOptions
+from evo.loop import LimitSpec, NoiseSpec, RunOptions
 from evo.search import check_folder
 from evo.strategies import STRATEGIES, make_strategy
 from population.importer import import_results_tsv
@@ -118,9 +118,10 @@ def _comparison(args) -> Comparison:
     if unknown:
         raise SearchError(f"unknown strategy {unknown[0]!r}: use {', '.join(STRATEGIES)}")
     try:  # a combination that cannot work fails here, before anything is written
-        run = RunOptions(reeval=args.reeval or 0, noise_runs=args.noise_runs or 0,
-                         min_gain=0.0 if args.min_gain is None else args.min_gain, prune=bool(args.prune),
-                         max_vram_gb=args.max_vram_gb, max_cost_usd=args.max_cost_usd)
+        run = RunOptions(noise=NoiseSpec(reeval=args.reeval or 0, noise_runs=args.noise_runs or 0,
+                                         min_gain=0.0 if args.min_gain is None else args.min_gain),
+                         limits=LimitSpec(max_cost_usd=args.max_cost_usd), prune=bool(args.prune),
+                         max_vram_gb=args.max_vram_gb)
     except ValueError as e:
         raise UsageError(str(e)) from None
     config = CompareConfig(name=args.name, strategies=strategies or [], seeds=args.seeds or 1, trials=args.trials or 0,
@@ -144,7 +145,7 @@ def _reopen(args, strategies: list[str] | None) -> Comparison:
             raise SearchError(f"{flag} is fixed at {value!r} for comparison {cfg.name!r}; drop the flag or pick a new name")
     # Run options are fixed when it is created, "none" included: a cap given only later would hold
     # for some members and not others.
-    fixed = [(_flag(key), getattr(args, key), getattr(cfg.run, key)) for key in FIXED_RUN_OPTIONS]
+    fixed = [(_flag(key), getattr(args, key), fixed_run_option(cfg.run, key)) for key in FIXED_RUN_OPTIONS]
     if "evolve" in cfg.strategies and not cfg.strategy_options:  # a comparison made before they were pinned
         cfg.strategy_options = _evolve_options(args)
         comparison.save()

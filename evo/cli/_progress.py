@@ -29,10 +29,11 @@ class Reporter:
 
     def __init__(self, search, options, *, quiet: bool = False, out=None, clock=time.time,
                  every: float | None = None, strategy: str = "", proposer: str = ""):
-        self.search, self.options, self.quiet, self.out, self.clock = search, options, quiet, out, clock
+        self.search, self.quiet, self.out, self.clock = search, quiet, out, clock
+        self.options = lambda: options     # this run's options: the loop's own once there is a loop
         cfg = search.config
         self.view = RunView(name=cfg.name, metric=cfg.metric, strategy=strategy, proposer=proposer, budget=cfg.budget,
-                            target=options.trials, hours=options.hours, started=clock(),
+                            target=options.limits.trials, hours=options.limits.hours, started=clock(),
                             estimate=bool(cfg.target))  # any project's budget covers its whole run
         self.every = every if every is not None else float(os.environ.get("EVO_PROGRESS_SECONDS",
                                                                           PLAIN_PROGRESS_SECONDS))
@@ -51,7 +52,7 @@ class Reporter:
         now = self.clock()
         with self._lock:
             # A shared search's limits come from its study once the loop has begun: read them each time.
-            o = self.options
+            o = self.options().limits
             self.view.target, self.view.hours, self.view.since = o.trials, o.hours, o.since
             self.view.stopping = self.view.stopping or self.stopping()
             self.view.record(kind, info, now=now)
@@ -107,7 +108,7 @@ class Reporter:
         count = f"[{v.done:>3}/{v.target}]" if v.target else f"[{v.done:>3}]"
         best = f" | best {fmt(v.best[0])} (#{v.best[1]})" if v.best else ""
         eta = v.eta(now)
-        kept = "new rung-0 best" if self.options.promote else "new best"
+        kept = "new rung-0 best" if self.options().promotion.ladder else "new best"
         return (f"{count} {finished_line(info, metric=v.metric, kept=kept)}{best}"
                 + (f" | eta {duration(eta)}" if eta is not None else ""))
 

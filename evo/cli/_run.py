@@ -17,7 +17,7 @@ from evo.cli._common import (UsageError, add_creation, add_noise_options, add_pr
 from evo.cli._progress import make_reporter
 from evo.devices import Slot, check_slots, default_slots, nvidia_gpus, parse_devices
 from evo.hosts import OneHost, SharedHosts
-from evo.loop import RunOptions, SearchLoop, fix_ladder
+from evo.loop import BackoffSpec, LimitSpec, NoiseSpec, PromotionSpec, RunOptions, SearchLoop, fix_ladder
 from evo.promotion import DEFAULT_TOP, LadderError, check_fits, parse_ladder
 from evo.proposers import Genome, ProposalContext, ProposerError
 from evo.search import NAMED_SOURCES, check_folder, create_search, describe_harness, join_search, resolve_sandbox
@@ -127,11 +127,13 @@ def backoff(text: str) -> tuple[float, float]:
 def run_options(args) -> RunOptions:
     """This run's options from the flags; a combination that cannot work is a UsageError."""
     try:
-        return RunOptions(trials=args.trials, hours=args.hours, reeval=args.reeval, prune=args.prune,
-                          noise_runs=args.noise_runs or 0, min_gain=0.0 if args.min_gain is None else args.min_gain,
-                          max_vram_gb=args.max_vram_gb, max_memory_gb=args.max_memory_gb,
-                          max_cost_usd=args.max_cost_usd, promote_top=args.promote_top, api_backoff=args.api_backoff,
-                          promote=parse_ladder(args.promote) if args.promote else (),
+        return RunOptions(limits=LimitSpec(trials=args.trials, hours=args.hours, max_cost_usd=args.max_cost_usd),
+                          noise=NoiseSpec(reeval=args.reeval, noise_runs=args.noise_runs or 0,
+                                          min_gain=0.0 if args.min_gain is None else args.min_gain),
+                          promotion=PromotionSpec(ladder=parse_ladder(args.promote) if args.promote else (),
+                                                  top=args.promote_top),
+                          backoff=BackoffSpec(api_backoff=args.api_backoff),
+                          prune=args.prune, max_vram_gb=args.max_vram_gb, max_memory_gb=args.max_memory_gb,
                           memory=not args.no_memory)
     except ValueError as e:
         raise UsageError(str(e)) from None
@@ -335,11 +337,12 @@ def open_or_create(args, slots: list[Slot] | None = None) -> Search:
 
 def _noise_rule(options: RunOptions) -> str:
     """How this run measures noise and judges gains, for its first line ("" when it does neither)."""
-    parts = [f"{options.noise_runs} noise runs of the seed"] if options.noise_runs else []
-    if options.min_gain == "auto":
+    noise = options.noise
+    parts = [f"{noise.noise_runs} noise runs of the seed"] if noise.noise_runs else []
+    if noise.min_gain == "auto":
         parts.append(f"min gain auto ({NOISE_MULTIPLE:g} x the noise floor)")
-    elif options.min_gain:
-        parts.append(f"min gain {options.min_gain:g}")
+    elif noise.min_gain:
+        parts.append(f"min gain {noise.min_gain:g}")
     return "".join(f", {p}" for p in parts)
 
 
@@ -356,7 +359,7 @@ def cmd_run(args) -> int:
     proposer = build_proposer(args.proposer, args)
     strategy = make_strategy(args.strategy, **strategy_options(args, args.strategy))
     slots = parse_devices(args.devices) if args.devices else None  # reject a bad device before creating anything
-    if options.promote and args.budget and not Search.exists(args.name, root=args.root):
+    if options.promotion.ladder and args.budget and not Search.exists(args.name, root=args.root):
         check_ladder(options, budget=args.budget)
     search = open_or_create(args, slots)
     try:
@@ -373,15 +376,15 @@ def cmd_run(args) -> int:
 
 def check_ladder(options: RunOptions, *, search: Search | None = None, budget: float | None = None) -> None:
     """A --promote ladder that cannot run here (too long for --hours, or not the search's own) is a UsageError."""
-    if not options.promote:
+    ladder, hours = options.promotion.ladder, options.limits.hours
+    if not ladder:
         return
     try:
         if search is not None:
-            check_fits(options.promote, budget=search.config.budget, startup=search.config.startup_grace,
-                       hours=options.hours)
-            fix_ladder(search, options.promote)
+            check_fits(ladder, budget=search.config.budget, startup=search.config.startup_grace, hours=hours)
+            fix_ladder(search, ladder)
         else:
-            check_fits(options.promote, budget=budget, hours=options.hours)
+            check_fits(ladder, budget=budget, hours=hours)
     except (LadderError, SearchError) as e:
         raise UsageError(str(e)) from None
 
@@ -407,6 +410,7 @@ def run_loop(search: Search, args, options: RunOptions, strategy, proposer, slot
     reporter = make_reporter(search, options, quiet=args.quiet, strategy=strategy.name, proposer=proposer.name)
     loop = SearchLoop(search, strategy, proposer, slots, options, on_event=reporter, hosts=hosts)
     reporter.stopping = loop.stop.is_set
+    reporter.options = lambda: loop.engine.options
     leave = ("stopping: killing running trials (other workers re-run them)" if hosts.shared else
              "stopping: killing running trials (they re-run on resume)")
 

@@ -1,6 +1,6 @@
 """The engine: a search stepped by ask and tell, the primitive `evo.SearchLoop` is built on.
 
-    >>> engine = Engine(search, GreedyStrategy(), OfflineProposer(), RunOptions(trials=5))   # doctest: +SKIP
+    >>> engine = Engine(search, GreedyStrategy(), OfflineProposer(), RunOptions(limits=LimitSpec(trials=5)))   # doctest: +SKIP
     >>> engine.enqueue({"train.py": my_text}, note="my idea")                              # doctest: +SKIP
     >>> while (ticket := engine.ask()) is not None:                                        # doctest: +SKIP
     ...     told = engine.tell(ticket, engine.run(ticket))
@@ -13,9 +13,10 @@ child), `_recovery` (after a crash), `_explain` (why a search cannot go on).
 """
 
 from evo.engine._engine import ENQUEUED, Engine
-from evo.engine._options import AUTO, INTERRUPTED_STOP, RunOptions, StopKind, StopReason, fix_ladder
+from evo.engine._options import (AUTO, INTERRUPTED_STOP, BackoffSpec, LimitSpec, NoiseSpec, PromotionSpec, RunOptions,
+                                 StopKind, StopReason, fix_ladder)
 from evo.engine._records import Order, ProposalFacts, Ticket, Told
 from evo.events import EventKind
 
-__all__ = ["AUTO", "ENQUEUED", "Engine", "EventKind", "INTERRUPTED_STOP", "Order", "ProposalFacts", "RunOptions",
+__all__ = ["AUTO", "BackoffSpec", "ENQUEUED", "Engine", "LimitSpec", "NoiseSpec", "PromotionSpec", "EventKind", "INTERRUPTED_STOP", "Order", "ProposalFacts", "RunOptions",
            "StopKind", "StopReason", "Ticket", "Told", "fix_ladder"]

@@ -43,7 +43,7 @@ ENQUEUED = "enqueued"  # the operator of a genome the user handed in (`Engine.en
 class Engine:
     """A search, stepped one trial at a time.
 
-    >>> engine = Engine(search, GreedyStrategy(), OfflineProposer(), RunOptions(trials=5))      # doctest: +SKIP
+    >>> engine = Engine(search, GreedyStrategy(), OfflineProposer(), RunOptions(limits=LimitSpec(trials=5)))      # doctest: +SKIP
     >>> ticket = engine.ask()                                                                # doctest: +SKIP
     >>> engine.tell(ticket, engine.run(ticket)).kept                                          # doctest: +SKIP
 
@@ -73,7 +73,7 @@ class Engine:
         self.ready: list[Child] = []        # children waiting for a device (seed, re-runs, re-evaluations, enqueued)
         self.running: dict[int, Ticket] = {}
         self.failure: StopReason | None = None   # what no retry fixes: the search stops with it
-        self.outages = OutageWatch(options.api_backoff)
+        self.outages = OutageWatch(options.backoff.api_backoff)
         self.finished_here = 0              # trials this engine told (for the pace `evo status` shows)
         self._plans = 0
         self._snapshot, self._snapshot_at = None, 0.0   # see trials()
@@ -141,7 +141,7 @@ class Engine:
         """What must hold before the search is taken: genomes to run, the ladder, the slots; then the run's
         pruner and the metric's name go to the store (a search made before metrics were named)."""
         check_runnable(self.search)
-        fix_ladder(self.search, self.options.promote)
+        fix_ladder(self.search, self.options.promotion.ladder)
         check_slots(self.slots, visible_gpus(self.search))
         self.search.store.pruner = self.options.pruner_in_use()
         self.search.store.name_metric(self.search.config.metric)
@@ -175,12 +175,12 @@ class Engine:
 
     def limits(self) -> tuple[int | None, float | None]:
         """The trial and hour limits this run works to (`evo.hosts.HostedLoop`)."""
-        return self.options.trials, self.options.hours
+        return self.options.limits.trials, self.options.limits.hours
 
     def set_limits(self, *, trials: int | None, hours: float | None, since: float | None = None) -> None:
         """Work to these limits from now on, hours counted from `since` (None: as before)."""
-        self.options.trials, self.options.hours = trials, hours
-        self.options.since = since if since is not None else self.options.since
+        since = since if since is not None else self.options.limits.since
+        self.options = self.options.with_limits(trials=trials, hours=hours, since=since)  # one write: readers see all or none
 
     # -- what the engine reads ------------------------------------------------------------
 
@@ -207,7 +207,7 @@ class Engine:
 
     def limit_reached(self) -> StopReason | None:
         """Why no new child should be planned, or None to go on."""
-        o = self.options
+        o = self.options.limits
         if self.stop.is_set():
             return INTERRUPTED_STOP
         if self.failure:
@@ -229,7 +229,7 @@ class Engine:
         fresh = False  # whether the trials were read again for a decision to stop
         while True:
             trials = self.trials()
-            limit = self.options.trials
+            limit = self.options.limits.trials
             if limit is not None and toward_limit(trials) + in_flight + len(self.ready) >= limit:
                 return None
             lineage = self.search.lineage(trials)
@@ -272,8 +272,9 @@ class Engine:
     def schedulers(self):
         """The chain that decides what runs next (see `evo.schedulers`), from this run's options as they are now."""
         o = self.options
-        return chain(strategy=self.strategy, noise_runs=o.noise_runs, reeval=o.reeval, promote=o.promote,
-                     promote_top=o.promote_top, config=self.search.config, reeval_while_waiting=o.reeval_while_waiting,
+        return chain(strategy=self.strategy, noise_runs=o.noise.noise_runs, reeval=o.noise.reeval,
+                     promote=o.promotion.ladder, promote_top=o.promotion.top, config=self.search.config,
+                     reeval_while_waiting=o.backoff.reeval_while_waiting,
                      offline_fallback=self.proposer.offline_fallback)
 
     def propose(self, order: Order) -> Child:

@@ -1,10 +1,11 @@
-"""How a search runs this time (`RunOptions`), and why it stopped (`StopReason`)."""
+"""How a search runs this time (`RunOptions` and its specs), and why it stopped (`StopReason`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import optuna
 
@@ -15,7 +16,8 @@ from population.search import Search, SearchError
 
 AUTO = "auto"  # RunOptions.min_gain: a multiple of the measured noise floor
 
-__all__ = ["AUTO", "INTERRUPTED_STOP", "RunOptions", "StopKind", "StopReason", "fix_ladder"]
+__all__ = ["AUTO", "INTERRUPTED_STOP", "BackoffSpec", "LimitSpec", "NoiseSpec", "PromotionSpec", "RunOptions",
+           "StopKind", "StopReason", "fix_ladder"]
 
 
 class StopKind(enum.Enum):
@@ -48,57 +50,41 @@ class StopReason:
 INTERRUPTED_STOP = StopReason(StopKind.INTERRUPTED, "interrupted")
 
 
-@dataclass(kw_only=True)
-class RunOptions:
-    """How long and how a search runs this time (not fixed: each `evo run` may change them).
+@dataclass(frozen=True, kw_only=True)
+class LimitSpec:
+    """When this run stops.
 
     trials: total finished trials in the search, seed included; it becomes the search's limit, which
         later runs keep when given None (`population.store.NO_LIMIT` lifts it).
     hours: wall-clock limit of this run (counted from `since`).
+    since: when `hours` starts counting (epoch seconds; default: when the run starts). A shared
+        search's workers count from its first trial.
+    max_cost_usd: stop proposing once the LLM spend reaches this.
+    """
+
+    trials: int | None = None
+    hours: float | None = None
+    since: float | None = None
+    max_cost_usd: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class NoiseSpec:
+    """How much a score is trusted.
+
     reeval: extra seeds for a genome that becomes the best.
     noise_runs: extra seeds for the seed genome before any child is planned: they measure the
         noise floor (`Lineage.noise_sd`) that `min_gain="auto"` is a multiple of.
     min_gain: how much better than the best a result must be to count as better (kept, and
         the best from then on): a number in val_bpb, or "auto" for `NOISE_MULTIPLE` times the
         noise floor measured so far (needs noise_runs >= 1). Recorded on every trial.
-    prune: stop children whose loss is clearly behind (with `pruner`, or the default rule).
-    pruner: the Optuna pruner `prune` uses (default: `evo.pruners.make_pruner()`).
-    max_vram_gb: an Optuna constraint on peak memory.
-    max_memory_gb: memory (RSS) one trial's processes may use before they are stopped as oom
-        (default: 85% of the machine's memory shared among the slots).
-    max_cost_usd: stop proposing once the LLM spend reaches this.
-    since: when `hours` starts counting (epoch seconds; default: when the run starts). A shared
-        search's workers count from its first trial.
-    promote: a ladder of larger scales (`evo.promotion.parse_ladder`); the top `promote_top`
-        fraction of the genomes scored at each rung is re-run at the next. Fixed for a search
-        once a run used it.
-    api_backoff: (first, longest) seconds to wait before asking a proposer's API again once it
-        stopped answering; each failed try doubles the wait. The search never stops for an outage.
-    reeval_while_waiting: while the API is down, idle devices re-evaluate the best genomes until
-        each has this many evaluations (0: they wait).
     """
 
-    trials: int | None = None
-    hours: float | None = None
     reeval: int = 0
     noise_runs: int = 0
     min_gain: float | str = 0.0
-    prune: bool = False
-    pruner: optuna.pruners.BasePruner | None = None
-    max_vram_gb: float | None = None
-    max_memory_gb: float | None = None
-    max_cost_usd: float | None = None
-    since: float | None = None
-    promote: tuple[Rung, ...] = ()
-    promote_top: float = DEFAULT_TOP
-    api_backoff: tuple[float, float] = (15.0, 600.0)
-    reeval_while_waiting: int = 3
-    memory: bool = True   # hand proposers the lab notebook (evo.memory); False: as before it existed
 
     def __post_init__(self):
-        if not 0 < self.promote_top < 1:
-            raise ValueError(f"promote_top is the fraction of a rung promoted to the next: above 0 and below 1, "
-                             f"not {self.promote_top:g}")
         if self.min_gain == AUTO:
             if self.noise_runs < 1:
                 raise ValueError("min_gain auto needs a measured noise floor: add noise_runs K (e.g. 3), "
@@ -111,6 +97,64 @@ class RunOptions:
     def min_gain_now(self, lineage: Lineage) -> float:
         """The min gain a result finishing now must beat the best by (see `population.lineage`)."""
         return auto_min_gain(lineage.noise_sd()) if self.min_gain == AUTO else float(self.min_gain)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PromotionSpec:
+    """ladder: larger scales (`evo.promotion.parse_ladder`); the top `top` fraction of the genomes scored
+    at each rung is re-run at the next. Fixed for a search once a run used it (`fix_ladder`)."""
+
+    ladder: tuple[Rung, ...] = ()
+    top: float = DEFAULT_TOP
+
+    def __post_init__(self):
+        if not 0 < self.top < 1:
+            raise ValueError(f"promote_top is the fraction of a rung promoted to the next: above 0 and below 1, "
+                             f"not {self.top:g}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackoffSpec:
+    """What the search does while its proposer's API is down (it never stops for an outage).
+
+    api_backoff: (first, longest) seconds to wait before asking the API again; each failed try doubles it.
+    reeval_while_waiting: idle devices meanwhile re-evaluate the best genomes until each has this many
+        evaluations (0: they wait).
+    """
+
+    api_backoff: tuple[float, float] = (15.0, 600.0)
+    reeval_while_waiting: int = 3
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunOptions:
+    """How this run of a search runs (not fixed: each `evo run` may change them), as small frozen specs.
+
+    limits, noise, promotion, backoff: see `LimitSpec`, `NoiseSpec`, `PromotionSpec`, `BackoffSpec`.
+    prune: stop children whose loss is clearly behind (with `pruner`, or the default rule).
+    pruner: the Optuna pruner `prune` uses (default: `evo.pruners.make_pruner()`).
+    max_vram_gb: an Optuna constraint on peak memory.
+    max_memory_gb: memory (RSS) one trial's processes may use before they are stopped as oom
+        (default: 85% of the machine's memory shared among the slots).
+    memory: hand proposers the lab notebook (`evo.memory`); False: as before it existed.
+
+    The engine that runs with them owns them: a limit that changes while it runs (a shared search's,
+    read from its study) gives it new options (`Engine.set_limits`), never a changed object.
+    """
+
+    limits: LimitSpec = field(default_factory=LimitSpec)
+    noise: NoiseSpec = field(default_factory=NoiseSpec)
+    promotion: PromotionSpec = field(default_factory=PromotionSpec)
+    backoff: BackoffSpec = field(default_factory=BackoffSpec)
+    prune: bool = False
+    pruner: optuna.pruners.BasePruner | None = None
+    max_vram_gb: float | None = None
+    max_memory_gb: float | None = None
+    memory: bool = True
+
+    def with_limits(self, **limits) -> "RunOptions":
+        """These options with some of their limits changed (LimitSpec's fields)."""
+        return dataclasses.replace(self, limits=dataclasses.replace(self.limits, **limits))
 
     def pruner_in_use(self) -> optuna.pruners.BasePruner | None:
         """The pruner that decides, or None when this run does not prune."""

@@ -56,7 +56,7 @@ def start(engine, child: Child, slot: Slot | None = None) -> Ticket | None:
         with search.store.claim():
             if engine.hosts.shared:
                 lineage = search.lineage()  # as other workers left it, and no one changes it until we are done
-            if not admit(child, lineage, limit=engine.options.trials, shared=engine.hosts.shared,
+            if not admit(child, lineage, limit=engine.options.limits.trials, shared=engine.hosts.shared,
                          base_seed=search.config.seed):
                 return None
             original = original_of(child, tree, lineage)

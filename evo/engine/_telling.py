@@ -54,7 +54,7 @@ def tell(engine, ticket: Ticket, result: TrialResult) -> Told:
     with search.store.claim():  # the best as every host left it, and no result told in between
         lineage = search.lineage()
         trial = lineage.by_number.get(number)
-        min_gain = engine.options.min_gain_now(lineage)
+        min_gain = engine.options.noise.min_gain_now(lineage)
         kept = trial is not None and lineage.would_keep(value, operator=trial.operator, feasible=feasible,
                                                         min_gain=min_gain, key=genome_key(trial), values=values)
         told = search.store.finish(number, status=result.status, value=value, values=values, metrics=result.metrics,
