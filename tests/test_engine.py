@@ -1,5 +1,10 @@
 """The engine without the loop: a whole search stepped by ask, run and tell, with genomes of the
-user's own handed in by enqueue; the events it emits; the devices.json record the loop writes."""
+user's own handed in by enqueue; the events it emits; the devices.json record the loop writes.
+
+Then the engine's decisions that once had a whole training search each (test_search): what a
+crossover commits, that a known genome is never trained again, that invalid proposals do not end
+a search early (through the loop: its planning again is what is checked). Their trials run in this
+process (`InstantRunner`): a decision needs a result, not a trial process."""
 
 from __future__ import annotations
 
@@ -12,9 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
-from evo import (Engine, EventKind, GreedyStrategy, OfflineProposer, RunOptions, Search, SearchError, StopKind,
-                 create_search)
+from conftest import ROOT, assert_trials_match_git
+from evo import (Engine, EventKind, EvolveStrategy, GreedyStrategy, OfflineProposer, Proposal, Proposer, RunOptions,
+                 Search, SearchError, SearchLoop, StopKind, create_search, parse_devices)
+from evo.strategies import Plan, Strategy
+from in_process import InstantRunner
 from population.devices import DeviceRow, DevicesRecord, RunFacts
 
 OPTIMUM = {"LR": "0.03", "DEPTH": "6", "WARMDOWN_RATIO": "0.4", "BATCH": "128"}  # the instant genome's best knobs
@@ -137,3 +144,113 @@ def test_the_readme_notebook_example_runs(project):
     with Search.open("nb", root=project / "runs") as search:
         trials = search.trials()
     assert len(trials) == 6 and trials[1].proposer == "user" and trials[1].description == "my own idea"
+
+
+# -- decisions that once took a whole training search -----------------------------------------
+
+@pytest.fixture
+def instant_engine(instant_project):
+    """An engine over a new search of the instant genome whose trials run in this process: call it with the
+    strategy, proposer and options; `.runner.runs` lists the trials it ran."""
+    made = []
+
+    def make(strategy, proposer, options, name="e"):
+        search = create_search(name, root=instant_project / "runs", project=instant_project, profile="tiny", budget=1)
+        made.append(Engine(search, strategy, proposer, options, runner=InstantRunner()))
+        return made[-1]
+
+    yield make
+    for engine in made:
+        engine.close()
+        engine.search.close()
+
+
+def drive(engine):
+    """What the loop does on one device: ask, run and tell until nothing more is to run; why it stopped."""
+    while (ticket := engine.ask()) is not None:
+        engine.tell(ticket, engine.run(ticket))
+    return engine.limit_reached()
+
+
+class CrossTheFirstTwoChildren(Strategy):
+    """Mutates the seed twice, then crosses its two children: a deterministic crossover for the test."""
+
+    name = "cross-first-two"
+
+    def plan(self, lineage, rng):
+        kids = [i.trial for i in lineage.ranked() if i.operator == "mutate"]
+        if len(kids) >= 2:
+            return Plan("crossover", tuple(sorted(kids[:2])))
+        return Plan("mutate", (lineage.seed.number,))
+
+
+def test_crossover_child_is_a_merge_commit_of_both_parents(instant_engine):
+    # Was test_search.py's (a SearchLoop training train.py): the commit is the engine's, the training was not needed.
+    engine = instant_engine(CrossTheFirstTwoChildren(), OfflineProposer(), RunOptions(trials=5))
+    drive(engine)
+    search = engine.search
+    trials = search.trials()
+    crosses = [t for t in trials if t.operator == "crossover"]
+    assert crosses, [(t.number, t.operator, t.status) for t in trials]
+    child = crosses[0]
+    a, b = (next(t for t in trials if t.number == n) for n in child.parents)
+    assert search.repo.parents(child.commit) == [a.commit, b.commit]
+    message = search.repo.message(child.commit)
+    assert f"Evo-Parents: #{a.number} #{b.number}" in message and "Evo-Operator: crossover" in message
+    assert child.description.startswith(f"cross #{a.number} x #{b.number}")
+    assert_trials_match_git(search)
+
+
+class SameEditEveryTime(Proposer):
+    """Always sets LR to 0.05: after the first child, every proposal is a genome the search knows."""
+
+    name = "same-edit"
+
+    def mutate(self, parent, ctx):
+        return Proposal({"train.py": with_knobs(parent.files["train.py"], LR="0.05")}, "LR -> 0.05")
+
+
+def test_identical_genomes_are_recorded_as_duplicates_and_never_trained_again(instant_engine):
+    # Was test_search.py's (a SearchLoop training train.py, the edit MATRIX_LR -> 0.05).
+    engine = instant_engine(GreedyStrategy(), SameEditEveryTime(), RunOptions(trials=4))
+    drive(engine)
+    search = engine.search
+    trials = search.trials()
+    assert [t.status for t in trials[:2]] == ["ok", "ok"]
+    for t in trials[2:]:
+        assert t.status == "duplicate" and t.attrs["duplicate_of"] == 1 and t.value == trials[1].value
+        assert not search.paths.trial(t.number).run_log.exists()
+        assert t.tree == trials[1].tree
+    assert engine.runner.runs == [0, 1]  # the duplicates were never handed to the runner
+
+
+class InvalidEveryOtherTime(Proposer):
+    """Fails every second proposal, like an LLM whose edits do not apply."""
+
+    name = "flaky"
+
+    def __init__(self):
+        self.calls = 0
+        self.offline = OfflineProposer()
+
+    def mutate(self, parent, ctx):
+        self.calls += 1
+        if self.calls % 2 == 0:
+            return Proposal(parent.files, "", ok=False, error="edit did not apply")
+        return self.offline.mutate(parent, ctx)
+
+
+@pytest.mark.parametrize("strategy", [GreedyStrategy(), EvolveStrategy(crossover_rate=0.0)], ids=["greedy", "evolve"])
+def test_invalid_proposals_are_recorded_and_the_search_goes_on_to_its_limit(instant_project, strategy):
+    # Was test_search.py's, with trial processes. Still the loop: after a proposal that ran nothing it must plan
+    # again rather than conclude there is nothing left (evolve prepares proposals ahead, greedy one at a time).
+    search = create_search("inv", root=instant_project / "runs", project=instant_project, profile="tiny", budget=1)
+    reason = SearchLoop(search, strategy, InvalidEveryOtherTime(), parse_devices("cpu"), RunOptions(trials=9),
+                        runner=InstantRunner()).run()
+    trials = search.trials()
+    assert str(reason) == "reached 9 trials" and len(trials) == 9
+    invalid = [t for t in trials if t.status == "invalid_proposal"]
+    assert len(invalid) >= 3 and all(t.error == "edit did not apply" and not t.commit for t in invalid)
+    assert all(json.loads(search.paths.trial(t.number).proposal.read_text())["ok"] is False for t in invalid)
+    search.close()
+
