@@ -3,14 +3,17 @@ user's own handed in by enqueue; the events it emits; the devices.json record th
 
 Then the engine's decisions that once had a whole training search each (test_search): what a
 crossover commits, that a known genome is never trained again, that invalid proposals do not end
-a search early (through the loop: its planning again is what is checked). Their trials run in this
-process (`InstantRunner`): a decision needs a result, not a trial process."""
+a search early (through the loop: its planning again is what is checked); and those of the
+`evo run` tests in test_noise and test_promotion, which keep checking what the CLI shows: what is
+measured first and kept, what is promoted. Their trials run in this process (`InstantRunner`): a
+decision needs a result, not a trial process."""
 
 from __future__ import annotations
 
 import ast
 import json
 import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -19,10 +22,14 @@ import pytest
 
 from conftest import ROOT, assert_trials_match_git
 from evo import (Engine, EventKind, EvolveStrategy, GreedyStrategy, OfflineProposer, Proposal, Proposer, RunOptions,
-                 Search, SearchError, SearchLoop, StopKind, create_search, parse_devices)
+                 Search, SearchError, SearchLoop, StopKind, create_search, make_strategy, parse_devices)
+from evo.engine import AUTO
+from evo.promotion import parse_ladder
 from evo.strategies import Plan, Strategy
 from in_process import InstantRunner
+from analysis.promotion import rung_rows
 from population.devices import DeviceRow, DevicesRecord, RunFacts
+from population.lineage import MIN_GAIN_ATTR, NOISE_MULTIPLE, Lineage
 
 OPTIMUM = {"LR": "0.03", "DEPTH": "6", "WARMDOWN_RATIO": "0.4", "BATCH": "128"}  # the instant genome's best knobs
 
@@ -254,3 +261,42 @@ def test_invalid_proposals_are_recorded_and_the_search_goes_on_to_its_limit(inst
     assert all(json.loads(search.paths.trial(t.number).proposal.read_text())["ok"] is False for t in invalid)
     search.close()
 
+
+def test_noise_runs_measure_the_seed_first_and_auto_min_gain_is_recorded_on_every_trial(instant_engine, monkeypatch):
+    # The decisions of test_noise.py's test of this name, which runs `evo run` and also checks what `evo status` says.
+    monkeypatch.setenv("EVO_TEST_NOISE", "0.05")  # a seed-dependent error, as training has
+    engine = instant_engine(GreedyStrategy(), OfflineProposer(), RunOptions(trials=14, noise_runs=3, min_gain=AUTO))
+    assert drive(engine).kind is StopKind.TRIALS
+    trials = engine.search.trials()
+    assert [(t.operator, t.parents, t.seed) for t in trials[:4]] == [("seed", [], 0), ("reeval", [0], 1),
+                                                                    ("reeval", [0], 2), ("reeval", [0], 3)]
+    assert all(t.operator in ("mutate", "crossover") for t in trials[4:])      # children only after the floor
+    seed_values = [t.value for t in trials[:4]]
+    assert len(set(seed_values)) == 4                                          # the noise reached each run
+    assert trials[4].attrs[MIN_GAIN_ATTR] == pytest.approx(NOISE_MULTIPLE * statistics.stdev(seed_values))
+    assert all(MIN_GAIN_ATTR in t.attrs for t in trials)
+    lineage = Lineage(trials)
+    assert all(bool(t.attrs.get("kept")) == lineage.kept(t.number) for t in trials)   # the engine and the replay agree
+    assert lineage.noise_sd() == pytest.approx(statistics.stdev(seed_values))  # what `evo status` shows as the floor
+
+
+def test_a_search_promotes_its_best_genomes_at_twice_the_budget_and_reports_how_well_the_small_scale_predicted(
+        instant_engine):
+    # The decisions of test_promotion.py's test of this name, which runs `evo run` and also checks `evo status`,
+    # the report and the ladder refused on resume.
+    engine = instant_engine(make_strategy("evolve"), OfflineProposer(),
+                            RunOptions(trials=14, promote=parse_ladder("budget*2")))
+    drive(engine)
+    trials = engine.search.trials()
+    lineage = engine.search.lineage()
+    promoted = [t for t in trials if t.operator == "promote"]
+    assert len(promoted) >= 3
+    for t in promoted:
+        assert t.attrs["rung_budget"] == 2.0 and t.metrics["training_seconds"] == 2.0   # the trial ran at the rung's scale
+        original = lineage.individual(t.parents[0])
+        assert original.tree == t.tree and original.score_at(1) is not None
+    first = min(promoted, key=lambda t: t.number)
+    earlier = [i for i in lineage.individuals if i.trial < first.number]
+    assert lineage.individual(first.parents[0]).score == min(i.score for i in earlier[:3])   # the best of the first three
+    assert lineage.best.rung == 1                                   # parents and the best come from the top rung
+    assert rung_rows(lineage)[1].rho == pytest.approx(1.0)          # a pure shift keeps the ranking
