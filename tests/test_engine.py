@@ -4,8 +4,9 @@ user's own handed in by enqueue; the events it emits; the devices.json record th
 Then the engine's decisions that once had a whole training search each (test_search): what a
 crossover commits, that a known genome is never trained again, that invalid proposals do not end
 a search early (through the loop: its planning again is what is checked); and those of the
-`evo run` tests in test_noise and test_promotion, which keep checking what the CLI shows: what is
-measured first and kept, what is promoted. Their trials run in this process (`InstantRunner`): a
+`evo run` tests in test_noise, test_promotion and test_llm_overnight, which keep checking what the
+CLI shows: what is measured first and kept, what is promoted, what a device does while the API is
+down and that it does not use up the trial limit. Their trials run in this process (`InstantRunner`): a
 decision needs a result, not a trial process."""
 
 from __future__ import annotations
@@ -17,14 +18,16 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from conftest import ROOT, assert_trials_match_git
 from evo import (Engine, EventKind, EvolveStrategy, GreedyStrategy, OfflineProposer, Proposal, Proposer, RunOptions,
                  Search, SearchError, SearchLoop, StopKind, create_search, make_strategy, parse_devices)
-from evo.engine import AUTO
+from evo.engine import AUTO, _outage
 from evo.promotion import parse_ladder
+from evo.proposers import ProposerUnavailable
 from evo.strategies import Plan, Strategy
 from in_process import InstantRunner
 from analysis.promotion import rung_rows
@@ -161,9 +164,9 @@ def instant_engine(instant_project):
     strategy, proposer and options; `.runner.runs` lists the trials it ran."""
     made = []
 
-    def make(strategy, proposer, options, name="e"):
+    def make(strategy, proposer, options, name="e", on_event=None):
         search = create_search(name, root=instant_project / "runs", project=instant_project, profile="tiny", budget=1)
-        made.append(Engine(search, strategy, proposer, options, runner=InstantRunner()))
+        made.append(Engine(search, strategy, proposer, options, runner=InstantRunner(), on_event=on_event))
         return made[-1]
 
     yield make
@@ -300,3 +303,50 @@ def test_a_search_promotes_its_best_genomes_at_twice_the_budget_and_reports_how_
     assert lineage.individual(first.parents[0]).score == min(i.score for i in earlier[:3])   # the best of the first three
     assert lineage.best.rung == 1                                   # parents and the best come from the top rung
     assert rung_rows(lineage)[1].rho == pytest.approx(1.0)          # a pure shift keeps the ranking
+
+
+class DownForTwoCalls(Proposer):
+    """An API that answers, is overloaded for its 2nd and 3rd call, and answers again (the offline edits, as if
+    written by the API: `remote`, so an answer ends the outage)."""
+
+    name = "flaky-api"
+
+    def __init__(self):
+        self.calls = 0
+        self.offline = OfflineProposer()
+
+    def mutate(self, parent, ctx):
+        self.calls += 1
+        if self.calls in (2, 3):
+            raise ProposerUnavailable("overloaded")
+        proposal = self.offline.mutate(parent, ctx)
+        proposal.remote = True
+        return proposal
+
+
+def test_an_api_outage_in_the_middle_waits_keeps_devices_busy_and_the_search_finishes(instant_engine, monkeypatch):
+    # The decisions of test_llm_overnight.py's test of this name, which runs `evo run` against a fake API server
+    # and also checks what the run prints and `evo status` says. The outage's clock is the test's: a wait ends
+    # when the test says so, not when a machine under load gets there.
+    now = [1000.0]
+    monkeypatch.setattr(_outage, "time", SimpleNamespace(time=lambda: now[0]))
+    events = []
+    engine = instant_engine(GreedyStrategy(), DownForTwoCalls(), RunOptions(trials=6, api_backoff=(10.0, 40.0)),
+                            on_event=lambda kind, info: events.append((kind, info)))
+    assert drive(engine) is None and engine.outages.down   # nothing to run but wait: the search does not stop
+    waiting = [t for t in engine.search.trials() if t.operator == "reeval"]
+    assert len(waiting) == 4 and all(t.while_waiting for t in waiting)  # seed and #1 re-evaluated to 3 each
+    now[0] += 10                                            # the wait is over: the API is asked again, still down
+    assert drive(engine) is None and engine.outages.down
+    now[0] += 20                                            # twice as long the second time; then it answers
+    assert drive(engine).kind is StopKind.TRIALS
+    kinds = [kind for kind, _ in events]
+    assert kinds.count("waiting") == 2 and kinds.count("resumed") == 1
+    assert [info["seconds"] for kind, info in events if kind == "waiting"] == [10.0, 20.0]
+    trials = engine.search.trials()
+    assert not any("kept failing" in (t.error or "") for t in trials)  # an outage is no trial's failure
+    waiting = [t for t in trials if t.operator == "reeval" and t.counts]
+    assert waiting and all(t.while_waiting for t in waiting)  # the device re-evaluated while the API was down,
+    assert sum(1 for t in trials if t.spends_trial) == 6  # and that did not use up the search's trials
+    assert sum(1 for t in trials if t.counts) == 6 + len(waiting)
+    assert sum(1 for t in trials if t.operator == "mutate" and t.status == "ok") >= 3  # and mutated once it was back
