@@ -3,10 +3,10 @@ user's own handed in by enqueue; the events it emits; the devices.json record th
 
 Then the engine's decisions that once had a whole training search each (test_search): what a
 crossover commits, that a known genome is never trained again, that invalid proposals do not end
-a search early (through the loop: its planning again is what is checked); and those of the
-`evo run` tests in test_noise, test_promotion and test_llm_overnight, which keep checking what the
-CLI shows: what is measured first and kept, what is promoted, what a device does while the API is
-down and that it does not use up the trial limit. Their trials run in this process (`InstantRunner`): a
+a search early (through the loop: its planning again is what is checked); and those of `evo run`
+tests in test_search, test_noise, test_promotion and test_llm_overnight, which keep checking what
+the CLI shows: what is re-evaluated, measured first and kept, what is promoted, what a device does
+while the API is down and that it does not use up the trial limit. Their trials run in this process (`InstantRunner`): a
 decision needs a result, not a trial process."""
 
 from __future__ import annotations
@@ -281,6 +281,22 @@ def test_noise_runs_measure_the_seed_first_and_auto_min_gain_is_recorded_on_ever
     lineage = Lineage(trials)
     assert all(bool(t.attrs.get("kept")) == lineage.kept(t.number) for t in trials)   # the engine and the replay agree
     assert lineage.noise_sd() == pytest.approx(statistics.stdev(seed_values))  # what `evo status` shows as the floor
+
+
+def test_reevaluation_ranks_the_best_by_its_mean_over_new_seeds(instant_engine, monkeypatch):
+    # The decision of test_search.py's test of this name, which trains the real train.py through `evo run` and
+    # reads the best, its mean and its spread from `evo status --json` (what the engine's lineage says here).
+    monkeypatch.setenv("EVO_TEST_NOISE", "0.05")  # each seed scores differently, as training does
+    engine = instant_engine(GreedyStrategy(), OfflineProposer(), RunOptions(trials=3, reeval=2))
+    drive(engine)
+    trials = engine.search.trials()
+    reevals = [t for t in trials if t.operator == "reeval"]
+    assert [(t.parents, t.seed) for t in reevals] == [([0], 1), ([0], 2)]
+    values = [trials[0].value] + [t.value for t in reevals]
+    best = engine.search.lineage().best
+    assert best.trial == 0
+    assert best.score == pytest.approx(sum(values) / 3)
+    assert best.spread is not None and best.spread > 0
 
 
 def test_a_search_promotes_its_best_genomes_at_twice_the_budget_and_reports_how_well_the_small_scale_predicted(
