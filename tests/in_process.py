@@ -3,8 +3,9 @@
 For tests of the engine's and the loop's decisions (what runs next, what is kept, when a search
 stops): they need each trial's result, not a trial process. The genome's own `main` is called,
 with the trial's environment (its seed, its budget, the EVO_TEST_* switches), so the scores are
-the ones a real run prints; the sandbox, the budget clock and the process itself are what the
-tests of the runner (test_runner, test_trust) and the end-to-end searches (test_search) check.
+the ones a real run prints. Progress is not reported while it runs (nothing is pruned). The sandbox,
+the budget clock, progress and the process itself are what the tests of the runner (test_runner,
+test_trust) and the end-to-end searches (test_search) check.
 """
 
 from __future__ import annotations

@@ -176,7 +176,8 @@ def instant_engine(instant_project):
 
 
 def drive(engine):
-    """What the loop does on one device: ask, run and tell until nothing more is to run; why it stopped."""
+    """What the loop does on one device: ask, run and tell until nothing more is to run; then why the search
+    stopped, or None when it only waits (an API outage waited out)."""
     while (ticket := engine.ask()) is not None:
         engine.tell(ticket, engine.run(ticket))
     return engine.limit_reached()
