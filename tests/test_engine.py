@@ -5,8 +5,9 @@ Then the engine's decisions that once had a whole training search each (test_sea
 crossover commits, that a known genome is never trained again, that invalid proposals do not end
 a search early (through the loop: its planning again is what is checked); and those of `evo run`
 tests in test_search, test_noise, test_promotion and test_llm_overnight, which keep checking what
-the CLI shows: what is re-evaluated, measured first and kept, what is promoted, what a device does
-while the API is down and that it does not use up the trial limit. Their trials run in this process (`InstantRunner`): a
+the CLI shows: what is re-evaluated, measured first and kept, that an infeasible result is no
+parent, what is promoted, what a device does while the API is down and that it does not use up the
+trial limit. Their trials run in this process (`InstantRunner`): a
 decision needs a result, not a trial process."""
 
 from __future__ import annotations
@@ -298,6 +299,17 @@ def test_reevaluation_ranks_the_best_by_its_mean_over_new_seeds(instant_engine, 
     assert best.trial == 0
     assert best.score == pytest.approx(sum(values) / 3)
     assert best.spread is not None and best.spread > 0
+
+
+def test_infeasible_trials_stay_on_record_but_are_never_parents_or_best(instant_engine):
+    # The decision of test_search.py's test of this name, which trains the real train.py through `evo run` and
+    # checks its exit code, what it prints and `evo status --json`. The instant genome reports a peak of 1 MB.
+    engine = instant_engine(GreedyStrategy(), OfflineProposer(), RunOptions(trials=3, max_vram_gb=0.0001))
+    reason = drive(engine)
+    assert reason.kind is StopKind.ERROR and "cannot plan a child" in str(reason)
+    assert engine.search.lineage().best is None
+    trials = engine.search.trials()
+    assert [t.status for t in trials] == ["ok"] and trials[0].constraints["vram_gb"] > 0
 
 
 def test_a_search_promotes_its_best_genomes_at_twice_the_budget_and_reports_how_well_the_small_scale_predicted(
