@@ -72,6 +72,19 @@ def run_evo(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600
                           env={**os.environ, **(env or {})}, timeout=timeout)
 
 
+def assert_trials_match_git(search) -> None:
+    """Every trial's branch of an open search points at its commit, whose git parents are its parents' commits."""
+    trials = {t.number: t for t in search.trials()}
+    for t in trials.values():
+        if not t.commit:
+            continue
+        assert search.repo.has_branch(search.branch(t.number))
+        head = search.repo.resolve(f"refs/heads/{search.branch(t.number)}")
+        assert head == t.commit
+        if t.operator in ("mutate", "crossover"):
+            assert search.repo.parents(t.commit) == [trials[p].commit for p in t.parents]
+
+
 @pytest.fixture
 def instant_project(project):
     """The project with train.py replaced by a genome that scores its knobs at once, and prepare.py by a

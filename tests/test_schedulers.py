@@ -1,6 +1,7 @@
 """The schedulers that decide what runs next, each on hand-built records: no store, git or process.
 
-The loop tests (test_noise, test_promotion, test_overnight) check the same rules end to end."""
+test_engine checks the same rules through the engine (its trials run in-process), and the `evo run`
+tests (test_noise, test_promotion, test_llm_overnight) end to end."""
 
 from __future__ import annotations
 

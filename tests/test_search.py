@@ -13,11 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_evo
-from evo import (EvolveStrategy, GreedyStrategy, LimitSpec, OfflineProposer, Proposal, Proposer, RunOptions, Search, SearchLoop,
-                 create_search, parse_devices)
-from evo.proposers._hyperparams import find_hyperparameters, rewrite
-from evo.strategies import Plan, Strategy
+from conftest import assert_trials_match_git, run_evo
+from evo import EvolveStrategy, LimitSpec, OfflineProposer, RunOptions, Search, SearchLoop, create_search, parse_devices
+from evo.proposers._hyperparams import find_hyperparameters
 
 pytestmark = pytest.mark.slow
 BUDGET = "2"
@@ -35,19 +33,8 @@ def open_search(project: Path, name: str) -> Search:
 
 def assert_git_matches_store(project: Path, name: str) -> None:
     """Every trial's branch points at its commit, whose git parents are its parents' commits."""
-    search = open_search(project, name)
-    try:
-        trials = {t.number: t for t in search.trials()}
-        for t in trials.values():
-            if not t.commit:
-                continue
-            assert search.repo.has_branch(search.branch(t.number))
-            head = search.repo.resolve(f"refs/heads/{search.branch(t.number)}")
-            assert head == t.commit
-            if t.operator in ("mutate", "crossover"):
-                assert search.repo.parents(t.commit) == [trials[p].commit for p in t.parents]
-    finally:
-        search.close()
+    with open_search(project, name) as search:
+        assert_trials_match_git(search)
 
 
 def test_greedy_search_only_ever_breeds_from_the_best_so_far(project):
@@ -79,58 +66,6 @@ def test_random_search_mutates_only_the_seed_and_exports_results_tsv(project):
     assert tsv[0].split("\t") == ["commit", "val_bpb", "memory_gb", "status", "description"]
     assert len(tsv) == 5 and all(row.split("\t")[3] in ("keep", "discard", "crash") for row in tsv[1:])
     assert tsv[1].split("\t")[3] == "keep"  # the seed is the baseline every later row is judged against
-
-
-class CrossTheFirstTwoChildren(Strategy):
-    """Mutates the seed twice, then crosses its two children: a deterministic crossover for the test."""
-
-    name = "cross-first-two"
-
-    def plan(self, lineage, rng):
-        kids = [i.trial for i in lineage.ranked() if i.operator == "mutate"]
-        if len(kids) >= 2:
-            return Plan("crossover", tuple(sorted(kids[:2])))
-        return Plan("mutate", (lineage.seed.number,))
-
-
-def test_crossover_child_is_a_merge_commit_of_both_parents(project):
-    search = create_search("x", root=project / "runs", project=project, profile="tiny", budget=2)
-    SearchLoop(search, CrossTheFirstTwoChildren(), OfflineProposer(), parse_devices("cpu"),
-               RunOptions(limits=LimitSpec(trials=5))).run()
-    trials = search.trials()
-    crosses = [t for t in trials if t.operator == "crossover"]
-    assert crosses, [(t.number, t.operator, t.status) for t in trials]
-    child = crosses[0]
-    a, b = (next(t for t in trials if t.number == n) for n in child.parents)
-    assert search.repo.parents(child.commit) == [a.commit, b.commit]
-    message = search.repo.message(child.commit)
-    assert f"Evo-Parents: #{a.number} #{b.number}" in message and "Evo-Operator: crossover" in message
-    assert child.description.startswith(f"cross #{a.number} x #{b.number}")
-    search.close()
-    assert_git_matches_store(project, "x")
-
-
-class SameEditEveryTime(Proposer):
-    """Always sets MATRIX_LR to 0.05: after the first child, every proposal is a genome the search knows."""
-
-    name = "same-edit"
-
-    def mutate(self, parent, ctx):
-        files = {"train.py": rewrite(parent.files["train.py"], {"MATRIX_LR": 0.05}, ctx.settings["profile"])}
-        return Proposal(files, "MATRIX_LR -> 0.05")
-
-
-def test_identical_genomes_are_recorded_as_duplicates_and_never_trained_again(project):
-    search = create_search("d", root=project / "runs", project=project, profile="tiny", budget=2)
-    SearchLoop(search, GreedyStrategy(), SameEditEveryTime(), parse_devices("cpu"),
-               RunOptions(limits=LimitSpec(trials=4))).run()
-    trials = search.trials()
-    assert [t.status for t in trials[:2]] == ["ok", "ok"]
-    for t in trials[2:]:
-        assert t.status == "duplicate" and t.attrs["duplicate_of"] == 1 and t.value == trials[1].value
-        assert not search.paths.trial(t.number).run_log.exists()
-        assert t.tree == trials[1].tree
-    search.close()
 
 
 def _wait_for_running_trial(project: Path, name: str, number: int, timeout: float = 180) -> dict:
@@ -282,34 +217,6 @@ def test_fixed_settings_cannot_change_on_resume_and_unknown_trials_are_reported(
 
 
 # -- loop semantics on an instant genome (no training: every second here is the engine's) ----------
-class InvalidEveryOtherTime(Proposer):
-    """Fails every second proposal, like an LLM whose edits do not apply."""
-
-    name = "flaky"
-
-    def __init__(self):
-        self.calls = 0
-        self.offline = OfflineProposer()
-
-    def mutate(self, parent, ctx):
-        self.calls += 1
-        if self.calls % 2 == 0:
-            return Proposal(parent.files, "", ok=False, error="edit did not apply")
-        return self.offline.mutate(parent, ctx)
-
-
-@pytest.mark.parametrize("strategy", [GreedyStrategy(), EvolveStrategy(crossover_rate=0.0)])
-def test_invalid_proposals_are_recorded_and_the_search_goes_on_to_its_limit(instant_project, strategy):
-    search = create_search("inv", root=instant_project / "runs", project=instant_project, profile="tiny", budget=1)
-    reason = SearchLoop(search, strategy, InvalidEveryOtherTime(), parse_devices("cpu"),
-                        RunOptions(limits=LimitSpec(trials=9))).run()
-    trials = search.trials()
-    assert str(reason) == "reached 9 trials" and len(trials) == 9
-    invalid = [t for t in trials if t.status == "invalid_proposal"]
-    assert len(invalid) >= 3 and all(t.error == "edit did not apply" and not t.commit for t in invalid)
-    assert all(json.loads(search.paths.trial(t.number).proposal.read_text())["ok"] is False for t in invalid)
-    search.close()
-
 
 def test_concurrent_cpu_slots_run_trials_side_by_side(instant_project):
     (instant_project / "train.py").write_text((instant_project / "train.py").read_text().replace(
