@@ -19,7 +19,6 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -27,7 +26,7 @@ from conftest import ROOT, assert_trials_match_git
 from evo import (BackoffSpec, Engine, EventKind, EvolveStrategy, GreedyStrategy, LimitSpec, NoiseSpec, OfflineProposer,
                  PromotionSpec, Proposal, Proposer, RunOptions, Search, SearchError, SearchLoop, StopKind, create_search,
                  make_strategy, parse_devices)
-from evo.engine import AUTO, _outage
+from evo.engine import AUTO
 from evo.promotion import parse_ladder
 from evo.proposers import ProposerUnavailable
 from evo.strategies import Plan, Strategy
@@ -359,16 +358,16 @@ class DownForTwoCalls(Proposer):
         return proposal
 
 
-def test_an_api_outage_in_the_middle_waits_keeps_devices_busy_and_the_search_finishes(instant_engine, monkeypatch):
+def test_an_api_outage_in_the_middle_waits_keeps_devices_busy_and_the_search_finishes(instant_engine):
     # The decisions of test_llm_overnight.py's test of this name, which runs `evo run` against a fake API server
     # and also checks what the run prints and `evo status` says. The outage's clock is the test's: a wait ends
     # when the test says so, not when a machine under load gets there.
     now = [1000.0]
-    monkeypatch.setattr(_outage, "time", SimpleNamespace(time=lambda: now[0]))
     events = []
     engine = instant_engine(GreedyStrategy(), DownForTwoCalls(), RunOptions(limits=LimitSpec(trials=6),
                                                                        backoff=BackoffSpec(api_backoff=(10.0, 40.0))),
                             on_event=lambda kind, info: events.append((kind, info)))
+    engine.outages.clock = lambda: now[0]
     assert drive(engine) is None and engine.outages.down   # nothing to run but wait: the search does not stop
     waiting = [t for t in engine.search.trials() if t.operator == "reeval"]
     assert len(waiting) == 4 and all(t.while_waiting for t in waiting)  # seed and #1 re-evaluated to 3 each

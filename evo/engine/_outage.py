@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 
 @dataclass
@@ -26,10 +27,11 @@ class OutageWatch:
     """Whether the API is down, told by each proposal that comes back (`down`, `up`).
 
     backoff: (first, longest) seconds to wait before asking again; each failed try doubles the wait.
-    probing: a proposal asking the API again is in flight (the others meanwhile do without it)."""
+    probing: a proposal asking the API again is in flight (the others meanwhile do without it).
+    clock: the wall clock its waits are counted on (a notebook or a test may step its own)."""
 
-    def __init__(self, backoff: tuple[float, float]):
-        self.backoff = backoff
+    def __init__(self, backoff: tuple[float, float], clock: Callable[[], float] = time.time):
+        self.backoff, self.clock = backoff, clock
         self.outage: Outage | None = None
         self.probing = False
 
@@ -39,11 +41,11 @@ class OutageWatch:
 
     def offline_only(self) -> bool:
         """Whether a proposal planned now must do without the API (it is waited out, or asked already)."""
-        return self.outage is not None and (time.time() < self.outage.retry_at or self.probing)
+        return self.outage is not None and (self.clock() < self.outage.retry_at or self.probing)
 
     def failed(self, error: str) -> Outage | None:
         """A proposal found the API down: the new wait, or None when it asked before this wait began (no news)."""
-        now = time.time()
+        now = self.clock()
         first, longest = self.backoff
         outage = self.outage
         if outage is not None and now < outage.retry_at:
@@ -58,7 +60,7 @@ class OutageWatch:
         """A proposal came back; if the API wrote it (`remote`), the outage is over: its seconds (else None)."""
         if self.outage is None or not remote:
             return None
-        down, self.outage = time.time() - self.outage.since, None
+        down, self.outage = self.clock() - self.outage.since, None
         return down
 
     def info(self) -> dict | None:
