@@ -128,5 +128,5 @@ def fix_ladder(search: Search, ladder: tuple[Rung, ...]) -> None:
     if fixed is None:
         search.store.set_attr(LADDER_ATTR, given)
     elif fixed != given:
-        raise SearchError(f"search {search.config.name!r} promotes along --promote {fixed}; give that ladder or "
+        raise SearchError(f"search {search.config.name!r} promotes along `promote` {fixed}; give that ladder or "
                           "none (its promoted trials keep their scale)")

@@ -126,19 +126,19 @@ class OpenAICompatibleProposer(ChatProposer):
                 if e.code in (401, 403):
                     raise ProposerError(f"{self.url} rejected the key ({KEY_ENV}) ({e.code}): {message}") from None
                 if e.code == 404:
-                    raise ProposerError(f"{self.url} answered 404 ({message}): check --base-url (e.g. "
-                                        f"http://localhost:8000/v1) and --model") from None
+                    raise ProposerError(f"{self.url} answered 404 ({message}): check `base_url` (e.g. "
+                                        f"http://localhost:8000/v1) and `model`") from None
                 if e.code not in _TRANSIENT_STATUS:
                     raise _Refused(e.code, message) from None
                 if last:
                     raise ProposerUnavailable(f"{self.url} kept answering {e.code} ({message})") from None
             except (TimeoutError, socket.timeout):
                 raise ProposerUnavailable(f"no answer from {self.url} within {self.timeout:g}s (raise "
-                                          "--proposer-timeout if the model needs longer)") from None
+                                          "`timeout` if the model needs longer)") from None
             except urllib.error.URLError as e:
                 if isinstance(e.reason, (TimeoutError, socket.timeout)):
                     raise ProposerUnavailable(f"no answer from {self.url} within {self.timeout:g}s (raise "
-                                              "--proposer-timeout if the model needs longer)") from None
+                                              "`timeout` if the model needs longer)") from None
                 if last:
                     raise ProposerUnavailable(_unreachable(self.url, e.reason)) from None
             except (http.client.HTTPException, ConnectionError) as e:
