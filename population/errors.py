@@ -20,6 +20,11 @@ class ConfigError(EvoError):
     """How something was asked for cannot work (a search, an option, a spec, a file to import)."""
 
 
+class OptionError(ConfigError, ValueError):
+    """A value given to a library call cannot work (an unknown name, a number out of range, a malformed
+    price file); a ValueError too, as these always were."""
+
+
 class StorageError(EvoError):
     """The search's study, database or git remote cannot be opened or reached."""
 

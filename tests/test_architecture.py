@@ -347,6 +347,17 @@ def test_trial_statuses_are_one_enum_everywhere():
     assert not found, "trial statuses as bare strings (use population.store.TrialStatus):\n" + "\n".join(found)
 
 
+BUILTIN_ERRORS = ("Exception", "ValueError", "TypeError", "RuntimeError", "KeyError", "LookupError")
+# Built-in errors that never leave the library: each is caught where it is raised, or a step above.
+CAUGHT_INSIDE = {
+    "evo/proposers/_hyperparams.py:ValueError", "evo/proposers/_hyperparams.py:TypeError",  # its own parsers
+    "evo/proposers/_anthropic.py:TypeError",   # a reply that is no message: _call makes it a CallFailed
+    "evo/runner/_sandbox.py:RuntimeError",     # BwrapExecutor is built after bwrap_works() said it runs
+    "population/store.py:KeyError",            # no such study: population.search._shield makes it a SearchError
+    "analysis/stats.py:ValueError",            # a permutation test of an empty group: a caller's bug
+}
+
+
 def test_every_error_of_ours_is_an_evo_error_and_the_cli_shows_parameters_as_flags():
     import importlib
     import inspect
@@ -367,6 +378,16 @@ def test_every_error_of_ours_is_an_evo_error_and_the_cli_shows_parameters_as_fla
         RunOptions(min_gain="auto")
     assert "min_gain auto" in str(error.value) and "noise_runs" in str(error.value)
     assert as_flags(str(error.value)).startswith("--min-gain auto needs a measured noise floor: add --noise-runs K")
+    assert isinstance(error.value, EvoError)
+    # Nor does the library raise a bare built-in error a caller would have to catch apart from EvoError.
+    bare = []
+    for path in _modules().values():
+        rel = path.relative_to(ROOT).as_posix()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) \
+                    and getattr(node.exc.func, "id", None) in BUILTIN_ERRORS and f"{rel}:{node.exc.func.id}" not in CAUGHT_INSIDE:
+                bare.append(f"{rel}:{node.lineno}: {node.exc.func.id}")
+    assert not bare, "built-in errors raised by the library (raise an EvoError subclass, e.g. OptionError):\n" + "\n".join(bare)
 
 
 # Calls whose text a user reads as the library's own words: a raise, a warning, a remark, a stop.

@@ -23,7 +23,7 @@ from evo.proposers._base import ProposalContext, ProposerError, ProposerUnavaila
 from evo.proposers._llm import CallAborted, CallFailed, ChatProposer, Reply, cut_off, first_words
 from evo.proposers._pricing import Price, price_for
 from evo.proposers._prompts import ANSWER_AS_JSON, ANSWER_WITH_TOOL, TOOL_DESCRIPTION, TOOL_NAME, TOOL_SCHEMA, Prompt
-from population.errors import ProposalError
+from population.errors import OptionError, ProposalError
 
 KEY_ENV = "OPENAI_API_KEY"
 MODES = ("auto", "tools", "json", "text")
@@ -91,7 +91,7 @@ class OpenAICompatibleProposer(ChatProposer):
                  timeout: float = 600.0, mode: str = "auto", backoff: tuple[float, ...] = (2.0, 10.0),
                  max_tokens: int | None = None, repairs: int = 1, context_tokens: int | None = None):
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+            raise OptionError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         key = api_key if api_key is not None else (keys.take(KEY_ENV) or "")
         if max_tokens is None:  # a quarter of a known context (a small model's 8k leaves room for the prompt)
             max_tokens = min(16000, context_tokens // 4) if context_tokens else 16000
