@@ -13,8 +13,13 @@ from analysis.noise import noise_floor, within_noise
 from analysis.promotion import rung_rows
 from analysis.text import crop, duration, fmt
 from population.devices import DevicesRecord
+from population.errors import ConfigError
 from population.lineage import MIN_GAIN_ATTR, NOISE_MULTIPLE, Lineage, finish_order, min_gain_of
 from population.store import TrialRecord, TrialStatus
+
+
+class TrialNotFound(ConfigError, LookupError):
+    """`evo show` asked for a trial number the search does not have."""
 
 
 def summarize(search) -> dict:
@@ -282,7 +287,7 @@ def render_trial(search, number: int) -> str:
     trials = {t.number: t for t in search.trials()}
     if number not in trials:
         last = max(trials) if trials else None
-        raise LookupError(f"search {search.config.name!r} has no trial #{number}" + (f" (trials 0..{last})" if last is not None else ""))
+        raise TrialNotFound(f"search {search.config.name!r} has no trial #{number}" + (f" (trials 0..{last})" if last is not None else ""))
     t = trials[number]
     lineage = Lineage(list(trials.values()), direction=search.config.direction,
                       directions=search.objectives.directions)

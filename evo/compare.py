@@ -217,7 +217,7 @@ class Comparison:
         if unknown:
             raise SearchError(f"unknown strategies {unknown}: use {', '.join(STRATEGIES)}")
         if not config.searches and (not config.strategies or config.seeds < 1 or config.trials < 1):
-            raise SearchError("a comparison needs --strategies, --seeds >= 1 and --trials >= 1 (or --searches)")
+            raise SearchError("a comparison needs `strategies`, `seeds` >= 1 and `trials` >= 1 (or `searches`)")
         unkept = config.unkept_run_options()
         if unkept:
             raise SearchError(f"a comparison keeps only {', '.join(FIXED_RUN_OPTIONS)} of its members' run options; "
@@ -244,7 +244,7 @@ class Comparison:
         root = Path(root).resolve()
         path = root / name / MANIFEST
         if not path.exists():
-            raise SearchError(f"no comparison named {name!r} in {root}; start one with --strategies and --trials")
+            raise SearchError(f"no comparison named {name!r} in {root}; start one with `strategies` and `trials`")
         try:
             config = CompareConfig.from_manifest(json.loads(path.read_text()))
         except ValueError as e:  # a manifest edited by hand
@@ -405,7 +405,7 @@ class Comparison:
         creation = dict(creation)
         if cfg.data is not None:
             if creation.get("data") not in (None, cfg.data):
-                raise SearchError(f"--data is fixed at {cfg.data!r} for comparison {cfg.name!r}; drop the flag "
+                raise SearchError(f"`data` is fixed at {cfg.data!r} for comparison {cfg.name!r}; drop the flag "
                                   "or pick a new name")
             creation["data"] = cfg.data
         project = Path(creation.get("project", "."))

@@ -56,8 +56,8 @@ def check_slots(slots: list[Slot], cuda_devices: int) -> list[str]:
             index = int(s.device.split(":", 1)[1])
             if index >= cuda_devices:
                 seen = (f"sees {cuda_devices} GPU(s) here: pick from cuda:0 to cuda:{cuda_devices - 1}" if cuda_devices
-                        else "sees no GPU here: use --devices cpu")
-                raise SearchError(f"--devices {s.device}: the harness {seen}")
+                        else "sees no GPU here: use `devices` cpu")
+                raise SearchError(f"`devices` {s.device}: the harness {seen}")
     cores = os.cpu_count() or 1
     cpu = [s for s in slots if s.device == "cpu"]
     if len(cpu) > cores:

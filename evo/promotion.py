@@ -65,12 +65,12 @@ def parse_ladder(spec: str) -> tuple[Rung, ...]:
     """The rungs of a `--promote` ladder (see the module docstring). Raises LadderError."""
     rungs = tuple(_parse_rung(part.strip()) for part in spec.split(",") if part.strip())
     if not rungs:
-        raise LadderError(f"--promote {spec!r} names no rung; give e.g. --promote budget*5")
+        raise LadderError(f"`promote` {spec!r} names no rung; give e.g. `promote` budget*5")
     if len(rungs) > MAX_RUNGS:
-        raise LadderError(f"--promote has {len(rungs)} rungs; at most {MAX_RUNGS} (each costs more than the last)")
+        raise LadderError(f"`promote` has {len(rungs)} rungs; at most {MAX_RUNGS} (each costs more than the last)")
     factors = [r.budget_factor for r in rungs]
     if any(b < a for a, b in zip(factors, factors[1:])):
-        raise LadderError(f"--promote {spec!r}: the budget must not shrink from one rung to the next")
+        raise LadderError(f"`promote` {spec!r}: the budget must not shrink from one rung to the next")
     return rungs
 
 
@@ -81,20 +81,20 @@ def _parse_rung(text: str) -> Rung:
             try:
                 factor = float(m.group(1))
             except ValueError:
-                raise LadderError(f"--promote: {part!r} is not budget*NUMBER") from None
+                raise LadderError(f"`promote`: {part!r} is not budget*NUMBER") from None
             if not 1 < factor <= MAX_FACTOR or not math.isfinite(factor):
-                raise LadderError(f"--promote: {part!r}: a rung's budget factor must be above 1 and at most "
+                raise LadderError(f"`promote`: {part!r}: a rung's budget factor must be above 1 and at most "
                                   f"{MAX_FACTOR:g}")
         elif part.startswith("env:") and "=" in part:
             name, value = part[4:].split("=", 1)
             if not _ENV_NAME.match(name):
-                raise LadderError(f"--promote: {name!r} is not an environment variable name")
+                raise LadderError(f"`promote`: {name!r} is not an environment variable name")
             env[name] = value
         else:
-            raise LadderError(f"--promote: cannot read rung part {part!r}; write budget*K or env:NAME=VALUE, "
+            raise LadderError(f"`promote`: cannot read rung part {part!r}; write budget*K or env:NAME=VALUE, "
                               "joined with + (rungs separated by commas), e.g. budget*5,budget*25")
     if factor == 1 and not env:
-        raise LadderError(f"--promote: rung {text!r} is the search's own scale; make it larger")
+        raise LadderError(f"`promote`: rung {text!r} is the search's own scale; make it larger")
     return Rung(budget_factor=factor, env=env)
 
 
@@ -103,8 +103,8 @@ def check_fits(ladder: tuple[Rung, ...], *, budget: float, startup: float = 0.0,
     for number, rung in enumerate(ladder, 1):
         seconds = budget * rung.budget_factor + startup
         if hours is not None and seconds > hours * 3600:
-            raise LadderError(f"--promote rung {number} ({rung.label}) needs {seconds:.0f} s per trial, more than "
-                              f"--hours {hours:g} allows; lower its factor or raise --hours")
+            raise LadderError(f"`promote` rung {number} ({rung.label}) needs {seconds:.0f} s per trial, more than "
+                              f"`hours` {hours:g} allows; lower its factor or raise `hours`")
 
 
 def describe(ladder: tuple[Rung, ...]) -> str:

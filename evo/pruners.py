@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import optuna
 
+from population.errors import OptionError
+
 
 def percentile_pruner() -> optuna.pruners.BasePruner:
     """Stop a child only when its loss is worse than three quarters of the finished trials at the
@@ -26,7 +28,7 @@ DEFAULT_PRUNER = "percentile"
 
 
 def make_pruner(name: str = DEFAULT_PRUNER) -> optuna.pruners.BasePruner:
-    """The pruner called `name` (see PRUNERS); raises ValueError for an unknown one."""
+    """The pruner called `name` (see PRUNERS); raises OptionError (a ValueError) for an unknown one."""
     if name not in PRUNERS:
-        raise ValueError(f"unknown pruner {name!r}: use {', '.join(PRUNERS)}")
+        raise OptionError(f"unknown pruner {name!r}: use {', '.join(PRUNERS)}")
     return PRUNERS[name]()

@@ -113,12 +113,12 @@ def create_search(name: str, *, root: str | Path = "runs", project: str | Path =
     _check_flags(project=project, budget=budget, direction=direction, read=read, remote=remote, storage=storage,
                  heartbeat=heartbeat, grace=grace)
     check_storage(storage, name)
-    cache_dir = str(check_folder("--cache-dir", cache_dir)) if cache_dir else None
+    cache_dir = str(check_folder("`cache_dir`", cache_dir)) if cache_dir else None
     sandbox = resolve_sandbox(sandbox)
     if run is None and evaluate is None:
         if metric not in (None, "val_bpb") or direction != MINIMIZE or metric_pattern or evaluate_quick:
-            raise SearchError("--metric, --direction, --metric-pattern and --evaluate describe a project run by a "
-                              "command: give its command with --run (without --run, the harness scores val_bpb)")
+            raise SearchError("`metric`, `direction`, `metric_pattern` and `evaluate` describe a project run by a "
+                              "command: give its command with `run` (without `run`, the harness scores val_bpb)")
         mutable = list(dict.fromkeys(mutable))
         for f in mutable:
             if not (project / f).is_file():
@@ -181,10 +181,10 @@ def check_data(data: str | None) -> str | None:
         return data
     folder = Path(data).expanduser()
     if not folder.is_dir():
-        raise SearchError(f"--data {data}: no such folder; pass {' or '.join(NAMED_SOURCES)}, or a folder of .txt "
+        raise SearchError(f"`data` {data}: no such folder; pass {' or '.join(NAMED_SOURCES)}, or a folder of .txt "
                           "or .parquet files")
     if not any(p.suffix in (".txt", ".parquet") for p in folder.rglob("*") if p.is_file()):
-        raise SearchError(f"--data {data}: the folder holds no .txt or .parquet files; point it at one that does")
+        raise SearchError(f"`data` {data}: the folder holds no .txt or .parquet files; point it at one that does")
     return str(folder.resolve())
 
 
@@ -208,14 +208,14 @@ def check_storage(storage: str | None, name: str) -> None:
     if not storage:
         return
     if storage.startswith(SQLITE_PREFIX) and not Path(storage[len(SQLITE_PREFIX):]).parent.is_dir():
-        raise SearchError(f"--storage {storage}: the folder {Path(storage[len(SQLITE_PREFIX):]).parent} does not "
+        raise SearchError(f"`storage` {storage}: the folder {Path(storage[len(SQLITE_PREFIX):]).parent} does not "
                           "exist; create it or name another database")
     try:
         tables, studies = study_names(storage)
     except StudyError as e:
-        raise SearchError(f"--storage: {e}; check the URL (e.g. postgresql+psycopg://user@host/db)") from None
+        raise SearchError(f"`storage`: {e}; check the URL (e.g. postgresql+psycopg://user@host/db)") from None
     if name in studies:
-        raise SearchError(f"--storage {storage.split('@')[-1]} already holds a study named {name!r}: pick another "
+        raise SearchError(f"`storage` {storage.split('@')[-1]} already holds a study named {name!r}: pick another "
                           "name, or open that search where its folder is")
 
 
@@ -229,7 +229,7 @@ def reseed(search: Search, project: str | Path = ".") -> str:
     files = {}
     for f in search.config.mutable:
         if not (project / f).is_file():
-            raise SearchError(f"{project} has no {f}; pass the project folder holding the fixed seed with --project")
+            raise SearchError(f"{project} has no {f}; pass the project folder holding the fixed seed with `project`")
         check_compiles(project / f)
         files[f] = (project / f).read_text()
     with search.lock():
@@ -258,20 +258,20 @@ def _objective_spec(objectives, constraints, *, metric, direction, trusted: bool
 def _check_flags(*, project: Path, budget, direction, read, remote, storage, heartbeat, grace) -> None:
     """Raise SearchError for a creation flag that cannot work, before anything is made."""
     if not project.is_dir():
-        raise SearchError(f"--project {project}: no such folder; pass the folder that holds the project's files")
+        raise SearchError(f"`project` {project}: no such folder; pass the folder that holds the project's files")
     if budget is not None and budget <= 0:
-        raise SearchError(f"--budget must be a positive number of seconds, not {budget:g}")
+        raise SearchError(f"`budget` must be a positive number of seconds, not {budget:g}")
     if remote and not storage:
-        raise SearchError("a search shared through --remote needs its study in PostgreSQL too: add "
-                          "--storage postgresql://USER@HOST/DB")
+        raise SearchError("a search shared through `remote` needs its study in PostgreSQL too: add "
+                          "`storage` postgresql://USER@HOST/DB")
     if remote and grace <= 2 * heartbeat:
-        raise SearchError(f"--grace ({grace} s) must be more than twice --heartbeat ({heartbeat} s), or a "
+        raise SearchError(f"`grace` ({grace} s) must be more than twice `heartbeat` ({heartbeat} s), or a "
                           "busy worker's trials would be taken from it")
     if direction not in DIRECTIONS:
-        raise SearchError(f"--direction must be minimize or maximize, not {direction!r}")
+        raise SearchError(f"`direction` must be minimize or maximize, not {direction!r}")
     for folder in read:
         if not Path(os.path.expanduser(folder)).exists():
-            raise SearchError(f"--read {folder}: no such file or folder")
+            raise SearchError(f"`read` {folder}: no such file or folder")
 
 
 def _program(project: Path, config: SearchConfig) -> str | None:
@@ -356,7 +356,7 @@ def join_search(name: str, *, root: str | Path = "runs", storage: str, remote: s
                 cache_dir: str | None = None) -> Search:
     """Make this host's folder of shared search `name` (see `population.Search.join`) and check that
     the harness it got from the remote is the one the search was created with."""
-    cache_dir = str(check_folder("--cache-dir", cache_dir)) if cache_dir else None
+    cache_dir = str(check_folder("`cache_dir`", cache_dir)) if cache_dir else None
     search = Search.join(name, root=root, storage=storage, remote=remote, cache_dir=cache_dir)
     got = harness_sha256({str(p.relative_to(search.paths.harness)): p.read_bytes() for p in search.harness})
     if got != search.config.harness_sha256:

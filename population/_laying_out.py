@@ -31,7 +31,7 @@ def open_repo(paths: SearchFolder) -> GenomeRepo:
 def _check_shared_free(config: SearchConfig) -> None:
     """Before a shared search is created: its database answers and holds no search of that name, its remote answers."""
     if not is_postgres(config.storage):
-        raise SearchError(f"a search shared through --remote needs a PostgreSQL --storage (postgresql://...), "
+        raise SearchError(f"a search shared through `remote` needs a PostgreSQL `storage` (postgresql://...), "
                           f"not {redact(config.storage) or 'the local SQLite file'}")
     if in_database(config.storage, config.name):
         raise SearchError(f"search {config.name!r} already exists in that database; join it with "

@@ -51,7 +51,7 @@ def import_results_tsv(path: str | Path, name: str, *, root: str | Path = "runs"
     if Search.exists(name, root=root):
         raise SearchError(f"search {name!r} already exists in {Path(root).resolve()}; pick another name")
     if budget <= 0:
-        raise SearchError(f"--budget must be a positive number of seconds, not {budget:g}")
+        raise SearchError(f"`budget` must be a positive number of seconds, not {budget:g}")
     path = Path(path)
     try:
         rows = parse_results_tsv(path.read_text())

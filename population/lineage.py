@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Iterable
 
+from population.errors import OptionError
 from population.objectives import dominates, nsga_order
 from population.store import TrialRecord
 
@@ -72,7 +73,7 @@ NOISE_MULTIPLE = 2.0
 def sign(direction: str) -> float:
     """+1 when lower is better, -1 when higher is: `sign * score` sorts the best first."""
     if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be minimize or maximize, not {direction!r}")
+        raise OptionError(f"direction must be minimize or maximize, not {direction!r}")
     return 1.0 if direction == MINIMIZE else -1.0
 
 

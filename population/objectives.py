@@ -167,10 +167,10 @@ def parse_objectives(texts: Iterable[str], *, metric: str | None, direction: str
     if len(set(names)) != len(names):
         raise ObjectiveError(f"objective {next(n for n in names if names.count(n) > 1)!r} is given twice; give each once")
     if objectives and metric and objectives[0].name != metric:
-        raise ObjectiveError(f"the first --objective is the search's metric ({metric}), not {objectives[0].name}: "
-                             f"put --objective {metric} first")
+        raise ObjectiveError(f"the first `objective` is the search's metric ({metric}), not {objectives[0].name}: "
+                             f"put `objective` {metric} first")
     if objectives and direction and objectives[0].direction != direction:
-        raise ObjectiveError(f"--direction {direction} disagrees with --objective {objectives[0].spelled()}; "
+        raise ObjectiveError(f"`direction` {direction} disagrees with `objective` {objectives[0].spelled()}; "
                              "give the direction once, in the objective")
     return objectives
 

@@ -115,4 +115,4 @@ def shield(action):
     except (StoreUnreachable, RemoteError) as e:
         raise SearchError(str(e)) from None
     except KeyError as e:
-        raise SearchError(f"{e.args[0] if e.args else e}; create it with `evo init` and --storage/--remote") from None
+        raise SearchError(f"{e.args[0] if e.args else e}; create it with `evo init` and `storage`/`remote`") from None

@@ -185,7 +185,7 @@ def open_storage(url: str | optuna.storages.BaseStorage, *, heartbeat: int | Non
     except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as e:
         reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
         if "password" in reason.lower() and redact(url) == url:
-            reason += ("; a search folder keeps no password: give the URL with it again (--storage) or put it in "
+            reason += ("; a search folder keeps no password: give the URL with it again (`storage`) or put it in "
                        "PGPASSWORD or ~/.pgpass")
         raise StoreUnreachable(f"cannot reach the database {redact(url)}: {reason}") from None
 

@@ -350,6 +350,17 @@ def test_trial_statuses_are_one_enum_everywhere():
     assert not found, "trial statuses as bare strings (use population.store.TrialStatus):\n" + "\n".join(found)
 
 
+BUILTIN_ERRORS = ("Exception", "ValueError", "TypeError", "RuntimeError", "KeyError", "LookupError")
+# Built-in errors that never leave the library: each is caught where it is raised, or a step above.
+CAUGHT_INSIDE = {
+    "evo/proposers/_hyperparams.py:ValueError", "evo/proposers/_hyperparams.py:TypeError",  # its own parsers
+    "evo/proposers/_anthropic.py:TypeError",   # a reply that is no message: _call makes it a CallFailed
+    "evo/runner/_sandbox.py:RuntimeError",     # BwrapExecutor is built after bwrap_works() said it runs
+    "population/store.py:KeyError",            # no such study: population.search._shield makes it a SearchError
+    "analysis/stats.py:ValueError",            # a permutation test of an empty group: a caller's bug
+}
+
+
 def test_every_error_of_ours_is_an_evo_error_and_the_cli_shows_parameters_as_flags():
     import importlib
     import inspect
@@ -370,3 +381,81 @@ def test_every_error_of_ours_is_an_evo_error_and_the_cli_shows_parameters_as_fla
         NoiseSpec(min_gain="auto")
     assert "min_gain auto" in str(error.value) and "noise_runs" in str(error.value)
     assert as_flags(str(error.value)).startswith("--min-gain auto needs a measured noise floor: add --noise-runs K")
+    assert isinstance(error.value, EvoError)
+    # Nor does the library raise a bare built-in error a caller would have to catch apart from EvoError.
+    bare = []
+    for path in _modules().values():
+        rel = path.relative_to(ROOT).as_posix()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) \
+                    and getattr(node.exc.func, "id", None) in BUILTIN_ERRORS and f"{rel}:{node.exc.func.id}" not in CAUGHT_INSIDE:
+                bare.append(f"{rel}:{node.lineno}: {node.exc.func.id}")
+    assert not bare, "built-in errors raised by the library (raise an EvoError subclass, e.g. OptionError):\n" + "\n".join(bare)
+
+
+# Calls whose text a user reads as the library's own words: a raise, a warning, a remark, a stop.
+MESSAGE_CALLS = ("warn", "warning", "say", "StopReason", "on_event")
+# Whole-command advice may quote a command with its flags: `evo run NAME --trials 10`, (evo compare --searches).
+WHOLE_COMMAND = r"`evo [^`]*`|\((?:see )?evo [^)]*\)"
+# Text recorded as a trial's error (a proposal no prompt could fit): `evo show` prints the record as it is,
+# and a view cannot rewrite free text that holds genomes' descriptions, so it keeps the flags it always had.
+RECORDED_AS_TRIAL_ERRORS = {"evo/proposers/_fit.py"}
+
+
+def _message_texts(tree: ast.AST):
+    """(line, text) of each string inside a raise or a message call; an f-string's values read as {}."""
+    def texts(node):
+        if isinstance(node, ast.JoinedStr):
+            yield node.lineno, "".join(v.value if isinstance(v, ast.Constant) else "{}" for v in node.values)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            yield node.lineno, node.value
+        else:
+            for child in ast.iter_child_nodes(node):
+                yield from texts(child)
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Raise) and node.exc is not None:
+            yield from texts(node.exc)
+        elif isinstance(node, ast.Call) and (getattr(node.func, "id", None) or getattr(node.func, "attr", None)) \
+                in MESSAGE_CALLS:
+            yield from texts(node)
+
+
+def _cli_flags() -> set[str]:
+    """Every option string of every `evo` subcommand."""
+    import argparse
+
+    from evo.cli import build_parser
+
+    flags, parsers = set(), [build_parser()]
+    while parsers:
+        parser = parsers.pop()
+        for action in parser._actions:
+            flags.update(s for s in action.option_strings if s.startswith("--"))
+            if isinstance(action, argparse._SubParsersAction):
+                parsers += action.choices.values()
+    return flags
+
+
+def test_library_messages_name_parameters_not_the_command_lines_flags():
+    """A library message names the parameter (`trials`, min_gain); evo.cli.as_flags shows it as the flag."""
+    import re
+
+    from evo.cli._common import PARAMETER_FLAGS, as_flags
+
+    flags = _cli_flags() - {"--help", "--version"}
+    found = []
+    for path in _modules().values():
+        rel = path.relative_to(ROOT).as_posix()
+        if rel.startswith("evo/cli/") or rel in RECORDED_AS_TRIAL_ERRORS:
+            continue
+        for line, text in _message_texts(ast.parse(path.read_text())):
+            quoted = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", re.sub(WHOLE_COMMAND, "", text))) & flags
+            if quoted:
+                found.append(f"{rel}:{line}: {sorted(quoted)} in {text[:80]!r}")
+    assert not found, "library messages quoting evo's flags (name the parameter, in backquotes):\n" + "\n".join(found)
+    # Each parameter is shown as one of evo's flags; ordinary words, a server's text and commands stay as written.
+    assert set(PARAMETER_FLAGS.values()) <= flags
+    assert as_flags("give `trials` or `storage` more trials; min_gain") == "give --trials or --storage more trials; --min-gain"
+    assert as_flags("the server said: max_tokens: 20000 > 16384") == "the server said: max_tokens: 20000 > 16384"
+    assert as_flags("`evo run s --trials 3`") == "`evo run s --trials 3`"

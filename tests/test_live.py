@@ -163,3 +163,22 @@ def test_status_of_a_running_search_shows_its_pace_and_no_eta_once_it_is_stoppin
     s["run"].update(stopping=True, eta=None)
     text = render_status(s, width=80, height=24)
     assert "this run: 2/10 trials, elapsed 1m05s, stopping" in text and "eta" not in text
+
+
+def test_the_library_text_an_event_carries_shows_the_command_lines_flags():
+    """A wait's error, a proposer's remark and a stop's reason name library parameters (`timeout`); the
+    lines and the view show evo run's flags, as before the library's messages named parameters."""
+    class NoSearch:  # the reporter reads the search's numbers when it can; here it cannot
+        config = type("Config", (), {"name": "s", "metric": "val_bpb", "budget": 1.0, "target": None})()
+
+    out = io.StringIO()
+    reporter = Reporter(NoSearch(), evo.RunOptions(), out=out, clock=lambda: 100.0)
+    reporter("waiting", {"error": "no answer within 600s (raise `timeout` if the model needs longer)", "seconds": 60,
+                         "since": 90.0, "tries": 1})
+    reporter("proposer", {"line": "give `context_tokens` the size the server was started with"})
+    reporter("stopped", {"reason": "reached 1 trials and none succeeded: run `evo run s --trials 2`", "kind": "error"})
+    lines = out.getvalue().splitlines()
+    assert "(raise --proposer-timeout if the model needs longer)" in lines[0], lines
+    assert lines[1] == "proposer: give --context-tokens the size the server was started with"
+    assert lines[2].startswith("stopped: reached 1 trials and none succeeded: run `evo run s --trials 2`;")
+    assert "--proposer-timeout" in reporter.view.waiting["error"]  # the live view's wait line too

@@ -24,16 +24,37 @@ from population.store import NO_LIMIT, TrialStatus
 EXIT_USAGE = 2
 
 
-# Library parameters as the command line spells them: library errors name parameters (min_gain), and
-# the command line shows its flags (--min-gain).
-PARAMETER_FLAGS = {"min_gain": "--min-gain", "noise_runs": "--noise-runs", "promote_top": "--promote-top",
-                   "max_vram_gb": "--max-vram-gb", "max_cost_usd": "--max-cost-usd"}
-_PARAMETER = re.compile(r"\b(" + "|".join(PARAMETER_FLAGS) + r")\b")
+# Library parameters as the command line spells them: library messages name parameters, and the command
+# line shows its flags. A message writes a parameter in backquotes (`trials`, `cache_dir`): backquotes mark
+# code, so an ordinary word ("trials", "storage") or a server's own text ("max_tokens: 20000 > 16384") is
+# never taken for one. The first five are also recognised bare (min_gain auto), as their messages have
+# always written them; no other text spells them. Two names are not the parameter's own: `objective` is
+# one item of `objectives` (the flag is given once per item), and `timeout` is the proposers' (--proposer-timeout).
+PARAMETER_FLAGS = {
+    "min_gain": "--min-gain", "noise_runs": "--noise-runs", "promote_top": "--promote-top",
+    "max_vram_gb": "--max-vram-gb", "max_cost_usd": "--max-cost-usd",
+    # evo.RunOptions, evo.promotion, evo.devices
+    "trials": "--trials", "hours": "--hours", "reeval": "--reeval", "promote": "--promote", "devices": "--devices",
+    # evo.create_search and its targets
+    "project": "--project", "budget": "--budget", "mutable": "--mutable", "data": "--data", "storage": "--storage",
+    "remote": "--remote", "heartbeat": "--heartbeat", "grace": "--grace", "cache_dir": "--cache-dir",
+    "sandbox": "--sandbox", "read": "--read", "run": "--run", "metric": "--metric", "direction": "--direction",
+    "metric_pattern": "--metric-pattern", "evaluate": "--evaluate", "evaluate_quick": "--evaluate-quick",
+    "quick_threshold": "--quick-threshold", "objective": "--objective",
+    # evo.proposers.from_spec and the proposers
+    "proposer": "--proposer", "model": "--model", "base_url": "--base-url", "openai_model": "--openai-model",
+    "agent_command": "--agent-command", "prices": "--prices", "timeout": "--proposer-timeout",
+    "context_tokens": "--context-tokens", "max_tokens": "--max-tokens",
+    # evo.compare
+    "strategies": "--strategies", "seeds": "--seeds", "searches": "--searches",
+}
+_BARE = ("min_gain", "noise_runs", "promote_top", "max_vram_gb", "max_cost_usd")
+_PARAMETER = re.compile(r"`(" + "|".join(PARAMETER_FLAGS) + r")`|\b(" + "|".join(_BARE) + r")\b")
 
 
 def as_flags(message: str) -> str:
-    """A library error's message with the parameters it names written as this command line's flags."""
-    return _PARAMETER.sub(lambda m: PARAMETER_FLAGS[m.group(1)], message)
+    """A library message with the parameters it names written as this command line's flags."""
+    return _PARAMETER.sub(lambda m: PARAMETER_FLAGS[m.group(1) or m.group(2)], message)
 
 
 class UsageError(ConfigError):
@@ -253,7 +274,8 @@ def build_proposer(spec: str, args):
                          openai_model=option("openai_model"), openai_mode=option("openai_mode") or "auto",
                          agent_command=option("agent_command"), prices=option("prices"),
                          timeout=option("proposer_timeout"), max_cost_usd=option("max_cost_usd"),
-                         context_tokens=option("context_tokens"), max_tokens=option("max_tokens"))
+                         context_tokens=option("context_tokens"), max_tokens=option("max_tokens"),
+                         warn=lambda text: print(f"warning: {as_flags(text)}", file=sys.stderr))
     except SpecError as e:
         raise UsageError(str(e)) from None
 
@@ -316,7 +338,7 @@ def exit_code(reason, command: str) -> int:
     if reason.kind == StopKind.INTERRUPTED:
         return 130
     if reason.kind == StopKind.ERROR:
-        print(f"evo {command}: error: {reason}", file=sys.stderr)
+        print(f"evo {command}: error: {as_flags(str(reason))}", file=sys.stderr)
         return 1
     return 0
 

@@ -16,10 +16,14 @@ import time
 
 from analysis.live import RunView, duration, progress_line, render_live
 from analysis.text import best_score, fmt
-from evo.cli._common import finished_line
+from evo.cli._common import as_flags, finished_line
 
 PLAIN_PROGRESS_SECONDS = 30.0  # the most often plain mode prints a progress line
 MARGIN = 3                     # columns the live view leaves free at the terminal's right edge
+# The library text an event carries (a wait's error, a proposer's remark, a stop's reason) names
+# parameters; shown here, it names this command line's flags. A trial's error is left as recorded:
+# `evo show` prints the same record, and a genome's description is never rewritten.
+FLAGGED = {"waiting": "error", "proposer": "line", "stopped": "reason"}
 
 
 class Reporter:
@@ -50,6 +54,8 @@ class Reporter:
 
     def __call__(self, kind: str, info: dict) -> None:
         now = self.clock()
+        if kind in FLAGGED and isinstance(info.get(FLAGGED[kind]), str):
+            info = {**info, FLAGGED[kind]: as_flags(info[FLAGGED[kind]])}
         with self._lock:
             # A shared search's limits come from its study once the loop has begun: read them each time.
             o = self.options().limits

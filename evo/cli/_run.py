@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Callable
 
 from evo.cli._common import (UsageError, add_creation, add_noise_options, add_proposer_options, add_root,
-                             add_strategy_options, build_proposer, creation_kwargs, exit_code, non_negative_int,
-                             peer_project, positive_float, positive_int, stop_on_signals, strategy_options,
-                             trial_limit)
+                             add_strategy_options, as_flags, build_proposer, creation_kwargs, exit_code,
+                             non_negative_int, peer_project, positive_float, positive_int, stop_on_signals,
+                             strategy_options, trial_limit)
 from evo.cli._progress import make_reporter
 from evo.devices import Slot, check_slots, default_slots, nvidia_gpus, parse_devices
 from evo.hosts import OneHost, SharedHosts
@@ -348,7 +348,7 @@ def _noise_rule(options: RunOptions) -> str:
 
 def _check_devices(slots: list[Slot], gpus: int) -> None:
     for warning in check_slots(slots, gpus):
-        print(f"warning: {warning}", file=sys.stderr)
+        print(f"warning: {as_flags(warning)}", file=sys.stderr)
 
 
 def cmd_run(args) -> int:
@@ -406,7 +406,7 @@ def run_loop(search: Search, args, options: RunOptions, strategy, proposer, slot
               f"proposer {proposer.name}, devices {', '.join(s.name for s in slots)}{_noise_rule(options)}; "
               f"folder {search.folder}", flush=True)
         for line in fits:
-            print(line, flush=True)
+            print(as_flags(line), flush=True)
     reporter = make_reporter(search, options, quiet=args.quiet, strategy=strategy.name, proposer=proposer.name)
     loop = SearchLoop(search, strategy, proposer, slots, options, on_event=reporter, hosts=hosts)
     reporter.stopping = loop.stop.is_set

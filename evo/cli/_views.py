@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 
 from analysis.summary import render_status, render_trial, summarize
-from evo.cli._common import UsageError, add_root, check_output_file, positive_float, positive_int, resolve_name
+from evo.cli._common import (UsageError, add_root, as_flags, check_output_file, positive_float, positive_int,
+                             resolve_name)
 from population.genomes import RemoteError
 from population.results_tsv import results_tsv
 from population.search import Search
@@ -84,6 +85,9 @@ def cmd_status(args) -> int:
     try:
         while True:
             summary = summarize(search)
+            waiting = (summary.get("run") or {}).get("waiting")
+            if waiting:  # the API's error, as the library wrote it (naming `timeout`): here, the flag
+                waiting["error"] = as_flags(waiting["error"])
             if args.json:
                 print(json.dumps(summary, indent=2, default=str))
             else:

@@ -19,7 +19,7 @@ def no_parent(cfg: SearchConfig, lineage: Lineage, error: NoParentError | None, 
         if t.status == TrialStatus.NO_METRIC and cfg.target:  # the metric's name is fixed: running again cannot help
             return (f"{failed}; the search's metric {cfg.metric!r} is fixed: if the run prints its score under "
                     f"another name, delete the search with `evo rm {name} --yes` and create it again with that "
-                    f"--metric (or --metric-pattern); if the seed's own files should print it, fix them in the "
+                    f"`metric` (or `metric_pattern`); if the seed's own files should print it, fix them in the "
                     f"project and run `evo reseed {name}`, then `evo run {name}{again}`")
         return (f"{failed}; fix the cause and run `evo run {name}{again}` again, which retries the seed (if the "
                 f"seed itself is at fault, fix it in the project and run `evo reseed {name}` first; `evo show "

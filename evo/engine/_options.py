@@ -11,6 +11,7 @@ import optuna
 
 from evo.promotion import DEFAULT_TOP, LADDER_ATTR, Rung, describe
 from evo.pruners import make_pruner
+from population.errors import OptionError
 from population.lineage import Lineage, auto_min_gain
 from population.search import Search, SearchError
 
@@ -87,12 +88,12 @@ class NoiseSpec:
     def __post_init__(self):
         if self.min_gain == AUTO:
             if self.noise_runs < 1:
-                raise ValueError("min_gain auto needs a measured noise floor: add noise_runs K (e.g. 3), "
+                raise OptionError("min_gain auto needs a measured noise floor: add noise_runs K (e.g. 3), "
                                  "or give min_gain a number")
         elif not isinstance(self.min_gain, (int, float)) or not math.isfinite(self.min_gain) or self.min_gain < 0:
-            raise ValueError(f"min_gain must be 'auto' or a number >= 0, not {self.min_gain!r}")
+            raise OptionError(f"min_gain must be 'auto' or a number >= 0, not {self.min_gain!r}")
         if self.noise_runs < 0 or self.reeval < 0:
-            raise ValueError("noise_runs and reeval count seeds: they must be >= 0")
+            raise OptionError("noise_runs and reeval count seeds: they must be >= 0")
 
     def min_gain_now(self, lineage: Lineage) -> float:
         """The min gain a result finishing now must beat the best by (see `population.lineage`)."""
@@ -109,7 +110,7 @@ class PromotionSpec:
 
     def __post_init__(self):
         if not 0 < self.top < 1:
-            raise ValueError(f"promote_top is the fraction of a rung promoted to the next: above 0 and below 1, "
+            raise OptionError(f"promote_top is the fraction of a rung promoted to the next: above 0 and below 1, "
                              f"not {self.top:g}")
 
 
@@ -172,5 +173,5 @@ def fix_ladder(search: Search, ladder: tuple[Rung, ...]) -> None:
     if fixed is None:
         search.store.set_attr(LADDER_ATTR, given)
     elif fixed != given:
-        raise SearchError(f"search {search.config.name!r} promotes along --promote {fixed}; give that ladder or "
+        raise SearchError(f"search {search.config.name!r} promotes along `promote` {fixed}; give that ladder or "
                           "none (its promoted trials keep their scale)")

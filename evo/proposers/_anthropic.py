@@ -74,7 +74,7 @@ class AnthropicProposer(ChatProposer):
                  context_tokens: int | None = None):
         key = api_key or keys.take(KEY_ENV)
         if not key:
-            raise ProposerError(f"{KEY_ENV} is not set: export your Anthropic API key to use --proposer anthropic")
+            raise ProposerError(f"{KEY_ENV} is not set: export your Anthropic API key to use `proposer` anthropic")
         super().__init__(model=model, price=price_for(model, DEFAULT_PRICES if prices is None else prices),
                          repairs=repairs, secrets=(key,), context_tokens=context_tokens or CONTEXT_TOKENS,
                          max_tokens=max_tokens or 16000)
@@ -112,7 +112,7 @@ class AnthropicProposer(ChatProposer):
             except anthropic.PermissionDeniedError as e:
                 raise ProposerError(f"the key in {KEY_ENV} may not use {self.model} (403): {_message(e)}") from None
             except anthropic.NotFoundError as e:
-                raise ProposerError(f"model {self.model!r} not found (404): {_message(e)}; choose one with --model") from None
+                raise ProposerError(f"model {self.model!r} not found (404): {_message(e)}; choose one with `model`") from None
             except anthropic.PaymentRequiredError as e:
                 raise ProposerError(f"the Anthropic account cannot pay for more calls (402): {_message(e)}") from None
             except anthropic.BadRequestError as e:
@@ -127,7 +127,7 @@ class AnthropicProposer(ChatProposer):
             except anthropic.APITimeoutError:
                 # The SDK already retried it; a longer wait between rounds would not make the answer faster.
                 raise ProposerUnavailable(f"no answer from the Anthropic API within {self.timeout:g}s (raise "
-                                          f"--proposer-timeout if the model needs longer)") from None
+                                          f"`timeout` if the model needs longer)") from None
             except transient as e:
                 if attempt == attempts - 1:
                     status = getattr(e, "status_code", None)

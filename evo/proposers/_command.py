@@ -76,7 +76,7 @@ class CommandProposer(Proposer):
 
     def __init__(self, command: str, *, timeout: float = 1800.0, name: str = "command"):
         if not command.strip():
-            raise ProposerError("the agent command is empty: give one with --agent-command")
+            raise ProposerError("the agent command is empty: give one with `agent_command`")
         self.command, self.timeout, self.name = command, timeout, name
         self._agents: set[subprocess.Popen] = set()   # running now, killed by `close`
         self._lock = threading.Lock()

@@ -135,7 +135,7 @@ class ChatProposer(Proposer):
         what = f"{self.name} ({self.model}): the prompt for #{parent.trial} is {fit.describe()}"
         if self.budget.context is None:
             return [f"{what}; the model's context size is unknown, so prompts are sent whole: give "
-                    f"--context-tokens N (what the server was started with) to fit them"]
+                    f"`context_tokens` N (what the server was started with) to fit them"]
         return [f"{what}, answers up to {self.budget.answer:,} tokens"]
 
     @property
@@ -320,8 +320,8 @@ class ChatProposer(Proposer):
             self._warned_cut = True
             ctx.say(f"{self.model} counted only {reported:,} prompt tokens for a prompt of ~{fit.tokens:,}: the server "
                     f"may be cutting prompts to a smaller context than "
-                    + (f"--context-tokens {self.budget.context:,}" if self.budget.context else "the prompt needs")
-                    + " (give --context-tokens the size the server was started with)")
+                    + (f"`context_tokens` {self.budget.context:,}" if self.budget.context else "the prompt needs")
+                    + " (give `context_tokens` the size the server was started with)")
 
     def _count(self, usage: dict, reply: Reply) -> None:
         usage["calls"] += 1

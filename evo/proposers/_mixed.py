@@ -7,6 +7,7 @@ same sequence again) and recorded on the trial as ``proposer``.
 from __future__ import annotations
 
 from evo.proposers._base import Genome, Proposal, ProposalContext, Proposer, ProposerError
+from population.errors import OptionError
 
 
 class MixedProposer(Proposer):
@@ -20,7 +21,7 @@ class MixedProposer(Proposer):
 
     def __init__(self, members: list[tuple[Proposer, float]]):
         if not members or any(w <= 0 for _, w in members):
-            raise ValueError("a mix needs at least one proposer, each with a positive weight")
+            raise OptionError("a mix needs at least one proposer, each with a positive weight")
         self.members = list(members)
         self.name = ",".join(f"{p.name}:{w:g}" for p, w in self.members)
 

@@ -120,7 +120,7 @@ class OfflineProposer(Proposer):
             return None
         where = " inside their EVOLVE-BLOCK regions" if any(marked(files.get(p, "")) for p in mutable) else ""
         return (f"the offline proposer finds no UPPERCASE constants (NAME = number) in {', '.join(mutable)}{where}, so "
-                "it has nothing to tune: add some, or use an LLM proposer (--proposer anthropic or openai-compatible)")
+                "it has nothing to tune: add some, or use an LLM proposer (`proposer` anthropic or openai-compatible)")
 
     def preflight(self, parent: Genome, ctx: ProposalContext) -> list[str]:
         why = self.nothing_to_tune(parent.files, ctx.mutable, ctx.settings.get("profile"))

@@ -23,7 +23,7 @@ from evo.proposers._base import ProposalContext, ProposerError, ProposerUnavaila
 from evo.proposers._llm import CallAborted, CallFailed, ChatProposer, Reply, cut_off, first_words
 from evo.proposers._pricing import Price, price_for
 from evo.proposers._prompts import ANSWER_AS_JSON, ANSWER_WITH_TOOL, TOOL_DESCRIPTION, TOOL_NAME, TOOL_SCHEMA, Prompt
-from population.errors import ProposalError
+from population.errors import OptionError, ProposalError
 
 KEY_ENV = "OPENAI_API_KEY"
 MODES = ("auto", "tools", "json", "text")
@@ -91,7 +91,7 @@ class OpenAICompatibleProposer(ChatProposer):
                  timeout: float = 600.0, mode: str = "auto", backoff: tuple[float, ...] = (2.0, 10.0),
                  max_tokens: int | None = None, repairs: int = 1, context_tokens: int | None = None):
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+            raise OptionError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         key = api_key if api_key is not None else (keys.take(KEY_ENV) or "")
         if max_tokens is None:  # a quarter of a known context (a small model's 8k leaves room for the prompt)
             max_tokens = min(16000, context_tokens // 4) if context_tokens else 16000
@@ -126,19 +126,19 @@ class OpenAICompatibleProposer(ChatProposer):
                 if e.code in (401, 403):
                     raise ProposerError(f"{self.url} rejected the key ({KEY_ENV}) ({e.code}): {message}") from None
                 if e.code == 404:
-                    raise ProposerError(f"{self.url} answered 404 ({message}): check --base-url (e.g. "
-                                        f"http://localhost:8000/v1) and --model") from None
+                    raise ProposerError(f"{self.url} answered 404 ({message}): check `base_url` (e.g. "
+                                        f"http://localhost:8000/v1) and `model`") from None
                 if e.code not in _TRANSIENT_STATUS:
                     raise _Refused(e.code, message) from None
                 if last:
                     raise ProposerUnavailable(f"{self.url} kept answering {e.code} ({message})") from None
             except (TimeoutError, socket.timeout):
                 raise ProposerUnavailable(f"no answer from {self.url} within {self.timeout:g}s (raise "
-                                          "--proposer-timeout if the model needs longer)") from None
+                                          "`timeout` if the model needs longer)") from None
             except urllib.error.URLError as e:
                 if isinstance(e.reason, (TimeoutError, socket.timeout)):
                     raise ProposerUnavailable(f"no answer from {self.url} within {self.timeout:g}s (raise "
-                                              "--proposer-timeout if the model needs longer)") from None
+                                              "`timeout` if the model needs longer)") from None
                 if last:
                     raise ProposerUnavailable(_unreachable(self.url, e.reason)) from None
             except (http.client.HTTPException, ConnectionError) as e:

@@ -19,6 +19,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from population.errors import OptionError
+
 PRICES_ENV = "EVO_PRICES"
 
 
@@ -67,7 +69,7 @@ DEFAULT_PRICES: dict[str, Price] = {
 def load_prices(path: str | Path | None = None, *, environ: dict[str, str] | None = None) -> dict[str, Price]:
     """The built-in table updated from a JSON file: `path`, else the file named by $EVO_PRICES.
 
-    Raises ValueError with a one-line reason when the file is missing or malformed."""
+    Raises OptionError (a ValueError) with a one-line reason when the file is missing or malformed."""
     environ = os.environ if environ is None else environ
     path = path or environ.get(PRICES_ENV) or None
     prices = dict(DEFAULT_PRICES)
@@ -76,21 +78,21 @@ def load_prices(path: str | Path | None = None, *, environ: dict[str, str] | Non
     try:
         data = json.loads(Path(path).read_text())
     except OSError as e:
-        raise ValueError(f"cannot read the price file {path}: {e.strerror or e}")
+        raise OptionError(f"cannot read the price file {path}: {e.strerror or e}")
     except json.JSONDecodeError as e:
-        raise ValueError(f"price file {path} is not valid JSON: {e}")
+        raise OptionError(f"price file {path} is not valid JSON: {e}")
     if not isinstance(data, dict):
-        raise ValueError(f"price file {path} must hold an object of model -> {{input, output, ...}}")
+        raise OptionError(f"price file {path} must hold an object of model -> {{input, output, ...}}")
     for model, entry in data.items():
         if not isinstance(entry, dict) or not {"input", "output"} <= entry.keys():
-            raise ValueError(f"price file {path}: {model!r} needs at least input and output (USD per million tokens)")
+            raise OptionError(f"price file {path}: {model!r} needs at least input and output (USD per million tokens)")
         unknown = set(entry) - {"input", "output", "cache_write", "cache_read"}
         if unknown:
-            raise ValueError(f"price file {path}: {model!r} has unknown keys {sorted(unknown)}")
+            raise OptionError(f"price file {path}: {model!r} has unknown keys {sorted(unknown)}")
         values = {}
         for key, value in entry.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"price file {path}: {model!r} {key} must be a number >= 0, not {value!r}")
+                raise OptionError(f"price file {path}: {model!r} {key} must be a number >= 0, not {value!r}")
             values[key] = float(value)
         prices[model] = Price(**values)
     return prices

@@ -39,15 +39,15 @@ def parse_spec(spec: str) -> list[tuple[str, float]]:
         name, sep, weight = part.partition(":")
         name = name.strip()
         if name not in PROPOSERS:
-            raise SpecError(f"unknown proposer {name!r} in --proposer {spec!r}: {hint}")
+            raise SpecError(f"unknown proposer {name!r} in `proposer` {spec!r}: {hint}")
         try:
             value = float(weight) if sep else 1.0
         except ValueError:
             value = math.nan
         if not math.isfinite(value) or value <= 0:
-            raise SpecError(f"bad weight {weight!r} for {name} in --proposer {spec!r}: use a positive number, e.g. {name}:0.2")
+            raise SpecError(f"bad weight {weight!r} for {name} in `proposer` {spec!r}: use a positive number, e.g. {name}:0.2")
         if name in (n for n, _ in mix):
-            raise SpecError(f"{name} is listed twice in --proposer {spec!r}")
+            raise SpecError(f"{name} is listed twice in `proposer` {spec!r}")
         mix.append((name, value))
     return mix
 
@@ -106,28 +106,28 @@ def _one(name: str, *, model, base_url, openai_model, openai_mode, agent_command
     limit = {"timeout": timeout} if timeout else {}
     tokens = {"context_tokens": context_tokens, "max_tokens": max_tokens}
     if context_tokens and max_tokens and max_tokens >= context_tokens // 2:
-        raise SpecError(f"--max-tokens {max_tokens} leaves too little of --context-tokens {context_tokens} for the "
-                        f"prompt: give the answer at most a half (e.g. --max-tokens {context_tokens // 4})")
+        raise SpecError(f"`max_tokens` {max_tokens} leaves too little of `context_tokens` {context_tokens} for the "
+                        f"prompt: give the answer at most a half (e.g. `max_tokens` {context_tokens // 4})")
     if name == "offline":
         return OfflineProposer()
     if name == "anthropic":
         model = model or DEFAULT_MODEL
         if price_for(model, prices) is None:
             if max_cost_usd:
-                raise SpecError(f"no price known for model {model!r}, so --max-cost-usd cannot be enforced: "
-                                "add it to a --prices file")
-            warn(f"no price known for model {model!r}: its calls count as $0 (add it with --prices FILE)")
+                raise SpecError(f"no price known for model {model!r}, so max_cost_usd cannot be enforced: "
+                                "add it to a `prices` file")
+            warn(f"no price known for model {model!r}: its calls count as $0 (add it with `prices` FILE)")
         return AnthropicProposer(model=model, prices=prices, **limit, **tokens)
     if name == "openai-compatible":
         base_url = base_url or os.environ.get("OPENAI_BASE_URL")
         if not base_url:
-            raise SpecError("--proposer openai-compatible needs --base-url, e.g. http://localhost:8000/v1")
+            raise SpecError("`proposer` openai-compatible needs `base_url`, e.g. http://localhost:8000/v1")
         model = openai_model or (model if "anthropic" not in names else None)
         if not model:
-            raise SpecError("--proposer openai-compatible needs the model the server serves: --model NAME "
-                            "(--openai-model NAME when mixed with anthropic)")
+            raise SpecError("`proposer` openai-compatible needs the model the server serves: `model` NAME "
+                            "(`openai_model` NAME when mixed with anthropic)")
         return OpenAICompatibleProposer(base_url=base_url, model=model, prices=prices, mode=openai_mode or "auto",
                                         **limit, **tokens)
     if not agent_command:
-        raise SpecError("--proposer command needs --agent-command \"...\": the agent to run in a copy of the parent")
+        raise SpecError("`proposer` command needs `agent_command` \"...\": the agent to run in a copy of the parent")
     return CommandProposer(agent_command, **limit)

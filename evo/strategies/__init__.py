@@ -7,6 +7,7 @@ from evo.strategies._base import NoParentError, Plan, Strategy
 from evo.strategies._evolve import EvolveStrategy
 from evo.strategies._greedy import GreedyStrategy
 from evo.strategies._random import RandomStrategy
+from population.errors import OptionError
 
 STRATEGIES = {"greedy": GreedyStrategy, "evolve": EvolveStrategy, "random": RandomStrategy}
 
@@ -14,13 +15,13 @@ STRATEGIES = {"greedy": GreedyStrategy, "evolve": EvolveStrategy, "random": Rand
 def make_strategy(name: str, **options) -> Strategy:
     """The strategy called `name` with its keyword `options` (only evolve takes any).
 
-    Raises ValueError for an unknown name or an option the strategy does not take."""
+    Raises OptionError (a ValueError) for an unknown name or an option the strategy does not take."""
     if name not in STRATEGIES:
-        raise ValueError(f"unknown strategy {name!r}: use {', '.join(STRATEGIES)}")
+        raise OptionError(f"unknown strategy {name!r}: use {', '.join(STRATEGIES)}")
     try:
         return STRATEGIES[name](**options)
     except TypeError:
-        raise ValueError(f"strategy {name!r} takes no options {sorted(options)}") from None
+        raise OptionError(f"strategy {name!r} takes no options {sorted(options)}") from None
 
 
 __all__ = ["NoParentError", "Plan", "Strategy", "EvolveStrategy", "GreedyStrategy", "RandomStrategy", "STRATEGIES",

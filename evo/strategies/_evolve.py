@@ -3,6 +3,7 @@ from __future__ import annotations
 import random
 
 from evo.strategies._base import Plan, Strategy, require_individuals
+from population.errors import OptionError
 from population.lineage import Individual, Lineage, apart
 
 
@@ -35,11 +36,11 @@ class EvolveStrategy(Strategy):
     def __init__(self, *, elite: int = 8, tournament: int = 3, crossover_rate: float = 0.2,
                  islands: int = 1, migration_rate: float = 0.1, cross_from: str = "tournament"):
         if elite < 1 or tournament < 1 or islands < 1:
-            raise ValueError("elite, tournament and islands must be at least 1")
+            raise OptionError("elite, tournament and islands must be at least 1")
         if not 0 <= crossover_rate <= 1 or not 0 <= migration_rate <= 1:
-            raise ValueError("crossover_rate and migration_rate are probabilities in [0, 1]")
+            raise OptionError("crossover_rate and migration_rate are probabilities in [0, 1]")
         if cross_from not in ("best", "tournament"):
-            raise ValueError(f"cross_from must be 'best' or 'tournament', not {cross_from!r}")
+            raise OptionError(f"cross_from must be 'best' or 'tournament', not {cross_from!r}")
         self.elite, self.tournament, self.crossover_rate = elite, tournament, crossover_rate
         self.islands, self.migration_rate, self.cross_from = islands, migration_rate, cross_from
 

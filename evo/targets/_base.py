@@ -86,12 +86,12 @@ class Target:
 def resolve_sandbox(choice: str, python: str = sys.executable) -> str:
     """bwrap or none, from --sandbox auto|bwrap|none; a bwrap that cannot run is a SearchError."""
     if choice not in SANDBOXES:
-        raise SearchError(f"--sandbox must be one of {', '.join(SANDBOXES)}, not {choice!r}")
+        raise SearchError(f"`sandbox` must be one of {', '.join(SANDBOXES)}, not {choice!r}")
     if choice == "none":
         return "none"
     why = bwrap_works(python)
     if choice == "bwrap" and why:
-        raise SearchError(f"--sandbox bwrap: {why}; or create the search with --sandbox none (scores can then be faked)")
+        raise SearchError(f"`sandbox` bwrap: {why}; or create the search with `sandbox` none (scores can then be faked)")
     return "none" if why else "bwrap"
 
 

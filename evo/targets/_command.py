@@ -64,10 +64,10 @@ def expand_mutable(project: Path, patterns: list[str]) -> list[str]:
     found: list[str] = []
     for pattern in patterns:
         if Path(pattern).is_absolute() or ".." in Path(pattern).parts:
-            raise SearchError(f"--mutable {pattern!r} is outside the project {project}; name files inside it")
+            raise SearchError(f"`mutable` {pattern!r} is outside the project {project}; name files inside it")
         matches = sorted(p for p in project.glob(pattern) if p.is_file() and not SKIPPED & set(p.relative_to(project).parts))
         if not matches:
-            raise SearchError(f"--mutable {pattern!r} matches no file in {project}")
+            raise SearchError(f"`mutable` {pattern!r} matches no file in {project}")
         found += [str(p.relative_to(project)) for p in matches]
     return list(dict.fromkeys(found))
 
@@ -82,7 +82,7 @@ def project_harness(project: Path, mutable: list[str]) -> dict[str, bytes]:
         total += path.stat().st_size
         if total > HARNESS_LIMIT:
             raise SearchError(f"the project's fixed files pass {HARNESS_LIMIT >> 20} MB (at {rel}): keep data out of "
-                              "the project folder and give it to trials with --read FOLDER")
+                              "the project folder and give it to trials with `read` FOLDER")
         files[str(rel)] = path.read_bytes()
     return files
 
@@ -93,9 +93,9 @@ def check_pattern(pattern: str | None) -> None:
     try:
         compiled = re.compile(pattern)
     except re.error as e:
-        raise SearchError(f"--metric-pattern {pattern!r} does not compile: {e}") from None
+        raise SearchError(f"`metric_pattern` {pattern!r} does not compile: {e}") from None
     if compiled.groups != 1:
-        raise SearchError(f"--metric-pattern {pattern!r} needs exactly one (group) around the number, "
+        raise SearchError(f"`metric_pattern` {pattern!r} needs exactly one (group) around the number, "
                           f"it has {compiled.groups}")
 
 
@@ -107,7 +107,7 @@ def check_command(flag: str, command: str, project: Path, added: dict[str, bytes
         raise SearchError(f"{flag} {command!r} is not a valid command line: {e}") from None
     words_left = [w for w in words if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", w)]  # skip VAR=value prefixes
     if not words_left:
-        raise SearchError(f"{flag} is empty: give the command that runs a trial, e.g. --run 'python train.py'")
+        raise SearchError(f"{flag} is empty: give the command that runs a trial, e.g. `run` 'python train.py'")
     program = words_left[0]
     if program == "{python}":  # the interpreter trials run with, filled in when they run
         return words
@@ -130,13 +130,13 @@ def command_config(project: Path, *, run: str | None, metric: str, direction: st
     added: files of ours to add to the harness (the runner script of a peer's evaluator)."""
     check_pattern(pattern)
     if run is not None:
-        check_command("--run", run, project)
+        check_command("`run`", run, project)
     mutable = expand_mutable(project, mutable)
     if (quick is None) != (threshold is None):
-        raise SearchError("--evaluate-quick and --quick-threshold go together: give both, or neither")
+        raise SearchError("`evaluate_quick` and `quick_threshold` go together: give both, or neither")
     if quick is not None and evaluate is None:
-        raise SearchError("--evaluate-quick is a first stage of --evaluate: give the full evaluation command too")
-    for flag, command in (("--evaluate", evaluate), ("--evaluate-quick", quick)):
+        raise SearchError("`evaluate_quick` is a first stage of `evaluate`: give the full evaluation command too")
+    for flag, command in (("`evaluate`", evaluate), ("`evaluate_quick`", quick)):
         if command is not None:
             _check_evaluator(flag, command, project, mutable, added)
     harness = {**project_harness(project, mutable), **(added or {})}
@@ -155,7 +155,7 @@ def _check_evaluator(flag: str, command: str, project: Path, mutable: list[str],
     runs = words[:2] if interpreter and len(words) > 1 else words[:1]
     for word in runs:
         if word.removeprefix("./") in mutable or word == "{program}":
-            raise SearchError(f"{word} is run by {flag}, so it cannot be mutable: drop it from --mutable (an "
+            raise SearchError(f"{word} is run by {flag}, so it cannot be mutable: drop it from `mutable` (an "
                               "evaluator may take the program as an argument: {program})")
 
 

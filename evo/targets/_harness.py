@@ -67,11 +67,11 @@ def harness_config(name: str, project: Path, *, profile: str | None, budget: flo
     """The configuration fields and harness files of a search of this target, checked; SearchError otherwise."""
     for f in HARNESS + (HARNESS_GENOME,):
         if not (project / f).exists():
-            raise SearchError(f"{project} has no {f}; run evo from the project folder, pass --project, or evolve "
-                              "another kind of project with --run (see evo init --help)")
+            raise SearchError(f"{project} has no {f}; run evo from the project folder, pass `project`, or evolve "
+                              "another kind of project with `run` (see evo init --help)")
     for f in mutable:
         if f in HARNESS:
-            raise SearchError(f"{f} is the fixed harness and cannot be mutable; drop it from --mutable")
+            raise SearchError(f"{f} is the fixed harness and cannot be mutable; drop it from `mutable`")
     facts = describe_harness(project / "prepare.py", profile)
     fields = dict(profile=facts["profile"], budget=float(budget or facts["time_budget"]), data=data or facts["data"],
                   seq_len=facts["seq_len"], startup_grace=facts.get("startup_allowance", facts["startup_grace"]),
