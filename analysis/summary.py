@@ -22,8 +22,12 @@ class TrialNotFound(ConfigError, LookupError):
     """`evo show` asked for a trial number the search does not have."""
 
 
-def summarize(search) -> dict:
-    """Everything `evo status` shows, as plain data (`--json` prints exactly this)."""
+RECENT_ROWS = 12   # the trials `evo status` lists, the newest last
+
+
+def summarize(search, *, rows: int | None = None) -> dict:
+    """Everything `evo status` shows, as plain data (`--json` prints exactly this). `rows`: list only the
+    newest trials, as many (the text view shows a dozen; a row per trial of a long search costs ~0.3 s)."""
     trials = search.trials()
     lineage = search.lineage()
     best = lineage.best
@@ -68,7 +72,7 @@ def summarize(search) -> dict:
         **_noise(lineage),
         "hosts": _hosts(trials),
         "rungs": [dataclasses.asdict(r) for r in rung_rows(lineage)],
-        "trials": [_trial_row(t, lineage, search.config.metric) for t in lineage.trials],
+        "trials": [_trial_row(t, lineage, search.config.metric) for t in lineage.trials[-rows if rows else 0:]],
     }
 
 
@@ -177,7 +181,7 @@ def trust_line(sandbox: str, evaluation: str) -> str:
     return f"trials run {where}; {how}"
 
 
-def render_status(s: dict, recent: int = 12, *, width: int | None = None, height: int | None = None) -> str:
+def render_status(s: dict, recent: int = RECENT_ROWS, *, width: int | None = None, height: int | None = None) -> str:
     """The text of `evo status`. With `width` and `height` (a terminal's, for --watch) every line is
     cut to the width, never wrapped, and the recent trials give way first, then the lesser lines,
     so the search's name, its trials and pace, the best and the devices always show."""

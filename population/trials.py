@@ -105,7 +105,13 @@ class TrialRecord:
 
     @property
     def metrics(self) -> dict[str, float]:
-        """The run's metrics: one `metrics.NAME` attribute each, or (searches before that) one `metrics` dict."""
+        """The run's metrics: one `metrics.NAME` attribute each, or (searches before that) one `metrics` dict.
+        A copy: the caller may change it."""
+        return dict(self._metrics)
+
+    @cached_property
+    def _metrics(self) -> dict[str, float]:
+        # Found once per record: views read every trial's metrics, and a trial has tens of attributes to scan.
         found = dict(self.attrs.get("metrics") or {})
         found.update({k[len(METRICS_PREFIX):]: v for k, v in self.attrs.items() if k.startswith(METRICS_PREFIX)})
         return found

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from analysis.summary import render_status, render_trial, summarize
+from analysis.summary import RECENT_ROWS, render_status, render_trial, summarize
 from evo.cli._common import (UsageError, add_root, as_flags, check_output_file, positive_float, positive_int,
                              resolve_name)
 from population.genomes import RemoteError
@@ -84,7 +84,7 @@ def cmd_status(args) -> int:
     search = Search.open(name, root=args.root)
     try:
         while True:
-            summary = summarize(search)
+            summary = summarize(search, rows=None if args.json else RECENT_ROWS)
             waiting = (summary.get("run") or {}).get("waiting")
             if waiting:  # the API's error, as the library wrote it (naming `timeout`): here, the flag
                 waiting["error"] = as_flags(waiting["error"])
