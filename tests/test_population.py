@@ -9,6 +9,7 @@ import optuna
 import pytest
 
 from population import GenomeRepo, Lineage, TrialRecord, TrialStore, genome_hash, merge_texts
+from population._trial_cache import REREAD_AFTER
 
 
 @pytest.fixture
@@ -201,6 +202,15 @@ def test_store_reads_only_what_changed_and_still_sees_every_trial_as_a_full_read
     writer.finish(d, status="pruned")
     same()
     assert [t.status for t in reader.trials()] == ["ok", "ok", "crash", "pruned"]
+    # Many trials written elsewhere since the last read (a worker resuming far behind): read again at once,
+    # with one running among them and the ones before it all seen.
+    for i in range(REREAD_AFTER + 20):
+        writer.finish(writer.start({"operator": "mutate", "i": i}), status="ok", value=1.0 + i)
+    e = writer.start({"operator": "mutate"})
+    for i in range(5):
+        writer.finish(writer.start({"operator": "mutate", "j": i}), status="ok", value=0.5)
+    same()
+    assert len(reader.trials()) == 4 + REREAD_AFTER + 20 + 1 + 5 and reader.trials()[e].state == "RUNNING"
 
 
 @pytest.fixture(scope="module")
