@@ -16,6 +16,7 @@ import time
 import pytest
 
 from conftest import ROOT, run_evo
+from evo.loop import LimitSpec, RunOptions
 from evo.proposers import Genome, OpenAICompatibleProposer, ProposalContext, ProposerUnavailable
 from fake_llm import Drop, SmallModel, proposal
 from population.lineage import Lineage
@@ -247,9 +248,6 @@ def test_the_live_view_and_the_log_show_a_proposal_in_flight_while_every_device_
             "~5,400 tokens)") in text  # 72 s when reported, 10 s ago
     assert "proposing mutate of #3" in progress_line(view, now=1110.0)
 
-    class Options:
-        trials, hours, since, promote = 12, None, None, ()
-
     class FakeSearch:  # what the plain reporter reads: the config and the lineage
         class config:
             name, metric, budget, target = "night", "val_bpb", 300.0, {}
@@ -259,7 +257,7 @@ def test_the_live_view_and_the_log_show_a_proposal_in_flight_while_every_device_
             return Lineage([])
 
     out = io.StringIO()
-    reporter = Reporter(FakeSearch, Options, out=out, clock=lambda: 1100.0, every=0.0)
+    reporter = Reporter(FakeSearch, RunOptions(limits=LimitSpec(trials=12)), out=out, clock=lambda: 1100.0, every=0.0)
     reporter("progress", {"slots": [{"slot": "cpu0", "trial": None}], "proposals": [flight]})
     reporter("proposer", {"line": "small-instruct refused function calls (tools): asking for JSON mode from now on"})
     lines = out.getvalue().splitlines()
