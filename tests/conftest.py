@@ -72,6 +72,21 @@ def run_evo(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600
                           env={**os.environ, **(env or {})}, timeout=timeout)
 
 
+def assert_promoted_at_twice_the_budget(trials, lineage) -> None:
+    """What a `budget*2` ladder decides in a search of the instant genome: the best of the first three genomes
+    and others re-run at twice the budget with their own tree, the best ranked at the top rung."""
+    promoted = [t for t in trials if t.operator == "promote"]
+    assert len(promoted) >= 3
+    for t in promoted:
+        assert t.attrs["rung_budget"] == 2.0 and t.metrics["training_seconds"] == 2.0   # the trial ran at the rung's scale
+        original = lineage.individual(t.parents[0])
+        assert original.tree == t.tree and original.score_at(1) is not None
+    first = min(promoted, key=lambda t: t.number)
+    earlier = [i for i in lineage.individuals if i.trial < first.number]
+    assert lineage.individual(first.parents[0]).score == min(i.score for i in earlier[:3])   # the best of the first three
+    assert lineage.best.rung == 1                                   # parents and the best come from the top rung
+
+
 def assert_trials_match_git(search) -> None:
     """Every trial's branch of an open search points at its commit, whose git parents are its parents' commits."""
     trials = {t.number: t for t in search.trials()}

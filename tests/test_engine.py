@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, assert_trials_match_git
+from conftest import ROOT, assert_promoted_at_twice_the_budget, assert_trials_match_git
 from evo import (BackoffSpec, Engine, EventKind, EvolveStrategy, GreedyStrategy, LimitSpec, NoiseSpec, OfflineProposer,
                  PromotionSpec, Proposal, Proposer, RunOptions, Search, SearchError, SearchLoop, StopKind, create_search,
                  make_strategy, parse_devices)
@@ -324,18 +324,8 @@ def test_a_search_promotes_its_best_genomes_at_twice_the_budget_and_reports_how_
                             RunOptions(limits=LimitSpec(trials=14),
                                        promotion=PromotionSpec(ladder=parse_ladder("budget*2"))))
     drive(engine)
-    trials = engine.search.trials()
     lineage = engine.search.lineage()
-    promoted = [t for t in trials if t.operator == "promote"]
-    assert len(promoted) >= 3
-    for t in promoted:
-        assert t.attrs["rung_budget"] == 2.0 and t.metrics["training_seconds"] == 2.0   # the trial ran at the rung's scale
-        original = lineage.individual(t.parents[0])
-        assert original.tree == t.tree and original.score_at(1) is not None
-    first = min(promoted, key=lambda t: t.number)
-    earlier = [i for i in lineage.individuals if i.trial < first.number]
-    assert lineage.individual(first.parents[0]).score == min(i.score for i in earlier[:3])   # the best of the first three
-    assert lineage.best.rung == 1                                   # parents and the best come from the top rung
+    assert_promoted_at_twice_the_budget(engine.search.trials(), lineage)
     assert rung_rows(lineage)[1].rho == pytest.approx(1.0)          # a pure shift keeps the ranking
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from analysis.promotion import describe_rho, rung_rows
 from analysis.stats import spearman
-from conftest import run_evo
+from conftest import assert_promoted_at_twice_the_budget, run_evo
 from evo.promotion import LadderError, Rung, next_promotion, parse_ladder
 from population.lineage import Lineage
 from population.search import Search
@@ -96,16 +96,7 @@ def test_a_search_promotes_its_best_genomes_at_twice_the_budget_and_reports_how_
         lineage = search.lineage()
     finally:
         search.close()
-    promoted = [t for t in trials if t.operator == "promote"]
-    assert len(promoted) >= 3
-    for t in promoted:
-        assert t.attrs["rung_budget"] == 2.0 and t.metrics["training_seconds"] == 2.0   # the trial ran at the rung's scale
-        original = lineage.individual(t.parents[0])
-        assert original.tree == t.tree and original.score_at(1) is not None
-    first = min(promoted, key=lambda t: t.number)
-    earlier = [i for i in lineage.individuals if i.trial < first.number]
-    assert lineage.individual(first.parents[0]).score == min(i.score for i in earlier[:3])   # the best of the first three
-    assert lineage.best.rung == 1                                   # parents and the best come from the top rung
+    assert_promoted_at_twice_the_budget(trials, lineage)
     status = run_evo("status", "p", cwd=instant_project)
     assert "rung 1 (budget*2)" in status.stdout and "rho +1.00" in status.stdout   # a pure shift keeps the ranking
     report = run_evo("report", "p", "--out", "r.html", cwd=instant_project)
