@@ -27,7 +27,7 @@ RECENT_ROWS = 12   # the trials `evo status` lists, the newest last
 
 def summarize(search, *, rows: int | None = None) -> dict:
     """Everything `evo status` shows, as plain data (`--json` prints exactly this). `rows`: list only the
-    newest trials, as many (the text view shows a dozen; a row per trial of a long search costs ~0.3 s)."""
+    newest trials, as many (the text view shows a dozen; a row for each of 10,000 trials took ~0.3 s)."""
     trials = search.trials()
     lineage = search.lineage()
     best = lineage.best
@@ -72,7 +72,8 @@ def summarize(search, *, rows: int | None = None) -> dict:
         **_noise(lineage),
         "hosts": _hosts(trials),
         "rungs": [dataclasses.asdict(r) for r in rung_rows(lineage)],
-        "trials": [_trial_row(t, lineage, search.config.metric) for t in lineage.trials[-rows if rows else 0:]],
+        "trials": [_trial_row(t, lineage, search.config.metric)
+                   for t in (lineage.trials if rows is None else lineage.trials[max(0, len(lineage.trials) - rows):])],
     }
 
 

@@ -111,9 +111,8 @@ class CompareConfig:
     harness_sha256: str = ""
 
     def member_options(self) -> RunOptions:
-        """The options a member runs with: `run`, up to this comparison's trials (a fresh copy each time, as
-        a loop changes its own). Without the lab notebook: the members are replicates, and one must not
-        learn from another that ran before it."""
+        """The options a member runs with: `run`, up to this comparison's trials. Without the lab notebook:
+        the members are replicates, and one must not learn from another that ran before it."""
         return dataclasses.replace(self.run.with_limits(trials=self.trials), memory=False)
 
     def unkept_run_options(self) -> list[str]:

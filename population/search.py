@@ -36,7 +36,7 @@ from population.folder import SearchFolder
 from population.genomes import Genome, GenomeRepo
 from population.lineage import Lineage
 from population.objectives import ObjectiveSpec
-from population.search_config import (LOCAL_STORAGE, NAME, OPTIONAL_FIELDS, SearchConfig,  # noqa: F401
+from population.search_config import (LOCAL_STORAGE, SearchConfig,  # noqa: F401 (re-exported)
                                       SearchError, check_name, recorded, shield)
 from population.store import CONFIG_ATTR, SQLITE_PREFIX, StudyError, TrialRecord, TrialStore, check_study, redact
 

@@ -356,7 +356,7 @@ CAUGHT_INSIDE = {
     "evo/proposers/_hyperparams.py:ValueError", "evo/proposers/_hyperparams.py:TypeError",  # its own parsers
     "evo/proposers/_anthropic.py:TypeError",   # a reply that is no message: _call makes it a CallFailed
     "evo/runner/_sandbox.py:RuntimeError",     # BwrapExecutor is built after bwrap_works() said it runs
-    "population/store.py:KeyError",            # no such study: population.search._shield makes it a SearchError
+    "population/store.py:KeyError",            # no such study: population.search_config.shield makes it a SearchError
     "analysis/stats.py:ValueError",            # a permutation test of an empty group: a caller's bug
 }
 

@@ -34,17 +34,23 @@ class Reporter:
     def __init__(self, search, options, *, quiet: bool = False, out=None, clock=time.time,
                  every: float | None = None, strategy: str = "", proposer: str = ""):
         self.search, self.quiet, self.out, self.clock = search, quiet, out, clock
-        self.options = lambda: options     # this run's options: the loop's own once there is a loop
+        self.options = lambda: options     # this run's options: the loop's own once it follows one
         cfg = search.config
         self.view = RunView(name=cfg.name, metric=cfg.metric, strategy=strategy, proposer=proposer, budget=cfg.budget,
                             target=options.limits.trials, hours=options.limits.hours, started=clock(),
                             estimate=bool(cfg.target))  # any project's budget covers its whole run
         self.every = every if every is not None else float(os.environ.get("EVO_PROGRESS_SECONDS",
                                                                           PLAIN_PROGRESS_SECONDS))
-        self.stopping = lambda: False      # the loop's stop flag, once there is a loop
+        self.stopping = lambda: False      # the loop's stop flag, once it follows one
         self._last = self.view.started     # when the last progress line was printed
         self._lock = threading.Lock()
         self._count()  # a resumed search starts from what it has
+
+    def follow(self, loop) -> None:
+        """Read the loop's stop flag and its engine's options from now on (a shared search's limits change
+        while it runs: the engine owns them, and each event reads them anew)."""
+        self.stopping = loop.stop.is_set
+        self.options = lambda: loop.engine.options
 
     def __enter__(self):
         return self

@@ -409,8 +409,7 @@ def run_loop(search: Search, args, options: RunOptions, strategy, proposer, slot
             print(as_flags(line), flush=True)
     reporter = make_reporter(search, options, quiet=args.quiet, strategy=strategy.name, proposer=proposer.name)
     loop = SearchLoop(search, strategy, proposer, slots, options, on_event=reporter, hosts=hosts)
-    reporter.stopping = loop.stop.is_set
-    reporter.options = lambda: loop.engine.options
+    reporter.follow(loop)
     leave = ("stopping: killing running trials (other workers re-run them)" if hosts.shared else
              "stopping: killing running trials (they re-run on resume)")
 

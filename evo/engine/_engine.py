@@ -43,7 +43,7 @@ ENQUEUED = "enqueued"  # the operator of a genome the user handed in (`Engine.en
 class Engine:
     """A search, stepped one trial at a time.
 
-    >>> engine = Engine(search, GreedyStrategy(), OfflineProposer(), RunOptions(limits=LimitSpec(trials=5)))      # doctest: +SKIP
+    >>> engine = Engine(search, GreedyStrategy(), OfflineProposer(), RunOptions(limits=LimitSpec(trials=5)))  # doctest: +SKIP
     >>> ticket = engine.ask()                                                                # doctest: +SKIP
     >>> engine.tell(ticket, engine.run(ticket)).kept                                          # doctest: +SKIP
 

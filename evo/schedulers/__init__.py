@@ -29,7 +29,8 @@ from population.search import SearchConfig
 def chain(*, strategy: Strategy, noise_runs: int = 0, reeval: int = 0, promote: tuple[Rung, ...] = (),
           promote_top: float = DEFAULT_TOP, config: SearchConfig | None = None, reeval_while_waiting: int = 3,
           offline_fallback: bool = False) -> list[BaseScheduler]:
-    """The loop's chain, in its order (the arguments are `evo.RunOptions`' of the same names; `config`
+    """The loop's chain, in its order (the arguments are `evo.RunOptions`' specs: noise_runs and reeval its
+    `noise`, promote and promote_top its `promotion` ladder and top, reeval_while_waiting its `backoff`; `config`
     is needed with a ladder, whose rungs scale the search's budget)."""
     rules: list[BaseScheduler] = [NoiseRuns(noise_runs), Reevaluation(reeval)]
     if promote:
