@@ -60,6 +60,13 @@ class StudyError(StorageError):
     """A study that cannot be opened (missing, empty, corrupt, foreign); the message says which and why."""
 
 
+class StudyNotFound(StudyError, KeyError):
+    """The database holds no study of that name (a KeyError too, as it always was)."""
+
+    def __str__(self) -> str:       # KeyError's own str() quotes its message
+        return str(self.args[0]) if self.args else ""
+
+
 SQLITE_PREFIX = "sqlite:///"
 
 
@@ -220,7 +227,7 @@ class TrialStore:
         try:
             self.study = optuna.load_study(study_name=name, storage=self.storage)
         except KeyError:
-            raise KeyError(f"no study named {name!r} in that database") from None
+            raise StudyNotFound(f"no study named {name!r} in that database: check the search's name and `storage`") from None
         self.name = name
         self.heartbeat, self.grace = heartbeat, grace
         self._study_id = self.storage.get_study_id_from_name(name)

@@ -356,7 +356,6 @@ CAUGHT_INSIDE = {
     "evo/proposers/_hyperparams.py:ValueError", "evo/proposers/_hyperparams.py:TypeError",  # its own parsers
     "evo/proposers/_anthropic.py:TypeError",   # a reply that is no message: _call makes it a CallFailed
     "evo/runner/_sandbox.py:RuntimeError",     # BwrapExecutor is built after bwrap_works() said it runs
-    "population/store.py:KeyError",            # no such study: population.search_config.shield makes it a SearchError
     "analysis/stats.py:ValueError",            # a permutation test of an empty group: a caller's bug
 }
 
@@ -391,6 +390,30 @@ def test_every_error_of_ours_is_an_evo_error_and_the_cli_shows_parameters_as_fla
                     and getattr(node.exc.func, "id", None) in BUILTIN_ERRORS and f"{rel}:{node.exc.func.id}" not in CAUGHT_INSIDE:
                 bare.append(f"{rel}:{node.lineno}: {node.exc.func.id}")
     assert not bare, "built-in errors raised by the library (raise an EvoError subclass, e.g. OptionError):\n" + "\n".join(bare)
+
+
+def test_a_bug_that_raises_a_lookup_error_shows_its_traceback_and_an_error_of_ours_one_line(monkeypatch, capsys):
+    """The command line reads an EvoError as the one line it is (a ConfigError: exit 2; any other: exit 1),
+    and lets a bare KeyError through with its traceback: a bug is not a usage error."""
+    import argparse
+
+    import evo.cli
+    from population.errors import ConfigError, StorageError
+
+    def parser_raising(error):
+        parser = argparse.ArgumentParser(prog="evo")
+        parser.set_defaults(command="status", handler=lambda args: (_ for _ in ()).throw(error))
+        return lambda argv: parser
+
+    monkeypatch.setattr(evo.cli, "_parser_for", parser_raising(KeyError("metrics.val_bpb")))
+    with pytest.raises(KeyError):
+        evo.cli.main([])
+    monkeypatch.setattr(evo.cli, "_parser_for", parser_raising(ConfigError("`trials` must be at least 1")))
+    assert evo.cli.main([]) == 2
+    monkeypatch.setattr(evo.cli, "_parser_for", parser_raising(StorageError("the remote cannot be reached")))
+    assert evo.cli.main([]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["evo status: error: --trials must be at least 1", "evo status: error: the remote cannot be reached"]
 
 
 # Calls whose text a user reads as the library's own words: a raise, a warning, a remark, a stop.

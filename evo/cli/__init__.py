@@ -10,8 +10,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-from evo.cli._common import EXIT_USAGE, Parser, UsageError, as_flags, machine_failure, quiet_broken_pipe
-from population.search import SearchError
+from evo.cli._common import EXIT_USAGE, Parser, as_flags, machine_failure, quiet_broken_pipe
+from population.errors import ConfigError, EvoError
 
 __all__ = ["build_parser", "main"]
 
@@ -49,9 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser_for(argv).parse_args(argv)
     try:
         return args.handler(args)
-    except (SearchError, UsageError, LookupError) as e:
+    except ConfigError as e:   # how the command was asked for cannot work (a search, a flag, a trial number)
         print(f"evo {args.command}: error: {as_flags(str(e))}", file=sys.stderr)
         return EXIT_USAGE
+    except EvoError as e:      # raised on purpose, with its one line: a study, a remote or a proposer that fails
+        print(f"evo {args.command}: error: {as_flags(str(e))}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
