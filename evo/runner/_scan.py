@@ -13,13 +13,15 @@ import ast
 from evo import safe_ast
 
 _MODULES = {"ctypes": "imports ctypes (raw memory)", "inspect": "imports inspect (reads frames)", "importlib": "imports importlib",
-            "builtins": "imports builtins", "socket": "imports socket", "subprocess": "starts processes"}
+            "builtins": "imports builtins", "socket": "imports socket", "subprocess": "starts processes",
+            "__main__": "imports __main__ (reaches into the program that runs it)",
+            "atexit": "registers code to run at exit (atexit)"}
 _ATTRIBUTES = {"_getframe": "reads interpreter frames (sys._getframe)", "f_back": "walks the call stack (f_back)",
                "f_locals": "reads another frame's locals", "f_globals": "reads another frame's globals",
                "modules": "touches sys.modules", "get_objects": "walks every live object (gc.get_objects)",
                "get_referrers": "finds who holds an object (gc.get_referrers)",
                "get_referents": "walks what an object holds (gc.get_referents)", "settrace": "installs a tracer",
-               "setprofile": "installs a profiler hook"}
+               "setprofile": "installs a profiler hook", "_exit": "ends its process at once (os._exit)"}
 _HARNESS = "prepare"
 # Bytes of literal data (strings, bytes, numbers and displays of them) past which a genome is flagged:
 # training code needs a docstring or a table, not the text it will be scored on, which an LLM
