@@ -215,10 +215,6 @@ def program_process(argv):
     return 0
 
 
-class ProgramError(Exception):
-    """The program's process gave no results: why."""
-
-
 def _sandbox_prefix(program):
     """bwrap arguments that run a command apart from the evaluator (no capabilities, nothing writable
     but its own /tmp), or [] where bwrap cannot run here."""
@@ -246,7 +242,7 @@ def _sandbox_prefix(program):
 
 def call_apart(program, function, calls):
     """[(result, seconds)] of the program's `function` called with each of `calls` (keyword
-    arguments) in a process of its own; ProgramError when that process gave none."""
+    arguments) in a process of its own; RuntimeError (why) when that process gave none."""
     request = _encode(to_data(list(calls))).encode()
     _OWN_SPAWN[0] = True
     try:
@@ -275,18 +271,18 @@ def call_apart(program, function, calls):
     try:
         out = _decode(data.decode()) if data else None
     except (ValueError, RecursionError, UnicodeDecodeError):
-        raise ProgramError("the program's process handed back something that is not JSON") from None
+        raise RuntimeError("the program's process handed back something that is not JSON") from None
     if not isinstance(out, dict) or ("runs" not in out and "error" not in out):
-        raise ProgramError(f"the program's process ended without handing back a result (exit code {code})")
+        raise RuntimeError(f"the program's process ended without handing back a result (exit code {code})")
     if "error" in out:
-        raise ProgramError(str(out["error"]))
+        raise RuntimeError(str(out["error"]))
     runs = out["runs"]
     if not isinstance(runs, list) or len(runs) != len(calls) or not all(isinstance(r, list) and len(r) == 2 for r in runs):
-        raise ProgramError("the program's process handed back a result of another shape")
+        raise RuntimeError("the program's process handed back a result of another shape")
     try:
         return [(from_data(result), float(seconds)) for result, seconds in runs]
     except (ValueError, TypeError, RecursionError) as e:
-        raise ProgramError(f"the program's result is not data: {e}") from None
+        raise RuntimeError(f"the program's result is not data: {e}") from None
 
 
 def run_shinka_eval(program_path, results_dir, experiment_fn_name="run_experiment", num_runs=1,
