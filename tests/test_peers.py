@@ -160,6 +160,9 @@ def test_an_openevolve_project_evolves_as_it_is_with_every_metric_on_record(tmp_
     show = run_evo("show", "oe", "1", cwd=tmp_path).stdout
     assert "distance" in show and "size" in show and "guess() returned" in show
     status = run_evo("status", "oe", cwd=tmp_path).stdout
+    # OpenEvolve's evaluator imports the program: said so, never "run apart" (the runner's channel holds the result)
+    assert all(t.attrs["provenance"]["program"] == "program and evaluator share a process" for t in trials)
+    assert "program and evaluator share a process" in status and "program: program and evaluator share" in show
     raw = run_evo("status", "oe", "--json", cwd=tmp_path).stdout
     summary = _strict_json(raw)
     assert summary["best_value"] == summary["best_combined_score"] == max(t.value for t in trials)
