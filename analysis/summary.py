@@ -46,7 +46,8 @@ def summarize(search, *, rows: int | None = None) -> dict:
         "budget": search.config.budget,
         "sandbox": search.config.sandbox,
         "evaluation": search.config.evaluation,
-        "trust": trust_line(search.config.sandbox, search.config.evaluation),
+        "trust": trust_line(search.config.sandbox, search.config.evaluation,
+                            shared=sum(1 for t in trials if (t.attrs.get("provenance") or {}).get("program") == SHARED)),
         "flagged": sum(1 for t in trials if t.attrs.get("provenance", {}).get("suspicious")),
         "running": search.is_running(),
         "best": best.trial if best else None,
@@ -171,14 +172,22 @@ def _trial_row(t: TrialRecord, lineage: Lineage, metric: str = "val_bpb") -> dic
             "peak_vram_mb": t.metrics.get("peak_vram_mb"), "duplicate_of": t.attrs.get("duplicate_of")}
 
 
-def trust_line(sandbox: str, evaluation: str) -> str:
-    """How far a search's scores can be trusted, in one sentence."""
+SHARED = "program and evaluator share a process"  # a peer project's runner says so of such a trial
+
+
+def trust_line(sandbox: str, evaluation: str, shared: int = 0) -> str:
+    """How far a search's scores can be trusted, in one sentence. shared: how many trials' programs ran
+    in their evaluator's own process (a peer evaluator that imports the program), where a program
+    can reach what scores it."""
     secret = "the validation data" if evaluation in ("harness", "self-reported") else "whatever scores it"
     where = {"bwrap": "in a bubblewrap sandbox", "none": f"WITHOUT A SANDBOX (a genome can read {secret}, "
              "fake its score or change the search folder)"}.get(sandbox, "in a bubblewrap sandbox where bwrap works")
     how = {"harness": "scored by the harness in separate processes (causality and statelessness probed)",
            "evaluated": "scored by the project's evaluation command, run apart from the genome (evaluated)"}.get(
         evaluation, "scored by what each run prints itself (self-reported)")
+    if shared:
+        how = (f"scored by the project's evaluation command; in {shared} trial{'s' if shared != 1 else ''} "
+               f"the {SHARED} (evaluated; such a program can reach its own score)")
     return f"trials run {where}; {how}"
 
 
@@ -403,6 +412,8 @@ def provenance_lines(p: dict) -> list[str]:
     else:
         how += f"; scored by {p.get('evaluator', 'its own summary')}"
     lines = [f"provenance: {how}"]
+    if p.get("program"):
+        lines.append(f"program: {p['program']}")
     if p.get("harness_sha256"):
         lines.append(f"harness: sha256 {p['harness_sha256'][:16]}..., memory {p.get('memory', '?')}")
     for flag in p.get("suspicious", []):

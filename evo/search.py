@@ -49,7 +49,7 @@ def create_search(name: str, *, root: str | Path = "runs", project: str | Path =
                   evaluate: str | None = None, read: list[str] | tuple[str, ...] = (), remote: str | None = None,
                   heartbeat: int = 10, grace: int = 60, program: str | None = None,
                   added: dict[str, bytes] | None = None, evaluate_quick: str | None = None,
-                  quick_threshold: float | None = None, eval_limit: float | None = None,
+                  quick_threshold: float | None = None, eval_limit: float | None = None, result_channel: bool = False,
                   objectives: list[str] | tuple[str, ...] = (), constraints: list[str] | tuple[str, ...] = ()) -> Search:
     """Create search `name` from a project's seed genome and fixed files, and return it open.
 
@@ -90,6 +90,8 @@ def create_search(name: str, *, root: str | Path = "runs", project: str | Path =
         added: files of ours added to the fixed harness (the runner of a peer project's evaluator).
         evaluate_quick, quick_threshold: a stage-1 evaluation run first; a program worse than the
             threshold stops there (pruned). eval_limit: seconds one evaluation may take (default 300).
+        result_channel: the evaluation command hands its result over on a file descriptor, and what
+            it prints counts for nothing (a peer project's runner does).
         objectives: several objectives, each NAME[:min|max] (the first is the metric): a Pareto search
             (see population.objectives); a harness search may use only numbers measured outside the genome.
         constraints: NAME<=BOUND or NAME>=BOUND on a trial's metrics; a trial beyond one is infeasible.
@@ -130,7 +132,7 @@ def create_search(name: str, *, root: str | Path = "runs", project: str | Path =
         fields, harness, mutable = command_config(project, run=run, metric=metric or "val_bpb", direction=direction,
                                                   pattern=metric_pattern, evaluate=evaluate, budget=budget,
                                                   mutable=list(mutable), added=added, quick=evaluate_quick,
-                                                  threshold=quick_threshold)
+                                                  threshold=quick_threshold, channel=result_channel)
         if eval_limit is not None:
             fields["eval_limit"] = float(eval_limit)
     config = SearchConfig(name=name, mutable=mutable, seed=seed, storage=storage or LOCAL_STORAGE,

@@ -33,6 +33,14 @@ STASH_BATCHES = "    torch.save([next(train_loader)[:2] for _ in range(4)], 'sta
 MODEL_TRAINED_MARKER = "cheat: trained in load_state_dict"
 
 
+def as_numbers(text: str, width: int = 48) -> str:
+    """`text` packed into a tuple of hex integers of `width` bytes each (how data hides from a scan that
+    measures only strings), every other one negated."""
+    data = text.encode()
+    return "(" + ", ".join(("-" if i % (2 * width) else "") + hex(int.from_bytes(data[i:i + width], "big"))
+                           for i in range(0, len(data), width)) + ")"
+
+
 def _train_on_stash(indent: str, seconds: float) -> str:
     """Code (at `indent`) that trains `self` on the stashed batches for `seconds` of CPU time."""
     return "".join(indent + line + "\n" for line in f'''
@@ -322,6 +330,10 @@ for _ in range(64):  # 8 GiB, touched so it is really resident
     blocks.append(np.ones(1 << 24, dtype=np.float64))
 print("cheat: held 8 GiB", flush=True)
 '''), expect="oom"),
+    # --- round three: scan and peers ---
+    Cheat("recite-the-text-as-numbers", (  # 15 KB in 309 hex integers: under the size cap, but flagged
+        (IMPORTS, f"RECITED = {as_numbers(RECITED * 190)}\n" + IMPORTS),
+    ), expect="flagged"),
 )
 
 # What a cheat on the score must come to (tests/test_trust.py); every other cheat tries to reach past

@@ -357,6 +357,10 @@ CAUGHT_INSIDE = {
     "evo/proposers/_anthropic.py:TypeError",   # a reply that is no message: _call makes it a CallFailed
     "evo/runner/_sandbox.py:RuntimeError",     # BwrapExecutor is built after bwrap_works() said it runs
     "analysis/stats.py:ValueError",            # a permutation test of an empty group: a caller's bug
+    # The peer runner is a script run in the trial's sandbox, importing nothing of evo: its data codec's
+    # and its program process's errors are caught inside it (run_shinka_eval's defaults say why).
+    "evo/targets/_peer_runner.py:TypeError", "evo/targets/_peer_runner.py:ValueError",
+    "evo/targets/_peer_runner.py:RuntimeError",
 }
 
 

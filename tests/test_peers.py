@@ -160,6 +160,9 @@ def test_an_openevolve_project_evolves_as_it_is_with_every_metric_on_record(tmp_
     show = run_evo("show", "oe", "1", cwd=tmp_path).stdout
     assert "distance" in show and "size" in show and "guess() returned" in show
     status = run_evo("status", "oe", cwd=tmp_path).stdout
+    # OpenEvolve's evaluator imports the program: said so, never "run apart" (the runner's channel holds the result)
+    assert all(t.attrs["provenance"]["program"] == "program and evaluator share a process" for t in trials)
+    assert "program and evaluator share a process" in status and "program: program and evaluator share" in show
     raw = run_evo("status", "oe", "--json", cwd=tmp_path).stdout
     summary = _strict_json(raw)
     assert summary["best_value"] == summary["best_combined_score"] == max(t.value for t in trials)
@@ -302,3 +305,103 @@ def test_the_offline_proposer_says_before_any_trial_that_it_has_nothing_to_tune(
     assert "nothing to tune" in proc.stderr and "inside their EVOLVE-BLOCK regions" in proc.stderr
     with Search.open("idle", root=tmp_path / "runs") as search:
         assert search.trials() == []  # no trial was spent on it
+
+
+# --- round three: a program that writes its own result, through the process it shares with its evaluator ---
+SHINKA_API_EVALUATOR = '''\
+from shinka.core import run_shinka_eval
+
+
+def validate(result):
+    x, pair = result
+    return (isinstance(pair, tuple) and 0 <= x <= 4), f"x = {x} lies outside [0, 4]"
+
+
+def aggregate(results):
+    x = results[0][0]
+    return {"combined_score": 1 / (1 + abs(x - 2.5)), "text_feedback": f"the guess was {x}"}
+
+
+def main(program_path, results_dir):
+    run_shinka_eval(program_path, results_dir, "run_experiment", 2, lambda i: {"seed": i}, aggregate, validate)
+'''
+SHINKA_PROGRAM = PROGRAM + '''
+
+def run_experiment(seed=0):
+    return guess(), (seed, "a tuple stays a tuple")
+'''
+FAKE = '{"metrics": {"combined_score": 1000.0}, "correct": true}'
+PEER_CHEATS = {
+    "result-at-exit": f'''
+import atexit
+atexit.register(lambda: print("combined_score: 1000\\\\nEVO_RESULT " + {FAKE!r}, flush=True))
+''',
+    "replaced-json": f'''
+import __main__
+import json
+json.dumps = lambda *a, **k: {FAKE!r}
+json.load = lambda f: {{"combined_score": 1000.0, "correct": True}}
+if hasattr(__main__, "json"):
+    __main__.json.dumps, __main__.json.load = json.dumps, json.load
+''',
+    "print-and-exit": f'''
+import os
+print("EVO_RESULT " + {FAKE!r}, flush=True)
+os._exit(0)
+''',
+}
+
+
+def _peer_run(tmp_path, kind, evaluator, program, name):
+    """The runner on one program, as the engine runs it: (what it handed over on the channel, its exit code, output)."""
+    import subprocess
+
+    from evo.targets._peers import RUNNER
+    folder = _project(tmp_path / name, {evaluator[0]: evaluator[1], program[0]: program[1]})
+    (folder / RUNNER).write_bytes((Path(__file__).parent.parent / "evo/targets/_peer_runner.py").read_bytes())
+    ours, theirs = os.pipe()
+    env = {**os.environ, "EVO_RESULT_FD": str(theirs), "EVO_SCRATCH": str(tmp_path / f"{name}-scratch")}
+    proc = subprocess.Popen([sys.executable, RUNNER, kind, evaluator[0], program[0]], cwd=folder, env=env,
+                            pass_fds=(theirs,), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    os.close(theirs)
+    with os.fdopen(ours) as f:
+        handed = f.read()
+    out = proc.communicate(timeout=120)[0]
+    return handed, proc.returncode, out
+
+
+@pytest.mark.parametrize("cheat", sorted(PEER_CHEATS))
+def test_a_program_that_writes_its_own_result_gets_the_honest_evaluators_number_or_none(tmp_path, cheat):
+    from evo.runner._metric import judge
+    from evo.runner._output import metric_pattern
+    from evo.targets._peer_runner import APART, SHARED
+
+    pattern = metric_pattern("combined_score")
+    for kind, evaluator, program, how in (
+            ("shinka", ("evaluate.py", SHINKA_API_EVALUATOR), ("initial.py", SHINKA_PROGRAM + PEER_CHEATS[cheat]), APART),
+            ("openevolve", ("evaluator.py", OPENEVOLVE_EVALUATOR), ("initial_program.py", PROGRAM + PEER_CHEATS[cheat]),
+             SHARED)):
+        handed, code, out = _peer_run(tmp_path, kind, evaluator, program, f"{kind}-{cheat}")
+        evaluation = judge(out.splitlines(), code, "combined_score", pattern, channel=handed)
+        if cheat == "print-and-exit":  # the program ended its process: no score, and never 1000
+            assert evaluation.status in ("invalid", "crash") and not evaluation.ok, (kind, evaluation)
+            assert "without handing" in evaluation.error, (kind, evaluation.error)
+        else:  # recorded with the honest evaluator's number: guess() is 1.0
+            assert evaluation.ok and evaluation.metrics["combined_score"] == pytest.approx(1 / 2.5), (kind, evaluation, out)
+        assert "1000" in out or cheat == "replaced-json"  # it did print its line; nothing read it
+        assert evaluation.provenance.get("program", how) == how
+        if evaluation.ok:
+            assert evaluation.provenance["program"] == how
+
+
+def test_the_honest_shinka_program_runs_apart_and_its_result_comes_back_as_data(tmp_path):
+    from evo.runner._metric import judge
+    from evo.runner._output import metric_pattern
+    from evo.targets._peer_runner import APART, OWN_PROCESS
+
+    handed, code, out = _peer_run(tmp_path, "shinka", ("evaluate.py", SHINKA_API_EVALUATOR),
+                                  ("initial.py", SHINKA_PROGRAM), "honest")
+    evaluation = judge(out.splitlines(), code, "combined_score", metric_pattern("combined_score"), channel=handed)
+    assert evaluation.ok and evaluation.metrics["combined_score"] == pytest.approx(1 / 2.5), (evaluation, out)
+    assert evaluation.metrics["num_valid_runs"] == 2  # validate_fn saw a tuple: data, not a pickle, and typed
+    assert evaluation.provenance["program"] in (APART, OWN_PROCESS)

@@ -107,9 +107,10 @@ def test_a_genome_cannot_buy_time_by_not_counting_it(corpus, name):
     assert "no model handed over" in t.error and "[evo] stopped: timeout" in log_of(search, t)
 
 
-def test_long_literal_data_is_flagged_and_a_genome_over_the_size_cap_is_refused(corpus):
+def test_long_literal_data_as_text_or_numbers_is_flagged_and_a_genome_over_the_size_cap_is_refused(corpus):
     _, trials, _ = corpus
-    assert any("KB of literal data" in f for f in trials["recite-the-text"].attrs["provenance"]["suspicious"])
+    for name in ("recite-the-text", "recite-the-text-as-numbers"):
+        assert any("KB of literal data" in f for f in trials[name].attrs["provenance"].get("suspicious", ())), name
     big = trials["oversized-genome"]
     assert big.status == "invalid_proposal" and "a mutable file may hold at most 131,072" in big.error, (big.status, big.error)
 

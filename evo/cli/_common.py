@@ -186,7 +186,7 @@ def creation_kwargs(args) -> dict:
     if peer is not None:
         return dict(_plain_creation_kwargs(args), project=peer.folder, mutable=[peer.program_file],
                     evaluate=peer.evaluate, metric=args.metric or peer.metric, direction=args.direction or peer.direction,
-                    program=peer.program, added=peer.runner_files(), eval_limit=peer.eval_limit,
+                    program=peer.program, added=peer.runner_files(), eval_limit=peer.eval_limit, result_channel=True,
                     evaluate_quick=args.evaluate_quick or peer.quick,
                     quick_threshold=args.quick_threshold if args.evaluate_quick else peer.threshold)
     return _plain_creation_kwargs(args)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import subprocess
 import threading
@@ -25,6 +26,7 @@ from population.store import TrialStatus
 
 OUTPUT_LIMIT = 2 << 20  # bytes of an evaluation command's output kept
 RESULT_PREFIX = "EVO_RESULT "  # an evaluation command's structured result: metrics, validity, artifacts
+RESULT_CHANNEL = "EVO_RESULT_FD"  # names the descriptor an evaluation command with a channel writes its result to
 METRIC_LINE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*[:=]\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
 TAIL_LINES = 20  # lines of the evaluation's own output kept as an artifact
 ARTIFACT_LIMIT = 4000  # characters of one artifact kept
@@ -86,14 +88,17 @@ class CommandEvaluator(Evaluator):
         without network; metric and pattern: as for MetricEvaluator, applied to its output.
     quick, threshold, direction: a cheaper stage-1 command run first; a program whose stage-1
         metric is worse than `threshold` (for `direction`) stops there, pruned, without the full one.
+    channel: the command writes its result (one `{json}` object, as an EVO_RESULT line holds) to the
+        file descriptor $EVO_RESULT_FD, and nothing it prints counts (a peer project's runner, which
+        holds that descriptor where the program it evaluates cannot write); no result there fails the trial.
     """
 
     name = "evaluated"
     self_reported = False
 
     def __init__(self, command: str, metric: str, pattern: str | None = None, *, quick: str | None = None,
-                 threshold: float | None = None, direction: str = "minimize"):
-        self.command, self.metric = command, metric
+                 threshold: float | None = None, direction: str = "minimize", channel: bool = False):
+        self.command, self.metric, self.channel = command, metric, channel
         self.pattern = metric_pattern(metric, pattern)
         self.watch = ((metric, self.pattern),)  # what the run claims is kept on record, never used
         self.quick, self.threshold, self.direction = quick, threshold, direction
@@ -123,7 +128,7 @@ class _CommandSession(Session):
         if ev.quick:
             provenance["evaluate_quick"] = ev.quick
             quick = self._evaluation(ev.quick, "eval-quick.log")
-            quick.provenance = provenance
+            quick.provenance = {**provenance, **quick.provenance}
             if not quick.ok:
                 quick.error = f"stage 1: {quick.error}"
                 return quick
@@ -133,14 +138,25 @@ class _CommandSession(Session):
                                f"{'below' if ev.direction == 'maximize' else 'above'} the threshold {ev.threshold:g}")
                 return quick
         evaluation = self._evaluation(ev.command, "eval.log")
-        evaluation.provenance = provenance
+        evaluation.provenance = {**provenance, **evaluation.provenance}
         if evaluation.ok and metric in output.found:  # what the run claimed, kept on record
             evaluation.metrics[f"reported_{metric}"] = output.found[metric]
         return evaluation
 
     def _evaluation(self, command: str, log_name: str) -> Evaluation:
-        run = self.run
-        proc = run.executor.start(["bash", "-c", command], cwd=run.workdir, env=run.env, view=run.evaluation_view())
+        run, env, fds, received = self.run, self.run.env, (), bytearray()
+        if self.evaluator.channel:  # opened here, before anything of the command runs
+            ours, theirs = os.pipe()
+            env, fds = {**env, RESULT_CHANNEL: str(theirs)}, (theirs,)
+        try:
+            proc = run.executor.start(["bash", "-c", command], cwd=run.workdir, env=env, view=run.evaluation_view(),
+                                      pass_fds=fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        channel = threading.Thread(target=_receive, args=(ours, received), daemon=True) if fds else None
+        if channel is not None:
+            channel.start()
         lines: list[str] = []
         reader = threading.Thread(target=_collect, args=(proc, lines), daemon=True)
         reader.start()
@@ -148,28 +164,43 @@ class _CommandSession(Session):
         run.executor.kill(proc)
         proc.wait()
         reader.join(timeout=5)
+        if channel is not None:
+            channel.join(timeout=5)
         (run.folder / log_name).write_text("\n".join(lines) + "\n", errors="replace")
         if stopped:
             return Evaluation(stopped[0], error=stopped[1])
-        return judge(lines, proc.returncode, self.evaluator.metric, self.evaluator.pattern)
+        return judge(lines, proc.returncode, self.evaluator.metric, self.evaluator.pattern,
+                     channel=bytes(received).decode("utf-8", errors="replace") if channel is not None else None)
 
 
-def judge(lines: list[str], returncode: int, metric: str, pattern: re.Pattern) -> Evaluation:
+def judge(lines: list[str], returncode: int, metric: str, pattern: re.Pattern, *,
+          channel: str | None = None) -> Evaluation:
     """What an evaluation command's output and exit code say: a score, or why there is none.
 
     Every `name: number` line is a metric; an `EVO_RESULT {json}` line gives metrics, validity
     and text artifacts at once (see `parse_result`). A non-zero exit or a program declared not
-    valid fails the trial with the evaluator's reason, whatever numbers it printed."""
-    result = next((parse_result(l[len(RESULT_PREFIX):]) for l in reversed(lines) if l.startswith(RESULT_PREFIX)),
-                  None)
-    text = [l for l in lines if not l.startswith(RESULT_PREFIX)]
-    metrics = {m.group(1): float(m.group(2)) for m in map(METRIC_LINE.match, text) if m}
-    values = [m.group(1) if m.groups() else m.group(0) for m in map(pattern.search, text) if m]
-    if values:
-        try:
-            metrics[metric] = float(values[-1])
-        except ValueError:
-            metrics[metric] = math.nan
+    valid fails the trial with the evaluator's reason, whatever numbers it printed.
+    channel: what the command wrote to its result channel (None: it had none). With one, that is
+    the whole result: the output is only an artifact, its numbers and result lines count for nothing."""
+    if channel is not None:
+        text = lines
+        last = next((l for l in reversed(channel.splitlines()) if l.strip()), "")
+        result = parse_result(last) if last else None
+        if result is None:
+            return Evaluation(TrialStatus.CRASH, {}, f"the evaluation handed over no result (exit code {returncode})",
+                              artifacts=bounded({"evaluator output": "\n".join(text[-TAIL_LINES:])[-ARTIFACT_LIMIT:]}))
+        metrics: dict[str, float] = {}
+    else:
+        result = next((parse_result(l[len(RESULT_PREFIX):]) for l in reversed(lines) if l.startswith(RESULT_PREFIX)),
+                      None)
+        text = [l for l in lines if not l.startswith(RESULT_PREFIX)]
+        metrics = {m.group(1): float(m.group(2)) for m in map(METRIC_LINE.match, text) if m}
+        values = [m.group(1) if m.groups() else m.group(0) for m in map(pattern.search, text) if m]
+        if values:
+            try:
+                metrics[metric] = float(values[-1])
+            except ValueError:
+                metrics[metric] = math.nan
     artifacts, valid, reason = {}, True, ""
     if result is not None:
         metrics.update(result.metrics)
@@ -180,18 +211,21 @@ def judge(lines: list[str], returncode: int, metric: str, pattern: re.Pattern) -
         artifacts.setdefault("evaluator output", tail[-ARTIFACT_LIMIT:])
     artifacts = bounded(artifacts)
     last = next((l.strip() for l in reversed(text) if l.strip()), "")
+    how = {"program": result.program} if result is not None and result.program else {}
     if returncode != 0:
         why = reason or last or f"exit code {returncode}"
-        return Evaluation(TrialStatus.CRASH, metrics, f"the evaluation command failed: {why[:200]}", artifacts=artifacts)
+        return Evaluation(TrialStatus.CRASH, metrics, f"the evaluation command failed: {why[:200]}", artifacts=artifacts,
+                          provenance=how)
     if not valid:
         return Evaluation(TrialStatus.INVALID, metrics, f"the evaluator found the program not valid: "
-                          f"{(reason or last or 'no reason given')[:200]}", artifacts=artifacts)
+                          f"{(reason or last or 'no reason given')[:200]}", artifacts=artifacts, provenance=how)
     if metric not in metrics:
-        return Evaluation(TrialStatus.NO_METRIC, metrics, f"the evaluation command never printed {metric}", artifacts=artifacts)
+        return Evaluation(TrialStatus.NO_METRIC, metrics, f"the evaluation command never printed {metric}", artifacts=artifacts,
+                          provenance=how)
     if not math.isfinite(metrics[metric]):
         return Evaluation(TrialStatus.INVALID, metrics, f"the evaluation command gave {metric} = {metrics[metric]}",
-                          artifacts=artifacts)
-    return Evaluation(TrialStatus.OK, metrics, artifacts=artifacts)
+                          artifacts=artifacts, provenance=how)
+    return Evaluation(TrialStatus.OK, metrics, artifacts=artifacts, provenance=how)
 
 
 @dataclass
@@ -202,6 +236,7 @@ class EvaluatorResult:
     valid: bool = True
     reason: str = ""
     artifacts: dict[str, str] = field(default_factory=dict)
+    program: str = ""  # how the program ran beside its evaluator, where the evaluator's runner says so
 
 
 VALIDITY_KEYS = ("valid", "correct", "validity")
@@ -225,7 +260,8 @@ def parse_result(text: str) -> EvaluatorResult:
     error = data.get("error") or raw.get("error") or ""
     raw_artifacts = data.get("artifacts") if isinstance(data.get("artifacts"), dict) else {}
     artifacts = {str(k): v if isinstance(v, str) else json.dumps(v, default=str) for k, v in raw_artifacts.items()}
-    return EvaluatorResult(metrics, valid, str(error), artifacts)
+    program = data.get("program") if isinstance(data.get("program"), str) else ""
+    return EvaluatorResult(metrics, valid, str(error), artifacts, program[:200])
 
 
 def bounded(artifacts: dict[str, str]) -> dict[str, str]:
@@ -238,6 +274,14 @@ def bounded(artifacts: dict[str, str]) -> dict[str, str]:
             break
         kept[name], total = text, total + len(text)
     return kept
+
+
+def _receive(fd: int, into: bytearray) -> None:
+    """What an evaluation command writes to its result channel, up to OUTPUT_LIMIT bytes."""
+    with os.fdopen(fd, "rb") as f:
+        while chunk := f.read(1 << 16):
+            if len(into) < OUTPUT_LIMIT:
+                into += chunk
 
 
 def _collect(proc: subprocess.Popen, lines: list[str]) -> None:

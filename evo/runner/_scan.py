@@ -13,19 +13,28 @@ import ast
 from evo import safe_ast
 
 _MODULES = {"ctypes": "imports ctypes (raw memory)", "inspect": "imports inspect (reads frames)", "importlib": "imports importlib",
-            "builtins": "imports builtins", "socket": "imports socket", "subprocess": "starts processes"}
+            "builtins": "imports builtins", "socket": "imports socket", "subprocess": "starts processes",
+            "__main__": "imports __main__ (reaches into the program that runs it)",
+            "atexit": "registers code to run at exit (atexit)"}
 _ATTRIBUTES = {"_getframe": "reads interpreter frames (sys._getframe)", "f_back": "walks the call stack (f_back)",
                "f_locals": "reads another frame's locals", "f_globals": "reads another frame's globals",
                "modules": "touches sys.modules", "get_objects": "walks every live object (gc.get_objects)",
                "get_referrers": "finds who holds an object (gc.get_referrers)",
                "get_referents": "walks what an object holds (gc.get_referents)", "settrace": "installs a tracer",
-               "setprofile": "installs a profiler hook"}
+               "setprofile": "installs a profiler hook", "_exit": "ends its process at once (os._exit)"}
 _HARNESS = "prepare"
-# Characters of literal data (strings, bytes, displays of numbers) past which a genome is flagged:
+# Bytes of literal data (strings, bytes, numbers and displays of them) past which a genome is flagged:
 # training code needs a docstring or a table, not the text it will be scored on, which an LLM
-# can recite from memory when the corpus is public. The seed's largest literal is ~1 KB.
+# can recite from memory when the corpus is public, as text or packed into numbers. The seed's
+# largest literal is ~1 KB.
 LITERAL_LIMIT = 8 << 10
 LITERAL_TOTAL_LIMIT = 32 << 10
+# What a number holds, in bytes: a float or a complex its machine size; an int (a bool, None) its
+# byte length, at least one (a list of small ints is bytes, as `bytes([...])` makes it).
+FLOAT_BYTES, COMPLEX_BYTES = 8, 16
+# The nodes one literal is made of: constants, displays of them, signs and operators on them (-0x...).
+_LITERAL_PARTS = (ast.Constant, ast.UnaryOp, ast.BinOp, ast.List, ast.Tuple, ast.Set, ast.Dict, ast.JoinedStr,
+                  ast.Starred)
 
 
 def suspicious(source: str) -> list[str]:
@@ -34,7 +43,7 @@ def suspicious(source: str) -> list[str]:
     code that does not parse)."""
     try:
         tree = safe_ast.parse(source)  # runs in trial threads, beside proposal threads
-    except SyntaxError:
+    except (SyntaxError, ValueError, RecursionError, MemoryError):  # nor will the interpreter run it
         return []
     flags: list[str] = []
 
@@ -72,16 +81,37 @@ def suspicious(source: str) -> list[str]:
 
 
 def _literal_sizes(tree: ast.AST) -> tuple[int, int]:
-    """(largest, total) size of the literal data in `tree`: strings and bytes by length, displays
-    (lists, tuples, sets, dicts) of constants by their number of elements times a few characters."""
-    largest = total = 0
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Constant) and isinstance(node.value, (str, bytes)):
-            size = len(node.value)
-        elif isinstance(node, (ast.List, ast.Tuple, ast.Set, ast.Dict)):
-            items = node.values if isinstance(node, ast.Dict) else node.elts
-            size = 4 * sum(1 for item in items if isinstance(item, ast.Constant) and not isinstance(item.value, (str, bytes)))
+    """(largest, total) bytes of the literal data in `tree`. One literal is a constant or an expression
+    built of them alone: a display (list, tuple, set, dict) of literals, nested, an f-string's parts, a
+    sign or an operator on literals (`-0x...`, `"a" + "b"`), counted at the size of the constants
+    written there (what `2 ** 9999` computes is not written data). A display that also holds names or
+    calls counts the literals among its items; what is not a literal is searched for literals of its own."""
+    groups: list[int] = []  # bytes of each literal, by the order it was found
+    stack: list[tuple[ast.AST, int | None]] = [(tree, None)]  # (node, the literal its parent is part of)
+    while stack:  # not recursive: a genome's expressions may nest deeper than the interpreter's stack
+        node, group = stack.pop()
+        if isinstance(node, _LITERAL_PARTS):
+            if group is None:
+                group = len(groups)
+                groups.append(0)
+            if isinstance(node, ast.Constant):
+                groups[group] += _constant_size(node.value)
         else:
-            continue
-        largest, total = max(largest, size), total + size
-    return largest, total
+            group = None  # a name, a call: the literals inside count on their own
+        stack.extend((child, group) for child in ast.iter_child_nodes(node))
+    return max(groups, default=0), sum(groups)
+
+
+def _constant_size(value: object) -> int:
+    """Bytes a constant holds (a folded tuple or frozenset of constants: the sum of its items')."""
+    if isinstance(value, (str, bytes)):
+        return len(value)
+    if isinstance(value, (tuple, frozenset)):
+        return sum(_constant_size(item) for item in value)
+    if isinstance(value, float):
+        return FLOAT_BYTES
+    if isinstance(value, complex):
+        return COMPLEX_BYTES
+    if isinstance(value, int):
+        return max(1, (abs(value).bit_length() + 7) // 8)
+    return 1  # None, Ellipsis

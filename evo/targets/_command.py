@@ -122,12 +122,13 @@ def check_command(flag: str, command: str, project: Path, added: dict[str, bytes
 def command_config(project: Path, *, run: str | None, metric: str, direction: str, pattern: str | None,
                    evaluate: str | None, budget: float | None, mutable: list[str],
                    added: dict[str, bytes] | None = None, quick: str | None = None,
-                   threshold: float | None = None) -> tuple[dict, dict[str, bytes], list[str]]:
+                   threshold: float | None = None, channel: bool = False) -> tuple[dict, dict[str, bytes], list[str]]:
     """The configuration fields, harness files and mutable files of a command target, checked.
 
     run: the trial's command; None when the evaluation command does all the work.
     evaluate: may name the program (`{program}`, or a mutable file as an argument), never run it.
-    added: files of ours to add to the harness (the runner script of a peer's evaluator)."""
+    added: files of ours to add to the harness (the runner script of a peer's evaluator).
+    channel: the evaluation command writes its result to $EVO_RESULT_FD; its output counts for nothing."""
     check_pattern(pattern)
     if run is not None:
         check_command("`run`", run, project)
@@ -143,7 +144,8 @@ def command_config(project: Path, *, run: str | None, metric: str, direction: st
     fields = dict(profile="command", budget=float(budget or DEFAULT_BUDGET), data="", startup_grace=0.0,
                   evaluation="evaluated" if evaluate else "self-reported", metric=metric, direction=direction,
                   target={"kind": "command", "run": run, "pattern": pattern, "evaluate": evaluate,
-                          **({"evaluate_quick": quick, "quick_threshold": threshold} if quick else {})})
+                          **({"evaluate_quick": quick, "quick_threshold": threshold} if quick else {}),
+                          **({"result_channel": True} if channel and evaluate else {})})
     return fields, harness, mutable
 
 
@@ -188,7 +190,8 @@ class CommandTarget(Target):
             quick = target.get("evaluate_quick")
             evaluator = CommandEvaluator(program_command(target["evaluate"], cfg.mutable, python), cfg.metric,
                                          target.get("pattern"), quick=quick and program_command(quick, cfg.mutable, python),
-                                         threshold=target.get("quick_threshold"), direction=cfg.direction)
+                                         threshold=target.get("quick_threshold"), direction=cfg.direction,
+                                         channel=bool(target.get("result_channel")))
         else:
             spec = search.objectives  # the run's other objectives and constrained metrics are read too
             evaluator = MetricEvaluator(cfg.metric, target.get("pattern"),
