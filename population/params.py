@@ -69,7 +69,7 @@ def as_params(values: dict[str, Any], space: dict[str, str]) -> tuple[dict, dict
             dist = distribution_for(value)
             new[name] = distribution_to_json(dist)
         value = _as_kind(value, dist)
-        if value is not None and dist._contains(dist.to_internal_repr(value)):
+        if value is not None and _fits(value, dist):
             params[name], distributions[name] = value, dist
     return params, distributions, new
 
@@ -83,3 +83,11 @@ def _as_kind(value, dist: BaseDistribution):
     if isinstance(dist, IntDistribution):
         return value if isinstance(value, int) else None
     return float(value)
+
+
+def _fits(value, dist: BaseDistribution) -> bool:
+    """Whether `value` lies in `dist` (0 or less does not on a log scale: left out, not an error)."""
+    try:
+        return dist._contains(dist.to_internal_repr(value))
+    except ValueError:
+        return False

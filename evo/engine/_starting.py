@@ -11,7 +11,7 @@ from pathlib import Path
 from evo.engine._admission import admit, original_of
 from evo.engine._options import StopKind, StopReason
 from evo.engine._records import Ticket
-from evo.engine._trial_files import commit_message, trial_attrs, trial_params, write_trial_files
+from evo.engine._trial_files import commit_message, trial_attrs, trial_family, trial_params, write_trial_files
 from evo.runner import Limits
 from evo.schedulers import Child
 from evo.search import check_harness
@@ -53,6 +53,7 @@ def start(engine, child: Child, slot: Slot | None = None) -> Ticket | None:
             tree = repo.tree_of(child.commit)
             attrs.update(commit=child.commit, tree=tree)
         params = trial_params(search, child)
+        attrs.update(trial_family(search, child))
         with search.store.claim():
             if engine.hosts.shared:
                 lineage = search.lineage()  # as other workers left it, and no one changes it until we are done
@@ -147,7 +148,7 @@ def keep_unrun(engine, child: Child) -> None:
                                                           message=commit_message(child, p))
         if not child.published:
             engine.hosts.publish(search, child.commit)
-        attrs.update(commit=child.commit, tree=search.repo.tree_of(child.commit))
+        attrs.update(commit=child.commit, tree=search.repo.tree_of(child.commit), **trial_family(search, child))
     with search.store.claim():
         number = search.store.start({**attrs, "seed": child.seed}, params=trial_params(search, child))
     write_trial_files(search, number, p, child.commit if p.ok else None, parent_commits)

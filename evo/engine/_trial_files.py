@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from evo.proposers import Proposal, hyperparameter_values
+from evo.proposers import FAMILY_ATTR, Proposal, code_family, hyperparameter_values
 from evo.schedulers import Child
 from population.search import Search
 
@@ -36,11 +36,20 @@ def commit_message(child: Child, proposal: Proposal) -> str:
 
 def trial_params(search: Search, child: Child) -> dict:
     """The child genome's UPPERCASE hyperparameters, recorded as the trial's Optuna params."""
+    files = _files(search, child)
+    return hyperparameter_values(files, search.config.profile) if files is not None else {}
+
+
+def trial_family(search: Search, child: Child) -> dict:
+    """The child genome's code family as a trial attribute (what a sampler proposer conditions on), or {}."""
+    files = _files(search, child)
+    return {FAMILY_ATTR: code_family(files, search.config.mutable, search.config.profile)} if files is not None else {}
+
+
+def _files(search: Search, child: Child) -> dict[str, str] | None:
     if child.commit is None or (child.proposal is not None and not child.proposal.ok):
-        return {}
-    cfg = search.config
-    files = child.proposal.files if child.proposal is not None else search.repo.files(child.commit, cfg.mutable)
-    return hyperparameter_values(files, cfg.profile)
+        return None
+    return child.proposal.files if child.proposal is not None else search.repo.files(child.commit, search.config.mutable)
 
 
 def write_trial_files(search: Search, number: int, proposal: Proposal | None, commit: str | None,

@@ -14,9 +14,14 @@ from evo.proposers._mixed import MixedProposer
 from evo.proposers._adaptive import WEIGHTS_ATTR, AdaptiveProposer
 from evo.proposers._openai_compat import OpenAICompatibleProposer
 from evo.proposers._pricing import Price, load_prices
+from evo.proposers._family import FAMILY_ATTR, code_family, tunable_numbers
+from evo.proposers._ranges import RangeError
+from evo.proposers._sampler import SAMPLERS, STATE_ATTR, WROTE_ATTR, SamplerProposer, wrote_of
 from evo.proposers._spec import PROPOSERS, SpecError, from_spec, parse_spec
 
 __all__ = ["hyperparameter_values", "CAPS", "Genome", "Proposal", "ProposalContext", "Proposer", "ProposerError", "ProposerUnavailable",
            "cap_proposal", "OfflineProposer",
            "AnthropicProposer", "CommandProposer", "MixedProposer", "AdaptiveProposer", "WEIGHTS_ATTR", "OpenAICompatibleProposer", "Price", "load_prices",
-           "PROPOSERS", "SpecError", "from_spec", "parse_spec"]
+           "PROPOSERS", "SpecError", "from_spec", "parse_spec",
+           "FAMILY_ATTR", "code_family", "tunable_numbers", "RangeError", "SAMPLERS", "STATE_ATTR", "WROTE_ATTR",
+           "SamplerProposer", "wrote_of"]

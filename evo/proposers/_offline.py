@@ -90,6 +90,20 @@ def tunable(files: dict[str, str], mutable: list[str], profile: str | None = Non
             if not p.name.startswith(FROZEN_PREFIXES) and inside(files[path], p.span)]
 
 
+def keeps_rules(files: dict[str, str], ctx: ProposalContext) -> bool:
+    """Whether `files` keep the target's hard invariants between knobs (`whole_multiples`): each
+    (knob, per, factor) says the knob must be a whole multiple of the knob `per` times `factor`."""
+    rules = ctx.settings.get("whole_multiples") or ()
+    for path in ctx.mutable if rules else ():
+        params = find_hyperparameters(files.get(path, ""), ctx.settings.get("profile"))
+        for knob, per, factor in rules:
+            whole, part = params.get(knob), params.get(per)
+            if whole and part and isinstance(whole.value, int) and isinstance(part.value, int):
+                if whole.value % (part.value * factor) != 0:
+                    return False
+    return True
+
+
 class OfflineProposer(Proposer):
     """A mutator that needs no network: it turns the knobs of the hyperparameter block.
 
@@ -134,17 +148,7 @@ class OfflineProposer(Proposer):
         return tunable(files, ctx.mutable, ctx.settings.get("profile"))
 
     def _valid(self, files: dict[str, str], ctx: ProposalContext) -> bool:
-        # The target's hard invariants between knobs (`whole_multiples`): each (knob, per, factor) says
-        # the knob must be a whole multiple of the knob `per` times `factor`.
-        rules = ctx.settings.get("whole_multiples") or ()
-        for path in ctx.mutable if rules else ():
-            params = find_hyperparameters(files.get(path, ""), ctx.settings.get("profile"))
-            for knob, per, factor in rules:
-                whole, part = params.get(knob), params.get(per)
-                if whole and part and isinstance(whole.value, int) and isinstance(part.value, int):
-                    if whole.value % (part.value * factor) != 0:
-                        return False
-        return True
+        return keeps_rules(files, ctx)
 
     def _mutated(self, files: dict[str, str], ctx: ProposalContext) -> tuple[dict[str, str], list[str], list] | None:
         """One random mutation: (the child's files, its notes, its (name, old, new) moves), or None."""

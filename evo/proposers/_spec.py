@@ -18,10 +18,11 @@ from evo.proposers._command import CommandProposer
 from evo.proposers._mixed import MixedProposer
 from evo.proposers._offline import OfflineProposer
 from evo.proposers._openai_compat import OpenAICompatibleProposer
+from evo.proposers._sampler import SAMPLERS, SamplerProposer
 from evo.proposers._pricing import Price, load_prices, price_for
 from population.errors import ConfigError
 
-PROPOSERS = ("offline", "anthropic", "openai-compatible", "command")
+PROPOSERS = ("offline", "anthropic", "openai-compatible", "command", *SAMPLERS)
 ADAPTIVE = "adaptive:"   # a mix whose weights learn: `adaptive:offline,anthropic` (see evo.proposers._adaptive)
 
 
@@ -110,6 +111,8 @@ def _one(name: str, *, model, base_url, openai_model, openai_mode, agent_command
                         f"prompt: give the answer at most a half (e.g. `max_tokens` {context_tokens // 4})")
     if name == "offline":
         return OfflineProposer()
+    if name in SAMPLERS:
+        return SamplerProposer(name)
     if name == "anthropic":
         model = model or DEFAULT_MODEL
         if price_for(model, prices) is None:
