@@ -40,6 +40,7 @@ from evo.proposers._family import FAMILY_ATTR, RangeError, Tunable, code_family,
 from evo.proposers._hyperparams import find_hyperparameters, format_value, rewrite
 from evo.proposers._offline import keeps_rules
 from evo.proposers._ranges import Knob
+from population.errors import OptionError
 from population.lineage import MAXIMIZE, Lineage
 from population.trials import TrialRecord, TrialStatus
 
@@ -92,7 +93,7 @@ class SamplerProposer(Proposer):
 
     def __init__(self, kind: str = "tpe", *, startup: int = 1, attempts: int = 30):
         if kind not in SAMPLERS:
-            raise ValueError(f"unknown sampler {kind!r}: use one of {', '.join(SAMPLERS)}")
+            raise OptionError(f"unknown sampler {kind!r}: use one of {', '.join(SAMPLERS)}")
         self.kind = self.name = kind
         self.startup = startup
         self.attempts = attempts
