@@ -32,10 +32,12 @@ KEPT_SKIPS = 10      # refused proposals a trial records (each one a line of `ev
 class IdeaGate:
     """The notebook's check of one proposal's children (see the module docstring).
 
-    ideas: the judge for this proposal's parents; None lets everything through."""
+    ideas: the judge for this proposal's parents; None lets everything through.
+    known: the trees of the genomes the search has: one of them is no new idea but a duplicate, recorded as
+        one with its original's score (`_starting.record_duplicate`), so the gate leaves it alone."""
 
-    def __init__(self, ideas: KnownIdeas | None):
-        self.ideas = ideas
+    def __init__(self, ideas: KnownIdeas | None, known: set[str] | frozenset[str] = frozenset()):
+        self.ideas, self.known = ideas, known
         self.refused: dict[str, dict] = {}      # genome hash -> what the record says of it, in refusal order
         self._judged: dict[str, object] = {}    # genome hash -> its judgement (None: nothing known)
 
@@ -50,7 +52,7 @@ class IdeaGate:
     def _judge(self, files: dict[str, str]):
         key = genome_hash(files)
         if key not in self._judged:
-            self._judged[key] = self.ideas.judge(files) if self.ideas is not None else None
+            self._judged[key] = self.ideas.judge(files) if self.ideas is not None and key not in self.known else None
         return self._judged[key]
 
     def _refuse(self, files: dict[str, str], description: str, proposer: str) -> str | None:

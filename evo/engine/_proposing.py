@@ -21,8 +21,9 @@ def make_child(engine, order: Order) -> Child:
     search, plan, lineage = engine.search, order.plan, order.lineage
     parents = [search.genome(n, lineage) for n in plan.parents]
     memory = recall(search, lineage) if engine.options.memory else None
+    known = {t.tree for t in lineage.trials if t.tree}
     gate = IdeaGate(KnownIdeas(memory, lineage, search.config, list(plan.parents), [g.files for g in parents])
-                    if memory is not None and memory.ideas else None)
+                    if memory is not None and memory.ideas else None, known)
     ctx = _context(engine, order, memory, gate)
     proposal = gate.screen(lambda: _proposal(engine, order, parents, ctx))
     child = Child(plan.operator, list(plan.parents), proposal=proposal, island=plan.island, seed=search.config.seed)
@@ -66,8 +67,7 @@ def check_files(proposal: Proposal, mutable: list[str]) -> None:
 
 
 def _context(engine, order: Order, memory, gate: IdeaGate) -> ProposalContext:
-    search, lineage, runner = engine.search, order.lineage, engine.runner
-    known = {t.tree for t in lineage.trials if t.tree}
+    search, lineage, runner, known = engine.search, order.lineage, engine.runner, gate.known
     cfg = search.config
     return ProposalContext(program=search.program, mutable=cfg.mutable,
                            settings=engine.target.proposer_settings(), lineage=lineage, rng=order.rng,
