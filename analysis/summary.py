@@ -15,6 +15,7 @@ from analysis.text import crop, duration, fmt
 from population.devices import DevicesRecord
 from population.errors import ConfigError
 from population.lineage import MIN_GAIN_ATTR, NOISE_MULTIPLE, Lineage, finish_order, min_gain_of
+from population.repeats import REPEAT_ATTR, SKIPPED_ATTR, skipped_counts
 from population.store import TrialRecord, TrialStatus
 
 
@@ -38,6 +39,7 @@ def summarize(search, *, rows: int | None = None) -> dict:
     devices, run = _devices(search)
     finished = sum(1 for t in trials if t.spends_trial)
     best_record = lineage.by_number.get(best.trial) if best else None
+    saved, skipped = skipped_counts(trials)
     return {
         "name": search.config.name,
         "folder": str(search.folder),
@@ -65,6 +67,9 @@ def summarize(search, *, rows: int | None = None) -> dict:
         "run": _run_line_facts(run, finished),
         "counts": dict(counts),
         "keep_rate": kept / len(children) if children else None,
+        # Proposals not trained because they repeated an idea the lab notebook measured (worse beyond the noise,
+        # or already on that parent); a child with any of them before it is one trial saved.
+        "known_ideas": {"trials_saved": saved, "skipped": skipped},
         "spend_usd": spend,
         "api_faults": search.store.ledger.api_faults,
         "cost_per_kept_usd": spend / kept if kept and spend else None,
@@ -255,6 +260,10 @@ def _status_head(s: dict) -> list[tuple[int, str]]:
                  for m in s["front"]]
     if s["keep_rate"] is not None:
         head.append((1, f"keep rate: {100 * s['keep_rate']:.0f}% of children improved the best so far"))
+    known = s.get("known_ideas") or {}
+    if known.get("trials_saved"):
+        head.append((1, f"known ideas: {known['trials_saved']} trial(s) saved ({known['skipped']} proposal(s) repeated an "
+                        "idea the lab notebook measured and were not trained; evo show N says which)"))
     head += [(1, line) for line in _noise_lines(s)]
     for r in s.get("rungs", []):
         if r["rung"]:
@@ -323,6 +332,7 @@ def render_trial(search, number: int) -> str:
         lines.append(f"genome score: {ind.score:.6f} ± {ind.spread:.6f} over {len(ind.values)} evaluations (trials {ind.evaluations})")
     if t.attrs.get("duplicate_of") is not None:
         lines.append(f"duplicate of trial #{t.attrs['duplicate_of']}: not trained again")
+    lines += known_idea_lines(t.attrs)
     if t.error:
         lines.append(f"error: {t.error}")
     if t.metrics:
@@ -345,6 +355,21 @@ def render_trial(search, number: int) -> str:
         where = f"{t.host}:{folder.run_log}" if t.host else str(folder.run_log)
         lines += ["", f"log tail (the full log is on {where}):"] + t.attrs["log_tail"].splitlines()[-15:]
     return "\n".join(lines)
+
+
+def known_idea_lines(attrs: dict) -> list[str]:
+    """What the lab notebook's check said of a child: the proposals refused before it, and whether it repeats a
+    known idea it was trained for all the same (`population.repeats`)."""
+    lines = []
+    skipped = attrs.get(SKIPPED_ATTR) or []
+    if skipped:
+        lines.append(f"skipped before this child: {len(skipped)} proposal(s) that repeated a known idea, not trained:")
+        lines += [f"  - {s.get('description') or '(no description)'}" + (f" [{s['proposer']}]" if s.get("proposer") else "")
+                  + f": {s.get('reason', '')}" for s in skipped]
+    repeat = attrs.get(REPEAT_ATTR)
+    if repeat:
+        lines.append(f"repeats a known idea: {repeat.get('reason', '')}")
+    return lines
 
 
 ANSWER_HEAD, ANSWER_TAIL = 1200, 600   # characters of a model's answer `evo show` prints (its start, its end)

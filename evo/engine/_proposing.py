@@ -4,20 +4,37 @@ child here, while the devices are busy."""
 
 from __future__ import annotations
 
+from evo.engine._known import IdeaGate
 from evo.engine._records import Order
 from evo.engine._trial_files import commit_message
 from evo.memory import recall
-from evo.proposers import Genome, Proposal, ProposalContext, ProposerError, ProposerUnavailable, cap_proposal
+from evo.proposers import (Genome, KnownIdeas, Proposal, ProposalContext, ProposerError, ProposerUnavailable,
+                           cap_proposal)
 from evo.schedulers import Child
 from population.genomes import genome_hash
 
 
 def make_child(engine, order: Order) -> Child:
     """The child of `order`'s plan, as `engine.proposer` writes it (a failed proposal is a child too:
-    it is recorded as invalid). ProposerError and ProposerUnavailable pass through."""
-    search, plan, lineage, proposer = engine.search, order.plan, order.lineage, engine.proposer
+    it is recorded as invalid), checked against the lab notebook first (`IdeaGate`: a proposal that repeats
+    an idea measured worse is not trained). ProposerError and ProposerUnavailable pass through."""
+    search, plan, lineage = engine.search, order.plan, order.lineage
     parents = [search.genome(n, lineage) for n in plan.parents]
-    ctx = _context(engine, order)
+    memory = recall(search, lineage) if engine.options.memory else None
+    known = {t.tree for t in lineage.trials if t.tree}
+    gate = IdeaGate(KnownIdeas(memory, lineage, search.config, list(plan.parents), [g.files for g in parents])
+                    if memory is not None and memory.ideas else None, known)
+    ctx = _context(engine, order, memory, gate)
+    proposal = gate.screen(lambda: _proposal(engine, order, parents, ctx))
+    child = Child(plan.operator, list(plan.parents), proposal=proposal, island=plan.island, seed=search.config.seed)
+    if proposal.ok and engine.hosts.shared:
+        publish_early(engine, child, [g.commit for g in parents])
+    return child
+
+
+def _proposal(engine, order: Order, parents: list[Genome], ctx: ProposalContext) -> Proposal:
+    """One proposal of `engine.proposer` for the order, capped and checked to hold the mutable files."""
+    search, plan, proposer = engine.search, order.plan, engine.proposer
     try:
         if plan.operator == "crossover":
             base_commit = search.repo.merge_base(parents[0].commit, parents[1].commit)
@@ -35,10 +52,7 @@ def make_child(engine, order: Order) -> Child:
     proposal.remote = proposal.remote and proposer.remote
     cap_proposal(proposal)
     check_files(proposal, search.config.mutable)
-    child = Child(plan.operator, list(plan.parents), proposal=proposal, island=plan.island, seed=search.config.seed)
-    if proposal.ok and engine.hosts.shared:
-        publish_early(engine, child, [g.commit for g in parents])
-    return child
+    return proposal
 
 
 def check_files(proposal: Proposal, mutable: list[str]) -> None:
@@ -52,17 +66,16 @@ def check_files(proposal: Proposal, mutable: list[str]) -> None:
                               else f"proposal lacks mutable files: {sorted(missing)}")
 
 
-def _context(engine, order: Order) -> ProposalContext:
-    search, lineage, runner = engine.search, order.lineage, engine.runner
-    known = {t.tree for t in lineage.trials if t.tree}
+def _context(engine, order: Order, memory, gate: IdeaGate) -> ProposalContext:
+    search, lineage, runner, known = engine.search, order.lineage, engine.runner, gate.known
     cfg = search.config
     return ProposalContext(program=search.program, mutable=cfg.mutable,
-                           settings=engine.target.proposer_settings(),
-                           lineage=lineage, rng=order.rng, is_known=lambda files: genome_hash(files) in known,
+                           settings=engine.target.proposer_settings(), lineage=lineage, rng=order.rng,
+                           is_known=lambda files: genome_hash(files) in known or gate.is_refused(files),
                            scratch=order.scratch, executor=runner.executor, offline_only=order.offline_only,
                            progress=order.facts.update, say=lambda line: engine.on_event("proposer", {"line": line}),
                            hidden_data=runner.data.sources, training_data=(*runner.data.tokenizer, *runner.data.train),
-                           memory=recall(search, lineage) if engine.options.memory else None)
+                           memory=memory, known_idea=gate.hook)
 
 
 def publish_early(engine, child: Child, parent_commits: list[str]) -> None:

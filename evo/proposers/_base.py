@@ -69,6 +69,12 @@ class ProposalContext:
     training_data: the token files of the training split (and the tokenizer), shown again on top.
     memory: the lab notebook's ideas of searches of the same task, this one's included
         (`population.notebook`); None when the search runs without memory (`--no-memory`).
+    known_idea: known_idea(files, description) says why a child with these files is not to be trained
+        (what the notebook measured of the idea it repeats: worse beyond the noise, or already measured on
+        this parent), or None when it may be. Call it on the child about to be returned: on a reason, a
+        chat proposer asks its model again with it (one more turn), a proposer of constants draws again.
+        Each reason is recorded on the trial as a proposal skipped; the engine judges the returned child
+        the same way whatever the proposer did (`evo.engine._known`).
     """
 
     program: str
@@ -88,6 +94,7 @@ class ProposalContext:
     hidden_data: tuple[Path, ...] = ()
     training_data: tuple[Path, ...] = ()
     memory: Recall | None = None
+    known_idea: Callable[..., str | None] = lambda files, description="": None
 
 
 class ProposerError(ProposalError, RuntimeError):

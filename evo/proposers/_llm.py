@@ -22,6 +22,7 @@ from typing import Any, Callable, Protocol, TypeVar
 from evo.proposers._base import Genome, Proposal, ProposalContext, Proposer, ProposerError, ProposerUnavailable
 from evo.proposers._edits import Change, EditError, apply_change, check_child, parse_change
 from evo.proposers._pricing import Price
+from evo.proposers._known import ask_again_message
 from evo.proposers._fit import Budget, Fit, PromptTooLarge, TokenCounter, changed_lines, fit_prompt
 from evo.proposers._prompts import ANSWER_WITH_TOOL, Prompt, Shape, crossover_prompt, mutation_prompt, repair_message
 from population.errors import ProposalError
@@ -264,14 +265,16 @@ class ChatProposer(Proposer):
     def _turns(self, conversation: Conversation, start: dict[str, str], ctx: ProposalContext, usage: dict,
                sent: tuple[Prompt, Fit], transcript: list[str], responses: list, errors: list[str], answers: list[str], *,
                crossing: bool):
-        """The first answer and the repair turns: (files, change, ok, error) of the proposal."""
+        """The first answer, the repair turns and at most one turn more when the answer repeats an idea the lab
+        notebook measured (`ctx.known_idea`): (files, change, ok, error) of the proposal."""
         change: Change | None = None
         reply = conversation.start()
-        for turn in range(self.repairs + 1):
+        repairs, asked_again = 0, False
+        while True:
             self._count(usage, reply)
             responses.append(reply.raw)
             answers.append(reply.text)
-            if turn == 0:
+            if len(responses) == 1:
                 self._check_counted(reply, *sent, ctx)
             try:
                 if reply.fields is None:
@@ -284,27 +287,39 @@ class ChatProposer(Proposer):
                 first = str(e).splitlines()[0]
                 why = ("the model's edits did not apply" if reply.fields is not None
                        else "the model gave no proposal")  # no edits came: none can have failed to apply
-                room = self._repair_room(sent[1], reply, str(e)) if turn < self.repairs else ""
+                room = self._repair_room(sent[1], reply, repair_message(str(e))) if repairs < self.repairs else ""
                 if room:
                     first += f"; no repair turn: {room}"
-                elif turn < self.repairs:
-                    message = repair_message(str(e))
-                    transcript.append(f"<!-- repair turn {turn + 1} -->\n\n{message}\n")
-                    ctx.progress({"proposer": self.name, "model": self.model, "phase": f"repair turn {turn + 1}"})
-                    reply = conversation.repair(message)
+                elif repairs < self.repairs:
+                    repairs += 1
+                    reply = self._again(conversation, repair_message(str(e)), f"repair turn {repairs}", ctx, transcript)
                     continue
-                turns = f"after {turn} repair turn(s)" if not room else "with no repair turn"
+                turns = f"after {repairs} repair turn(s)" if not room else "with no repair turn"
                 return start, change, False, f"{why} {turns}: {first}"
-            return child, change, True, ""
-        raise AssertionError("unreachable")
+            known = ctx.known_idea(child, change.description)
+            if known is None:
+                return child, change, True, ""
+            errors.append(known)
+            room = self._repair_room(sent[1], reply, ask_again_message(known)) if not asked_again else "asked once"
+            if room:
+                what = "after it was asked again" if asked_again else f"and it was not asked again: {room}"
+                return start, change, False, f"the model's proposal repeats an idea the lab notebook knows, {what}: {known}"
+            asked_again = True
+            reply = self._again(conversation, ask_again_message(known), "asked again: a known idea", ctx, transcript)
 
-    def _repair_room(self, fit: Fit, reply: Reply, error: str) -> str:
-        """Why a repair turn cannot fit the model's context ("" when it can, or the context is unknown)."""
+    def _again(self, conversation: Conversation, message: str, turn: str, ctx: ProposalContext,
+               transcript: list[str]) -> Reply:
+        """One more turn of the conversation (a repair, or a known idea sent back), kept in the transcript."""
+        transcript.append(f"<!-- {turn} -->\n\n{message}\n")
+        ctx.progress({"proposer": self.name, "model": self.model, "phase": turn})
+        return conversation.repair(message)
+
+    def _repair_room(self, fit: Fit, reply: Reply, message: str) -> str:
+        """Why one more turn with `message` cannot fit the model's context ("" when it can, or the context is unknown)."""
         context = self.budget.context
         if context is None:
             return ""
-        need = fit.tokens + int(reply.tokens.get("output_tokens") or 0) + self.count(repair_message(error)) \
-            + self.budget.answer
+        need = fit.tokens + int(reply.tokens.get("output_tokens") or 0) + self.count(message) + self.budget.answer
         return "" if need <= context else (f"the conversation would need ~{need:,} tokens, over the model's "
                                            f"{context:,}-token context")
 
